@@ -1,0 +1,86 @@
+"""Shared fixtures: real installed test plugins, and running `te` as a user would (a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_te(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | None = None) -> Result:
+    """Run `python -m transfer_engine ARGS` in a fresh process and capture everything."""
+    full_env = {**os.environ, **(env or {})}
+    if "TE_DEBUG" not in (env or {}):
+        full_env.pop("TE_DEBUG", None)  # the tests look at what users see: no tracebacks
+    proc = subprocess.run(
+        [sys.executable, "-m", "transfer_engine", *args],
+        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """A folder where the test plugin distributions are really installed (pip --target)."""
+    target = tmp_path_factory.mktemp("plugin-site")
+    dists = [str(TEST_PLUGINS / name) for name in ("te-test-good", "te-test-broken", "te-test-clash")]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+         "--no-build-isolation", "--no-index", "--target", str(target), *dists],
+        check=True, capture_output=True, text=True,
+    )
+    return target
+
+
+@pytest.fixture(scope="session")
+def good_plugin_site(tmp_path_factory) -> Path:
+    """Only the well-behaved test plugin installed (for tests where the others would interfere)."""
+    target = tmp_path_factory.mktemp("good-plugin-site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+         "--no-build-isolation", "--no-index", "--target", str(target), str(TEST_PLUGINS / "te-test-good")],
+        check=True, capture_output=True, text=True,
+    )
+    return target
+
+
+def with_path(site: Path) -> dict:
+    """Environment that makes a `te` subprocess see the plugins installed in `site`."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
+@pytest.fixture
+def te():
+    """`te(*args, env=...)` runs the CLI in a subprocess and returns (code, stdout, stderr)."""
+    return run_te
+
+
+@pytest.fixture
+def plugin_env(plugin_site):
+    """Environment for a `te` subprocess that sees the good, broken and clashing test plugins."""
+    return with_path(plugin_site)
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,44 @@
+"""What every command shares: the --json option, stdout/stderr discipline and table printing.
+
+Contract: with --json a command prints exactly one JSON object on stdout and nothing else there;
+progress, warnings and tables for people go to stderr or, without --json, to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable, Iterable, Sequence
+
+import click
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object on stdout (and nothing else there)."
+)
+
+
+def emit_json(obj: Any) -> None:
+    """Print `obj` as one JSON document on stdout."""
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def info(message: str) -> None:
+    """A line for people, on stderr (so stdout stays machine-readable)."""
+    click.echo(message, err=True)
+
+
+def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], out: Callable[[str], None] = click.echo) -> None:
+    """Print an aligned plain-text table."""
+    text_rows = [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in text_rows:
+        widths = [max(w, len(v)) for w, v in zip(widths, row)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()
+    out(line)
+    out("  ".join("-" * w for w in widths))
+    for row in text_rows:
+        out("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()

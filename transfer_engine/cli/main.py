@@ -1,0 +1,82 @@
+"""Entry point of the `te` command: wires the command groups and turns errors into one line.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted. A traceback is shown only with
+TE_DEBUG=1. Nothing here imports torch, so `te --help` and `te CMD --help` answer at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from transfer_engine._version import __version__
+from transfer_engine.cli import backbones, demo, heads, info, plugins
+from transfer_engine.errors import TEError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="te", message="%(prog)s %(version)s")
+def cli() -> None:
+    """te: transfer learning on cached features, with verified ONNX export.
+
+    \b
+    images --extract--> feature cache --train--> head --finetune--> model --export--> ONNX --predict-->
+
+    \b
+    Start here:
+      te backbones                 the backbones installed (built-in and plugins)
+      te heads                     the heads installed
+      te plugins                   every plugin, its distribution, version and status
+      te demo                      the whole path on the built-in real data (offline)
+
+    Set TE_DEBUG=1 to see the traceback of an error.
+    """
+
+
+for command in (backbones.backbones, heads.heads, plugins.plugins, info.info, demo.demo):
+    cli.add_command(command)
+
+
+def _debug() -> bool:
+    return os.environ.get("TE_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `te` with `argv` (default: sys.argv[1:]) and return the exit code."""
+    try:
+        result = cli.main(args=argv, prog_name="te", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Abort:
+        click.echo("te: aborted", err=True)
+        return 130
+    except click.ClickException as exc:  # usage errors: click already formats them
+        exc.show()
+        return exc.exit_code
+    except TEError as exc:
+        if _debug():
+            raise
+        click.echo(f"te: error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("te: interrupted", err=True)
+        return 130
+    except Exception as exc:  # a bug of ours: one line, and how to see more
+        if _debug():
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(
+            f"te: internal error: {type(exc).__name__}: {first} (run with TE_DEBUG=1 for the traceback)", err=True
+        )
+        return 1
+
+
+def entry() -> None:  # pragma: no cover - the console script
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

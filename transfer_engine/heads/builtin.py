@@ -1,0 +1,50 @@
+"""te's built-in heads, registered through the `transfer_engine.heads` entry point `builtin`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transfer_engine.heads.spec import HeadSpec
+
+
+def _linear(in_features: int, num_classes: int) -> nn.Module:
+    return nn.Linear(in_features, num_classes)
+
+
+def _mlp(in_features: int, num_classes: int, hidden: int = 512, dropout: float = 0.2) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(in_features, hidden),
+        nn.GELU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+class CosineClassifier(nn.Module):
+    """Logits are cosine similarities between the feature and one prototype per class, times a
+    learned temperature (as in cosine-softmax few-shot classifiers). Robust to feature scale."""
+
+    def __init__(self, in_features: int, num_classes: int, init_scale: float = 10.0) -> None:
+        super().__init__()
+        self.prototypes = nn.Parameter(torch.empty(num_classes, in_features))
+        nn.init.normal_(self.prototypes, std=1.0 / math.sqrt(in_features))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        cos = F.normalize(features, dim=1) @ F.normalize(self.prototypes, dim=1).t()
+        return cos * self.log_scale.exp()
+
+
+def heads() -> list[HeadSpec]:
+    """The entry point."""
+    return [
+        HeadSpec("linear", _linear, description="multinomial logistic regression (one Linear layer)"),
+        HeadSpec("mlp", _mlp, options={"hidden": 512, "dropout": 0.2},
+                 description="one hidden layer (GELU, dropout), then Linear"),
+        HeadSpec("cosine", CosineClassifier, options={"init_scale": 10.0},
+                 description="cosine similarity to learned class prototypes, learned temperature"),
+    ]
