@@ -1,5 +1,12 @@
-"""Data sources for `--data`. Today: `builtin:digits`; folders and manifests come with `te extract`."""
+"""Data sources for `--data`: image folders, CSV/JSONL manifests and built-in real data sets."""
 
 from transfer_engine.data.builtin import LabeledImages, load_builtin
+from transfer_engine.data.sources import (
+    DataSource,
+    Sample,
+    content_key,
+    derived_split,
+    open_source,
+)
 
-__all__ = ["LabeledImages", "load_builtin"]
+__all__ = ["DataSource", "LabeledImages", "Sample", "content_key", "derived_split", "load_builtin", "open_source"]
