@@ -1,0 +1,1 @@
+"""`te extract`: run a frozen backbone over a data set once, into the feature cache."""

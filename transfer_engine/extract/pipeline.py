@@ -1,0 +1,166 @@
+"""The extraction pipeline: decode and transform in worker threads while the model runs.
+
+Decoding (PIL / libjpeg) and resizing release the GIL, so threads overlap them with the forward pass
+without the start-up cost and pickling of worker processes. At most `prefetch` batches are in
+flight, so memory stays bounded however many images stream through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from transfer_engine.backbones.spec import Backbone
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class Item:
+    """One image to extract: its cache key, where it came from, and a loader of its pixels."""
+
+    key: str
+    path: str
+    load: Callable[[], Any]  # returns a PIL image (or raises: the item is then reported as failed)
+
+
+@dataclass
+class Batch:
+    """Features of the items that decoded, and the reasons of those that did not."""
+
+    keys: list[str]
+    paths: list[str]
+    features: torch.Tensor  # [len(keys), feature_dim], float32, on the extraction device
+    failed: list[dict] = field(default_factory=list)  # {"path": ..., "reason": ...}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def autocast_context(device: torch.device, precision: str):
+    """The autocast context for a compute precision ("fp32" is a no-op)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:
+    """The backbone's model on `device`, in eval mode, channels_last (faster convolutions on CPU and GPU)."""
+    model = backbone.model.to(device).eval()
+    return model.to(memory_format=torch.channels_last)
+
+
+class FeatureExtractor:
+    """Runs a backbone over a stream of `Item`s in batches.
+
+    Args:
+        backbone: the built backbone (its preprocessing is used for every image).
+        device: where the model runs.
+        precision: "fp32", "bf16" or "fp16" compute (autocast); features come back as float32.
+        batch_size: images per forward pass.
+        workers: decode/transform threads.
+        prefetch: batches prepared ahead of the model (bounds memory).
+    """
+
+    def __init__(self, backbone: Backbone, device: torch.device, precision: str = "fp32",
+                 batch_size: int = 32, workers: int = 2, prefetch: int = 2) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.backbone = backbone
+        self.device = device
+        self.precision = precision
+        self.batch_size = max(1, batch_size)
+        self.workers = max(1, workers)
+        self.prefetch = max(1, prefetch)
+        self.transform = backbone.transform()
+        self.model = prepare_model(backbone, device)
+
+    def _prepare(self, item: Item) -> tuple[Item, torch.Tensor | None, str | None]:
+        try:
+            return item, self.transform(item.load()), None
+        except Exception as exc:  # a bad file is reported, never fatal
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+            return item, None, reason
+
+    def _batches(self, items: Iterable[Item], pool: ThreadPoolExecutor) -> Iterator[tuple[list, list, list]]:
+        """Prepared batches in input order: (items, tensors, failed)."""
+        pending: list = []
+        it = iter(items)
+        window = self.batch_size * (self.prefetch + 1)
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < window:
+                try:
+                    pending.append(pool.submit(self._prepare, next(it)))
+                except StopIteration:
+                    exhausted = True
+            if not pending:
+                return
+            take, pending = pending[: self.batch_size], pending[self.batch_size:]
+            good_items, tensors, failed = [], [], []
+            for fut in take:
+                item, tensor, reason = fut.result()
+                if tensor is None:
+                    failed.append({"path": item.path, "reason": reason})
+                else:
+                    good_items.append(item)
+                    tensors.append(tensor)
+            yield good_items, tensors, failed
+
+    def run(self, items: Iterable[Item]) -> Iterator[Batch]:
+        """Extract features batch by batch, preparing the next batches while the model runs."""
+        done = object()
+        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                with ThreadPoolExecutor(self.workers, thread_name_prefix="te-decode") as pool:
+                    for prepared in self._batches(items, pool):
+                        while not stop.is_set():
+                            try:
+                                ready.put(prepared, timeout=0.1)
+                                break
+                            except queue.Full:
+                                continue
+                        if stop.is_set():
+                            return
+            except BaseException as exc:  # surfaced in the consumer thread
+                errors.append(exc)
+            finally:
+                ready.put(done)
+
+        producer = threading.Thread(target=produce, name="te-prefetch", daemon=True)
+        producer.start()
+        try:
+            while True:
+                prepared = ready.get()
+                if prepared is done:
+                    break
+                good_items, tensors, failed = prepared
+                yield self._forward(good_items, tensors, failed)
+            if errors:
+                raise errors[0]
+        finally:
+            stop.set()
+            producer.join(timeout=5)
+
+    def _forward(self, items: list[Item], tensors: list[torch.Tensor], failed: list[dict]) -> Batch:
+        dim = self.backbone.feature_dim
+        if not tensors:
+            return Batch([], [], torch.empty(0, dim, device=self.device), failed)
+        x = torch.stack(tensors).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast_context(self.device, self.precision):
+            features = self.model(x)
+        return Batch([i.key for i in items], [i.path for i in items], features.float(), failed)
