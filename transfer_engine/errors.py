@@ -40,3 +40,15 @@ class WeightsError(TEError):
 
 class ExtensionError(TEError):
     """The compiled extension transfer_engine._C is required (TE_REQUIRE_EXT=1) but unavailable."""
+
+
+class CacheError(TEError):
+    """A feature cache cannot do what was asked (a lock held too long, data that cannot be stored)."""
+
+
+class NotACacheError(UsageError):
+    """A directory given as a feature cache is missing or is not one."""
+
+
+class CorruptCacheError(CacheError):
+    """A feature cache's bytes disagree with its index or checksums (`te cache verify` says where)."""

@@ -12,7 +12,7 @@ import sys
 import click
 
 from transfer_engine._version import __version__
-from transfer_engine.cli import backbones, demo, heads, info, plugins
+from transfer_engine.cli import backbones, cache, demo, heads, info, plugins
 from transfer_engine.errors import TEError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -32,12 +32,13 @@ def cli() -> None:
       te heads                     the heads installed
       te plugins                   every plugin, its distribution, version and status
       te demo                      the whole path on the built-in real data (offline)
+      te cache info DIR            what a feature cache holds (verify, gc: check it, clean it)
 
     Set TE_DEBUG=1 to see the traceback of an error.
     """
 
 
-for command in (backbones.backbones, heads.heads, plugins.plugins, info.info, demo.demo):
+for command in (backbones.backbones, heads.heads, plugins.plugins, cache.cache, info.info, demo.demo):
     cli.add_command(command)
 
 

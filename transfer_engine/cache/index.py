@@ -1,0 +1,326 @@
+"""The index: sqlite3 in WAL mode, the only place that says which shard bytes are real.
+
+Tables: spaces, shards (committed row count, seal digest), blocks (CRC32 per block of rows), rows
+(space, key) -> (shard, row), datasets and records (path, key, label, split). WAL lets readers keep
+reading a consistent snapshot while one writer commits; `synchronous=FULL` makes a commit durable
+before `commit` returns, which is what lets shard bytes be fsync'd first and referenced second.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS spaces (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    digest TEXT NOT NULL UNIQUE,
+    dim INTEGER NOT NULL,
+    stored TEXT NOT NULL,
+    row_bytes INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    created REAL NOT NULL
+);
+-- AUTOINCREMENT: a committed shard id is never reused, so a file name never means two shards.
+CREATE TABLE IF NOT EXISTS shards (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    space INTEGER NOT NULL REFERENCES spaces(id),
+    rows INTEGER NOT NULL,
+    capacity INTEGER NOT NULL,
+    sealed_sha256 TEXT
+);
+CREATE TABLE IF NOT EXISTS blocks (
+    shard INTEGER NOT NULL REFERENCES shards(id),
+    block INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    crc32 INTEGER NOT NULL,
+    PRIMARY KEY (shard, block)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rows (
+    space INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    shard INTEGER NOT NULL,
+    row INTEGER NOT NULL,
+    PRIMARY KEY (space, key)
+) WITHOUT ROWID;
+-- One key per slot: a bug that wrote two keys to one row fails loudly instead of mixing features.
+CREATE UNIQUE INDEX IF NOT EXISTS rows_slot ON rows (shard, row);
+CREATE TABLE IF NOT EXISTS datasets (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    class_names TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    dataset INTEGER NOT NULL REFERENCES datasets(id),
+    idx INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    key TEXT NOT NULL,
+    label INTEGER,
+    split TEXT NOT NULL,
+    PRIMARY KEY (dataset, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS records_key ON records (key);
+"""
+
+# sqlite's limit on bound parameters is 32766 since 3.32 (999 before); stay well under both.
+_CHUNK = 900
+
+
+@dataclass(frozen=True)
+class SpaceRow:
+    id: int
+    digest: str
+    dim: int
+    stored: str
+    row_bytes: int
+    config: dict
+
+
+@dataclass(frozen=True)
+class ShardRow:
+    id: int
+    space: int
+    rows: int
+    capacity: int
+    sealed_sha256: str | None
+
+
+def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class Index:
+    """One sqlite connection to a cache's index, shared by the threads of one `FeatureCache`.
+
+    Args:
+        path: the database file.
+        create: make the file and schema when missing (else a missing file raises sqlite3.OperationalError).
+        busy_timeout: seconds sqlite waits on another connection's write lock.
+    """
+
+    def __init__(self, path: Path, *, create: bool, busy_timeout: float = 60.0) -> None:
+        uri = f"file:{Path(path).as_posix()}?mode={'rwc' if create else 'rw'}"
+        self._conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None,
+                                     check_same_thread=False)
+        self._lock = threading.RLock()
+        self._conn.execute("PRAGMA synchronous=FULL")
+        if create:
+            self._conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+            self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- transactions --------------------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any exception."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads that see one consistent state (a WAL read transaction); never blocks on a writer."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self._conn.execute("COMMIT")
+
+    def _q(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def _x(self, sql: str, params: Sequence = ()) -> int:
+        with self._lock:
+            return self._conn.execute(sql, params).lastrowid
+
+    def _many(self, sql: str, rows: Iterable[Sequence]) -> None:
+        with self._lock:
+            self._conn.executemany(sql, rows)
+
+    # -- meta -------------------------------------------------------------------------------------------
+    def set_meta(self, key: str, value: str) -> None:
+        self._x("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def meta(self, key: str) -> str | None:
+        rows = self._q("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def quick_check(self) -> list[str]:
+        """sqlite's own consistency check: ["ok"] when the database file is sound."""
+        return [r[0] for r in self._q("PRAGMA quick_check")]
+
+    # -- spaces -----------------------------------------------------------------------------------------
+    def space(self, digest: str) -> SpaceRow | None:
+        rows = self._q("SELECT id, digest, dim, stored, row_bytes, config FROM spaces WHERE digest = ?", (digest,))
+        return SpaceRow(*rows[0][:5], json.loads(rows[0][5])) if rows else None
+
+    def spaces(self) -> list[SpaceRow]:
+        return [SpaceRow(*r[:5], json.loads(r[5]))
+                for r in self._q("SELECT id, digest, dim, stored, row_bytes, config FROM spaces ORDER BY id")]
+
+    def insert_space(self, digest: str, dim: int, stored: str, row_bytes: int, config: dict) -> int:
+        return self._x("INSERT INTO spaces (digest, dim, stored, row_bytes, config, created) VALUES (?, ?, ?, ?, ?, ?)",
+                       (digest, dim, stored, row_bytes, json.dumps(config, sort_keys=True), time.time()))
+
+    def delete_space(self, space_id: int) -> None:
+        self._x("DELETE FROM spaces WHERE id = ?", (space_id,))
+
+    # -- shards and their checksums ---------------------------------------------------------------------
+    def shards(self, space_id: int | None = None) -> list[ShardRow]:
+        if space_id is None:
+            rows = self._q("SELECT id, space, rows, capacity, sealed_sha256 FROM shards ORDER BY id")
+        else:
+            rows = self._q("SELECT id, space, rows, capacity, sealed_sha256 FROM shards WHERE space = ? ORDER BY id",
+                           (space_id,))
+        return [ShardRow(*r) for r in rows]
+
+    def open_shard(self, space_id: int) -> ShardRow | None:
+        """The space's newest shard with room left, if any."""
+        rows = self._q("SELECT id, space, rows, capacity, sealed_sha256 FROM shards "
+                       "WHERE space = ? AND rows < capacity ORDER BY id DESC LIMIT 1", (space_id,))
+        return ShardRow(*rows[0]) if rows else None
+
+    def insert_shard(self, space_id: int, capacity: int) -> int:
+        return self._x("INSERT INTO shards (space, rows, capacity) VALUES (?, 0, ?)", (space_id, capacity))
+
+    def set_shard_rows(self, shard_id: int, rows: int) -> None:
+        self._x("UPDATE shards SET rows = ? WHERE id = ?", (rows, shard_id))
+
+    def seal_shard(self, shard_id: int, sha256: str, rows: int) -> None:
+        """Mark a shard full: no more rows go to it, and its whole row area has digest `sha256`."""
+        self._x("UPDATE shards SET sealed_sha256 = ?, capacity = ? WHERE id = ?", (sha256, rows, shard_id))
+
+    def close_shard(self, shard_id: int) -> None:
+        """Take a shard out of the running for new rows (gc is about to empty it)."""
+        self._x("UPDATE shards SET capacity = rows WHERE id = ?", (shard_id,))
+
+    def delete_shard(self, shard_id: int) -> None:
+        self._x("DELETE FROM blocks WHERE shard = ?", (shard_id,))
+        self._x("DELETE FROM shards WHERE id = ?", (shard_id,))
+
+    def blocks(self, shard_id: int) -> list[tuple[int, int, int]]:
+        """[(block, rows, crc32)] of a shard, in order."""
+        return self._q("SELECT block, rows, crc32 FROM blocks WHERE shard = ? ORDER BY block", (shard_id,))
+
+    def partial_block(self, shard_id: int, committed: int, block_rows: int) -> tuple[int, int] | None:
+        """(rows, crc32) of the block that holds row `committed`, when that block is partly filled."""
+        block, in_block = divmod(committed, block_rows)
+        if not in_block:
+            return None
+        rows = self._q("SELECT rows, crc32 FROM blocks WHERE shard = ? AND block = ?", (shard_id, block))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def put_blocks(self, shard_id: int, entries: Iterable[tuple[int, int, int]]) -> None:
+        self._many("INSERT OR REPLACE INTO blocks (shard, block, rows, crc32) VALUES (?, ?, ?, ?)",
+                   [(shard_id, b, n, crc) for b, n, crc in entries])
+
+    # -- rows -------------------------------------------------------------------------------------------
+    def locations(self, space_id: int, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """{key: (shard, row)} for the keys the space holds."""
+        found: dict[str, tuple[int, int]] = {}
+        for chunk in _chunks(keys):
+            marks = ",".join("?" * len(chunk))
+            for key, shard, row in self._q(
+                    f"SELECT key, shard, row FROM rows WHERE space = ? AND key IN ({marks})", (space_id, *chunk)):
+                found[key] = (shard, row)
+        return found
+
+    def insert_rows(self, space_id: int, entries: Iterable[tuple[str, int, int]]) -> None:
+        self._many("INSERT INTO rows (space, key, shard, row) VALUES (?, ?, ?, ?)",
+                   [(space_id, key, shard, row) for key, shard, row in entries])
+
+    def move_rows(self, space_id: int, entries: Iterable[tuple[str, int, int]]) -> None:
+        self._many("UPDATE rows SET shard = ?, row = ? WHERE space = ? AND key = ?",
+                   [(shard, row, space_id, key) for key, shard, row in entries])
+
+    def count_rows(self, space_id: int) -> int:
+        return self._q("SELECT count(*) FROM rows WHERE space = ?", (space_id,))[0][0]
+
+    def rows_of_shard(self, shard_id: int) -> list[tuple[str, int]]:
+        """[(key, row)] stored in a shard, by row."""
+        return self._q("SELECT key, row FROM rows WHERE shard = ? ORDER BY row", (shard_id,))
+
+    def unreferenced_rows(self) -> list[tuple[int, str, int, int]]:
+        """[(space, key, shard, row)] whose key no data-set record names."""
+        return self._q("SELECT space, key, shard, row FROM rows "
+                       "WHERE key NOT IN (SELECT key FROM records) ORDER BY shard, row")
+
+    def delete_rows(self, space_id: int, keys: Sequence[str]) -> None:
+        self._many("DELETE FROM rows WHERE space = ? AND key = ?", [(space_id, k) for k in keys])
+
+    def row_problems(self) -> list[str]:
+        """Rows the index points at that cannot exist: past a shard's end, in another space's shard, or in
+        no shard at all (at most 20 of each kind)."""
+        out = [f"key {key} points at row {row} of shard {shard}, which commits only {rows} rows"
+               for key, shard, row, rows in self._q(
+                   "SELECT r.key, r.shard, r.row, s.rows FROM rows r JOIN shards s ON s.id = r.shard "
+                   "WHERE r.row < 0 OR r.row >= s.rows LIMIT 20")]
+        out += [f"key {key} of space {space} points at shard {shard}, which belongs to space {owner}"
+                for key, space, shard, owner in self._q(
+                    "SELECT r.key, r.space, r.shard, s.space FROM rows r JOIN shards s ON s.id = r.shard "
+                    "WHERE r.space != s.space LIMIT 20")]
+        out += [f"key {key} points at shard {shard}, which the index does not have"
+                for key, shard in self._q("SELECT key, shard FROM rows WHERE shard NOT IN (SELECT id FROM shards) "
+                                          "LIMIT 20")]
+        return out
+
+    # -- data sets --------------------------------------------------------------------------------------
+    def put_dataset(self, name: str, class_names: list[str], records: Iterable[tuple]) -> None:
+        """Replace data set `name` with these records ((idx, path, key, label, split) tuples)."""
+        self.delete_dataset(name)
+        dataset_id = self._x("INSERT INTO datasets (name, class_names, created) VALUES (?, ?, ?)",
+                             (name, json.dumps(class_names), time.time()))
+        self._many("INSERT INTO records (dataset, idx, path, key, label, split) VALUES (?, ?, ?, ?, ?, ?)",
+                   [(dataset_id, *r) for r in records])
+
+    def dataset_classes(self, name: str) -> list[str] | None:
+        """Class names of data set `name`, or None when there is no such data set."""
+        rows = self._q("SELECT class_names FROM datasets WHERE name = ?", (name,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def dataset_records(self, name: str) -> list[tuple]:
+        """[(path, key, label, split)] of data set `name`, in order."""
+        return self._q("SELECT r.path, r.key, r.label, r.split FROM records r JOIN datasets d ON d.id = r.dataset "
+                       "WHERE d.name = ? ORDER BY r.idx", (name,))
+
+    def dataset_names(self) -> list[str]:
+        return [r[0] for r in self._q("SELECT name FROM datasets ORDER BY name")]
+
+    def delete_dataset(self, name: str) -> bool:
+        rows = self._q("SELECT id FROM datasets WHERE name = ?", (name,))
+        if rows:
+            self._x("DELETE FROM records WHERE dataset = ?", (rows[0][0],))
+            self._x("DELETE FROM datasets WHERE id = ?", (rows[0][0],))
+        return bool(rows)
+
+    def dataset_coverage(self, name: str, space_id: int) -> int:
+        """How many of data set `name`'s records have a row in space `space_id`."""
+        return self._q("SELECT count(*) FROM records r JOIN datasets d ON d.id = r.dataset "
+                       "JOIN rows w ON w.space = ? AND w.key = r.key WHERE d.name = ?", (space_id, name))[0][0]
+
+    def dataset_counts(self, name: str) -> tuple[dict[str, int], dict[int | None, int]]:
+        """({split: records}, {label: records}) of data set `name`."""
+        splits = dict(self._q("SELECT r.split, count(*) FROM records r JOIN datasets d ON d.id = r.dataset "
+                              "WHERE d.name = ? GROUP BY r.split ORDER BY r.split", (name,)))
+        labels = dict(self._q("SELECT r.label, count(*) FROM records r JOIN datasets d ON d.id = r.dataset "
+                              "WHERE d.name = ? GROUP BY r.label ORDER BY r.label", (name,)))
+        return splits, labels

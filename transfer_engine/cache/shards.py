@@ -1,0 +1,237 @@
+"""Shard files: append-only, fixed-width rows after a 64-byte header.
+
+Layout (little-endian):
+
+    magic "TESHARD\\0" | u32 format version | u32 header bytes (64) | u32 dim | u32 row bytes |
+    8-byte stored dtype ("int8\\0\\0\\0\\0") | 32-byte raw SHA-256 of the feature space | rows ...
+
+Row r starts at 64 + r * row_bytes, so no per-row index is needed. How many rows are real is the
+index's business (`shards.rows`): bytes past that are an interrupted write, never read, and dropped by
+the next writer. Integrity is checked per block of `BLOCK_ROWS` rows (CRC32, extended as rows arrive)
+and, once a shard is full, by a SHA-256 of its whole row area.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from transfer_engine.errors import CorruptCacheError
+
+if TYPE_CHECKING:
+    import torch
+
+MAGIC = b"TESHARD\0"
+SHARD_VERSION = 1
+HEADER_BYTES = 64
+_HEADER = struct.Struct("<8sIIII8s32s")
+assert _HEADER.size == HEADER_BYTES
+
+# 256 rows: a flipped byte is pinned to a few hundred rows, and the checksum table stays tiny
+# (one entry per ~0.5 MB of int8 rows at D=2048).
+BLOCK_ROWS = 256
+_READ_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class ShardHeader:
+    """What a shard file says about itself; checked against the index on verify."""
+
+    dim: int
+    row_bytes: int
+    stored: str
+    space_id: str
+    version: int = SHARD_VERSION
+
+    def pack(self) -> bytes:
+        return _HEADER.pack(MAGIC, self.version, HEADER_BYTES, self.dim, self.row_bytes,
+                            self.stored.encode().ljust(8, b"\0"), bytes.fromhex(self.space_id))
+
+    @classmethod
+    def unpack(cls, raw: bytes, where: str) -> "ShardHeader":
+        """Parse a header; `CorruptCacheError` naming `where` when it is not one."""
+        if len(raw) < HEADER_BYTES:
+            raise CorruptCacheError(f"{where}: {len(raw)} bytes, shorter than the {HEADER_BYTES}-byte shard header")
+        magic, version, header_bytes, dim, row_bytes, stored, space = _HEADER.unpack(raw[:HEADER_BYTES])
+        if magic != MAGIC or header_bytes != HEADER_BYTES:
+            raise CorruptCacheError(f"{where}: not a te shard (bad magic or header size)")
+        return cls(dim=dim, row_bytes=row_bytes, stored=stored.rstrip(b"\0").decode(errors="replace"),
+                   space_id=space.hex(), version=version)
+
+
+def shard_relpath(space_id: str, shard_id: int) -> str:
+    """Where shard `shard_id` of a space lives, relative to the cache directory."""
+    return f"shards/{space_id[:16]}/{shard_id:06d}.shard"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_shard(path: Path, header: ShardHeader) -> None:
+    """Write a new, empty shard (header only), durable, replacing any file there.
+
+    A file already at `path` can only be an orphan of a crashed writer: its id was never committed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, header.pack(), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
+
+
+def write_rows(path: Path, first_row: int, data: memoryview, row_bytes: int) -> None:
+    """Write rows starting at row `first_row` and make them durable (fsync) before returning.
+
+    Anything past the last committed row (`first_row`) is dropped first: it can only be the torn
+    tail of a writer that died before committing.
+    """
+    offset = HEADER_BYTES + first_row * row_bytes
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if os.fstat(fd).st_size > offset:
+            os.ftruncate(fd, offset)
+        _write_all(fd, data, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def read_rows(path: Path, first_row: int, count: int, row_bytes: int) -> bytes:
+    """The raw bytes of rows [first_row, first_row + count)."""
+    with open(path, "rb") as f:
+        f.seek(HEADER_BYTES + first_row * row_bytes)
+        data = f.read(count * row_bytes)
+    if len(data) != count * row_bytes:
+        raise CorruptCacheError(f"{path}: holds fewer rows than the index commits (wanted rows "
+                                f"{first_row}..{first_row + count - 1})")
+    return data
+
+
+def extend_block_checksums(first_row: int, data: bytes | memoryview, row_bytes: int,
+                           partial: tuple[int, int] | None) -> list[tuple[int, int, int]]:
+    """Checksums of the blocks touched by appending `data` at row `first_row`.
+
+    Args:
+        first_row: the shard's committed row count before this append.
+        data: the appended rows' bytes.
+        row_bytes: bytes per row.
+        partial: (rows, crc32) of the block holding `first_row` when it is partly filled, else None.
+
+    Returns:
+        [(block, rows in block, crc32)] for every block the append touched; CRC32 extends without the
+        earlier bytes, so appending never re-reads the shard.
+    """
+    view = memoryview(data).cast("B")
+    out = []
+    row = first_row
+    while view:
+        block, in_block = divmod(row, BLOCK_ROWS)
+        take = min(BLOCK_ROWS - in_block, len(view) // row_bytes)
+        crc = partial[1] if (in_block and partial) else 0
+        if in_block and (partial is None or partial[0] != in_block):
+            raise CorruptCacheError(f"checksum table disagrees with the shard: block {block} should hold {in_block} rows")
+        out.append((block, in_block + take, zlib.crc32(view[: take * row_bytes], crc)))
+        view, row, partial = view[take * row_bytes:], row + take, None
+    return out
+
+
+def block_rows(block: int, rows: int) -> tuple[int, int]:
+    """First and last row number of `rows` rows in block `block`."""
+    return block * BLOCK_ROWS, block * BLOCK_ROWS + rows - 1
+
+
+def sha256_of_rows(path: Path, rows: int, row_bytes: int) -> str:
+    """SHA-256 of a shard's first `rows` rows (its row area when sealed)."""
+    digest = hashlib.sha256()
+    remaining = rows * row_bytes
+    with open(path, "rb") as f:
+        f.seek(HEADER_BYTES)
+        while remaining:
+            chunk = f.read(min(_READ_CHUNK, remaining))
+            if not chunk:
+                raise CorruptCacheError(f"{path}: ends before its {rows} committed rows")
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest.hexdigest()
+
+
+def orphan_files(root: Path, expected: set[str]) -> list[str]:
+    """Shard files under `root`/shards (relative paths) that are not in `expected`."""
+    folder = Path(root) / "shards"
+    if not folder.is_dir():
+        return []
+    found = [p.relative_to(root).as_posix() for p in sorted(folder.glob("*/*.shard"))]
+    return [p for p in found if p not in expected]
+
+
+class ShardMaps:
+    """Read-only memory maps of shards' committed rows, shared by gathers and loaders (thread-safe).
+
+    A map covers exactly the committed prefix (header + rows * row_bytes), never the bytes a writer may
+    be appending or truncating; it is replaced by a longer one when more rows are committed. Maps are
+    MAP_PRIVATE (ACCESS_COPY) so torch.frombuffer gets a writable buffer without any write reaching
+    the file; nothing writes to them.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._maps: dict[int, tuple[int, "torch.Tensor"]] = {}
+
+    def rows(self, shard_id: int, relpath: str, committed: int, row_bytes: int) -> "torch.Tensor":
+        """The first `committed` rows of a shard as one flat uint8 tensor (a view of the map)."""
+        import torch
+
+        if committed == 0:
+            return torch.empty(0, dtype=torch.uint8)
+        with self._lock:
+            mapped = self._maps.get(shard_id)
+            if mapped is None or mapped[0] < committed:
+                path = self.root / relpath
+                length = HEADER_BYTES + committed * row_bytes
+                try:
+                    with open(path, "rb") as f:
+                        size = os.fstat(f.fileno()).st_size
+                        if size < length:
+                            raise CorruptCacheError(
+                                f"{relpath}: {size} bytes, but the index commits {committed} rows "
+                                f"({length} bytes); run `te cache verify {self.root}`")
+                        mm = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_COPY)
+                except FileNotFoundError:
+                    raise CorruptCacheError(f"{relpath} is missing; run `te cache verify {self.root}`") from None
+                # frombuffer keeps the map alive for as long as any view of it lives.
+                mapped = (committed, torch.frombuffer(mm, dtype=torch.uint8, offset=HEADER_BYTES,
+                                                      count=committed * row_bytes))
+                self._maps[shard_id] = mapped
+            return mapped[1][: committed * row_bytes]
+
+    def forget(self, shard_ids: set[int] | None = None) -> None:
+        """Drop maps (all of them by default); views already handed out stay valid."""
+        with self._lock:
+            if shard_ids is None:
+                self._maps.clear()
+            else:
+                for sid in shard_ids:
+                    self._maps.pop(sid, None)

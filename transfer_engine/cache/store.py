@@ -1,0 +1,254 @@
+"""`FeatureCache`: a directory that many data sets and backbones share.
+
+    DIR/te-cache.json       marker: format and version (written last when a cache is created)
+    DIR/index.sqlite        the index (WAL): spaces, shards, checksums, rows, data sets
+    DIR/writer.lock         the writer lock (flock)
+    DIR/shards/<space>/NNNNNN.shard
+
+Opening a cache and reading it never takes the writer lock; every change does, one operation at a time.
+This module needs no torch (so `te cache info` answers at once); the feature rows themselves are handled
+by `transfer_engine.cache.rows`, imported when a space is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from transfer_engine.cache.index import Index, SpaceRow
+from transfer_engine.cache.lock import WriterLock
+from transfer_engine.cache.records import Dataset, Record, check_records
+from transfer_engine.cache.shards import ShardMaps, shard_relpath
+from transfer_engine.cache.space import FORMAT_VERSION, FeatureSpace
+from transfer_engine.cache.writer import DEFAULT_SHARD_BYTES
+from transfer_engine.errors import NotACacheError, UsageError
+
+if TYPE_CHECKING:
+    from transfer_engine.cache.gc import GcReport
+    from transfer_engine.cache.rows import CachedSpace
+    from transfer_engine.cache.verify import VerifyReport
+
+MARKER = "te-cache.json"
+INDEX = "index.sqlite"
+LOCK = "writer.lock"
+FORMAT_NAME = "te-feature-cache"
+_OWN_ENTRIES = {MARKER, MARKER + ".tmp", INDEX, INDEX + "-wal", INDEX + "-shm", INDEX + "-journal", LOCK, "shards"}
+
+
+class FeatureCache:
+    """A feature cache directory. Create or open one with `FeatureCache.open(dir)`.
+
+    Attributes:
+        root: the directory.
+        index: the sqlite index.
+        lock: the writer lock (held only while changing the cache).
+        maps: memory maps of the shards, shared by every space of this cache object.
+        max_shard_bytes: the size at which a shard is sealed and a new one begun.
+    """
+
+    def __init__(self, root: Path, index: Index, lock: WriterLock, max_shard_bytes: int) -> None:
+        self.root = root
+        self.index = index
+        self.lock = lock
+        self.maps = ShardMaps(root)
+        self.max_shard_bytes = max_shard_bytes
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, *, create: bool = True, lock_timeout: float = 60.0,
+             max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> "FeatureCache":
+        """Open the cache in `directory`, creating it (and the directory) when `create` is true.
+
+        Args:
+            directory: the cache directory.
+            create: make a new cache when there is none (False: a missing cache is an error).
+            lock_timeout: seconds a change waits for another writer process before failing.
+            max_shard_bytes: bytes of rows per shard before a new shard is begun.
+
+        Returns:
+            The open `FeatureCache`.
+
+        Raises:
+            NotACacheError: the directory is missing (create=False), is a file, or holds something else.
+            UsageError: the cache was written by a newer format version.
+        """
+        root = Path(directory).expanduser().absolute()
+        marker = root / MARKER
+        if root.exists() and not root.is_dir():
+            raise NotACacheError(f"{root} is a file; expected a feature cache directory")
+        if not marker.is_file():
+            if not create:
+                if not root.exists():
+                    raise NotACacheError(f"{root} does not exist; expected a feature cache directory "
+                                         "(te extract --cache DIR makes one)")
+                raise NotACacheError(f"{root} is not a te feature cache (it has no {MARKER})")
+            root.mkdir(parents=True, exist_ok=True)
+            lock = WriterLock(root / LOCK, lock_timeout)
+            with lock:
+                if not marker.is_file():
+                    _create(root)
+        _check_marker(marker)
+        return cls(root, Index(root / INDEX, create=False, busy_timeout=lock_timeout),
+                   WriterLock(root / LOCK, lock_timeout), max_shard_bytes)
+
+    # -- lifetime ---------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the index and the lock file; views already gathered stay valid."""
+        self.maps.forget()
+        self.index.close()
+        self.lock.close()
+
+    def __enter__(self) -> "FeatureCache":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeatureCache({str(self.root)!r})"
+
+    # -- spaces -----------------------------------------------------------------------------------------
+    def space(self, space: FeatureSpace | None = None, **fields: Any) -> "CachedSpace":
+        """Get or create a feature space.
+
+        Args:
+            space: the `FeatureSpace`, or None to build one from `fields`
+                (backbone, weights_digest, transform, dim, stored, pooling, precision).
+
+        Returns:
+            A `CachedSpace` for appending and reading its rows.
+        """
+        from transfer_engine.cache.rows import CachedSpace
+        from transfer_engine.ops import row_bytes
+
+        if space is None:
+            space = FeatureSpace(**fields)
+        elif fields:
+            raise UsageError("give either a FeatureSpace or its fields, not both")
+        row = self.index.space(space.id)
+        if row is None:
+            with self.lock, self.index.write():
+                row = self.index.space(space.id)
+                if row is None:
+                    width = row_bytes(space.dim, space.stored)
+                    sid = self.index.insert_space(space.id, space.dim, space.stored, width, space.to_dict())
+                    row = SpaceRow(sid, space.id, space.dim, space.stored, width, space.to_dict())
+        return CachedSpace(self, row, space)
+
+    def spaces(self) -> list[FeatureSpace]:
+        """Every space the cache holds, oldest first."""
+        return [FeatureSpace.from_dict(row.config) for row in self.index.spaces()]
+
+    def open_space(self, space_id: str) -> "CachedSpace":
+        """An existing space by its id or an unambiguous prefix of it (as `te cache info` prints).
+
+        Raises:
+            UsageError: no space, or more than one, matches.
+        """
+        matches = [s for s in self.spaces() if s.id.startswith(space_id)]
+        if len(matches) != 1:
+            known = ", ".join(s.id[:12] for s in self.spaces()) or "none"
+            what = "no space" if not matches else f"{len(matches)} spaces"
+            raise UsageError(f"{what} of {self.root} match {space_id!r}; spaces: {known}")
+        return self.space(matches[0])
+
+    def shard_path(self, space_digest: str, shard_id: int) -> Path:
+        """The file of one shard."""
+        return self.root / shard_relpath(space_digest, shard_id)
+
+    # -- data sets --------------------------------------------------------------------------------------
+    def put_dataset(self, name: str, records: Iterable[Record | Sequence], class_names: Sequence[str]) -> Dataset:
+        """Store data set `name` (replacing any data set of that name) in one transaction.
+
+        Args:
+            name: the data set's name.
+            records: `Record`s (or (path, key, label, split) tuples), in the order to keep.
+            class_names: the name of each label.
+
+        Returns:
+            The stored `Dataset`.
+        """
+        checked = check_records(name, records, class_names)
+        with self.lock, self.index.write():
+            self.index.put_dataset(name, list(class_names),
+                                   ((i, r.path, r.key, r.label, r.split) for i, r in enumerate(checked)))
+        return Dataset(name, list(class_names), checked)
+
+    def dataset(self, name: str) -> Dataset:
+        """Data set `name` with its records in order.
+
+        Raises:
+            UsageError: the cache has no data set of that name (the message lists those it has).
+        """
+        with self.index.snapshot():
+            class_names = self.index.dataset_classes(name)
+            rows = self.index.dataset_records(name)
+        if class_names is None:
+            names = ", ".join(self.datasets()) or "none"
+            raise UsageError(f"cache {self.root} has no data set {name!r}; it has: {names}")
+        return Dataset(name, class_names, [Record(*r) for r in rows])
+
+    def datasets(self) -> list[str]:
+        """Names of the stored data sets, sorted."""
+        return self.index.dataset_names()
+
+    def delete_dataset(self, name: str) -> bool:
+        """Forget a data set (its rows stay until `gc`); True when it existed."""
+        with self.lock, self.index.write():
+            return self.index.delete_dataset(name)
+
+    # -- maintenance ------------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """What the cache holds: spaces (rows, shards, bytes on disk) and data sets (counts per split/label)."""
+        from transfer_engine.cache.report import describe
+
+        return describe(self)
+
+    def verify(self) -> "VerifyReport":
+        """Recompute every checksum and cross-check index and shards; changes nothing."""
+        from transfer_engine.cache.verify import verify_cache
+
+        return verify_cache(self)
+
+    def gc(self, dry_run: bool = False) -> "GcReport":
+        """Drop rows no data set references (and spaces left empty); see `transfer_engine.cache.gc`."""
+        from transfer_engine.cache.gc import collect_garbage
+
+        return collect_garbage(self, dry_run=dry_run)
+
+
+def _create(root: Path) -> None:
+    """Make a new cache in `root` (called under the writer lock); the marker is written last."""
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in _OWN_ENTRIES)
+    if foreign:
+        raise NotACacheError(f"{root} is not empty and not a te feature cache (it holds {', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory")
+    index = Index(root / INDEX, create=True)
+    index.set_meta("format_version", str(FORMAT_VERSION))
+    index.close()
+    tmp = root / (MARKER + ".tmp")
+    tmp.write_text(json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, root / MARKER)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_marker(marker: Path) -> None:
+    try:
+        data = json.loads(marker.read_text())
+        name, version = data["format"], int(data["version"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise NotACacheError(f"{marker} is not a te cache marker ({exc})") from None
+    if name != FORMAT_NAME:
+        raise NotACacheError(f"{marker} names format {name!r}; expected {FORMAT_NAME!r}")
+    if version > FORMAT_VERSION:
+        raise UsageError(f"{marker.parent} is a cache of format version {version}; this te reads up to "
+                         f"{FORMAT_VERSION} (upgrade transfer-engine)")

@@ -1,0 +1,109 @@
+"""`te cache info|verify|gc`: look inside a feature cache, check it, and clean it up."""
+
+from __future__ import annotations
+
+import click
+
+from transfer_engine.cli._common import emit_json, json_option, table
+from transfer_engine.errors import CorruptCacheError
+
+cache_dir = click.argument("directory", metavar="DIR", type=click.Path(file_okay=True, dir_okay=True))
+
+
+def _open(directory: str):
+    # Never create: a mistyped DIR must be an error, not a new empty cache.
+    from transfer_engine.cache import FeatureCache
+
+    return FeatureCache.open(directory, create=False)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@click.group("cache")
+def cache() -> None:
+    """Inspect, verify and clean a feature cache (the DIR of `te extract --cache DIR`).
+
+    \b
+    Examples:
+      te cache info features/
+      te cache verify features/ --json
+      te cache gc features/ --dry-run
+    """
+
+
+@cache.command("info")
+@cache_dir
+@json_option
+def info(directory: str, as_json: bool) -> None:
+    """Show the feature spaces (backbone, rows, bytes on disk) and data sets (counts per split and label)."""
+    with _open(directory) as c:
+        summary = c.info()
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"cache {summary['cache']}  ({_human(summary['bytes'])} on disk, format {summary['format_version']})")
+    click.echo("")
+    table([(s["id"][:12], s["backbone"], s["dim"], s["stored"], s["rows"], s["shards"], _human(s["bytes"]))
+           for s in summary["spaces"]], ["space", "backbone", "dim", "stored", "rows", "shards", "on disk"])
+    if not summary["spaces"]:
+        click.echo("(no feature spaces)")
+    click.echo("")
+    table([(d["name"], d["records"], len(d["classes"]), " ".join(f"{k}={v}" for k, v in d["splits"].items()),
+            " ".join(f"{s[:12]}={n}" for s, n in d["coverage"].items() if n))
+           for d in summary["datasets"]], ["data set", "records", "classes", "splits", "rows per space"])
+    if not summary["datasets"]:
+        click.echo("(no data sets)")
+    for d in summary["datasets"]:
+        click.echo(f"\nlabels of {d['name']}: " + ", ".join(f"{k}={v}" for k, v in d["labels"].items()))
+
+
+@cache.command("verify")
+@cache_dir
+@json_option
+def verify(directory: str, as_json: bool) -> None:
+    """Recompute every checksum; exit 1 naming each damaged shard and its rows. Never repairs anything."""
+    with _open(directory) as c:
+        report = c.verify()
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        for problem in report.problems:
+            click.echo(f"DAMAGED  {problem}")
+        for note in report.notes:
+            click.echo(f"note     {note}")
+        if report.ok:
+            click.echo(f"ok: {report.shards} shards, {report.rows} rows, {_human(report.bytes_checked)} checked")
+    if not report.ok:
+        first = report.problems[0]
+        more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
+        raise CorruptCacheError(f"cache {report.cache} is damaged: {first}{more}")
+
+
+@cache.command("gc")
+@cache_dir
+@click.option("--dry-run", is_flag=True, help="Only report what would be dropped.")
+@json_option
+def gc(directory: str, dry_run: bool, as_json: bool) -> None:
+    """Drop rows that no data set references, spaces left empty, and files of interrupted writers.
+
+    A row is kept while any data set in the cache has an image with its key. Features appended
+    through the Python API without a data set are dropped: look first with --dry-run.
+    """
+    with _open(directory) as c:
+        report = c.gc(dry_run=dry_run)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    verb = "would drop" if dry_run else "dropped"
+    click.echo(f"{verb} {report.rows_dropped} rows, {len(report.spaces_dropped)} spaces, "
+               f"{report.shards_removed} shards (rewrote {report.shards_rewritten}), "
+               f"{report.orphan_files} orphan files; {'would free about' if dry_run else 'freed'} "
+               f"{_human(report.bytes_freed)}")
+    for space in report.spaces_dropped:
+        click.echo(f"  space {space[:12]}")
