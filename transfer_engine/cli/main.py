@@ -12,7 +12,7 @@ import sys
 import click
 
 from transfer_engine._version import __version__
-from transfer_engine.cli import backbones, cache, demo, heads, info, plugins
+from transfer_engine.cli import backbones, cache, demo, extract, heads, info, plugins
 from transfer_engine.errors import TEError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -31,6 +31,8 @@ def cli() -> None:
       te backbones                 the backbones installed (built-in and plugins)
       te heads                     the heads installed
       te plugins                   every plugin, its distribution, version and status
+      te extract --backbone NAME --data SRC --cache DIR
+                                   features of a data set, once, into the feature cache
       te demo                      the whole path on the built-in real data (offline)
       te cache info DIR            what a feature cache holds (verify, gc: check it, clean it)
 
@@ -38,7 +40,8 @@ def cli() -> None:
     """
 
 
-for command in (backbones.backbones, heads.heads, plugins.plugins, cache.cache, info.info, demo.demo):
+for command in (backbones.backbones, heads.heads, plugins.plugins, extract.extract, cache.cache, info.info,
+                demo.demo):
     cli.add_command(command)
 
 

@@ -1,0 +1,97 @@
+"""`te extract`: run a frozen backbone over a data set once, into the feature cache."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from transfer_engine.cli._common import emit_json, info, json_option
+
+
+@click.command("extract")
+@click.option("--backbone", required=True, metavar="NAME", help="Backbone name (`te backbones` lists them).")
+@click.option("--data", required=True, metavar="SRC",
+              help="Image folder (CLASS/IMAGE, optionally under train/val/test), a .csv/.jsonl manifest "
+                   "(path,label[,split]) or builtin:digits.")
+@click.option("--cache", "cache_dir", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="Feature cache directory (created when missing; shared by data sets and backbones).")
+@click.option("--weights", default="DEFAULT", show_default=True, metavar="W",
+              help="Weights name, 'none' (random init, seeded) or a path to a local state dict.")
+@click.option("--name", metavar="DATASET", default=None, help="Data set name in the cache (default: from --data).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Images per forward pass (default: 32 on CPU, 128 on CUDA).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Decode/transform threads (default: CPU count, at most 8).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Compute precision; auto = fastest that keeps every feature within cosine 0.999 of fp32.")
+@click.option("--store", type=click.Choice(["int8", "fp16", "fp32"]), default="int8", show_default=True,
+              help="How rows are stored: int8 with a per-row scale (4x smaller), fp16 or fp32.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N", help="Only the first N images.")
+@click.option("--strict", is_flag=True, help="Exit 1 when any file cannot be read or decoded.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of a random initialization.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes to split the work across (launches torchrun; gloo on CPU, NCCL on GPUs).")
+@json_option
+def extract(backbone, data, cache_dir, weights, name, batch_size, workers, device, precision, store, limit,
+            strict, seed, nproc, as_json) -> None:
+    """Extract features of a data set into the feature cache, skipping images already there.
+
+    Files are hashed first; only images whose content the cache lacks for this backbone, weights,
+    transform, precision and stored dtype are decoded and run through the model. Kill it and run the
+    same command again: it resumes.
+
+    \b
+    Examples:
+      te extract --backbone efficientnet_lite0 --data builtin:digits --cache feats/
+      te extract --backbone resnet50 --data photos/ --cache feats/ --weights none --json
+      te extract --backbone resnet50 --data photos/ --cache feats/ --nproc 2
+    """
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise SystemExit(_relaunch(nproc))
+    from transfer_engine.extract.runner import extract as run_extract
+
+    summary = run_extract(backbone, data, cache_dir, weights=weights, name=name, batch_size=batch_size,
+                          workers=workers, device=device, precision=precision, store=store, limit=limit,
+                          strict=strict, seed=seed, progress=True)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if summary.failed:
+        info(f"te: warning: {len(summary.failed)} file(s) skipped (unreadable or not an image), first: "
+             f"{summary.failed[0]['path']}: {summary.failed[0]['reason']}")
+    if as_json:
+        emit_json(summary.to_dict())
+        return
+    if summary.extracted == 0:
+        click.echo(f"nothing new: all {summary.reused} images of {summary.dataset!r} were already in the cache "
+                   f"(space {summary.space[:12]}); no model work done")
+    else:
+        click.echo(f"{summary.dataset}: {summary.extracted} extracted, {summary.reused} reused, "
+                   f"{len(summary.failed)} failed, of {summary.total} in {summary.seconds:.1f} s "
+                   f"({summary.images_per_second:.1f} img/s, {summary.precision}, stored {summary.store})")
+    click.echo(f"cache {summary.cache}, space {summary.space[:12]} ({summary.backbone}, {summary.weights} weights; "
+               f"precision {summary.precision_reason})")
+
+
+def _relaunch(nproc: int) -> int:
+    """Run this same command under torchrun with `nproc` processes; returns its exit code."""
+    import subprocess
+
+    args = [a for a in sys.argv[1:]]
+    cleaned, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        cleaned.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "transfer_engine", *cleaned]
+    return subprocess.call(cmd)
