@@ -1,9 +1,10 @@
 """The offline demo: real data through a real pretrained backbone, with every step's result.
 
-Today it shows the foundation: which backbones and heads are installed, then features of the 1,797
-real handwritten digits (`builtin:digits`) from a pretrained backbone, and how well a nearest-class-mean
-classifier on those features does on held-out digits. Later stages (cache, train, finetune, export,
-predict) join it as they land.
+It runs the path as far as it exists today: which backbones and heads are installed; `te extract` of
+the 1,797 real handwritten digits (`builtin:digits`) with a pretrained backbone into a feature cache
+(a second run reuses it and says so); then a nearest-class-mean classifier on the cached features,
+fitted on the train split and scored on the test split. Head training, fine-tuning, export and
+prediction join it as they land.
 """
 
 from __future__ import annotations
@@ -25,23 +26,18 @@ class DemoResult:
     weights: str
     images: int
     feature_dim: int
+    extracted: int
+    reused: int
     seconds: float
     images_per_second: float
+    precision: str
     test_accuracy: float
     chance_accuracy: float
+    cache: str
     steps: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def stratified_holdout(labels: np.ndarray, every: int = 5) -> np.ndarray:
-    """Boolean test mask: every `every`-th sample of each class (deterministic, balanced)."""
-    test = np.zeros(labels.shape[0], dtype=bool)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        test[idx[::every]] = True
-    return test
 
 
 def nearest_class_mean_accuracy(features, labels: np.ndarray, test: np.ndarray) -> float:
@@ -58,21 +54,19 @@ def nearest_class_mean_accuracy(features, labels: np.ndarray, test: np.ndarray) 
     return float((predicted == y[held]).float().mean())
 
 
-def run_demo(out: Path, backbone: str | None = None, batch_size: int = 64, limit: int | None = None,
+def run_demo(out: Path, backbone: str | None = None, limit: int | None = None,
              say: Callable[[str], None] = print) -> DemoResult:
-    """Run the demo, printing one line per step with `say`, and write `demo.json` into `out`.
+    """Run the demo, printing one line per step with `say`; files (cache, demo.json) go into `out`.
 
     Args:
-        out: folder for the demo's files.
+        out: folder for the demo's files; its cache is reused by the next run.
         backbone: backbone name; default: the first of DEMO_BACKBONES that is installed.
-        batch_size: images per forward pass.
         limit: use only the first `limit` digits (a quick check); None uses all 1,797.
     """
-    import torch
-
-    from transfer_engine.backbones import create_backbone, list_backbones
+    from transfer_engine.backbones import list_backbones
     from transfer_engine.backbones import registry as backbone_registry
-    from transfer_engine.data import load_builtin
+    from transfer_engine.cache import FeatureCache
+    from transfer_engine.extract import extract
     from transfer_engine.heads import list_heads
 
     steps: list[str] = []
@@ -86,37 +80,39 @@ def run_demo(out: Path, backbone: str | None = None, batch_size: int = 64, limit
     step(f"[1/3] plugins: {len(names)} backbones, {len(list_heads())} heads installed"
          + (f"; {len(broken)} plugin(s) not ok, see `te plugins`" if broken else ""))
 
-    data = load_builtin("builtin:digits")
-    if limit is not None:
-        data = data.head(limit)
-    step(f"[2/3] data: {data.name}, {len(data)} real handwritten digits, {len(data.class_names)} classes")
-
     chosen = backbone or next((n for n in DEMO_BACKBONES if n in names), None)
     if chosen is None:
         raise RuntimeError("no demo backbone is installed")
-    spec = backbone_registry.get(chosen)
     # Pretrained weights when the backbone ships them offline; otherwise say plainly it is random.
     weights = "DEFAULT" if chosen == "efficientnet_lite0" or backbone else "none"
-    bb = create_backbone(chosen, weights=weights)
-    transform = bb.transform()
-    model = bb.model.to(memory_format=torch.channels_last)
-    feats = []
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for lo in range(0, len(data), batch_size):
-            batch = torch.stack([transform(data.pil(i)) for i in range(lo, min(lo + batch_size, len(data)))])
-            feats.append(model(batch.contiguous(memory_format=torch.channels_last)))
-    seconds = time.perf_counter() - start
-    features = torch.cat(feats)
-    test = stratified_holdout(data.labels)
-    acc = nearest_class_mean_accuracy(features, data.labels, test)
-    chance = 1.0 / len(data.class_names)
-    step(f"[3/3] {chosen} ({bb.weights} weights, from {bb.plugin}): {len(data)} images -> "
-         f"[{features.shape[0]}, {features.shape[1]}] features in {seconds:.1f} s ({len(data) / seconds:.0f} img/s); "
-         f"nearest-class-mean accuracy on {int(test.sum())} held-out digits: {acc:.1%} (chance {chance:.0%})")
-    result = DemoResult(chosen, bb.weights, len(data), spec.feature_dim, round(seconds, 3),
-                        round(len(data) / seconds, 1), round(acc, 4), chance, steps)
+    cache_dir = out / "cache"
+    started = time.perf_counter()
+    summary = extract(chosen, "builtin:digits", cache_dir, weights=weights, name="digits", limit=limit)
+    seconds = time.perf_counter() - started
+    if summary.extracted == 0:
+        how = f"nothing new: all {summary.reused} reused from the cache, no model work ({seconds:.1f} s)"
+    else:
+        how = (f"{summary.extracted} extracted, {summary.reused} reused in {summary.seconds:.1f} s "
+               f"({summary.images_per_second:.1f} img/s, {summary.precision})")
+    step(f"[2/3] te extract {chosen} ({summary.weights} weights) on builtin:digits "
+         f"({summary.total} real handwritten digits, {summary.classes} classes): {how}")
+
+    with FeatureCache.open(cache_dir, create=False) as cache:
+        dataset = cache.dataset("digits")
+        space = cache.space(next(s for s in cache.spaces() if s.id == summary.space))
+        keys = dataset.keys()
+        features = space.gather(keys)
+        labels = np.asarray(dataset.labels(), dtype=np.int64)
+        test = np.asarray([r.split == "test" for r in dataset.records])
+    acc = nearest_class_mean_accuracy(features, labels, test)
+    chance = 1.0 / summary.classes
+    step(f"[3/3] nearest-class-mean on the cached {space.stored} features ({features.shape[1]}-d): "
+         f"fitted on {int((~test).sum())} train+val digits, {acc:.1%} accuracy on {int(test.sum())} test digits "
+         f"(chance {chance:.0%})")
+    result = DemoResult(chosen, summary.weights, summary.total, int(features.shape[1]), summary.extracted,
+                        summary.reused, summary.seconds, summary.images_per_second, summary.precision,
+                        round(acc, 4), chance, str(cache_dir), steps)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    say(f"wrote {out / 'demo.json'}")
+    say(f"wrote {out / 'demo.json'}; the feature cache is {cache_dir} (`te cache info {cache_dir}`)")
     return result

@@ -21,6 +21,8 @@ from transfer_engine.cli._common import emit_json, info, json_option
 def demo(out: Path, backbone: str | None, limit: int | None, as_json: bool) -> None:
     """Run te on scikit-learn's 1,797 real handwritten digits, offline, and print each step's result.
 
+    The feature cache lives in OUT/cache: a second run reuses it and says so.
+
     \b
     Example:
       te demo --out /tmp/te-demo

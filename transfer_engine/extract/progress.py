@@ -25,7 +25,8 @@ class Progress:
         self.reused += reused
         self.failed += failed
         now = time.perf_counter()
-        if self.enabled and now - self.last >= (0.2 if self.tty else self.every):
+        unfinished = self.done + self.reused + self.failed < self.total  # close() draws the last line
+        if self.enabled and unfinished and now - self.last >= (0.2 if self.tty else self.every):
             self.last = now
             self._draw(final=False)
 
@@ -44,5 +45,5 @@ class Progress:
         sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and (self.tty or self.last < time.perf_counter()):
             self._draw(final=True)
