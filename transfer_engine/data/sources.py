@@ -15,7 +15,6 @@ Layouts understood (as torchvision's ImageFolder, plus split folders):
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from transfer_engine.cache.records import content_key  # the cache's key: SHA-256 of the bytes
 from transfer_engine.errors import UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -44,11 +44,6 @@ class Sample:
     path: str
     label: int
     split: str | None = None
-
-
-def content_key(data: bytes) -> str:
-    """The cache key of an image: SHA-256 of its bytes, hex."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def derived_split(key: str, val_fraction: float = 0.15, test_fraction: float = 0.15) -> str:
