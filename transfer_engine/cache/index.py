@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from transfer_engine.errors import CacheError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS spaces (
@@ -108,7 +110,9 @@ class Index:
     """
 
     def __init__(self, path: Path, *, create: bool, busy_timeout: float = 60.0) -> None:
-        uri = f"file:{Path(path).as_posix()}?mode={'rwc' if create else 'rw'}"
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        uri = f"file:{self.path.as_posix()}?mode={'rwc' if create else 'rw'}"
         self._conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None,
                                      check_same_thread=False)
         self._lock = threading.RLock()
@@ -126,7 +130,11 @@ class Index:
     def write(self) -> Iterator[None]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any exception."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:  # te's writers take the flock first: this is someone else
+                raise CacheError(f"{self.path} stayed locked by another connection for over {self.busy_timeout:g} s "
+                                 f"({exc})") from None
             try:
                 yield
             except BaseException:
