@@ -130,7 +130,7 @@ class CachedSpace:
         fresh = self._new_positions(keys)
         if not fresh:
             return 0
-        chosen = features[fresh]
+        chosen = features if len(fresh) == len(keys) else features[fresh]
         if chosen.dtype == torch.float64:  # the codecs take float32/16/bf16; float64 adds nothing stored
             chosen = chosen.to(torch.float32)
         encoded = ops.encode_rows(chosen, self.stored).cpu().contiguous()
@@ -157,13 +157,24 @@ class CachedSpace:
                              f"got {list(features.shape)}")
         if features.shape[0] != len(keys):
             raise UsageError(f"got {len(keys)} keys for {features.shape[0]} feature rows; expected one key per row")
-        limit = _FP16_MAX if self.stored == "fp16" else float("inf")
-        bad = ~(torch.isfinite(features) & (features.abs() <= limit)).all(dim=1)
-        if bool(bad.any()):
-            rows = bad.nonzero().flatten().tolist()
-            what = "NaN or inf" if limit == float("inf") else f"NaN, inf or beyond fp16's range (|x| > {limit:g})"
-            raise UsageError(f"{len(rows)} feature rows hold {what}, nothing was stored; keys: "
-                             f"{', '.join(keys[i] for i in rows[:5])}{', ...' if len(rows) > 5 else ''}")
+        bad = self._unstorable_rows(features)
+        if bad:
+            what = "NaN, inf or beyond fp16's range (|x| > 65504)" if self.stored == "fp16" else "NaN or inf"
+            raise UsageError(f"{len(bad)} feature rows hold {what}, nothing was stored; keys: "
+                             f"{', '.join(keys[i] for i in bad[:5])}{', ...' if len(bad) > 5 else ''}")
+
+    def _unstorable_rows(self, features: torch.Tensor) -> list[int]:
+        """Rows that hold NaN or inf (or, for fp16 storage, values fp16 would turn into inf)."""
+        if self.stored == "fp16":
+            low, high = torch.aminmax(features, dim=1)  # NaN propagates, and NaN fails both comparisons
+            ok = (low >= -_FP16_MAX) & (high <= _FP16_MAX)
+        else:
+            # One cheap pass: a row sum is finite only if every element is (unless finite values overflow
+            # the sum; the exact test below settles those rare rows).
+            ok = torch.isfinite(features.sum(dim=1))
+            if not bool(ok.all()):
+                ok = torch.isfinite(features).all(dim=1)
+        return (~ok).nonzero().flatten().tolist()
 
     def _new_positions(self, keys: list[str]) -> list[int]:
         """Positions of the first occurrence of each key the space does not hold yet."""
