@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 _FP16_MAX = 65504.0
 
 
+def _first_occurrences(keys: list[str]) -> list[int]:
+    """Positions of the first occurrence of each distinct key."""
+    seen: set[str] = set()
+    out = []
+    for i, key in enumerate(keys):
+        if key not in seen:
+            seen.add(key)
+            out.append(i)
+    return out
+
+
 @dataclass(frozen=True)
 class RowLocations:
     """Where rows live, resolved once from the index (then readable without it, from any thread).
@@ -127,22 +138,21 @@ class CachedSpace:
         """
         keys = check_keys(keys)
         self._check_features(keys, features)
-        fresh = self._new_positions(keys)
-        if not fresh:
-            return 0
-        chosen = features if len(fresh) == len(keys) else features[fresh]
+        first = _first_occurrences(keys)
+        chosen = features if len(first) == len(keys) else features[first]
         if chosen.dtype == torch.float64:  # the codecs take float32/16/bf16; float64 adds nothing stored
             chosen = chosen.to(torch.float32)
+        # Encoded before taking the lock, so a second writer's quantization overlaps this one's I/O.
+        # Callers check `contains` before extracting, so rows that turn out present are rare waste.
         encoded = ops.encode_rows(chosen, self.stored).cpu().contiguous()
         with self.cache.lock, self.cache.index.write():
-            # Another writer may have added some of these keys since the check above.
-            present = self.cache.index.locations(self._row.id, [keys[i] for i in fresh])
-            keep = [j for j, i in enumerate(fresh) if keys[i] not in present]
+            present = self.cache.index.locations(self._row.id, [keys[i] for i in first])
+            keep = [j for j, i in enumerate(first) if keys[i] not in present]
             if not keep:
                 return 0
-            if len(keep) != len(fresh):
+            if len(keep) != len(first):
                 encoded = encoded[keep].contiguous()
-            kept_keys = [keys[fresh[j]] for j in keep]
+            kept_keys = [keys[first[j]] for j in keep]
             writer = ShardWriter(self.cache.root, self.cache.index, self._row, self.cache.max_shard_bytes)
             placed = writer.append(encoded.numpy().data)
             self.cache.index.insert_rows(self._row.id, ((k, s, r) for k, (s, r) in zip(kept_keys, placed)))
@@ -175,17 +185,6 @@ class CachedSpace:
             if not bool(ok.all()):
                 ok = torch.isfinite(features).all(dim=1)
         return (~ok).nonzero().flatten().tolist()
-
-    def _new_positions(self, keys: list[str]) -> list[int]:
-        """Positions of the first occurrence of each key the space does not hold yet."""
-        present = self.cache.index.locations(self._row.id, keys)
-        seen: set[str] = set()
-        out = []
-        for i, key in enumerate(keys):
-            if key not in present and key not in seen:
-                seen.add(key)
-                out.append(i)
-        return out
 
     # -- reading ----------------------------------------------------------------------------------------
     def gather(self, rows: Union[Sequence[str], RowLocations], out: torch.Tensor | None = None) -> torch.Tensor:
