@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from transfer_engine import extension, ops
@@ -122,7 +121,8 @@ def main() -> None:
     print(f"    of which quantization alone would run at        {result['encode_only_rows_per_s']:>10,} rows/s "
           f"({result['encode_share_of_te_time']:.0%} of te's time)")
     print(f"  numpy fp32 tofile, one fsync at the end           {result['numpy_fp32_rows_per_s']:>10,} rows/s")
-    print(f"  numpy fp32 tofile, fsync per batch                {result['numpy_fp32_fsync_per_batch_rows_per_s']:>10,} rows/s")
+    synced = result["numpy_fp32_fsync_per_batch_rows_per_s"]
+    print(f"  numpy fp32 tofile, fsync per batch                {synced:>10,} rows/s")
     print(f"  ratio te / numpy: {result['ratio_te_vs_numpy']:.2f}x (vs numpy with fsync per batch: "
           f"{result['ratio_te_vs_numpy_fsync_per_batch']:.2f}x)")
     print(f"  bytes on disk: te {cache_bytes:,} vs numpy fp32 {numpy_bytes:,} "

@@ -27,6 +27,19 @@ def wait_ready(proc: subprocess.Popen) -> None:
     assert line.strip() == "ready", f"writer did not start: {line!r} {proc.stderr.read() if proc.poll() else ''}"
 
 
+def keys_of(n: int, start: int = 0) -> list[str]:
+    """Content keys of n made-up images."""
+    from transfer_engine.cache import content_key
+
+    return [content_key(f"img{i}".encode()) for i in range(start, start + n)]
+
+
+def int8_close(got, want) -> bool:
+    """True when every value is within half an int8 step of its row (the quantizer's promise)."""
+    step = want.abs().amax(dim=1, keepdim=True) / 127
+    return bool(((got - want).abs() <= step / 2 + 1e-6).all())
+
+
 @pytest.fixture
 def wp():
     """The writer_process module: key_of(i), features_of(indices), space_config(), DIM."""

@@ -14,20 +14,14 @@ import signal
 import time
 
 import pytest
-import torch
 
 from transfer_engine.cache import FeatureCache
 
-from .conftest import start_writer, wait_ready, writer_process as wp
+from .conftest import int8_close, start_writer, wait_ready, writer_process as wp
 
 BATCH = 32
 # 80 rows per shard: batches straddle shards, so kills land in shard creation and sealing too.
 SHARD_BYTES = 80 * (wp.DIM + 4)
-
-
-def _int8_close(got: torch.Tensor, want: torch.Tensor) -> bool:
-    step = want.abs().amax(dim=1, keepdim=True) / 127
-    return bool(((got - want).abs() <= step / 2 + 1e-6).all())
 
 
 def _last_reported(stdout: str) -> int:
@@ -46,12 +40,12 @@ def _check_and_resume(cache_dir, reported: int) -> None:
         assert all(space.contains([wp.key_of(i) for i in range(n)]))
         assert not any(space.contains([wp.key_of(i) for i in range(n, n + BATCH)]))
         if n:
-            assert _int8_close(space.gather([wp.key_of(i) for i in range(n)]), wp.features_of(range(n)))
+            assert int8_close(space.gather([wp.key_of(i) for i in range(n)]), wp.features_of(range(n)))
 
         total = n + 3 * BATCH + 5
         added = space.append([wp.key_of(i) for i in range(total)], wp.features_of(range(total)))
         assert added == total - n and len(space) == total
-        assert _int8_close(space.gather([wp.key_of(i) for i in range(total)]), wp.features_of(range(total)))
+        assert int8_close(space.gather([wp.key_of(i) for i in range(total)]), wp.features_of(range(total)))
         report = cache.verify()
         assert report.ok, [str(p) for p in report.problems]
         assert not any("uncommitted" in note for note in report.notes)  # the resumed append cut the torn tail

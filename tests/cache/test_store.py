@@ -5,12 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transfer_engine.cache import FeatureCache, Record, content_key
-from transfer_engine.errors import NotACacheError, UsageError
+from transfer_engine.cache import FeatureCache, Record
+from transfer_engine.errors import CorruptCacheError, NotACacheError, UsageError
 
-
-def keys_of(n, start=0):
-    return [content_key(f"img{i}".encode()) for i in range(start, start + n)]
+from .conftest import int8_close, keys_of
 
 
 def test_fp32_rows_come_back_exactly(new_cache, wp):
@@ -35,8 +33,7 @@ def test_int8_rows_come_back_within_half_a_step_with_a_quarter_of_the_bytes(new_
     int8.append(keys_of(64), x)
     fp32.append(keys_of(64), x)
     got = int8.gather(keys_of(64))
-    step = x.abs().amax(dim=1, keepdim=True) / 127
-    assert ((got - x).abs() <= step / 2 + 1e-6).all()
+    assert int8_close(got, x)
     assert torch.nn.functional.cosine_similarity(got, x, dim=1).min() >= 0.999
     sizes = {s["stored"]: s["bytes"] for s in cache.info()["spaces"]}
     assert 3.9 < sizes["fp32"] / sizes["int8"] < 4.0
@@ -168,3 +165,11 @@ def test_a_folder_holding_other_files_is_not_turned_into_a_cache(tmp_path):
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"jpeg")
     with pytest.raises(NotACacheError, match="is not empty and not a te feature cache"):
         FeatureCache.open(tmp_path / "photos")
+
+
+def test_a_cache_whose_index_is_gone_says_so(tmp_path, wp):
+    with FeatureCache.open(tmp_path / "c") as cache:
+        cache.space(wp.space_config())
+    (tmp_path / "c" / "index.sqlite").unlink()
+    with pytest.raises(CorruptCacheError, match="cannot open the index .*index.sqlite"):
+        FeatureCache.open(tmp_path / "c", create=False)

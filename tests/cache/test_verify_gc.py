@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from transfer_engine.cache import Record, content_key
+from transfer_engine.cache import Record
 from transfer_engine.cache.shards import BLOCK_ROWS, HEADER_BYTES
 
-
-def keys_of(n, start=0):
-    return [content_key(f"img{i}".encode()) for i in range(start, start + n)]
+from .conftest import keys_of
 
 
 def filled(new_cache, wp, rows=600, **open_kwargs):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from transfer_engine.errors import CacheError
+from transfer_engine.errors import CacheError, CorruptCacheError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -117,8 +117,11 @@ class Index:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         uri = f"file:{self.path.as_posix()}?mode={'rwc' if create else 'rw'}"
-        self._conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None,
-                                     check_same_thread=False)
+        try:
+            self._conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None,
+                                         check_same_thread=False)
+        except sqlite3.OperationalError as exc:  # the marker says "cache", but its index is gone
+            raise CorruptCacheError(f"cannot open the index {self.path} ({exc})") from None
         self._lock = threading.RLock()
         self._conn.execute("PRAGMA synchronous=FULL")
         if create:

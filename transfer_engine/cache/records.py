@@ -87,7 +87,8 @@ class Dataset:
 
     def label_counts(self, split: str | None = None) -> dict[int | None, int]:
         """{label: number of records} in one split (all for None)."""
-        return dict(sorted(Counter(r.label for r in self.select(split)).items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
+        counts = Counter(r.label for r in self.select(split))
+        return dict(sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))  # unlabelled last
 
 
 def check_records(name: str, records: Iterable[Record | Sequence], class_names: Sequence[str]) -> list[Record]:

@@ -13,7 +13,7 @@ from transfer_engine.cache.records import check_keys
 from transfer_engine.cache.shards import shard_relpath
 from transfer_engine.cache.space import FeatureSpace
 from transfer_engine.cache.writer import ShardWriter
-from transfer_engine.errors import CacheError, UsageError
+from transfer_engine.errors import UsageError
 
 if TYPE_CHECKING:
     from transfer_engine.cache.loader import FeatureLoader
@@ -211,10 +211,7 @@ class CachedSpace:
         for shard_id, count in zip(shard_ids.tolist(), counts.tolist()):
             positions = order[start:start + count]
             start += count
-            relpath, committed = locations.shards.get(shard_id, (None, 0))
-            if relpath is None:
-                raise CacheError(f"shard {shard_id} of space {self.id[:12]} is gone (te cache gc ran since these "
-                                 "rows were located); locate them again")
+            relpath, committed = locations.shards[shard_id]
             data = self.cache.maps.rows(shard_id, relpath, committed, self.row_bytes)
             ops.gather_rows(data, locations.row[positions], self.dim, self.stored, out=out, out_index=positions)
         return out
