@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from transfer_engine.cache import FeatureCache, Record
-from transfer_engine.errors import CorruptCacheError, NotACacheError, UsageError
+from transfer_engine.errors import CacheError, CorruptCacheError, NotACacheError, UsageError
 
 from .conftest import int8_close, keys_of
 
@@ -62,6 +62,7 @@ def test_gather_follows_the_asked_order_across_shards(new_cache, wp):
     got = space.gather([keys_of(1, i)[0] for i in order])
     assert torch.allclose(got, wp.features_of(order), atol=0.1)
     assert space.gather([]).shape == (0, wp.DIM)
+    assert space.append([], torch.empty(0, wp.DIM)) == 0
 
 
 def test_rows_persist_and_the_same_space_is_found_again(tmp_path, wp):
@@ -90,7 +91,7 @@ def test_nan_or_inf_features_are_refused_naming_their_keys(new_cache, wp):
     x[1, 5] = float("nan")
     x[3, 0] = float("inf")
     keys = keys_of(4)
-    with pytest.raises(UsageError, match="2 feature rows hold NaN or inf, nothing was stored") as err:
+    with pytest.raises(CacheError, match="2 feature rows hold NaN or inf, nothing was stored") as err:
         space.append(keys, x)
     assert keys[1] in str(err.value) and keys[3] in str(err.value) and keys[0] not in str(err.value)
     assert len(space) == 0
@@ -100,7 +101,7 @@ def test_fp16_overflow_is_refused_rather_than_stored_as_inf(new_cache, wp):
     space = new_cache().space(wp.space_config(stored="fp16"))
     x = torch.zeros(2, wp.DIM)
     x[0, 0] = 1e6
-    with pytest.raises(UsageError, match="beyond fp16's range"):
+    with pytest.raises(CacheError, match="beyond fp16's range"):
         space.append(keys_of(2), x)
 
 

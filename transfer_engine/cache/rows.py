@@ -13,7 +13,7 @@ from transfer_engine.cache.records import check_keys
 from transfer_engine.cache.shards import shard_relpath
 from transfer_engine.cache.space import FeatureSpace
 from transfer_engine.cache.writer import ShardWriter
-from transfer_engine.errors import UsageError
+from transfer_engine.errors import CacheError, UsageError
 
 if TYPE_CHECKING:
     from transfer_engine.cache.loader import FeatureLoader
@@ -134,10 +134,13 @@ class CachedSpace:
             How many rows were added (duplicates within `keys` count once).
 
         Raises:
-            UsageError: wrong shape, a key/row count mismatch, or NaN/inf features (naming their keys).
+            UsageError: wrong shape or dtype, a key/row count mismatch, a key that is not a hex digest.
+            CacheError: NaN/inf features (or beyond fp16's range for fp16 storage), naming their keys.
         """
         keys = check_keys(keys)
         self._check_features(keys, features)
+        if not keys:
+            return 0
         first = _first_occurrences(keys)
         chosen = features if len(first) == len(keys) else features[first]
         if chosen.dtype == torch.float64:  # the codecs take float32/16/bf16; float64 adds nothing stored
@@ -168,9 +171,9 @@ class CachedSpace:
         if features.shape[0] != len(keys):
             raise UsageError(f"got {len(keys)} keys for {features.shape[0]} feature rows; expected one key per row")
         bad = self._unstorable_rows(features)
-        if bad:
+        if bad:  # a runtime failure (a backbone gone numerically wrong), not a usage error: exit 1
             what = "NaN, inf or beyond fp16's range (|x| > 65504)" if self.stored == "fp16" else "NaN or inf"
-            raise UsageError(f"{len(bad)} feature rows hold {what}, nothing was stored; keys: "
+            raise CacheError(f"{len(bad)} feature rows hold {what}, nothing was stored; keys: "
                              f"{', '.join(keys[i] for i in bad[:5])}{', ...' if len(bad) > 5 else ''}")
 
     def _unstorable_rows(self, features: torch.Tensor) -> list[int]:
