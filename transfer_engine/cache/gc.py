@@ -61,11 +61,12 @@ def _plan(cache: "FeatureCache") -> _Plan:
         dead_per_shard[shard] += 1
     remove, rewrite, estimate = [], [], 0
     live_per_space: Counter = Counter()
+    referenced = index.rows_per_shard()
     for shard in index.shards():
         space = spaces[shard.space]
         path = cache.shard_path(space.digest, shard.id)
         size = os.stat(path).st_size if path.exists() else 0
-        live = len(index.rows_of_shard(shard.id)) - dead_per_shard[shard.id]
+        live = referenced.get(shard.id, 0) - dead_per_shard[shard.id]
         live_per_space[shard.space] += live
         if live == 0:
             remove.append(shard.id)

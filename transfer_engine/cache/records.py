@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 from transfer_engine.errors import UsageError
 
-_HEX_KEY = re.compile(r"[0-9a-f]{16,128}")
+_HEX_KEY = re.compile(r"(?:[0-9a-f]{2}){8,64}")  # whole bytes: the index stores keys as BLOBs
 
 
 def content_key(data: bytes) -> str:
@@ -30,8 +30,8 @@ def check_keys(keys: Sequence[str]) -> list[str]:
     keys = list(keys)
     for key in keys:
         if not isinstance(key, str) or not _HEX_KEY.fullmatch(key):
-            raise UsageError(f"a row key must be a lowercase hex digest of the image bytes (16-128 hex digits, "
-                             f"e.g. content_key(bytes)), got {key!r}")
+            raise UsageError(f"a row key must be a lowercase hex digest of the image bytes (an even number, "
+                             f"16-128, of hex digits, e.g. content_key(bytes)), got {key!r}")
     return keys
 
 
@@ -87,7 +87,8 @@ class Dataset:
 
     def label_counts(self, split: str | None = None) -> dict[int | None, int]:
         """{label: number of records} in one split (all for None)."""
-        return dict(sorted(Counter(r.label for r in self.select(split)).items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
+        counts = Counter(r.label for r in self.select(split))
+        return dict(sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))  # unlabelled last
 
 
 def check_records(name: str, records: Iterable[Record | Sequence], class_names: Sequence[str]) -> list[Record]:

@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 _FP16_MAX = 65504.0
 
 
+def _first_occurrences(keys: list[str]) -> list[int]:
+    """Positions of the first occurrence of each distinct key."""
+    seen: set[str] = set()
+    out = []
+    for i, key in enumerate(keys):
+        if key not in seen:
+            seen.add(key)
+            out.append(i)
+    return out
+
+
 @dataclass(frozen=True)
 class RowLocations:
     """Where rows live, resolved once from the index (then readable without it, from any thread).
@@ -123,26 +134,28 @@ class CachedSpace:
             How many rows were added (duplicates within `keys` count once).
 
         Raises:
-            UsageError: wrong shape, a key/row count mismatch, or NaN/inf features (naming their keys).
+            UsageError: wrong shape or dtype, a key/row count mismatch, a key that is not a hex digest.
+            CacheError: NaN/inf features (or beyond fp16's range for fp16 storage), naming their keys.
         """
         keys = check_keys(keys)
         self._check_features(keys, features)
-        fresh = self._new_positions(keys)
-        if not fresh:
+        if not keys:
             return 0
-        chosen = features[fresh]
+        first = _first_occurrences(keys)
+        chosen = features if len(first) == len(keys) else features[first]
         if chosen.dtype == torch.float64:  # the codecs take float32/16/bf16; float64 adds nothing stored
             chosen = chosen.to(torch.float32)
+        # Encoded before taking the lock, so a second writer's quantization overlaps this one's I/O.
+        # Callers check `contains` before extracting, so rows that turn out present are rare waste.
         encoded = ops.encode_rows(chosen, self.stored).cpu().contiguous()
         with self.cache.lock, self.cache.index.write():
-            # Another writer may have added some of these keys since the check above.
-            present = self.cache.index.locations(self._row.id, [keys[i] for i in fresh])
-            keep = [j for j, i in enumerate(fresh) if keys[i] not in present]
+            present = self.cache.index.locations(self._row.id, [keys[i] for i in first])
+            keep = [j for j, i in enumerate(first) if keys[i] not in present]
             if not keep:
                 return 0
-            if len(keep) != len(fresh):
+            if len(keep) != len(first):
                 encoded = encoded[keep].contiguous()
-            kept_keys = [keys[fresh[j]] for j in keep]
+            kept_keys = [keys[first[j]] for j in keep]
             writer = ShardWriter(self.cache.root, self.cache.index, self._row, self.cache.max_shard_bytes)
             placed = writer.append(encoded.numpy().data)
             self.cache.index.insert_rows(self._row.id, ((k, s, r) for k, (s, r) in zip(kept_keys, placed)))
@@ -157,24 +170,24 @@ class CachedSpace:
                              f"got {list(features.shape)}")
         if features.shape[0] != len(keys):
             raise UsageError(f"got {len(keys)} keys for {features.shape[0]} feature rows; expected one key per row")
-        limit = _FP16_MAX if self.stored == "fp16" else float("inf")
-        bad = ~(torch.isfinite(features) & (features.abs() <= limit)).all(dim=1)
-        if bool(bad.any()):
-            rows = bad.nonzero().flatten().tolist()
-            what = "NaN or inf" if limit == float("inf") else f"NaN, inf or beyond fp16's range (|x| > {limit:g})"
-            raise UsageError(f"{len(rows)} feature rows hold {what}, nothing was stored; keys: "
-                             f"{', '.join(keys[i] for i in rows[:5])}{', ...' if len(rows) > 5 else ''}")
+        bad = self._unstorable_rows(features)
+        if bad:  # a runtime failure (a backbone gone numerically wrong), not a usage error: exit 1
+            what = "NaN, inf or beyond fp16's range (|x| > 65504)" if self.stored == "fp16" else "NaN or inf"
+            raise CacheError(f"{len(bad)} feature rows hold {what}, nothing was stored; keys: "
+                             f"{', '.join(keys[i] for i in bad[:5])}{', ...' if len(bad) > 5 else ''}")
 
-    def _new_positions(self, keys: list[str]) -> list[int]:
-        """Positions of the first occurrence of each key the space does not hold yet."""
-        present = self.cache.index.locations(self._row.id, keys)
-        seen: set[str] = set()
-        out = []
-        for i, key in enumerate(keys):
-            if key not in present and key not in seen:
-                seen.add(key)
-                out.append(i)
-        return out
+    def _unstorable_rows(self, features: torch.Tensor) -> list[int]:
+        """Rows that hold NaN or inf (or, for fp16 storage, values fp16 would turn into inf)."""
+        if self.stored == "fp16":
+            low, high = torch.aminmax(features, dim=1)  # NaN propagates, and NaN fails both comparisons
+            ok = (low >= -_FP16_MAX) & (high <= _FP16_MAX)
+        else:
+            # One cheap pass: a row sum is finite only if every element is (unless finite values overflow
+            # the sum; the exact test below settles those rare rows).
+            ok = torch.isfinite(features.sum(dim=1))
+            if not bool(ok.all()):
+                ok = torch.isfinite(features).all(dim=1)
+        return (~ok).nonzero().flatten().tolist()
 
     # -- reading ----------------------------------------------------------------------------------------
     def gather(self, rows: Union[Sequence[str], RowLocations], out: torch.Tensor | None = None) -> torch.Tensor:
@@ -201,10 +214,7 @@ class CachedSpace:
         for shard_id, count in zip(shard_ids.tolist(), counts.tolist()):
             positions = order[start:start + count]
             start += count
-            relpath, committed = locations.shards.get(shard_id, (None, 0))
-            if relpath is None:
-                raise CacheError(f"shard {shard_id} of space {self.id[:12]} is gone (te cache gc ran since these "
-                                 "rows were located); locate them again")
+            relpath, committed = locations.shards[shard_id]
             data = self.cache.maps.rows(shard_id, relpath, committed, self.row_bytes)
             ops.gather_rows(data, locations.row[positions], self.dim, self.stored, out=out, out_index=positions)
         return out

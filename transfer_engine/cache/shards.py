@@ -151,7 +151,8 @@ def extend_block_checksums(first_row: int, data: bytes | memoryview, row_bytes: 
         take = min(BLOCK_ROWS - in_block, len(view) // row_bytes)
         crc = partial[1] if (in_block and partial) else 0
         if in_block and (partial is None or partial[0] != in_block):
-            raise CorruptCacheError(f"checksum table disagrees with the shard: block {block} should hold {in_block} rows")
+            raise CorruptCacheError(f"checksum table disagrees with the shard: block {block} should hold "
+                                    f"{in_block} rows")
         out.append((block, in_block + take, zlib.crc32(view[: take * row_bytes], crc)))
         view, row, partial = view[take * row_bytes:], row + take, None
     return out
@@ -220,7 +221,9 @@ class ShardMaps:
                                 f"({length} bytes); run `te cache verify {self.root}`")
                         mm = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_COPY)
                 except FileNotFoundError:
-                    raise CorruptCacheError(f"{relpath} is missing; run `te cache verify {self.root}`") from None
+                    raise CorruptCacheError(f"{relpath} is missing: `te cache gc` rewrote it after these rows were "
+                                            f"located (locate them again), or it was lost (run `te cache verify "
+                                            f"{self.root}`)") from None
                 # frombuffer keeps the map alive for as long as any view of it lives.
                 mapped = (committed, torch.frombuffer(mm, dtype=torch.uint8, offset=HEADER_BYTES,
                                                       count=committed * row_bytes))

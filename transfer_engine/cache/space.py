@@ -134,4 +134,5 @@ def _plain(value: Any, where: str) -> Any:
         raise UsageError(f"feature space: {where} must be finite, got {value!r}")
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    raise UsageError(f"feature space: {where} must be JSON data (str, number, list, mapping), got {type(value).__name__}")
+    raise UsageError(f"feature space: {where} must be JSON data (str, number, list, mapping), "
+                     f"got {type(value).__name__}")

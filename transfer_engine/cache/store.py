@@ -86,9 +86,12 @@ class FeatureCache:
                 raise NotACacheError(f"{root} is not a te feature cache (it has no {MARKER})")
             root.mkdir(parents=True, exist_ok=True)
             lock = WriterLock(root / LOCK, lock_timeout)
-            with lock:
-                if not marker.is_file():
-                    _create(root)
+            try:
+                with lock:  # two processes creating one cache at once: the second finds the first's
+                    if not marker.is_file():
+                        _create(root)
+            finally:
+                lock.close()
         _check_marker(marker)
         return cls(root, Index(root / INDEX, create=False, busy_timeout=lock_timeout),
                    WriterLock(root / LOCK, lock_timeout), max_shard_bytes)

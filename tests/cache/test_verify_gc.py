@@ -1,0 +1,97 @@
+"""verify finds every damaged byte and names where; gc drops only what no data set uses."""
+
+from __future__ import annotations
+
+import torch
+
+from transfer_engine.cache import Record
+from transfer_engine.cache.shards import BLOCK_ROWS, HEADER_BYTES
+
+from .conftest import keys_of
+
+
+def filled(new_cache, wp, rows=600, **open_kwargs):
+    cache = new_cache(**open_kwargs)
+    space = cache.space(wp.space_config())
+    for start in range(0, rows, 100):
+        space.append(keys_of(100, start), wp.features_of(range(start, start + 100)))
+    return cache, space
+
+
+def shard_files(cache):
+    return sorted((cache.root / "shards").glob("*/*.shard"))
+
+
+def flip(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_healthy_cache_verifies(new_cache, wp):
+    cache, _ = filled(new_cache, wp)
+    report = cache.verify()
+    assert report.ok and report.rows == 600 and report.shards == 1 and not report.notes
+
+
+def test_a_flipped_row_byte_is_found_with_its_shard_and_rows(new_cache, wp):
+    cache, _ = filled(new_cache, wp)
+    path = shard_files(cache)[0]
+    row = 300
+    flip(path, HEADER_BYTES + row * (wp.DIM + 4) + 7)
+    report = cache.verify()
+    assert not report.ok and len(report.problems) == 1
+    problem = report.problems[0]
+    first = row // BLOCK_ROWS * BLOCK_ROWS
+    assert problem.shard == path.relative_to(cache.root).as_posix()
+    assert problem.rows == (first, first + BLOCK_ROWS - 1) and "checksum mismatch" in problem.message
+
+
+def test_a_flipped_byte_in_a_sealed_shard_fails_both_checks(new_cache, wp):
+    cache, _ = filled(new_cache, wp, max_shard_bytes=250 * (wp.DIM + 4))
+    sealed = shard_files(cache)[0]
+    flip(sealed, HEADER_BYTES + 3)
+    messages = [p.message for p in cache.verify().problems]
+    assert any("checksum mismatch in block 0" in m for m in messages)
+    assert any("SHA-256 of the sealed shard" in m for m in messages)
+
+
+def test_a_damaged_header_or_a_cut_shard_is_reported(new_cache, wp):
+    cache, _ = filled(new_cache, wp)
+    path = shard_files(cache)[0]
+    flip(path, 20)  # inside the dim field
+    assert "header says dim" in cache.verify().problems[0].message
+    flip(path, 20)
+    with open(path, "r+b") as f:
+        f.truncate(HEADER_BYTES + 550 * (wp.DIM + 4) + 10)
+    problem = cache.verify().problems[0]
+    assert "file ends after 550 whole rows; the index commits 600" in problem.message and problem.rows == (550, 599)
+
+
+def test_verify_changes_nothing(new_cache, wp):
+    cache, _ = filled(new_cache, wp)
+    path = shard_files(cache)[0]
+    flip(path, HEADER_BYTES + 11)
+    before = path.read_bytes()
+    cache.verify()
+    assert path.read_bytes() == before
+
+
+def test_gc_drops_rows_no_data_set_references_and_keeps_the_rest_intact(new_cache, wp):
+    cache, space = filled(new_cache, wp, max_shard_bytes=250 * (wp.DIM + 4))
+    other = cache.space(wp.space_config(stored="fp16"))
+    other.append(keys_of(10, 1000), wp.features_of(range(1000, 1010)))  # a space no data set uses
+    kept = list(range(0, 600, 3)) + list(range(500, 600))               # shard 3 (500..599) stays whole
+    kept = sorted(set(kept))
+    cache.put_dataset("d", [Record(f"{i}.png", keys_of(1, i)[0], 0, "train") for i in kept], ["x"])
+    before = space.gather([keys_of(1, i)[0] for i in kept])
+
+    dry = cache.gc(dry_run=True)
+    assert len(space) == 600 and dry.rows_dropped == 600 - len(kept) + 10
+    report = cache.gc()
+    assert report.rows_dropped == dry.rows_dropped and report.spaces_dropped == [other.id]
+    assert report.bytes_freed > 0 and report.shards_rewritten == 2
+    assert len(space) == len(kept) and [s.id for s in cache.spaces()] == [space.id]
+    assert torch.equal(space.gather([keys_of(1, i)[0] for i in kept]), before)
+    assert cache.verify().ok
+    assert cache.gc().rows_dropped == 0  # nothing left to drop
