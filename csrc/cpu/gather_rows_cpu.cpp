@@ -1,0 +1,109 @@
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+
+#include "cpu/multiversion.h"
+#include "stored_rows.h"
+
+namespace te {
+namespace {
+
+// One gather, as plain pointers: row index[i] of data (at data + index[i] * width) is decoded into
+// out row out_index[i] (row i when out_index is null).
+struct GatherJob {
+  const uint8_t* data;
+  int64_t width;
+  int64_t dim;
+  const int64_t* index;
+  const int64_t* out_index;
+  float* out;
+  int64_t out_row_stride;
+};
+
+inline float* out_row(const GatherJob& job, int64_t i) {
+  return job.out + (job.out_index != nullptr ? job.out_index[i] : i) * job.out_row_stride;
+}
+
+// The decoders take __restrict__ arguments so the compiler knows the mapped rows and out never
+// overlap, and vectorizes without runtime alias checks. memcpy loads keep unaligned rows legal
+// (an int8 row is D + 4 bytes wide, so its neighbours start at any address).
+inline void decode_int8(const uint8_t* __restrict__ src, int64_t dim, float* __restrict__ dst) {
+  float scale;
+  std::memcpy(&scale, src + dim, sizeof(scale));
+  const int8_t* __restrict__ codes = reinterpret_cast<const int8_t*>(src);
+  for (int64_t j = 0; j < dim; ++j) dst[j] = static_cast<float>(codes[j]) * scale;
+}
+
+inline void decode_fp16(const uint8_t* __restrict__ src, int64_t dim, float* __restrict__ dst) {
+  for (int64_t j = 0; j < dim; ++j) {
+    uint16_t bits;
+    std::memcpy(&bits, src + 2 * j, sizeof(bits));
+    // The branch-free bit recipe of c10::Half (exact for every finite value, inf and NaN), which the
+    // compiler vectorizes; _cvtsh_ss would need -mf16c at build time.
+    dst[j] = c10::detail::fp16_ieee_to_fp32_value(bits);
+  }
+}
+
+TE_MULTIVERSION void gather_int8_rows(const GatherJob& job, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) decode_int8(job.data + job.index[i] * job.width, job.dim, out_row(job, i));
+}
+
+TE_MULTIVERSION void gather_fp16_rows(const GatherJob& job, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) decode_fp16(job.data + job.index[i] * job.width, job.dim, out_row(job, i));
+}
+
+void gather_fp32_rows(const GatherJob& job, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) std::memcpy(out_row(job, i), job.data + job.index[i] * job.width, job.width);
+}
+
+// The first entry of values outside [0, limit), or nullopt. One branch-free pass finds whether there is
+// one (the common case costs a vectorized sweep); only a failure pays for the search.
+std::optional<int64_t> first_out_of_range(const int64_t* values, int64_t count, int64_t limit) {
+  bool any_bad = false;
+  for (int64_t i = 0; i < count; ++i) any_bad |= static_cast<uint64_t>(values[i]) >= static_cast<uint64_t>(limit);
+  if (!any_bad) return std::nullopt;
+  return *std::find_if(values, values + count, [&](int64_t v) { return v < 0 || v >= limit; });
+}
+
+at::Tensor& gather_rows_cpu(const at::Tensor& data, const at::Tensor& index_in, int64_t dim, int64_t stored_code,
+                            at::Tensor& out, const std::optional<at::Tensor>& out_index_in) {
+  const GatherRowsPlan plan = check_gather_rows_args(data, index_in, dim, stored_code, out, out_index_in);
+  TORCH_CHECK(data.device().is_cpu(), "gather_rows: CPU kernel got data on ", data.device());
+  const at::Tensor index = index_in.to(at::kLong).contiguous();
+  const int64_t count = index.numel();
+  if (count == 0) return out;
+  // Every index is checked before the first row is read: a bad one is an error, never a read past the map.
+  if (auto bad = first_out_of_range(index.data_ptr<int64_t>(), count, plan.n_rows)) {
+    fail_row_out_of_range(*bad, plan.n_rows);
+  }
+  at::Tensor out_index;
+  if (out_index_in.has_value()) {
+    out_index = out_index_in->to(at::kLong).contiguous();
+    if (auto bad = first_out_of_range(out_index.data_ptr<int64_t>(), count, out.size(0))) {
+      fail_out_index_out_of_range(*bad, out.size(0));
+    }
+  }
+  const GatherJob job{data.const_data_ptr<uint8_t>(), plan.width, dim, index.data_ptr<int64_t>(),
+                      out_index.defined() ? out_index.data_ptr<int64_t>() : nullptr, out.data_ptr<float>(),
+                      out.stride(0)};
+  auto* gather = plan.stored == StoredDtype::kInt8   ? &gather_int8_rows
+                 : plan.stored == StoredDtype::kFp16 ? &gather_fp16_rows
+                                                     : &gather_fp32_rows;
+  // At least ~32K floats per task, so a small gather stays on the calling thread.
+  const int64_t grain = std::max<int64_t>(1, 32768 / dim);
+  at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) { gather(job, begin, end); });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(te, CPU, m) {
+  m.impl("gather_rows", &gather_rows_cpu);
+}
+
+}  // namespace te
