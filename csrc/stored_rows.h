@@ -9,6 +9,7 @@
 // transfer_engine.ops.STORED_DTYPES.
 #pragma once
 #include <ATen/ATen.h>
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 
@@ -77,6 +78,24 @@ inline GatherRowsPlan check_gather_rows_args(const at::Tensor& data, const at::T
   }
   const int64_t width = row_bytes(dim, stored);
   return {stored, width, data.numel() / width};
+}
+
+// The first of the int64 values outside [0, limit), or nullopt. On the CPU one branch-free pass says
+// whether there is one (the common case costs a vectorized sweep) and only a failure pays for the
+// search; on a GPU it is two reductions and one synchronization.
+inline std::optional<int64_t> first_out_of_range(const at::Tensor& values, int64_t limit) {
+  if (values.numel() == 0) return std::nullopt;
+  if (values.device().is_cpu()) {
+    const int64_t* begin = values.const_data_ptr<int64_t>();
+    const int64_t* end = begin + values.numel();
+    bool any_bad = false;
+    for (const int64_t* v = begin; v != end; ++v) any_bad |= static_cast<uint64_t>(*v) >= static_cast<uint64_t>(limit);
+    if (!any_bad) return std::nullopt;
+    return *std::find_if(begin, end, [&](int64_t v) { return v < 0 || v >= limit; });
+  }
+  const at::Tensor bad = values.lt(0).logical_or_(values.ge(limit));
+  if (!bad.any().item<bool>()) return std::nullopt;
+  return values.masked_select(bad)[0].item<int64_t>();
 }
 
 // One wording for a bad index on every device (the reference raises the same sentence).

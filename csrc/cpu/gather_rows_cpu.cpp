@@ -61,15 +61,6 @@ void gather_fp32_rows(const GatherJob& job, int64_t begin, int64_t end) {
   for (int64_t i = begin; i < end; ++i) std::memcpy(out_row(job, i), job.data + job.index[i] * job.width, job.width);
 }
 
-// The first entry of values outside [0, limit), or nullopt. One branch-free pass finds whether there is
-// one (the common case costs a vectorized sweep); only a failure pays for the search.
-std::optional<int64_t> first_out_of_range(const int64_t* values, int64_t count, int64_t limit) {
-  bool any_bad = false;
-  for (int64_t i = 0; i < count; ++i) any_bad |= static_cast<uint64_t>(values[i]) >= static_cast<uint64_t>(limit);
-  if (!any_bad) return std::nullopt;
-  return *std::find_if(values, values + count, [&](int64_t v) { return v < 0 || v >= limit; });
-}
-
 at::Tensor& gather_rows_cpu(const at::Tensor& data, const at::Tensor& index_in, int64_t dim, int64_t stored_code,
                             at::Tensor& out, const std::optional<at::Tensor>& out_index_in) {
   const GatherRowsPlan plan = check_gather_rows_args(data, index_in, dim, stored_code, out, out_index_in);
@@ -78,13 +69,13 @@ at::Tensor& gather_rows_cpu(const at::Tensor& data, const at::Tensor& index_in, 
   const int64_t count = index.numel();
   if (count == 0) return out;
   // Every index is checked before the first row is read: a bad one is an error, never a read past the map.
-  if (auto bad = first_out_of_range(index.data_ptr<int64_t>(), count, plan.n_rows)) {
+  if (auto bad = first_out_of_range(index, plan.n_rows)) {
     fail_row_out_of_range(*bad, plan.n_rows);
   }
   at::Tensor out_index;
   if (out_index_in.has_value()) {
     out_index = out_index_in->to(at::kLong).contiguous();
-    if (auto bad = first_out_of_range(out_index.data_ptr<int64_t>(), count, out.size(0))) {
+    if (auto bad = first_out_of_range(out_index, out.size(0))) {
       fail_out_index_out_of_range(*bad, out.size(0));
     }
   }
