@@ -69,14 +69,16 @@ def encode_rows(x: torch.Tensor, stored: str) -> torch.Tensor:
 def decode_rows(raw: torch.Tensor, dim: int, stored: str) -> torch.Tensor:
     """Stored bytes [N, row_bytes] (uint8) -> float32 rows [N, dim]."""
     n = raw.shape[0]
-    raw = raw.contiguous()
+    # Fresh, contiguous copies: a view into a mapped file (or a single row of one) may start at any
+    # byte, and viewing bytes as float32 / float16 needs an aligned start.
+    raw = raw.clone(memory_format=torch.contiguous_format)
     if stored == "fp32":
-        return raw.view(torch.float32).reshape(n, dim).clone()
+        return raw.view(torch.float32).reshape(n, dim)
     if stored == "fp16":
         return raw.view(torch.float16).reshape(n, dim).to(torch.float32)
     if stored == "int8":
-        q = raw[:, :dim].contiguous().view(torch.int8).to(torch.float32)
-        scale = raw[:, dim:].contiguous().view(torch.float32).reshape(n, 1)
+        q = raw[:, :dim].view(torch.int8).to(torch.float32)
+        scale = raw[:, dim:].clone(memory_format=torch.contiguous_format).view(torch.float32).reshape(n, 1)
         return q * scale
     raise ValueError(f"stored dtype must be one of {STORED_DTYPES}, got {stored!r}")
 
