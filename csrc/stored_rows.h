@@ -80,6 +80,32 @@ inline GatherRowsPlan check_gather_rows_args(const at::Tensor& data, const at::T
   return {stored, width, data.numel() / width};
 }
 
+// One gather as plain pointers, host or device: row index[i] of data (at data + index[i] * width) is
+// decoded into out row out_index[i] (row i when out_index is null). The CUDA kernel takes it by value.
+struct GatherJob {
+  const uint8_t* data;
+  int64_t width;
+  int64_t dim;
+  const int64_t* index;
+  const int64_t* out_index;
+  float* out;
+  int64_t out_row_stride;
+  int64_t count;
+};
+
+// index and out_index (undefined when absent) are contiguous int64 tensors already range-checked.
+inline GatherJob make_gather_job(const at::Tensor& data, const GatherRowsPlan& plan, int64_t dim,
+                                 const at::Tensor& index, const at::Tensor& out_index, at::Tensor& out) {
+  return {data.const_data_ptr<uint8_t>(),
+          plan.width,
+          dim,
+          index.const_data_ptr<int64_t>(),
+          out_index.defined() ? out_index.const_data_ptr<int64_t>() : nullptr,
+          out.data_ptr<float>(),
+          out.stride(0),
+          index.numel()};
+}
+
 // The first of the int64 values outside [0, limit), or nullopt. On the CPU one branch-free pass says
 // whether there is one (the common case costs a vectorized sweep) and only a failure pays for the
 // search; on a GPU it is two reductions and one synchronization.

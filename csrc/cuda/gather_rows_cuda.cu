@@ -27,19 +27,6 @@ __device__ __forceinline__ uint16_t load_u16(const uint8_t* p) {
   return static_cast<uint16_t>(p[0] | p[1] << 8);
 }
 
-// One gather, as device pointers: row index[i] of data (at data + index[i] * width) is decoded into
-// out row out_index[i] (row i when out_index is null). Passed to the kernel by value.
-struct GatherJob {
-  const uint8_t* data;
-  int64_t width;
-  int64_t dim;
-  const int64_t* index;
-  const int64_t* out_index;
-  float* out;
-  int64_t out_row_stride;
-  int64_t count;
-};
-
 // A block per gathered row (grid-stride over rows), its threads over the features: consecutive
 // threads read consecutive bytes and write consecutive floats, so both sides coalesce. kAligned is
 // known on the host: when every element is naturally aligned, fp16 / fp32 elements load whole.
@@ -103,9 +90,7 @@ at::Tensor& gather_rows_cuda(const at::Tensor& data, const at::Tensor& index_in,
   if (out_index_in.has_value()) {
     out_index = checked_index(*out_index_in, out.size(0), data.device(), /*is_out_index=*/true);
   }
-  const GatherJob job{data.const_data_ptr<uint8_t>(), plan.width, dim, index.const_data_ptr<int64_t>(),
-                      out_index.defined() ? out_index.const_data_ptr<int64_t>() : nullptr, out.data_ptr<float>(),
-                      out.stride(0), count};
+  const GatherJob job = make_gather_job(data, plan, dim, index, out_index, out);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto address = reinterpret_cast<uintptr_t>(job.data);
   switch (plan.stored) {

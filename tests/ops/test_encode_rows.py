@@ -5,14 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transfer_engine import extension, ops
+from transfer_engine import ops
 from transfer_engine.ops import reference
 
-pytestmark = pytest.mark.skipif(not extension.available(), reason="transfer_engine._C is not built")
-if extension.available():
-    extension.load()
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 INPUT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(1, 1), (1, 2048), (33, 7), (64, 13), (5, 1000), (257, 384), (0, 16), (3, 0)]
 
@@ -27,7 +23,6 @@ def compiled(x: torch.Tensor, stored: str) -> torch.Tensor:
     return torch.ops.te.encode_rows(x, ops.STORED_CODES[stored])
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stored", ops.STORED_DTYPES)
 @pytest.mark.parametrize("dtype", INPUT_DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
@@ -39,7 +34,6 @@ def test_kernel_matches_reference_byte_for_byte(device, stored, dtype, shape):
     assert torch.equal(encoded.cpu(), reference.encode_rows(x, stored))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stored", ops.STORED_DTYPES)
 @pytest.mark.parametrize("layout", ["strided", "transposed"])
 def test_non_contiguous_rows(device, stored, layout):
@@ -49,7 +43,6 @@ def test_non_contiguous_rows(device, stored, layout):
     assert torch.equal(compiled(x, stored).cpu(), reference.encode_rows(x.cpu().contiguous(), stored))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_int8_row_holds_its_codes_then_its_scale(device):
     x = features((9, 13), seed=5)
     encoded = compiled(x.to(device), "int8").cpu()
@@ -58,7 +51,6 @@ def test_int8_row_holds_its_codes_then_its_scale(device):
     assert torch.equal(encoded[:, 13:].contiguous().view(torch.float32).reshape(9), scale)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stored", ops.STORED_DTYPES)
 def test_encoded_rows_decode_back_to_the_features(device, stored):
     x = features((17, 300), seed=11)
@@ -76,7 +68,6 @@ def test_public_wrapper_runs_the_compiled_kernel(monkeypatch):
     assert ops.encode_rows(x, "int8").shape == (4, 14)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_nan_in_an_int8_row_is_a_clear_error(device):
     x = features((4, 8), seed=2)
     x[2, 3] = float("nan")

@@ -13,14 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from transfer_engine import extension, ops
+from transfer_engine import ops
 from transfer_engine.ops import reference
 
-pytestmark = pytest.mark.skipif(not extension.available(), reason="transfer_engine._C is not built")
-if extension.available():
-    extension.load()
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 # (rows in the shard, dim, gathered rows): D not a multiple of 8 or 16, D = 1, one row, and gathers
 # large enough to be split across threads.
 CASES = [(1, 1, 1), (10, 1, 25), (1, 2048, 1), (50, 7, 13), (64, 13, 6000), (300, 384, 700), (40, 1000, 40),
@@ -65,7 +61,6 @@ def compiled(data, index, dim, stored, out, out_index=None):
     return torch.ops.te.gather_rows(data, index, dim, ops.STORED_CODES[stored], out, out_index)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stored", ops.STORED_DTYPES)
 @pytest.mark.parametrize("n_rows,dim,count", CASES)
 def test_kernel_matches_reference_bit_for_bit(tmp_path, device, stored, n_rows, dim, count):
@@ -78,7 +73,6 @@ def test_kernel_matches_reference_bit_for_bit(tmp_path, device, stored, n_rows, 
     assert torch.equal(bits(out), bits(expected))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stored", ops.STORED_DTYPES)
 def test_out_index_scatters_into_a_bigger_out_and_leaves_the_rest(tmp_path, device, stored):
     data, _ = shard(tmp_path, 30, 19, stored)
@@ -91,7 +85,6 @@ def test_out_index_scatters_into_a_bigger_out_and_leaves_the_rest(tmp_path, devi
     assert torch.equal(bits(out), bits(expected))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stored", ops.STORED_DTYPES)
 def test_out_may_be_a_row_slice_of_a_wider_buffer(tmp_path, device, stored):
     data, _ = shard(tmp_path, 20, 9, stored)
@@ -104,7 +97,6 @@ def test_out_may_be_a_row_slice_of_a_wider_buffer(tmp_path, device, stored):
     assert (buffer[:, :2] == 0).all() and (buffer[:, 11:] == 0).all()
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_fp16_special_values_decode_exactly(tmp_path, device):
     values = torch.tensor([[0.0, -0.0, 1e-7, -3e-6, 65504.0, -65504.0, float("inf"), float("-inf"), 0.1, 1 / 3]])
     data, _ = shard_from_rows(tmp_path, reference.encode_rows(values, "fp16"))
@@ -113,7 +105,6 @@ def test_fp16_special_values_decode_exactly(tmp_path, device):
     assert torch.equal(bits(out), bits(values.half().float()))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stored", ops.STORED_DTYPES)
 def test_empty_index_writes_nothing(tmp_path, device, stored):
     data, _ = shard(tmp_path, 5, 6, stored)
@@ -142,7 +133,6 @@ def test_narrow_integer_indices_gather_the_same_rows(tmp_path, index_dtype):
 
 @pytest.mark.parametrize("impl", [compiled, ops.gather_rows, reference.gather_rows],
                          ids=["kernel", "wrapper", "reference"])
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bad", [-1, 10, 11, 2**40, 2**62, -(2**63)])
 def test_index_outside_the_shard_is_a_clear_error_and_writes_nothing(tmp_path, impl, device, bad):
     data, mapped = shard(tmp_path, 10, 33, "int8")
@@ -164,7 +154,6 @@ def test_a_partial_trailing_row_is_never_read(tmp_path, impl):
 
 
 @pytest.mark.parametrize("impl", [compiled, reference.gather_rows], ids=["kernel", "reference"])
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bad", [-1, 5, 2**40])
 def test_out_index_outside_out_is_a_clear_error_and_writes_nothing(tmp_path, impl, device, bad):
     data, _ = shard(tmp_path, 10, 4, "fp16")
