@@ -97,6 +97,24 @@ def test_out_may_be_a_row_slice_of_a_wider_buffer(tmp_path, device, stored):
     assert (buffer[:, :2] == 0).all() and (buffer[:, 11:] == 0).all()
 
 
+@pytest.mark.parametrize("stored", ops.STORED_DTYPES)
+@pytest.mark.parametrize("column", [0, 1, 3])
+def test_large_gathers_into_any_out_alignment_match_the_reference(tmp_path, device, stored, column):
+    # Over 8 MiB of output: the CPU kernel switches int8 to streaming stores, which need 64-byte
+    # aligned addresses; rows of 2047 floats starting at column 1 or 3 put every row off that grid.
+    dim, count = 2047, 1100
+    data, _ = shard(tmp_path, 64, dim, stored)
+    index = torch.randint(0, 64, (count,), generator=torch.Generator().manual_seed(column))
+    out_index = torch.randperm(count, generator=torch.Generator().manual_seed(7))
+    buffer = torch.zeros(count, dim + 4, device=device)
+    out = buffer[:, column:column + dim]
+    ops.gather_rows(data.to(device), index.to(device), dim, stored, out=out, out_index=out_index.to(device))
+    expected = torch.empty(count, dim)
+    expected[out_index] = reference.gather_rows(data, index, dim, stored)
+    assert torch.equal(bits(out), bits(expected))
+    assert (buffer[:, :column] == 0).all() and (buffer[:, column + dim:] == 0).all()
+
+
 def test_fp16_special_values_decode_exactly(tmp_path, device):
     values = torch.tensor([[0.0, -0.0, 1e-7, -3e-6, 65504.0, -65504.0, float("inf"), float("-inf"), 0.1, 1 / 3]])
     data, _ = shard_from_rows(tmp_path, reference.encode_rows(values, "fp16"))
