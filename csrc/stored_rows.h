@@ -108,7 +108,7 @@ inline GatherJob make_gather_job(const at::Tensor& data, const GatherRowsPlan& p
 
 // The first of the int64 values outside [0, limit), or nullopt. On the CPU one branch-free pass says
 // whether there is one (the common case costs a vectorized sweep) and only a failure pays for the
-// search; on a GPU it is two reductions and one synchronization.
+// search; on a GPU it costs one reduction and one synchronization.
 inline std::optional<int64_t> first_out_of_range(const at::Tensor& values, int64_t limit) {
   if (values.numel() == 0) return std::nullopt;
   if (values.device().is_cpu()) {
