@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def print_table(result: dict) -> None:
     print(f"gather {result['batch']} random rows of {result['rows']} (int8, D={result['dim']}, "
-          f"{result['row_bytes']} B/row), warm page cache, {result['threads']} threads, "
+          f"{result['row_bytes']} B/row), warm page cache, threads={result['threads']}, "
           f"extension={'yes' if result['extension'] else 'NO (reference fallback)'}")
     print(f"{'method':<11} {'median ms':>10} {'GB/s (compressed)':>18} {'te speedup':>11}")
     for name, ms in result["median_ms"].items():
