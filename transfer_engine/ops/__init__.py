@@ -33,12 +33,35 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 STORED_DTYPES = reference.STORED_DTYPES
 row_bytes = reference.row_bytes
 
+# The compiled ops take the stored dtype as its position in STORED_DTYPES (csrc/stored_rows.h).
+STORED_CODES = {name: code for code, name in enumerate(STORED_DTYPES)}
+
+
+def _stored_code(stored: str) -> int:
+    try:
+        return STORED_CODES[stored]
+    except (KeyError, TypeError):
+        raise ValueError(f"stored dtype must be one of {STORED_DTYPES}, got {stored!r}") from None
+
 
 def encode_rows(x: torch.Tensor, stored: str) -> torch.Tensor:
     """Rows [N, D] -> their stored bytes [N, row_bytes(D, stored)] (uint8); see reference.py for the layout.
 
-    int8 rows carry their own float32 scale after the D codes.
+    Args:
+        x: [N, D] float32, float16 or bfloat16 rows, any strides, on the CPU or a CUDA device.
+        stored: "fp32", "fp16" or "int8" (int8 rows carry their own float32 scale after the D codes).
+
+    Returns:
+        uint8 [N, row_bytes(D, stored)] on x's device: on CUDA the rows are compressed on the GPU, so
+        only the stored bytes need to cross to the host.
+
+    Raises:
+        ValueError: an unknown stored dtype.
+        RuntimeError: x is not 2-D floating point, or (int8) holds NaN or inf.
     """
+    code = _stored_code(stored)
+    if extension.load() is not None:
+        return torch.ops.te.encode_rows(x, code)
     return reference.encode_rows(x, stored)
 
 
@@ -46,21 +69,35 @@ def gather_rows(data: torch.Tensor, index: torch.Tensor, dim: int, stored: str,
                 out: torch.Tensor | None = None, out_index: torch.Tensor | None = None) -> torch.Tensor:
     """Decode rows `index` of one shard into float32 rows: out[out_index[i]] = decode(row index[i]).
 
+    The compiled CPU kernel decodes with all intra-op threads and only reads `data`, so a read-only
+    mmap is fine; every index is checked before the first row is read.
+
     Args:
         data: the shard's row area, flat uint8 (e.g. torch.frombuffer over an mmap), CPU or CUDA.
-        index: int64 row numbers within the shard.
+        index: 1-D integer row numbers within the shard.
         dim: features per row.
         stored: "fp32", "fp16" or "int8".
-        out: optional preallocated float32 [M, dim] output (pinned memory welcome); filled in place.
-        out_index: where each gathered row goes in `out` (default 0..K-1).
+        out: optional preallocated float32 [M, dim] output on data's device, rows with unit stride
+            (pinned memory welcome); filled in place.
+        out_index: which row of `out` each gathered row goes to (default 0..K-1); entries should be
+            distinct (with repeats, which of the rows lands there is unspecified).
 
     Returns:
-        `out`, or a new [K, dim] float32 tensor.
+        `out`, or a new [K, dim] float32 tensor on data's device.
 
     Raises:
-        RuntimeError: an index outside the shard (nothing is read past its end), bad dtypes or shapes.
+        ValueError: an unknown stored dtype.
+        RuntimeError: an index outside the shard (nothing is read past its end), an out_index outside
+            `out`, or bad dtypes, shapes or devices.
     """
-    return reference.gather_rows(data, index, dim, stored, out, out_index)
+    code = _stored_code(stored)
+    if extension.load() is None:
+        return reference.gather_rows(data, index, dim, stored, out, out_index)
+    if out is None:
+        if out_index is not None:
+            raise RuntimeError("gather_rows: out_index needs out")
+        out = torch.empty((index.numel(), max(dim, 0)), dtype=torch.float32, device=data.device)
+    return torch.ops.te.gather_rows(data, index, dim, code, out, out_index)
 
 
 def dequantize_rows_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -69,6 +106,7 @@ def dequantize_rows_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "STORED_CODES",
     "STORED_DTYPES",
     "dequantize_rows_int8",
     "encode_rows",

@@ -69,38 +69,73 @@ def encode_rows(x: torch.Tensor, stored: str) -> torch.Tensor:
 def decode_rows(raw: torch.Tensor, dim: int, stored: str) -> torch.Tensor:
     """Stored bytes [N, row_bytes] (uint8) -> float32 rows [N, dim]."""
     n = raw.shape[0]
-    raw = raw.contiguous()
+    # Fresh, contiguous copies: a view into a mapped file (or a single row of one) may start at any
+    # byte, and viewing bytes as float32 / float16 needs an aligned start.
+    raw = raw.clone(memory_format=torch.contiguous_format)
     if stored == "fp32":
-        return raw.view(torch.float32).reshape(n, dim).clone()
+        return raw.view(torch.float32).reshape(n, dim)
     if stored == "fp16":
         return raw.view(torch.float16).reshape(n, dim).to(torch.float32)
     if stored == "int8":
-        q = raw[:, :dim].contiguous().view(torch.int8).to(torch.float32)
-        scale = raw[:, dim:].contiguous().view(torch.float32).reshape(n, 1)
+        q = raw[:, :dim].view(torch.int8).to(torch.float32)
+        scale = raw[:, dim:].clone(memory_format=torch.contiguous_format).view(torch.float32).reshape(n, 1)
         return q * scale
     raise ValueError(f"stored dtype must be one of {STORED_DTYPES}, got {stored!r}")
+
+
+def _check_gather_args(data: torch.Tensor, index: torch.Tensor, dim: int, out: torch.Tensor | None,
+                       out_index: torch.Tensor | None) -> None:
+    """The argument contract of gather_rows, worded as the kernels word it (csrc/stored_rows.h)."""
+    if dim < 1:
+        raise RuntimeError(f"gather_rows: expected dim >= 1, got {dim}")
+    if data.dim() != 1 or data.dtype != torch.uint8:
+        raise RuntimeError(f"gather_rows: expected flat uint8 shard bytes, got {data.dtype} with shape {tuple(data.shape)}")
+    if index.dim() != 1 or index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        raise RuntimeError(f"gather_rows: expected a 1-D integer index, got {index.dtype} with shape {tuple(index.shape)}")
+    if out is None:
+        if out_index is not None:
+            raise RuntimeError("gather_rows: out_index needs out")
+        return
+    if out.dim() != 2 or out.dtype != torch.float32 or out.shape[1] != dim:
+        raise RuntimeError(f"gather_rows: expected out to be float32 [M, {dim}], got {out.dtype} with shape {tuple(out.shape)}")
+    if out.shape[1] > 1 and out.stride(1) != 1:
+        raise RuntimeError(f"gather_rows: expected out rows with unit stride, got strides {out.stride()}")
+    if out.device != data.device:
+        raise RuntimeError(f"gather_rows: expected out on the device of data ({data.device}), got {out.device}")
+    if out_index is None:
+        if out.shape[0] < index.numel():
+            raise RuntimeError(f"gather_rows: out has {out.shape[0]} rows, fewer than the {index.numel()} rows "
+                               "gathered; pass out_index to place them")
+    elif out_index.dim() != 1 or out_index.numel() != index.numel():
+        raise RuntimeError(f"gather_rows: expected out_index with one entry per index ({index.numel()}), "
+                           f"got {out_index.numel()}")
+
+
+def _first_out_of_range(values: torch.Tensor, limit: int) -> int | None:
+    bad = values[(values < 0) | (values >= limit)]
+    return int(bad[0]) if bad.numel() else None
 
 
 def gather_rows(data: torch.Tensor, index: torch.Tensor, dim: int, stored: str,
                 out: torch.Tensor | None = None, out_index: torch.Tensor | None = None) -> torch.Tensor:
     """Decode rows `index` of a shard's bytes into float32: out[out_index[i]] = row index[i].
 
-    `data` is the shard's row area as a flat uint8 tensor (e.g. torch.frombuffer over an mmap).
+    `data` is the shard's row area as a flat uint8 tensor (e.g. torch.frombuffer over an mmap); `out`,
+    when given, is float32 [M, dim] on data's device, and `out_index` (default 0..K-1) says which of its
+    rows receive the gathered ones. Every index is checked before any row is read.
     """
     width = row_bytes(dim, stored)
-    if data.dim() != 1 or data.dtype != torch.uint8:
-        raise RuntimeError(f"gather_rows: expected flat uint8 shard bytes, got {data.dtype} with shape {tuple(data.shape)}")
+    _check_gather_args(data, index, dim, out, out_index)
     n_rows = data.numel() // width
     index = index.to(torch.int64)
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n_rows):
-        bad = int(index[(index < 0) | (index >= n_rows)][0])
+    bad = _first_out_of_range(index, n_rows)
+    if bad is not None:
         raise RuntimeError(f"gather_rows: row {bad} is out of range for a shard of {n_rows} rows")
-    rows = decode_rows(data[: n_rows * width].view(n_rows, width)[index], dim, stored)
     if out is None:
-        if out_index is not None:
-            raise RuntimeError("gather_rows: out_index needs out")
-        return rows
-    if out_index is None:
-        out_index = torch.arange(index.numel())
-    out[out_index.to(torch.int64)] = rows.to(out.device)
+        return decode_rows(data[: n_rows * width].view(n_rows, width)[index], dim, stored)
+    out_index = torch.arange(index.numel()) if out_index is None else out_index.to(torch.int64)
+    bad = _first_out_of_range(out_index, out.shape[0])
+    if bad is not None:
+        raise RuntimeError(f"gather_rows: out_index {bad} is out of range for out with {out.shape[0]} rows")
+    out[out_index.to(out.device)] = decode_rows(data[: n_rows * width].view(n_rows, width)[index], dim, stored)
     return out
