@@ -7,12 +7,12 @@ index: it reads only the memory-mapped shards.
 
 from __future__ import annotations
 
-import queue
-import threading
 import warnings
 from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 import torch
+
+from transfer_engine._prefetch import prefetched
 
 if TYPE_CHECKING:
     from transfer_engine.cache.rows import CachedSpace, RowLocations
@@ -31,8 +31,6 @@ class Batch(NamedTuple):
     labels: torch.Tensor | None
     index: torch.Tensor
 
-
-_DONE = object()
 
 
 class FeatureLoader:
@@ -89,40 +87,4 @@ class FeatureLoader:
         chunks = [order[i:i + self.batch_size] for i in range(0, order.numel(), self.batch_size)]
         if self.drop_last and chunks and chunks[-1].numel() < self.batch_size:
             chunks.pop()
-        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-
-        def produce() -> None:
-            try:
-                for chunk in chunks:
-                    item = self._make(chunk)
-                    while not stop.is_set():
-                        try:
-                            ready.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                ready.put(_DONE)
-            except BaseException as exc:  # handed to the consumer, raised there
-                ready.put(exc)
-
-        thread = threading.Thread(target=produce, name="te-cache-prefetch", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = ready.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            while thread.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    ready.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-            thread.join()
+        yield from prefetched((self._make(chunk) for chunk in chunks), self.prefetch, "te-cache-prefetch")

@@ -8,14 +8,13 @@ flight, so memory stays bounded however many images stream through.
 from __future__ import annotations
 
 import contextlib
-import queue
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from transfer_engine._prefetch import prefetched
 from transfer_engine.backbones.spec import Backbone
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -119,42 +118,12 @@ class FeatureExtractor:
 
     def run(self, items: Iterable[Item]) -> Iterator[Batch]:
         """Extract features batch by batch, preparing the next batches while the model runs."""
-        done = object()
-        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        errors: list[BaseException] = []
-        stop = threading.Event()
+        for good_items, tensors, failed in prefetched(self._prepared(items), self.prefetch, "te-prefetch"):
+            yield self._forward(good_items, tensors, failed)
 
-        def produce() -> None:
-            try:
-                with ThreadPoolExecutor(self.workers, thread_name_prefix="te-decode") as pool:
-                    for prepared in self._batches(items, pool):
-                        while not stop.is_set():
-                            try:
-                                ready.put(prepared, timeout=0.1)
-                                break
-                            except queue.Full:
-                                continue
-                        if stop.is_set():
-                            return
-            except BaseException as exc:  # surfaced in the consumer thread
-                errors.append(exc)
-            finally:
-                ready.put(done)
-
-        producer = threading.Thread(target=produce, name="te-prefetch", daemon=True)
-        producer.start()
-        try:
-            while True:
-                prepared = ready.get()
-                if prepared is done:
-                    break
-                good_items, tensors, failed = prepared
-                yield self._forward(good_items, tensors, failed)
-            if errors:
-                raise errors[0]
-        finally:
-            stop.set()
-            producer.join(timeout=5)
+    def _prepared(self, items: Iterable[Item]) -> Iterator[tuple[list, list, list]]:
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="te-decode") as pool:
+            yield from self._batches(items, pool)
 
     def _forward(self, items: list[Item], tensors: list[torch.Tensor], failed: list[dict]) -> Batch:
         dim = self.backbone.feature_dim

@@ -19,7 +19,7 @@ from transfer_engine.errors import UsageError
 from transfer_engine.extract.pipeline import PRECISIONS, autocast_context, cpu_has_native_bf16, prepare_model
 
 PRECISION_BOUND = 0.999
-CALIBRATION_IMAGES = 16
+CALIBRATION_IMAGES = 8  # enough to expose a precision that breaks; each image costs two forward passes
 
 
 def candidates(device: torch.device) -> list[str]:
