@@ -25,6 +25,7 @@ help:
 	@echo "make demo      set up .venv if needed, then run the offline demo on real data"
 	@echo "make test      set up .venv if needed, then run the test suite"
 	@echo "make test-all  the test suite including slow tests (-m slow too)"
+	@echo "make bench     run the benchmarks in benchmarks/ (ratios against their baselines)"
 	@echo "make setup     only create/update .venv"
 	@echo "make clean     remove build outputs (keeps .venv)"
 
@@ -56,8 +57,11 @@ test-all: setup
 demo: setup
 	$(VENV)/bin/te demo --out te-demo
 
+# Each script times te and its baseline in the same process and prints the ratios.
 bench: setup
-	$(PY) benchmarks/bench_quantize.py
+	$(PY) benchmarks/bench_cache_gather.py
+	$(PY) benchmarks/bench_cache_append.py
+	$(PY) benchmarks/bench_extract.py
 
 clean:
 	rm -rf build dist *.egg-info transfer_engine/_C*.so te-demo
