@@ -7,7 +7,6 @@ progress, warnings and tables for people go to stderr or, without --json, to std
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import click
@@ -38,7 +37,3 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], out: Callable[[
     out("  ".join("-" * w for w in widths))
     for row in text_rows:
         out("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()

@@ -80,9 +80,8 @@ def _relaunch(nproc: int) -> int:
     """Run this same command under torchrun with `nproc` processes; returns its exit code."""
     import subprocess
 
-    args = [a for a in sys.argv[1:]]
     cleaned, skip = [], False
-    for a in args:
+    for a in sys.argv[1:]:
         if skip:
             skip = False
             continue
