@@ -158,6 +158,20 @@ class FeatureCache:
             raise UsageError(f"{what} of {self.root} match {space_id!r}; spaces: {known}")
         return self.space(matches[0])
 
+    def set_provenance(self, space_id: str, provenance: dict[str, Any]) -> None:
+        """Record how a space's backbone can be rebuilt (weights name or file, seed, plugin).
+
+        The space id already pins the weights by content (their digest); provenance says where those
+        weights come from, so `te train` can write a run that `te export` rebuilds without asking.
+        """
+        with self.lock, self.index.write():
+            self.index.set_meta(f"provenance:{space_id}", json.dumps(provenance, sort_keys=True))
+
+    def provenance(self, space_id: str) -> dict[str, Any] | None:
+        """What `set_provenance` recorded for the space (None for spaces written without it)."""
+        text = self.index.meta(f"provenance:{space_id}")
+        return json.loads(text) if text else None
+
     def shard_path(self, space_digest: str, shard_id: int) -> Path:
         """The file of one shard."""
         return self.root / shard_relpath(space_digest, shard_id)

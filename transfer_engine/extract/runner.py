@@ -145,6 +145,8 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
         all_records = [r[1:] for r in all_records]  # drop the ordering index
         if rank == 0:
             cache_obj.put_dataset(dataset, [Record(*r) for r in all_records], source.class_names)
+            cache_obj.set_provenance(space.id, {"backbone": bb.name, "weights": bb.weights, "seed": bb.seed,
+                                                "plugin": bb.plugin, "data": data, "dataset": dataset})
         dist.barrier()
         seconds = time.perf_counter() - start
         summary = ExtractSummary(

@@ -1,0 +1,92 @@
+"""A run directory appears complete or not at all, refuses to clobber another run, and rebuilds its model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from transfer_engine.errors import UsageError, WeightsError
+from transfer_engine.heads import create_head
+from transfer_engine.runs import HEAD_WEIGHTS, METRICS_JSON, RUN_JSON, BackboneRef, HeadRef, Run, RunInfo, RunWriter
+
+
+def _info(bb_ref: BackboneRef, classes=("a", "b", "c")) -> RunInfo:
+    return RunInfo(kind="train", backbone=bb_ref, preprocess={"crop_size": 224, "resize_size": 256},
+                   head=HeadRef("linear", bb_ref.feature_dim, len(classes)), class_names=list(classes),
+                   weights_file=HEAD_WEIGHTS, seed=3)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    from transfer_engine.backbones import create_backbone
+
+    return create_backbone("mobilenet_v3_small", weights="none", seed=5)
+
+
+def _write(out, backbone, overwrite=False, fail=False):
+    ref = BackboneRef.of(backbone)
+    head = create_head("linear", ref.feature_dim, 3)
+    with RunWriter(out, overwrite=overwrite) as w:
+        w.save_tensors(HEAD_WEIGHTS, head.state_dict())
+        w.write_json(METRICS_JSON, {"train_accuracy": 1.0, "val_accuracy": 0.5, "test_accuracy": None})
+        if fail:
+            raise RuntimeError("training blew up")
+        w.write_json(RUN_JSON, _info(ref).to_dict())
+    return head
+
+
+def test_a_finished_run_rebuilds_backbone_and_head_exactly(tmp_path, backbone):
+    head = _write(tmp_path / "run", backbone)
+    run = Run.open(tmp_path / "run")
+    assert run.metrics["val_accuracy"] == 0.5 and run.class_names == ["a", "b", "c"]
+    model = run.build_model()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = head(backbone.model.eval()(x))
+        assert torch.equal(model(x), expected)
+
+
+def test_a_failed_run_leaves_nothing_that_looks_finished(tmp_path, backbone):
+    with pytest.raises(RuntimeError):
+        _write(tmp_path / "run", backbone, fail=True)
+    assert not (tmp_path / "run").exists()
+    assert list(tmp_path.iterdir()) == []  # no staging directory left behind either
+
+
+def test_out_holding_another_run_is_refused_unless_overwrite(tmp_path, backbone):
+    _write(tmp_path / "run", backbone)
+    before = (tmp_path / "run" / RUN_JSON).read_text()
+    with pytest.raises(UsageError, match="already holds a run.*--overwrite"):
+        RunWriter(tmp_path / "run")
+    assert (tmp_path / "run" / RUN_JSON).read_text() == before
+    _write(tmp_path / "run", backbone, overwrite=True)
+    assert Run.open(tmp_path / "run").info.seed == 3
+
+
+def test_out_that_is_a_foreign_folder_is_refused(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"x")
+    with pytest.raises(UsageError, match="not a te run"):
+        RunWriter(tmp_path / "photos", overwrite=True)
+    assert (tmp_path / "photos" / "cat.jpg").exists()
+
+
+def test_open_explains_what_is_not_a_run(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        Run.open(tmp_path / "nope")
+    with pytest.raises(UsageError, match="no run.json"):
+        Run.open(tmp_path)
+    (tmp_path / RUN_JSON).write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(UsageError, match="not a te run description"):
+        Run.open(tmp_path)
+
+
+def test_changed_backbone_weights_are_detected(tmp_path, backbone):
+    _write(tmp_path / "run", backbone)
+    info = json.loads((tmp_path / "run" / RUN_JSON).read_text())
+    info["backbone"]["seed"] = 6  # the run now claims other weights than those it was trained on
+    (tmp_path / "run" / RUN_JSON).write_text(json.dumps(info))
+    with pytest.raises(WeightsError, match="other weights"):
+        Run.open(tmp_path / "run").build_backbone()

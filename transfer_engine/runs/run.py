@@ -1,0 +1,161 @@
+"""`Run`: a finished run directory, and the model (backbone + head) it describes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from transfer_engine.errors import UsageError, WeightsError
+from transfer_engine.runs.format import HEAD_WEIGHTS, METRICS_JSON, MODEL_WEIGHTS, RUN_JSON, RunInfo
+
+if TYPE_CHECKING:
+    from transfer_engine.backbones.spec import Backbone, PreprocessSpec
+
+
+class Classifier(nn.Module):
+    """Backbone and head as one module: normalized images [N, 3, H, W] -> logits [N, classes].
+
+    Attributes:
+        backbone: images -> pooled features [N, feature_dim].
+        head: features -> logits.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+
+def is_run(path: str | os.PathLike) -> bool:
+    """Whether `path` is a directory holding a run.json."""
+    return (Path(path) / RUN_JSON).is_file()
+
+
+class Run:
+    """A run directory written by `te train` or `te finetune`. Open one with `Run.open(path)`.
+
+    Attributes:
+        path: the directory.
+        info: run.json, parsed.
+        metrics: metrics.json (an empty dict when absent).
+    """
+
+    def __init__(self, path: Path, info: RunInfo, metrics: dict[str, Any]) -> None:
+        self.path = path
+        self.info = info
+        self.metrics = metrics
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Run":
+        """Read a run directory.
+
+        Raises:
+            UsageError: the path is missing, not a directory, has no run.json, or its files are damaged.
+        """
+        root = Path(path).expanduser()
+        if not root.exists():
+            raise UsageError(f"{root} does not exist; expected a run directory (te train --out RUN writes one)")
+        if not root.is_dir() or not (root / RUN_JSON).is_file():
+            raise UsageError(f"{root} is not a te run (it has no {RUN_JSON}; te train --out RUN writes one)")
+        info = RunInfo.from_dict(_read_json(root / RUN_JSON), str(root / RUN_JSON))
+        weights = root / info.weights_file
+        if not weights.is_file():
+            raise UsageError(f"{root} is an incomplete run: {info.weights_file} is missing")
+        metrics_file = root / METRICS_JSON
+        metrics = _read_json(metrics_file) if metrics_file.is_file() else {}
+        return cls(root.absolute(), info, metrics)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, {self.info.kind}, {self.info.backbone.name} + {self.info.head.name})"
+
+    @property
+    def preprocess(self) -> "PreprocessSpec":
+        from transfer_engine.backbones.spec import PreprocessSpec
+
+        return PreprocessSpec.from_dict(self.info.preprocess)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.info.class_names)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors of the run's weights file (head.* only for a train run, backbone.* too for finetune)."""
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(self.path / self.info.weights_file))
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise UsageError(f"{self.path / self.info.weights_file} cannot be read ({exc})") from None
+
+    def build_head(self) -> nn.Module:
+        """The trained head, in eval mode."""
+        from transfer_engine.heads import create_head
+
+        ref = self.info.head
+        head = create_head(ref.name, ref.in_features, ref.num_classes, **ref.options)
+        state = self.state_dict()
+        if self.info.weights_file == MODEL_WEIGHTS:
+            state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+        _load(head, state, f"head {ref.name!r} of {self.path}")
+        return head.eval()
+
+    def build_backbone(self) -> "Backbone":
+        """The backbone with the run's weights, in eval mode.
+
+        A train run rebuilds the weights it recorded (a weights name, a file, or a seeded random init)
+        and checks their digest against the one the features were extracted with; a finetune run loads
+        its own fine-tuned weights from model.safetensors.
+
+        Raises:
+            WeightsError: the rebuilt weights differ from the recorded ones (a changed file, a changed
+                plugin), or they cannot be obtained.
+        """
+        from transfer_engine.backbones import create_backbone
+
+        ref = self.info.backbone
+        if self.info.weights_file == MODEL_WEIGHTS:
+            bb = create_backbone(ref.name, weights="none", seed=0)
+            state = {k[len("backbone."):]: v for k, v in self.state_dict().items() if k.startswith("backbone.")}
+            _load(bb.model, state, f"backbone {ref.name!r} of {self.path}")
+            bb.weights = f"finetuned:{self.path}"
+            bb._digest = None
+            bb.model.eval()
+            return bb
+        bb = create_backbone(ref.name, weights=ref.weights_argument, seed=ref.seed if ref.seed is not None else 0)
+        if bb.weights_digest != ref.weights_digest:
+            raise WeightsError(
+                f"backbone {ref.name!r} rebuilt from {ref.weights!r} has other weights (digest "
+                f"{bb.weights_digest[:12]}) than the run was trained on ({ref.weights_digest[:12]}); the weights "
+                "file or the plugin changed since")
+        bb.model.eval()
+        return bb
+
+    def build_model(self) -> Classifier:
+        """Backbone and head as one `Classifier` in eval mode (what `te export` exports)."""
+        return Classifier(self.build_backbone().model, self.build_head()).eval()
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} cannot be read as JSON ({exc})") from None
+
+
+def _load(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UsageError(f"{what}: the saved weights do not fit the model ({first})") from None

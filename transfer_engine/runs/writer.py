@@ -1,0 +1,144 @@
+"""`RunWriter`: write a run directory so that it appears complete or not at all.
+
+Files go into a staging directory beside the target (`.NAME.partial-PID`); `commit()` renames it into
+place. An error or a kill before that leaves the target untouched (an older run stays as it was) and at
+most a staging directory, which the next writer to the same target removes.
+
+    with RunWriter("runs/linear", overwrite=False) as w:   # checks --out before any training
+        ...train...
+        w.save_tensors(HEAD_WEIGHTS, head.state_dict())
+        w.write_json(METRICS_JSON, metrics)
+        w.write_json(RUN_JSON, info.to_dict())               # committed when the block ends without error
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Mapping
+
+from transfer_engine.errors import UsageError
+from transfer_engine.runs.format import RUN_JSON
+
+
+class RunWriter:
+    """Stage a run directory and move it into place when complete.
+
+    Args:
+        out: the run directory to create.
+        overwrite: replace a run already at `out` (otherwise that is a UsageError).
+
+    Raises:
+        UsageError (at construction): `out` holds another run and overwrite is false, or `out` is a
+            file or a non-empty directory that is not a run.
+    """
+
+    def __init__(self, out: str | os.PathLike, overwrite: bool = False) -> None:
+        self.out = Path(out).expanduser().absolute()
+        self.overwrite = overwrite
+        check_out(self.out, overwrite)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.parent.glob(f".{self.out.name}.partial-*"):
+            if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+                shutil.rmtree(stale, ignore_errors=True)
+        self.path = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir()
+        self.committed = False
+
+    # -- writing files ------------------------------------------------------------------------------
+    def file(self, name: str) -> Path:
+        """Where to write file `name` (inside the staging directory)."""
+        return self.path / name
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write `obj` as indented JSON (NaN/inf are refused: they are not JSON)."""
+        target = self.path / name
+        target.write_text(json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
+        return target
+
+    def save_tensors(self, name: str, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
+        """Write tensors as safetensors (detached, on the CPU, contiguous, no shared storage)."""
+        from safetensors.torch import save_file
+
+        plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+        target = self.path / name
+        save_file(plain, str(target), metadata=dict(metadata or {}))
+        return target
+
+    # -- finishing --------------------------------------------------------------------------------------
+    def commit(self) -> Path:
+        """Move the staged run into place (replacing an older run when overwrite is set); returns `out`."""
+        if not (self.path / RUN_JSON).is_file():
+            raise RuntimeError(f"a run needs {RUN_JSON} before it is committed")
+        for f in self.path.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        check_out(self.out, self.overwrite)  # another process may have written a run meanwhile
+        old = None
+        if self.out.is_dir() and not (self.out / RUN_JSON).is_file():
+            self.out.rmdir()  # an empty directory (check_out refused a non-empty one): the run takes its place
+        elif self.out.is_dir():
+            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
+            os.replace(self.out, old)
+        os.replace(self.path, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(self.out.parent)
+        self.committed = True
+        return self.out
+
+    def abort(self) -> None:
+        """Remove the staging directory (the target is left as it was)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None and not self.committed:
+            self.commit()
+        elif not self.committed:
+            self.abort()
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """The checks on a run's --out that must pass before any work is done (see `RunWriter`)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UsageError(f"--out {out} is a file; expected a new directory for the run")
+    if (out / RUN_JSON).is_file():
+        if not overwrite:
+            raise UsageError(f"--out {out} already holds a run; pass --overwrite to replace it, or choose another --out")
+        return
+    if any(out.iterdir()):
+        raise UsageError(f"--out {out} is a non-empty directory that is not a te run; choose a new or empty directory")
+
+
+def _pid_alive(text: str) -> bool:
+    try:
+        pid = int(text)
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
