@@ -12,7 +12,7 @@ import sys
 import click
 
 from transfer_engine._version import __version__
-from transfer_engine.cli import backbones, cache, demo, extract, heads, info, plugins
+from transfer_engine.cli import backbones, bench, cache, demo, extract, heads, info, plugins
 from transfer_engine.errors import TEError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -40,8 +40,18 @@ def cli() -> None:
     """
 
 
-for command in (backbones.backbones, heads.heads, plugins.plugins, extract.extract, cache.cache, info.info,
-                demo.demo):
+# One command per line (each lives in its own module of transfer_engine.cli).
+COMMANDS = (
+    backbones.backbones,
+    heads.heads,
+    plugins.plugins,
+    extract.extract,
+    cache.cache,
+    bench.bench,
+    info.info,
+    demo.demo,
+)
+for command in COMMANDS:
     cli.add_command(command)
 
 

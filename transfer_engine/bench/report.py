@@ -1,0 +1,150 @@
+"""Write a benchmark run as results.json, results.md (a table) and ratios.png (a chart)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+_TARGET = re.compile(r"^\s*(>=|<=|>|<|≥|≤)?\s*([0-9.]+)\s*(x|%)?\s*$")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value == 0 or 0.01 <= abs(value) < 1e5:
+            return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _ratio_text(row: dict[str, Any]) -> str:
+    ratio = row.get("ratio")
+    if not isinstance(ratio, (int, float)):
+        return _fmt(ratio)
+    return f"{ratio:.1%}" if row.get("unit") == "%" or "%" in str(row.get("target") or "") else f"{ratio:.3g}x"
+
+
+def _met(row: dict[str, Any]) -> str:
+    met = row.get("met")
+    if met is None:
+        return "-" if row.get("target") in (None, "", "-") else "?"
+    return "met" if met else "NOT met"
+
+
+def score(row: dict[str, Any]) -> float | None:
+    """How far a row is from its target on one scale: >= 1 means met (ratio/target, or target/ratio for
+    "<=" targets); None when the row has no numeric ratio or target."""
+    ratio, target = row.get("ratio"), row.get("target")
+    if not isinstance(ratio, (int, float)) or ratio <= 0 or target in (None, ""):
+        return None
+    if isinstance(target, (int, float)):
+        op, value = ">=", float(target)
+    else:
+        m = _TARGET.match(str(target))
+        if not m:
+            return None
+        op, value = m.group(1) or ">=", float(m.group(2))
+        if m.group(3) == "%" and ratio <= 1.5:  # "<= 5%" compared with a ratio of 0.041
+            value /= 100.0
+    if value <= 0:
+        return None
+    return ratio / value if op in (">=", ">", "≥") else value / ratio
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    """results.md: the machine, the ceilings, then one table row per benchmark row."""
+    m = doc["machine"]
+    gpu = m["gpu"]["name"] if m.get("gpu") else "none"
+    lines = [
+        f"# te bench ({doc['suite']} suite)",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['flags']) or 'no special flags'}), "
+        f"{m.get('memory_gib')} GiB, GPU: {gpu}. torch {m['versions']['torch']}, onnxruntime "
+        f"{m['versions'].get('onnxruntime')}, te {m['versions']['transfer_engine']}.",
+        "",
+        "Ceilings measured in this run: " + ", ".join(f"{k} = {v}" for k, v in doc["ceilings"].items()) + ".",
+        "",
+        "| benchmark | measure | te | baseline | unit | ratio | target | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for bench in doc["benchmarks"]:
+        if bench.get("error"):
+            lines.append(f"| {bench['name']} | FAILED: {bench['error']} | - | - | - | - | - | NOT met |")
+            continue
+        for row in bench["rows"]:
+            note = ""
+            if row.get("note"):
+                notes.append(row["note"])
+                note = f" ({len(notes)})"
+            lines.append(f"| {bench['name']} | {row['name']}{note} | {_fmt(row.get('te'))} | "
+                         f"{_fmt(row.get('baseline'))} | {row.get('unit') or '-'} | {_ratio_text(row)} | "
+                         f"{_fmt(row.get('target'))} | {_met(row)} |")
+    if notes:
+        lines += ["", *[f"({i}) {n}" for i, n in enumerate(notes, 1)]]
+    lines += ["", f"Total time: {doc['seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(doc: dict[str, Any], path: Path) -> Path | None:
+    """ratios.png: each row with a target as a bar of how far it is from it (1 = exactly met)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = []
+    for bench in doc["benchmarks"]:
+        for row in bench.get("rows", []):
+            s = score(row)
+            if s is not None:
+                items.append((f"{bench['name']}: {row['name']}"[:70], s, row))
+    if not items:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(items) + 1.5))
+    labels = [i[0] for i in items][::-1]
+    values = [i[1] for i in items][::-1]
+    colors = ["#2a9d8f" if i[1] >= 1 else "#e76f51" for i in items][::-1]
+    ax.barh(labels, values, color=colors)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    lo, hi = min(values + [1.0]), max(values + [1.0])
+    ax.set_xlim(lo / 1.5, hi * 2.5)
+    for y, (v, item) in enumerate(zip(values, items[::-1])):
+        ax.text(v * 1.05, y, f"{_ratio_text(item[2])} (target {item[2].get('target')})", va="center", fontsize=8)
+    ax.set_xlabel("ratio / target (log scale; right of the line = target met)")
+    ax.set_title(f"te bench, {doc['suite']} suite: {doc['machine']['cpu']}, {doc['machine']['cores']} cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(doc: dict[str, Any], out: Path) -> dict[str, str]:
+    """Write results.json, results.md and ratios.png into `out`; returns {kind: path}."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md", "chart": out / "ratios.png"}
+    paths["json"].write_text(json.dumps(doc, indent=2, default=str, allow_nan=False) + "\n")
+    paths["markdown"].write_text(to_markdown(doc))
+    if chart(doc, paths["chart"]) is None:
+        paths.pop("chart")
+    return {k: str(v) for k, v in paths.items()}
+
+
+def summary_counts(doc: dict[str, Any]) -> dict[str, int]:
+    """{"met", "not_met", "no_target", "failed"} over all rows."""
+    counts = {"met": 0, "not_met": 0, "no_target": 0, "failed": 0}
+    for bench in doc["benchmarks"]:
+        if bench.get("error"):
+            counts["failed"] += 1
+            continue
+        for row in bench["rows"]:
+            met = row.get("met")
+            key = "no_target" if met is None else ("met" if met else "not_met")
+            counts[key] += 1
+    return counts
