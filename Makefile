@@ -25,7 +25,7 @@ help:
 	@echo "make demo      set up .venv if needed, then run the offline demo on real data"
 	@echo "make test      set up .venv if needed, then run the test suite"
 	@echo "make test-all  the test suite including slow tests (-m slow too)"
-	@echo "make bench     run the benchmarks in benchmarks/ (ratios against their baselines)"
+	@echo "make bench     te bench: every benchmark against its baseline (BENCH_SUITE=quick|full)"
 	@echo "make setup     only create/update .venv"
 	@echo "make clean     remove build outputs (keeps .venv)"
 
@@ -57,11 +57,11 @@ test-all: setup
 demo: setup
 	$(VENV)/bin/te demo --out te-demo
 
-# Each script times te and its baseline in the same process and prints the ratios.
+# te bench runs each script in benchmarks/ (te and its baseline in the same process), one at a time,
+# and writes te-bench/results.{json,md} and ratios.png. BENCH_SUITE=full for the issues' full sizes.
+BENCH_SUITE ?= quick
 bench: setup
-	$(PY) benchmarks/bench_cache_gather.py
-	$(PY) benchmarks/bench_cache_append.py
-	$(PY) benchmarks/bench_extract.py
+	$(VENV)/bin/te bench --suite $(BENCH_SUITE) --out te-bench
 
 clean:
-	rm -rf build dist *.egg-info transfer_engine/_C*.so te-demo
+	rm -rf build dist *.egg-info transfer_engine/_C*.so te-demo te-bench
