@@ -126,7 +126,7 @@ class Registry(Generic[T]):
             record.error = "TE_DISABLE_PLUGIN_AUTOLOAD is set (name it in TE_PLUGINS to load it)"
             return
         try:
-            specs = self._specs_from(ep.load())
+            specs = self.specs_from(ep.load())
         except Exception as exc:  # a plugin's bug must never take te down
             record.status = "broken"
             record.error = _short_error(exc)
@@ -135,8 +135,20 @@ class Registry(Generic[T]):
         for spec in specs:
             self._add(spec, record)
 
-    def _specs_from(self, obj: Any) -> list[T]:
-        """Turn what an entry point points to into a list of specs, enforcing the contract."""
+    def specs_from(self, obj: Any) -> list[T]:
+        """Turn what an entry point points to into a list of specs, enforcing the contract.
+
+        Also used by `te plugins check`, which loads entry points itself to explain their failures.
+
+        Args:
+            obj: a spec, a list of specs, or a zero-argument callable returning either.
+
+        Returns:
+            The specs.
+
+        Raises:
+            TypeError: `obj` (or what it returned) is not a spec or a list of them.
+        """
         if callable(obj) and not isinstance(obj, self.spec_type):
             obj = obj()
         items = [obj] if isinstance(obj, self.spec_type) else obj
