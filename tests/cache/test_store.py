@@ -142,6 +142,21 @@ def test_data_sets_round_trip_and_replace(new_cache):
     assert len(cache.dataset("digits")) == 2 and cache.datasets() == ["digits"]
 
 
+def test_data_sets_stream_in_and_a_bad_record_keeps_the_previous_one(new_cache):
+    cache = new_cache()
+    keys = keys_of(5)
+    stored = cache.put_dataset("d", (Record(f"{i}.png", k, 0, "train") for i, k in enumerate(keys)), ["x"])
+    assert stored == 5
+
+    def with_a_bad_label():  # a generator: put_dataset validates and writes each record as it comes
+        yield from (Record(f"{i}.png", k, 0, "train") for i, k in enumerate(keys[:3]))
+        yield Record("bad.png", keys[3], 4, "train")
+
+    with pytest.raises(UsageError, match=r"record 3 \(bad.png\) has label 4"):
+        cache.put_dataset("d", with_a_bad_label(), ["x"])
+    assert cache.dataset("d").keys() == keys  # one transaction: the old data set is intact
+
+
 def test_data_set_mistakes_are_usage_errors(new_cache):
     cache = new_cache()
     cache.put_dataset("a", [("x.png", keys_of(1)[0], None, "test")], [])

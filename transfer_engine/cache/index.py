@@ -307,12 +307,16 @@ class Index:
 
     # -- data sets --------------------------------------------------------------------------------------
     def put_dataset(self, name: str, class_names: list[str], records: Iterable[tuple]) -> None:
-        """Replace data set `name` with these records ((idx, path, key, label, split) tuples)."""
+        """Replace data set `name` with these records ((idx, path, key, label, split) tuples).
+
+        `records` is consumed as a stream (executemany over a generator): nothing per record is held.
+        Call it inside `write()`, so the replacement is one transaction.
+        """
         self.delete_dataset(name)
         dataset_id = self._x("INSERT INTO datasets (name, class_names, created) VALUES (?, ?, ?)",
                              (name, json.dumps(class_names), time.time()))
         self._many("INSERT INTO records (dataset, idx, path, key, label, split) VALUES (?, ?, ?, ?, ?, ?)",
-                   [(dataset_id, idx, path, _blob(key), label, split) for idx, path, key, label, split in records])
+                   ((dataset_id, idx, path, _blob(key), label, split) for idx, path, key, label, split in records))
 
     def dataset_classes(self, name: str) -> list[str] | None:
         """Class names of data set `name`, or None when there is no such data set."""

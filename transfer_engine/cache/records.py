@@ -11,7 +11,7 @@ import numbers
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from transfer_engine.errors import UsageError
 
@@ -105,20 +105,45 @@ def check_records(name: str, records: Iterable[Record | Sequence], class_names: 
     Raises:
         UsageError: an empty name, a key that is not a hex digest, a label out of range, an empty split.
     """
+    return list(checked_records(name, records, class_names))
+
+
+def checked_records(name: str, records: Iterable[Record | Sequence], class_names: Sequence[str]) -> Iterator[Record]:
+    """`check_records` as a stream: each record is checked as it is taken, none is held.
+
+    The name and class names are checked at once; a bad record raises when it is reached, so a consumer
+    writing inside a transaction (FeatureCache.put_dataset) rolls the whole data set back.
+
+    Args:
+        name: the data set's name.
+        records: `Record`s or (path, key, label, split) tuples, any iterable (a generator is read once).
+        class_names: the label names; every label must index into them.
+
+    Returns:
+        An iterator of `Record`s, in input order.
+
+    Raises:
+        UsageError: as `check_records`, when the offending record is reached.
+    """
     if not isinstance(name, str) or not name.strip():
         raise UsageError(f"a data set needs a non-empty name, got {name!r}")
     if isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names):
         raise UsageError("class_names must be a list of strings")
-    out = [r if isinstance(r, Record) else Record(*r) for r in records]
-    check_keys([r.key for r in out])
-    for i, r in enumerate(out):
+    return _checked(name, records, len(class_names))
+
+
+def _checked(name: str, records: Iterable[Record | Sequence], classes: int) -> Iterator[Record]:
+    for i, r in enumerate(records):
+        if not isinstance(r, Record):
+            r = Record(*r)
+        check_keys((r.key,))
         if isinstance(r.label, numbers.Integral) and not isinstance(r.label, (bool, int)):
-            out[i] = r = Record(r.path, r.key, int(r.label), r.split)  # numpy ints from a label array
+            r = Record(r.path, r.key, int(r.label), r.split)  # numpy ints from a label array
         if r.label is not None and (isinstance(r.label, bool) or not isinstance(r.label, int)
-                                    or not 0 <= r.label < len(class_names)):
+                                    or not 0 <= r.label < classes):
             raise UsageError(f"data set {name!r}: record {i} ({r.path}) has label {r.label!r}; expected an int in "
-                             f"0..{len(class_names) - 1} (one per class name) or None")
+                             f"0..{classes - 1} (one per class name) or None")
         if not isinstance(r.split, str) or not r.split:
             raise UsageError(f"data set {name!r}: record {i} ({r.path}) has split {r.split!r}; expected a name "
                              "such as 'train'")
-    return out
+        yield r

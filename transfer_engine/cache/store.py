@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from transfer_engine.cache.index import Index, SpaceRow
 from transfer_engine.cache.lock import WriterLock
-from transfer_engine.cache.records import Dataset, Record, check_records
+from transfer_engine.cache.records import Dataset, Record, checked_records
 from transfer_engine.cache.shards import ShardMaps, shard_relpath
 from transfer_engine.cache.space import FORMAT_VERSION, FeatureSpace
 from transfer_engine.cache.writer import DEFAULT_SHARD_BYTES
@@ -177,22 +177,36 @@ class FeatureCache:
         return self.root / shard_relpath(space_digest, shard_id)
 
     # -- data sets --------------------------------------------------------------------------------------
-    def put_dataset(self, name: str, records: Iterable[Record | Sequence], class_names: Sequence[str]) -> Dataset:
+    def put_dataset(self, name: str, records: Iterable[Record | Sequence], class_names: Sequence[str]) -> int:
         """Store data set `name` (replacing any data set of that name) in one transaction.
+
+        `records` is streamed: each record is validated and written as it is taken, so a generator over
+        millions of records costs no memory per record (sqlite spills the transaction to its WAL). A bad
+        record rolls the whole transaction back: the cache keeps the previous data set of that name.
 
         Args:
             name: the data set's name.
-            records: `Record`s (or (path, key, label, split) tuples), in the order to keep.
+            records: `Record`s (or (path, key, label, split) tuples), in the order to keep; any iterable.
             class_names: the name of each label.
 
         Returns:
-            The stored `Dataset`.
+            How many records were stored (read them back with `dataset(name)`).
+
+        Raises:
+            UsageError: an empty name, a key that is not a hex digest, a label out of range, an empty split.
         """
-        checked = check_records(name, records, class_names)
+        classes = list(class_names) if not isinstance(class_names, str) else class_names
+        checked = checked_records(name, records, classes)  # checks the name and class names now
+        stored = 0
+
+        def rows():
+            nonlocal stored
+            for stored, r in enumerate(checked, start=1):
+                yield stored - 1, r.path, r.key, r.label, r.split
+
         with self.lock, self.index.write():
-            self.index.put_dataset(name, list(class_names),
-                                   ((i, r.path, r.key, r.label, r.split) for i, r in enumerate(checked)))
-        return Dataset(name, list(class_names), checked)
+            self.index.put_dataset(name, classes, rows())
+        return stored
 
     def dataset(self, name: str) -> Dataset:
         """Data set `name` with its records in order.

@@ -37,6 +37,7 @@ class Batch:
     paths: list[str]
     features: torch.Tensor  # [len(keys), feature_dim], float32, on the extraction device
     failed: list[dict] = field(default_factory=list)  # {"path": ..., "reason": ...}
+    failed_keys: list[str] = field(default_factory=list)  # the content key of each failed item
 
 
 def cpu_has_native_bf16() -> bool:
@@ -110,7 +111,7 @@ class FeatureExtractor:
             for fut in take:
                 item, tensor, reason = fut.result()
                 if tensor is None:
-                    failed.append({"path": item.path, "reason": reason})
+                    failed.append((item, reason))
                 else:
                     good_items.append(item)
                     tensors.append(tensor)
@@ -125,11 +126,13 @@ class FeatureExtractor:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="te-decode") as pool:
             yield from self._batches(items, pool)
 
-    def _forward(self, items: list[Item], tensors: list[torch.Tensor], failed: list[dict]) -> Batch:
-        dim = self.backbone.feature_dim
+    def _forward(self, items: list[Item], tensors: list[torch.Tensor], failed: list[tuple[Item, str]]) -> Batch:
+        reasons = [{"path": item.path, "reason": reason} for item, reason in failed]
+        failed_keys = [item.key for item, _ in failed]
         if not tensors:
-            return Batch([], [], torch.empty(0, dim, device=self.device), failed)
+            empty = torch.empty(0, self.backbone.feature_dim, device=self.device)
+            return Batch([], [], empty, reasons, failed_keys)
         x = torch.stack(tensors).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast_context(self.device, self.precision):
             features = self.model(x)
-        return Batch([i.key for i in items], [i.path for i in items], features.float(), failed)
+        return Batch([i.key for i in items], [i.path for i in items], features.float(), reasons, failed_keys)

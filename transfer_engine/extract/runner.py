@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
 
@@ -22,6 +23,7 @@ from transfer_engine.extract import distributed as dist
 from transfer_engine.extract.pipeline import FeatureExtractor, Item
 from transfer_engine.extract.precision import choose_precision
 from transfer_engine.extract.progress import Progress
+from transfer_engine.extract.spool import RecordSpool
 
 STORES = ("int8", "fp16", "fp32")
 CHUNK = 512  # keys asked of the cache at once
@@ -100,7 +102,7 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
         TEError: weights unavailable, or (strict) files that failed.
     """
     from transfer_engine.backbones import create_backbone
-    from transfer_engine.cache import FeatureCache, FeatureSpace, Record
+    from transfer_engine.cache import FeatureCache, FeatureSpace
 
     if store not in STORES:
         raise UsageError(f"--store must be one of {', '.join(STORES)}, got {store!r}")
@@ -110,10 +112,10 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     source = open_source(data)
     dataset = name or default_dataset_name(source, data)
     rank, world = dist.rank_and_world()
-    samples = list(_limited(source.samples(), limit))
-    if not samples:
+    # Count first (a listing, no reads), then stream: the sample list is never held in memory.
+    counted = sum(1 for _ in _limited(source.samples(), limit))
+    if not counted:
         raise UsageError(f"--data {data}: the data set holds no images")
-    mine = list(enumerate(samples))[rank::world]  # this rank's share; rank 0 writes the data set record
 
     target = resolve_device(device)
     if target.type == "cuda" and world > 1:
@@ -121,41 +123,44 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     bb = create_backbone(backbone, weights=weights, seed=seed)
     cache_obj = FeatureCache.open(cache)
     try:
-        chosen, reason = choose_precision(precision, bb, target, cache_obj, source, samples)
+        chosen, reason = choose_precision(precision, bb, target, cache_obj, source,
+                                          _limited(source.samples(), limit))
         space = cache_obj.space(FeatureSpace.of_backbone(bb, stored=store, precision=chosen))
         batch = batch_size or (128 if target.type == "cuda" else 32)
         threads = workers or min(8, os.cpu_count() or 1)
-        meter = Progress(len(mine), enabled=progress and rank == 0, label=f"extract {bb.name}")
-        records: list[tuple] = []
-        failed: list[dict] = []
-        counts = {"reused": 0}
-        items = _pending(source, mine, space, records, failed, counts, meter)
-        extracted = 0
-        extractor = FeatureExtractor(bb, target, chosen, batch, threads)
-        for out in extractor.run(items):
-            failed.extend(out.failed)
-            if out.keys:
-                space.append(out.keys, out.features)
-                extracted += len(out.keys)
-            meter.update(done=len(out.keys), failed=len(out.failed))
-        meter.close()
-        failed_paths = {f["path"] for f in failed}
-        records = [r for r in records if r[1] not in failed_paths]
-        all_records, all_failed, extracted, reused = dist.collect(records, failed, extracted, counts["reused"])
-        all_records = [r[1:] for r in all_records]  # drop the ordering index
-        if rank == 0:
-            cache_obj.put_dataset(dataset, [Record(*r) for r in all_records], source.class_names)
-            cache_obj.set_provenance(space.id, {"backbone": bb.name, "weights": bb.weights, "seed": bb.seed,
-                                                "plugin": bb.plugin, "data": data, "dataset": dataset})
+        meter = Progress(len(range(rank, counted, world)), enabled=progress and rank == 0, label=f"extract {bb.name}")
+        with RecordSpool(cache_obj.root) as spool:
+            run = _Run()
+            mine = ((i, s) for i, s in enumerate(_limited(source.samples(), limit)) if i % world == rank)
+            items = _pending(source, mine, space, spool, run, meter)
+            extractor = FeatureExtractor(bb, target, chosen, batch, threads)
+            for out in extractor.run(items):
+                run.failed.extend(out.failed)
+                run.decode_failures.extend(zip(out.failed_keys, out.failed))
+                if out.keys:
+                    space.append(out.keys, out.features)
+                    run.extracted += len(out.keys)
+                run.in_flight.settle(out.keys + out.failed_keys)  # committed (or failed): no longer in flight
+                meter.update(done=len(out.keys), failed=len(out.failed))
+            meter.close()
+            ranks: list[_Tally] = dist.all_gathered(run.tally())
+            total, extracted = sum(t.handled for t in ranks), sum(t.extracted for t in ranks)
+            if world == 1:
+                outcome = _write_dataset(cache_obj, space, dataset, source.class_names, spool, ranks)
+            else:
+                outcome = _merge_and_write(cache_obj, space, dataset, source.class_names, spool, ranks, rank)
+            if rank == 0:
+                cache_obj.set_provenance(space.id, {"backbone": bb.name, "weights": bb.weights, "seed": bb.seed,
+                                                    "plugin": bb.plugin, "data": data, "dataset": dataset})
+        reused, failed, splits = dist.from_rank0(outcome)
         dist.barrier()
         seconds = time.perf_counter() - start
         summary = ExtractSummary(
-            dataset=dataset, backbone=bb.name, space=space.id, total=len(samples), extracted=extracted,
-            reused=reused, failed=all_failed, seconds=round(seconds, 3),
+            dataset=dataset, backbone=bb.name, space=space.id, total=total, extracted=extracted,
+            reused=reused, failed=failed, seconds=round(seconds, 3),
             images_per_second=round(extracted / seconds, 2) if seconds > 0 else 0.0,
             precision=chosen, precision_reason=reason, store=store, device=str(target), weights=bb.weights,
-            cache=str(cache_obj.root), classes=len(source.class_names),
-            splits=_split_counts(all_records),
+            cache=str(cache_obj.root), classes=len(source.class_names), splits=splits,
         )
     finally:
         cache_obj.close()
@@ -166,6 +171,52 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     return summary
 
 
+class _InFlight:
+    """Keys handed to the model whose rows are not committed yet: a later copy of one is not queued again.
+
+    The set holds only keys in flight (a few batches), not every key of the run: once a batch is
+    appended, its keys are `settle`d, and the producer drops them just BEFORE it asks the cache about
+    its next chunk, so a dropped key is already visible there. `settle` runs in the consumer thread,
+    `prune` and the set in the producer's; deque appends and pops are thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self._settled: deque[list[str]] = deque()
+
+    def settle(self, keys: list[str]) -> None:
+        self._settled.append(keys)
+
+    def prune(self) -> None:
+        while self._settled:
+            self.keys.difference_update(self._settled.popleft())
+
+
+class _Tally(NamedTuple):
+    """One rank's counts and failures, as sent to the others (small: failures are few)."""
+
+    handled: int
+    extracted: int
+    reused: int
+    failed: list[dict]
+    decode_failures: list[tuple[str, dict]]
+
+
+@dataclass
+class _Run:
+    """One rank's running counts; the failure lists grow with failures only."""
+
+    handled: int = 0
+    extracted: int = 0
+    reused: int = 0
+    failed: list[dict] = field(default_factory=list)  # {"path", "reason"}: unreadable or undecodable
+    decode_failures: list[tuple[str, dict]] = field(default_factory=list)  # (key, {"path", "reason"})
+    in_flight: _InFlight = field(default_factory=_InFlight)
+
+    def tally(self) -> _Tally:
+        return _Tally(self.handled, self.extracted, self.reused, self.failed, self.decode_failures)
+
+
 def _limited(samples: Iterator[Sample], limit: int | None) -> Iterator[Sample]:
     for i, sample in enumerate(samples):
         if limit is not None and i >= limit:
@@ -173,30 +224,91 @@ def _limited(samples: Iterator[Sample], limit: int | None) -> Iterator[Sample]:
         yield sample
 
 
-def _pending(source: DataSource, samples: list[tuple[int, Sample]], space, records: list, failed: list,
-             counts: dict, meter: Progress) -> Iterator[Item]:
-    """Hash each file, record it, and yield an `Item` only for keys the space lacks (once per key)."""
-    queued: set[str] = set()
-    for lo in range(0, len(samples), CHUNK):
-        chunk = samples[lo: lo + CHUNK]
+def _chunked(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _pending(source: DataSource, samples: Iterable[tuple[int, Sample]], space, spool: RecordSpool, run: _Run,
+             meter: Progress) -> Iterator[Item]:
+    """Hash each file, spool its record, and yield an `Item` only for keys the space lacks (once per key)."""
+    for chunk in _chunked(samples, CHUNK):
         keyed: list[tuple[Sample, str]] = []
         for index, sample in chunk:
+            run.handled += 1
             try:
                 key = content_key(source.read_bytes(sample))
             except OSError as exc:
-                failed.append({"path": sample.path, "reason": f"{type(exc).__name__}: {exc.strerror or exc}"})
+                run.failed.append({"path": sample.path, "reason": f"{type(exc).__name__}: {exc.strerror or exc}"})
                 meter.update(failed=1)
                 continue
             keyed.append((sample, key))
-            records.append((index, sample.path, key, sample.label, sample.split or derived_split(key)))
+            spool.write(index, sample.path, key, sample.label, sample.split or derived_split(key))
+        run.in_flight.prune()  # before the lookup: what it drops is committed, so the lookup finds it
         present = space.contains([k for _, k in keyed]) if keyed else []
         for (sample, key), have in zip(keyed, present):
-            if have or key in queued:
-                counts["reused"] += 1
+            if have or key in run.in_flight.keys:
+                run.reused += 1
                 meter.update(reused=1)
                 continue
-            queued.add(key)
+            run.in_flight.keys.add(key)
             yield Item(key, sample.path, _loader(source, sample, key))
+
+
+def _write_dataset(cache, space, dataset: str, class_names: list[str], records: Iterable[tuple],
+                   ranks: list[_Tally]) -> tuple[int, list[dict], dict]:
+    """Store the data set from records in data-set order (rank 0); returns (reused, failed, splits).
+
+    A record is left out when its file failed to decode, and also when it is a copy of such a file
+    (same content key, no row in the space): a data set never names a key its space lacks.
+    """
+    reused = sum(t.reused for t in ranks)
+    failed = [f for t in ranks for f in t.failed]
+    failed_pairs = {(f["path"], key) for t in ranks for key, f in t.decode_failures}
+    first_failure: dict[str, dict] = {}
+    for t in ranks:
+        for key, f in t.decode_failures:
+            first_failure.setdefault(key, f)
+    keys = list(first_failure)
+    lost = {k: first_failure[k] for k, have in zip(keys, space.contains(keys) if keys else []) if not have}
+    splits: dict[str, int] = {}
+
+    def kept() -> Iterator[tuple]:
+        nonlocal reused
+        for _, path, key, label, split in records:
+            if (path, key) in failed_pairs:
+                continue
+            if key in lost:  # counted as reused when it was skipped as a copy of a key in flight
+                reused -= 1
+                failed.append({"path": path, "reason": f"same content as {lost[key]['path']}, which failed: "
+                                                       f"{lost[key]['reason']}"})
+                continue
+            splits[split] = splits.get(split, 0) + 1
+            yield path, key, label, split
+
+    cache.put_dataset(dataset, kept(), class_names)
+    return reused, failed, dict(sorted(splits.items()))
+
+
+def _merge_and_write(cache, space, dataset: str, class_names: list[str], spool: RecordSpool, ranks: list[_Tally],
+                     rank: int) -> tuple | None:
+    """Under torchrun: merge every rank's spool into data-set order on rank 0, then write the data set.
+
+    The merge goes to a second spool first, so no collective runs while rank 0 holds the cache's
+    write transaction (a rank that stalls then cannot keep the cache locked).
+    """
+    with RecordSpool(cache.root) as merged:
+        for record in dist.records_in_order(spool, spool.last_index):
+            merged.write(*record)
+        if rank != 0:
+            return None
+        return _write_dataset(cache, space, dataset, class_names, merged, ranks)
 
 
 def _loader(source: DataSource, sample: Sample, key: str) -> Callable:
@@ -207,10 +319,3 @@ def _loader(source: DataSource, sample: Sample, key: str) -> Callable:
         return source.decode(sample, data)
 
     return load
-
-
-def _split_counts(records: list[tuple]) -> dict:
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r[3]] = counts.get(r[3], 0) + 1
-    return dict(sorted(counts.items()))
