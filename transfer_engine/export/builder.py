@@ -1,0 +1,242 @@
+"""`Builder`: writes the ONNX variants of one export into a staging folder and measures each against PyTorch.
+
+`export_onnx` (exporter.py) decides what to export and where it goes; this module does the work in
+between and returns the parity report (see docs/export.md for its keys).
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from transfer_engine.errors import UsageError
+from transfer_engine.export import parity
+from transfer_engine.export.images import ImageSet
+from transfer_engine.export.metadata import InputSpec, input_spec, metadata_for, write_with_metadata
+from transfer_engine.export.onnx_export import INPUT, OUTPUTS, export_classifier, extract_part
+from transfer_engine.export.runtime import Session, available_providers, open_session, run_grouped, uint8_array
+
+
+class Builder:
+    """One export's files and checks.
+
+    Args:
+        run: the `Run`.
+        staging: the folder files are written into (moved into place by the caller).
+        targets: role -> final path ("model", "fp32", "backbone", "head", ...).
+        opset: ONNX opset; exporter: "torchscript" or "dynamo"; layout: uint8 layout for --preprocess.
+        say: progress lines.
+    """
+
+    def __init__(self, run: Any, staging: Path, targets: dict[str, Path], *, opset: int, exporter: str, layout: str,
+                 say: Callable[[str], None]) -> None:
+        self.run = run
+        self.staging = staging
+        self.targets = targets
+        self.opset = opset
+        self.exporter = exporter
+        self.layout = layout
+        self.say = say
+        self.failures: list[str] = []
+        self.skipped: dict[str, str] = {}
+
+    # -- the whole sequence ---------------------------------------------------------------------------
+    def build_and_check(self, model: Any, ref: parity.Reference, x: np.ndarray, images: list[Any], *,
+                        quantize: str | None, preprocess: bool, split: bool, cal_set: ImageSet | None,
+                        batch_sizes: list[int], min_agreement: float, providers: Sequence[str] | None,
+                        timings: dict[str, float]) -> dict[str, Any]:
+        """Export, quantize, join preprocessing, split, and measure everything; returns the report."""
+        self.providers = available_providers(providers)
+        variants = ["fp32"] + ([quantize] if quantize else [])
+        deploy = variants[-1]
+        final = {v: self.staging / (self.targets["model"] if v == deploy else self.targets["fp32"]).name
+                 for v in variants}
+        core = {v: (self.staging / f"core.{v}.onnx") if preprocess else final[v] for v in variants}
+        tensor_input = input_spec(False, "nchw")
+
+        t = time.perf_counter()
+        self.say(f"exporting {self.run.info.backbone.name} + {self.run.info.head.name} to ONNX (opset {self.opset}, "
+                 f"{self.exporter} exporter)")
+        self.exporter = export_classifier(model, core["fp32"], crop_size=self.run.preprocess.crop_size,
+                                          opset=self.opset, exporter=self.exporter)
+        self._stamp(core["fp32"], "fp32", "model", tensor_input, list(OUTPUTS))
+        timings["export"] = time.perf_counter() - t
+        calibration = None
+        if quantize:
+            t = time.perf_counter()
+            calibration = self._quantize(quantize, core["fp32"], core[quantize], cal_set)
+            self._stamp(core[quantize], quantize, "model", tensor_input, list(OUTPUTS))
+            timings["quantize"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        self.say(f"measuring {', '.join(variants)} on {len(x)} images with {', '.join(self.providers)}")
+        report_variants = {}
+        for v in variants:
+            entry = self._measure(core[v], list(x), ref, max(batch_sizes))
+            failure = parity.fp32_failure(ref, entry) if v == "fp32" else parity.agreement_failure(entry, min_agreement)
+            report_variants[v] = self._judge(f"{v}", entry, failure)
+            report_variants[v]["file"] = str(self.targets["model"] if v == deploy else self.targets["fp32"])
+            report_variants[v]["bytes"] = core[v].stat().st_size
+        batches = self._check_batch_sizes(core["fp32"], x, ref, batch_sizes)
+        timings["parity"] = time.perf_counter() - t
+
+        pre_report = None
+        raw = [uint8_array(im, self.layout) for im in images] if preprocess else []
+        if preprocess:
+            t = time.perf_counter()
+            pre_report = self._preprocess(raw, x, ref, variants, core, final, min_agreement, max(batch_sizes))
+            timings["preprocess"] = time.perf_counter() - t
+        split_report = None
+        if split:
+            t = time.perf_counter()
+            split_report = self._split(final["fp32"], raw if preprocess else list(x), ref, preprocess,
+                                       min_agreement, max(batch_sizes))
+            timings["split"] = time.perf_counter() - t
+        return {
+            "model": str(self.targets["model"]), "variant": deploy, "passed": not self.failures,
+            "failures": list(self.failures),
+            "run": {"path": str(self.run.path), "kind": self.run.info.kind, "backbone": self.run.info.backbone.name,
+                    "weights": self.run.info.backbone.weights, "head": self.run.info.head.name,
+                    "classes": len(self.run.class_names)},
+            "export": self._export_info(preprocess),
+            "tolerance": {"fp32_rtol": parity.FP32_RTOL, "logits": ref.logit_tolerance,
+                          "features": ref.feature_tolerance, "min_agreement": min_agreement,
+                          "pixel_levels": parity.PIXEL_LEVELS,
+                          "pixel_mismatch_fraction": parity.PIXEL_MISMATCH_FRACTION},
+            "providers": {"used": [p for p in self.providers if p not in self.skipped], "skipped": self.skipped},
+            "variants": report_variants, "batch_sizes": batches, "preprocess": pre_report, "split": split_report,
+            "calibration": calibration, "timings": timings,
+        }
+
+    # -- steps -----------------------------------------------------------------------------------------
+    def _quantize(self, quantize: str, fp32: Path, out: Path, cal_set: ImageSet | None) -> dict[str, Any] | None:
+        from transfer_engine.export.quantize import convert_fp16, quantize_int8
+
+        if quantize == "fp16":
+            self.say("converting to fp16 (onnxruntime's float16 converter, float32 inputs and outputs kept)")
+            convert_fp16(fp32, out)
+            return None
+        assert cal_set is not None
+        self.say(f"quantizing to int8 (QDQ, per-channel), calibrated on {cal_set.description}")
+        images, _, failed = cal_set.load()
+        if not images:
+            raise UsageError(f"none of the {len(cal_set)} calibration images could be read")
+        transform = self.run.preprocess.transform()
+        batches = (np.stack([transform(im).numpy() for im in images[i:i + 16]]) for i in range(0, len(images), 16))
+        quantize_int8(fp32, out, batches, INPUT)
+        return {"images": len(images), "source": cal_set.description, "failed": failed, "method": "minmax",
+                "format": "QDQ", "per_channel": True, "activations": "uint8", "weights": "int8"}
+
+    def _measure(self, path: Path, inputs: list[np.ndarray], ref: parity.Reference, batch: int,
+                 feed: Callable[[Session, list[np.ndarray]], list[np.ndarray]] | None = None) -> dict[str, Any]:
+        """Run `path` on every provider; per-provider measures and the worst of them."""
+        per_provider = {}
+        for provider in self.providers:
+            if provider in self.skipped:
+                continue
+            session = open_session(str(path), provider)
+            if session.provider != provider:
+                self.skipped[provider] = session.note
+                continue
+            outputs = (feed or run_grouped)(session, inputs, batch)
+            named = dict(zip(session.output_names, outputs))
+            per_provider[provider] = parity.compare(ref, named["logits"], named.get("features"))
+        return {**parity.worst(per_provider), "providers": per_provider}
+
+    def _judge(self, what: str, entry: dict[str, Any], failure: str | None) -> dict[str, Any]:
+        entry["passed"] = failure is None
+        entry["failure"] = failure
+        if failure:
+            self.failures.append(f"{what}: {failure}")
+        return entry
+
+    def _check_batch_sizes(self, fp32: Path, x: np.ndarray, ref: parity.Reference,
+                           batch_sizes: list[int]) -> dict[str, Any]:
+        """Run the fp32 graph at each batch size: a fixed batch axis fails here, not in production."""
+        provider = next(p for p in self.providers if p not in self.skipped)
+        session = open_session(str(fp32), provider)
+        out: dict[str, Any] = {}
+        for b in batch_sizes:
+            idx = np.arange(b) % len(x)
+            try:
+                logits = dict(zip(session.output_names, session.run({INPUT: x[idx]})))["logits"]
+                diff = float(np.abs(logits - ref.logits[idx]).max())
+                failure = (None if diff <= ref.logit_tolerance else
+                           f"logits differ by up to {diff:.3g} > tolerance {ref.logit_tolerance:.3g}")
+            except Exception as exc:  # e.g. a graph that only accepts its example's batch size
+                diff, failure = None, f"onnxruntime failed: {str(exc).strip().splitlines()[0][:200]}"
+            out[str(b)] = self._judge(f"fp32 at batch size {b} on {provider}", {"max_abs_diff": diff}, failure)
+        return out
+
+    def _preprocess(self, raw: list[np.ndarray], x: np.ndarray, ref: parity.Reference, variants: list[str],
+                    core: dict[str, Path], final: dict[str, Path], min_agreement: float, batch: int) -> dict[str, Any]:
+        import onnx
+
+        from transfer_engine.export.preprocess_graph import prepend_preprocessing, preprocess_model
+
+        spec = self.run.preprocess
+        self.say(f"joining the preprocessing graph ({spec.interpolation} resize {spec.resize_size}, crop "
+                 f"{spec.crop_size}, normalize; uint8 {self.layout.upper()} input) and checking it")
+        pre_path = self.staging / "preprocess.onnx"
+        onnx.save(preprocess_model(spec, self.layout, self.opset), str(pre_path))
+        session = open_session(str(pre_path), "CPUExecutionProvider")
+        (pixels,) = run_grouped(session, raw, batch)
+        pixel_report = parity.pixel_measures(pixels, x, spec.std)
+        report: dict[str, Any] = {"layout": self.layout, "input": "uint8", "spec": spec.to_dict(),
+                                  "pixels": self._judge("preprocessing", pixel_report, parity.pixel_failure(pixel_report)),
+                                  "end_to_end": {}}
+        for v in variants:
+            joined = prepend_preprocessing(onnx.load(str(core[v])), spec, self.layout)
+            onnx.save(joined, str(final[v]))
+            self._stamp(final[v], v, "model", input_spec(True, self.layout), list(OUTPUTS))
+            entry = self._measure(final[v], raw, ref, batch)
+            report["end_to_end"][v] = self._judge(f"{v} with in-graph preprocessing", entry,
+                                                  parity.agreement_failure(entry, min_agreement))
+        return report
+
+    def _split(self, fp32: Path, inputs: list[np.ndarray], ref: parity.Reference, preprocess: bool,
+               min_agreement: float, batch: int) -> dict[str, Any]:
+        self.say("cutting backbone (images -> features) and head (features -> logits) out of the fp32 graph")
+        backbone = self.staging / self.targets["backbone"].name
+        head = self.staging / self.targets["head"].name
+        extract_part(str(fp32), str(backbone), [INPUT], ["features"])
+        extract_part(str(fp32), str(head), ["features"], ["logits"])
+        self._stamp(backbone, "fp32", "backbone", input_spec(preprocess, self.layout), ["features"])
+        self._stamp(head, "fp32", "head", InputSpec("features", "float32", "nc", False), ["logits"])
+
+        def backbone_then_head(session: Session, items: list[np.ndarray], size: int) -> list[np.ndarray]:
+            (features,) = run_grouped(open_session(str(backbone), session.provider), items, size)
+            return run_grouped(session, list(features), size) + [features]
+
+        chained = self._measure(head, inputs, ref, batch, feed=backbone_then_head)
+        failure = (parity.agreement_failure(chained, min_agreement) if preprocess else parity.fp32_failure(ref, chained))
+        cached = self._measure(head, list(ref.features), ref, batch)
+        cached.pop("features", None)
+        return {"backbone": str(self.targets["backbone"]), "head": str(self.targets["head"]),
+                "backbone_then_head": self._judge("backbone.onnx then head.onnx", chained, failure),
+                "head_on_pytorch_features": self._judge("head.onnx on PyTorch's features", cached,
+                                                        parity.fp32_failure(ref, cached))}
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _stamp(self, path: Path, variant: str, part: str, input_: InputSpec, outputs: list[str]) -> None:
+        write_with_metadata(path, metadata_for(self.run, variant, part, input_, outputs, self._export_info(None)))
+
+    def _export_info(self, preprocess: bool | None) -> dict[str, Any]:
+        from importlib import metadata as md
+
+        versions = {}
+        for dist in ("transfer-engine", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript"):
+            try:
+                versions[dist] = md.version(dist)
+            except md.PackageNotFoundError:
+                continue
+        info = {"exporter": self.exporter, "opset": self.opset, "versions": versions,
+                "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        if preprocess is not None:
+            info["input"] = {"name": INPUT, "dtype": "uint8" if preprocess else "float32",
+                             "layout": self.layout if preprocess else "nchw"}
+        return info

@@ -1,0 +1,221 @@
+"""`export_onnx()`: what `te export RUN --onnx` does, from the run directory to verified ONNX files.
+
+    1. read the run; choose the check images (held-out, labelled) and, for int8, calibration images
+    2. PyTorch's logits and features on the check images: the reference
+    3. export fp32 (one graph, images -> logits + features, dynamic batch); quantize (int8 / fp16)
+    4. measure every variant on every provider against the reference; run fp32 at each --batch-sizes
+    5. --preprocess: join the preprocessing graph in front, check it against PyTorch's transform and
+       the joined models end to end; --split: cut backbone and head out of the fp32 graph, check both
+    6. all checks pass: move the files into place and write FILE.parity.json beside them; otherwise
+       write FILE.parity-failed.json, leave every existing file as it was, raise `ParityError` (exit 1)
+
+Files are built in a staging folder beside --out and moved into place only when every check passed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from transfer_engine.errors import TEError, UsageError
+from transfer_engine.export import parity
+from transfer_engine.export.builder import Builder
+from transfer_engine.export.onnx_export import DEFAULT_OPSET, check_opset
+from transfer_engine.export.runtime import import_ort
+
+Log = Callable[[str], None]
+
+
+class ParityError(TEError):
+    """An exported model is too far from PyTorch (exit 1); `.result` holds the full report."""
+
+    def __init__(self, message: str, result: "ExportResult") -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class ExportResult:
+    """What `export_onnx` produced.
+
+    Attributes:
+        model: the file to deploy (--out): the quantized variant when one was asked for, else fp32.
+        files: every file written: {"model", "fp32", "int8"/"fp16", "backbone", "head", "report"}.
+        report: the parity report (also in `files["report"]`); `report["passed"]` says whether it passed.
+    """
+
+    model: str
+    files: dict[str, str]
+    report: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["passed"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.report
+
+
+def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, quantize: str | None = None,
+                preprocess: bool = False, layout: str = "nhwc", split: bool = False, check_data: str | None = None,
+                calibration_data: str | None = None, batch_sizes: Sequence[int] = (1, 8), check_size: int = 200,
+                calibration_size: int = 128, min_agreement: float = parity.DEFAULT_MIN_AGREEMENT,
+                exporter: str = "auto", overwrite: bool = False, providers: Sequence[str] | None = None,
+                log: Log | None = None) -> ExportResult:
+    """Export a `te train`/`te finetune` run to ONNX and prove it matches PyTorch on real held-out images.
+
+    Args:
+        run: a run directory (or an open `Run`).
+        out: the .onnx file to write (the quantized variant when `quantize` is set; fp32 goes beside it as
+            FILE.fp32.onnx).
+        opset: ONNX opset (default 18).
+        quantize: None, "int8" (static, QDQ, per-channel, calibrated on train images) or "fp16".
+        preprocess: bake resize/crop/normalize into the graph (input: uint8 images in `layout`).
+        layout: "nhwc" or "nchw", for the uint8 input of `preprocess`.
+        split: also write FILE.backbone.onnx (images -> features) and FILE.head.onnx (features -> logits).
+        check_data: labelled images to check on, instead of the val/test split of the run's data set.
+        calibration_data: images to calibrate int8 on, instead of the train split of the run's data set.
+        batch_sizes: batch sizes the fp32 model is run at, to prove the batch axis is dynamic.
+        check_size: at most this many check images (spread evenly over the held-out set).
+        calibration_size: at most this many calibration images.
+        min_agreement: top-1 agreement with PyTorch below which a quantized variant is refused.
+        exporter: "auto", "torchscript" or "dynamo" (see `transfer_engine.export.onnx_export`).
+        overwrite: replace existing files at `out` (otherwise that is a UsageError, before any work).
+        providers: onnxruntime providers to check on (default: every one available: TensorRT, CUDA, CPU).
+        log: where progress lines go (default: nowhere).
+
+    Returns:
+        An `ExportResult` whose report passed.
+
+    Raises:
+        UsageError: a bad argument, a run that is not one, an opset that cannot be written, check images
+            that are missing or unlabelled, files in the way.
+        ParityError: a check failed (the report says which, and is written as FILE.parity-failed.json).
+    """
+    from transfer_engine.export import images as image_sets
+    from transfer_engine.runs import Run
+
+    started = time.perf_counter()
+    say = log or (lambda _msg: None)
+    run = run if isinstance(run, Run) else Run.open(run)
+    out = Path(out).expanduser().absolute()
+    _check_arguments(out, quantize, layout, batch_sizes, check_size, calibration_size, min_agreement)
+    opset, exporter = check_opset(opset, exporter)
+    if preprocess and opset < 18:
+        raise UsageError(f"--preprocess needs --opset 18 or later (antialiased Resize), got {opset}")
+    if quantize == "int8" and opset < 13:
+        raise UsageError(f"--quantize int8 needs --opset 13 or later (per-channel quantization), got {opset}")
+    targets = _targets(out, quantize, split)
+    _check_overwrite(targets, overwrite)
+    import_ort()
+
+    check_set = image_sets.held_out_images(run, check_data, check_size)
+    cal_set = image_sets.train_images(run, calibration_data, calibration_size) if quantize == "int8" else None
+    say(f"checking on {check_set.description}")
+    check_images, labels, check_failed = check_set.load()
+    if not check_images:
+        raise UsageError(f"none of the {len(check_set)} check images could be read (first: {check_failed[0]['path']}: "
+                         f"{check_failed[0]['reason']})")
+    spec = run.preprocess
+    transform = spec.transform()
+    x = np.stack([transform(im).numpy() for im in check_images]).astype(np.float32)
+    label_array = None if all(lab is None for lab in labels) else np.array([-1 if v is None else v for v in labels])
+    model = run.build_model()
+    ref = _reference(model, x, label_array)
+    timings = {"reference": time.perf_counter() - started}
+
+    staging = out.parent / f".{out.stem}.export-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        builder = Builder(run, staging, targets, opset=opset, exporter=exporter, layout=layout, say=say)
+        report = builder.build_and_check(model, ref, x, check_images, quantize=quantize, preprocess=preprocess,
+                                         split=split, cal_set=cal_set, batch_sizes=list(batch_sizes),
+                                         min_agreement=min_agreement, providers=providers, timings=timings)
+        report["check"] = {"images": len(check_images), "source": check_set.description, "failed": check_failed,
+                           "labelled": label_array is not None, "torch_accuracy": ref.accuracy()}
+        report["seconds"] = time.perf_counter() - started
+        result = ExportResult(str(out), {k: str(v) for k, v in targets.items() if k != "failed_report"}, report)
+        if not report["passed"]:
+            report["files"] = {"report": str(targets["failed_report"])}
+            _write_json(targets["failed_report"], report)
+            raise ParityError(f"{report['failures'][0]} ({len(report['failures'])} check(s) failed; nothing was "
+                              f"written but the report {targets['failed_report']})", result)
+        report["files"] = result.files
+        for role, target in targets.items():
+            if role not in ("report", "failed_report"):
+                os.replace(staging / target.name, target)
+        _write_json(targets["report"], report)
+        targets["failed_report"].unlink(missing_ok=True)  # a stale report of an earlier failed try
+        return result
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _reference(model: Any, x: np.ndarray, labels: np.ndarray | None) -> parity.Reference:
+    import torch
+
+    logits, features = [], []
+    with torch.inference_mode():
+        for start in range(0, len(x), 32):
+            batch = torch.from_numpy(x[start:start + 32])
+            f = model.backbone(batch)
+            logits.append(model.head(f).float().numpy())
+            features.append(f.float().numpy())
+    return parity.Reference(np.concatenate(logits), np.concatenate(features), labels)
+
+
+def _targets(out: Path, quantize: str | None, split: bool) -> dict[str, Path]:
+    stem = out.name[: -len(".onnx")]
+    targets = {"model": out}
+    if quantize:
+        targets["fp32"] = out.with_name(f"{stem}.fp32.onnx")
+    if split:
+        targets["backbone"] = out.with_name(f"{stem}.backbone.onnx")
+        targets["head"] = out.with_name(f"{stem}.head.onnx")
+    targets["report"] = out.with_name(f"{stem}.parity.json")
+    targets["failed_report"] = out.with_name(f"{stem}.parity-failed.json")
+    return targets
+
+
+def _check_overwrite(targets: dict[str, Path], overwrite: bool) -> None:
+    if overwrite:
+        return
+    present = [p for role, p in targets.items() if role != "failed_report" and p.exists()]
+    if present:
+        raise UsageError(f"{present[0]} already exists; pass --overwrite to replace it, or choose another --out")
+
+
+def _check_arguments(out: Path, quantize: str | None, layout: str, batch_sizes: Sequence[int], check_size: int,
+                     calibration_size: int, min_agreement: float) -> None:
+    if out.suffix.lower() != ".onnx":
+        raise UsageError(f"--out {out}: expected a file name ending in .onnx")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; expected a file name ending in .onnx")
+    if quantize not in (None, "int8", "fp16"):
+        raise UsageError(f"--quantize {quantize!r}: expected int8 or fp16")
+    if layout not in ("nhwc", "nchw"):
+        raise UsageError(f"--layout {layout!r}: expected nhwc or nchw")
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise UsageError(f"--batch-sizes {','.join(map(str, batch_sizes))}: expected positive integers, e.g. 1,8")
+    if check_size < 1 or calibration_size < 1:
+        raise UsageError("--check-size and --calibration-size must be at least 1")
+    if not 0.0 < min_agreement <= 1.0:
+        raise UsageError(f"--min-agreement {min_agreement}: expected a fraction in (0, 1], e.g. 0.99")
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    import json
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+__all__ = ["ExportResult", "ParityError", "export_onnx"]

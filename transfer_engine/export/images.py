@@ -1,0 +1,227 @@
+"""Real images for export and prediction: the run's held-out split, its training split, or a --data SRC.
+
+`te export` checks parity on held-out images of the run's own data set: the records the feature cache
+keeps for it (path, content key, label, split) say which images were val/test, and `open_source` reads
+them again. The content key is re-checked, so an image changed since extraction is skipped, not
+silently used. Without the cache the same stable split is derived from the bytes (`derived_split`).
+
+`open_images` also accepts what prediction gets: a flat folder of images or one image file (unlabelled).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from transfer_engine.data.sources import (IMAGE_EXTENSIONS, DataSource, Sample, _image_files, content_key,
+                                          derived_split, open_source)
+from transfer_engine.errors import TEError, UsageError
+
+HELD_OUT = ("test", "val")
+
+
+class ImageFiles(DataSource):
+    """Unlabelled image files: every image below a folder (recursively), or a single file."""
+
+    def __init__(self, root: Path, files: list[str]) -> None:
+        self.root = root
+        self.name = str(root)
+        self.class_names = []
+        self.files = files
+
+    def samples(self) -> Iterator[Sample]:
+        for rel in self.files:
+            yield Sample(rel, None, None)  # type: ignore[arg-type]  (no label: None)
+
+    def read_bytes(self, sample: Sample) -> bytes:
+        return (self.root / sample.path).read_bytes()
+
+
+def open_images(spec: str) -> DataSource:
+    """A source of images: `open_source`'s (folder of CLASS/IMAGE, manifest, builtin:NAME) or unlabelled
+    files (a folder with images directly inside it, or one image file).
+
+    Raises:
+        UsageError: nothing there, or no images in it.
+    """
+    path = Path(spec).expanduser()
+    if not spec.startswith("builtin:") and path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageFiles(path.parent, [path.name])
+    if path.is_dir() and any(e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith(".")
+                             for e in os.scandir(path)):
+        return ImageFiles(path, list(_image_files(path)))
+    return open_source(spec)
+
+
+@dataclass
+class ImageSet:
+    """Images chosen for a purpose (parity check, calibration).
+
+    Attributes:
+        description: where they come from, for people ("test/val split of builtin:digits, the run's data").
+        source: the source that reads and decodes them.
+        samples: the chosen samples, in order.
+        labels: each sample's label as an index into the run's class names (None: unlabelled).
+        keys: the content key each sample had at extraction (None: not known, not checked).
+    """
+
+    description: str
+    source: DataSource
+    samples: list[Sample]
+    labels: list[int | None]
+    keys: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self) -> tuple[list[Any], list[int | None], list[dict[str, str]]]:
+        """Read and decode every image.
+
+        Returns:
+            (PIL RGB images, their labels, failures [{path, reason}] for the images skipped).
+        """
+        images, labels, failed = [], [], []
+        keys = self.keys or [None] * len(self.samples)
+        for sample, label, key in zip(self.samples, self.labels, keys):
+            try:
+                data = self.source.read_bytes(sample)
+                if key is not None and content_key(data) != key:
+                    raise ValueError("the file changed since its features were extracted")
+                images.append(self.source.decode(sample, data))
+                labels.append(label)
+            except Exception as exc:  # unreadable, truncated, not an image: skipped and reported
+                failed.append({"path": sample.path, "reason": f"{type(exc).__name__}: {exc}"[:200]})
+        return images, labels, failed
+
+
+def held_out_images(run: Any, check_data: str | None, limit: int) -> ImageSet:
+    """Labelled held-out images to check parity on.
+
+    Args:
+        run: the `Run`.
+        check_data: --check-data SRC (all its images, or its val/test split folders), or None for the
+            val/test split of the run's own data set.
+        limit: at most this many, spread evenly over the set.
+
+    Raises:
+        UsageError: no such data, no labels, classes the run does not know, or no held-out images.
+    """
+    if check_data is not None:
+        source = open_images(check_data)
+        if not source.class_names:
+            raise UsageError(f"--check-data {check_data} has no labels; the parity check reports accuracy, so it "
+                             "needs labelled images: CLASS/IMAGE folders, a path,label manifest or builtin:NAME")
+        samples = list(source.samples())
+        held = [s for s in samples if s.split in HELD_OUT] or samples
+        chosen = _spread(held, limit)
+        labels = _map_labels(source.class_names, run.class_names, [s.label for s in chosen], f"--check-data {check_data}")
+        where = "its val/test split" if held is not samples else "all its images"
+        return ImageSet(f"{len(chosen)} images of {check_data} ({where})", source, chosen, labels, [])
+    source, records = _run_data(run, "--check-data SRC with labelled held-out images")
+    if records is not None:
+        held_records = sorted((r for r in records if r.split in HELD_OUT), key=lambda r: HELD_OUT.index(r.split))
+        if any(r.label is None for r in held_records):
+            raise UsageError(f"the run's data set {run.info.dataset.get('name')!r} has unlabelled val/test images; "
+                             "pass --check-data SRC with labelled images")
+        chosen_records = _spread(held_records, limit)
+        samples = [Sample(r.path, r.label, r.split) for r in chosen_records]
+        keys: list[str | None] = [r.key for r in chosen_records]
+    else:
+        samples = [s for s in _with_splits(source) if s.split in HELD_OUT]
+        samples, keys = _spread(samples, limit), []
+    if not samples:
+        raise UsageError(f"the run's data {run.info.dataset.get('data')!r} has no val or test images; pass "
+                         "--check-data SRC with labelled held-out images")
+    labels = _map_labels(source.class_names, run.class_names, [s.label for s in samples],
+                         f"the run's data {run.info.dataset.get('data')}")
+    data = run.info.dataset.get("data")
+    return ImageSet(f"{len(samples)} val/test images of {data} (the run's data set)", source, samples, labels, keys)
+
+
+def train_images(run: Any, calibration_data: str | None, limit: int) -> ImageSet:
+    """Training images to calibrate int8 quantization on (labels are not needed).
+
+    Args:
+        run: the `Run`.
+        calibration_data: --calibration-data SRC (all its images), or None for the run's train split.
+        limit: at most this many, spread evenly.
+
+    Raises:
+        UsageError: the run's data is not available and no --calibration-data was given.
+    """
+    if calibration_data is not None:
+        source = open_images(calibration_data)
+        chosen = _spread(list(source.samples()), limit)
+        if not chosen:
+            raise UsageError(f"--calibration-data {calibration_data} holds no images")
+        return ImageSet(f"{len(chosen)} images of {calibration_data}", source, chosen, [None] * len(chosen), [])
+    source, records = _run_data(run, "--calibration-data SRC with training images")
+    if records is not None:
+        chosen_records = _spread([r for r in records if r.split == "train"], limit)
+        samples = [Sample(r.path, r.label, r.split) for r in chosen_records]
+        keys: list[str | None] = [r.key for r in chosen_records]
+    else:
+        samples, keys = _spread([s for s in _with_splits(source) if s.split == "train"], limit), []
+    if not samples:
+        raise UsageError(f"the run's data {run.info.dataset.get('data')!r} has no train images to calibrate on; "
+                         "pass --calibration-data SRC")
+    return ImageSet(f"{len(samples)} train images of {run.info.dataset.get('data')} (the run's data set)", source,
+                    samples, [None] * len(samples), keys)
+
+
+def _run_data(run: Any, alternative: str) -> tuple[DataSource, list | None]:
+    """The run's data source, and its data set's records from the feature cache (None without a cache)."""
+    dataset = run.info.dataset or {}
+    data = dataset.get("data")
+    if not data:
+        raise UsageError(f"run {run.path} does not record where its images are; pass {alternative}")
+    try:
+        source = open_source(str(data))
+    except UsageError as exc:
+        raise UsageError(f"the run's data is not available ({exc}); pass {alternative}") from None
+    records = None
+    cache, name = dataset.get("cache"), dataset.get("name")
+    if cache and name and Path(cache).is_dir():
+        from transfer_engine.cache import FeatureCache
+
+        try:
+            with FeatureCache.open(cache, create=False) as c:
+                records = c.dataset(name).records
+        except TEError:
+            records = None  # the cache moved or lost the data set: derive the splits from the bytes instead
+    return source, records
+
+
+def _with_splits(source: DataSource) -> Iterator[Sample]:
+    """The source's samples with the split extraction gave them (the stable split derived from the bytes
+    when the source does not say)."""
+    for s in source.samples():
+        if s.split is not None:
+            yield s
+            continue
+        try:
+            split = derived_split(content_key(source.read_bytes(s)))
+        except OSError:
+            split = "test"  # unreadable: kept, so the check reports it as failed rather than hiding it
+        yield Sample(s.path, s.label, split)
+
+
+def _spread(items: list, limit: int) -> list:
+    """At most `limit` items spread evenly over the list (a prefix would often be a single class)."""
+    if len(items) <= limit:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+
+
+def _map_labels(source_classes: list[str], run_classes: list[str], labels: list, what: str) -> list[int | None]:
+    """Labels of a source as indices into the run's class names (matched by name)."""
+    index = {name: i for i, name in enumerate(run_classes)}
+    unknown = sorted({source_classes[lab] for lab in labels if lab is not None and source_classes[lab] not in index})
+    if unknown:
+        raise UsageError(f"{what} has classes the run was not trained on: {', '.join(unknown[:5])}; the run's "
+                         f"classes are {', '.join(run_classes[:10])}{'...' if len(run_classes) > 10 else ''}")
+    return [None if lab is None else index[source_classes[lab]] for lab in labels]

@@ -1,0 +1,204 @@
+"""`predict()`: what `te predict FILE.onnx --data SRC` does: classify images with onnxruntime.
+
+Everything comes from the model's te metadata: class names, and either the preprocessing (applied here
+with the same PyTorch transform the run used) or the fact that the graph does it (uint8 pixels are fed).
+Unreadable or non-image files are reported and skipped; the output file appears only when complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from transfer_engine.errors import UsageError
+from transfer_engine.export.images import open_images
+from transfer_engine.export.metadata import ModelMetadata, read_metadata
+from transfer_engine.export.runtime import open_session, resolve_provider, run_grouped, uint8_array
+from transfer_engine.predict.progress import Progress
+
+OUT_FORMATS = (".csv", ".jsonl")
+
+
+@dataclass
+class PredictSummary:
+    """What `predict` did.
+
+    Attributes:
+        model: the ONNX file; variant: fp32/int8/fp16; provider: the onnxruntime provider that ran it.
+        images: images found; predicted: images classified; failed: [{path, reason}] of those skipped.
+        accuracy: top-1 accuracy when the data is labelled with the model's class names, else None.
+        out: the file written (None: predictions are in `predictions`).
+        predictions: [{path, prediction, probability, top_k: [{class, probability}], label}] when no `out`.
+    """
+
+    model: str
+    variant: str
+    provider: str
+    provider_reason: str
+    images: int
+    predicted: int
+    failed: list[dict[str, str]]
+    seconds: float
+    images_per_second: float
+    accuracy: float | None
+    labelled: int
+    top_k: int
+    out: str | None
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | None = None, provider: str = "auto",
+            batch_size: int = 32, top_k: int = 1, progress: bool = False,
+            log: Callable[[str], None] | None = None) -> PredictSummary:
+    """Classify the images of `data` with an ONNX model written by `te export`.
+
+    Args:
+        model: the .onnx file (te metadata required).
+        data: images: a folder (flat, or CLASS/IMAGE for accuracy), one image file, a .csv/.jsonl manifest,
+            or builtin:NAME.
+        out: a .csv or .jsonl file for the predictions (None: returned in `PredictSummary.predictions`).
+        provider: "auto" (CUDA when onnxruntime-gpu and a GPU are present, else CPU), "cuda" or "cpu".
+        batch_size: images per onnxruntime call.
+        top_k: how many classes to report per image.
+        progress: draw a progress line on stderr.
+        log: where the one line about the provider goes (default: nowhere).
+
+    Returns:
+        The `PredictSummary`.
+
+    Raises:
+        UsageError: not an ONNX model with te metadata, a backbone or head part, a bad --out, top_k, data.
+    """
+    started = time.perf_counter()
+    say = log or (lambda _msg: None)
+    meta = read_metadata(model)
+    if meta.part != "model":
+        raise UsageError(f"{model} is the {meta.part} part of an export ({'features -> logits' if meta.part == 'head' else 'images -> features'}); "
+                         "te predict needs the whole model (the FILE.onnx that te export --out wrote)")
+    classes = meta.class_names
+    if not 1 <= top_k <= len(classes):
+        raise UsageError(f"--top-k {top_k}: expected 1..{len(classes)} (the model has {len(classes)} classes)")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: expected at least 1")
+    out_path = _check_out(out)
+    source = open_images(data)
+    samples = list(source.samples())
+    if not samples:
+        raise UsageError(f"--data {data}: no images found")
+    chosen, reason = resolve_provider(provider)
+    session = open_session(str(model), chosen)
+    if session.note:
+        reason = session.note
+    say(f"te predict: onnxruntime on {session.provider} ({reason}); {meta.variant} model, "
+        f"{'preprocessing in the graph' if meta.input.in_graph_preprocessing else 'preprocessing from its metadata'}")
+    truth = _true_labels(source.class_names, classes)
+
+    rows: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    correct = labelled = 0
+    bar = Progress(len(samples), enabled=progress, label="te predict")
+    for batch_samples, arrays, batch_failed in _batches(source, samples, meta, batch_size):
+        failed.extend(batch_failed)
+        if arrays:
+            (logits,) = run_grouped(session, arrays, batch_size, outputs=["logits"])
+            probs = _softmax(logits.astype(np.float64))
+            top = np.argsort(-probs, axis=1)[:, :top_k]
+            for sample, p, idx in zip(batch_samples, probs, top):
+                row = {"path": sample.path, "prediction": classes[idx[0]], "probability": float(p[idx[0]]),
+                       "top_k": [{"class": classes[i], "probability": float(p[i])} for i in idx],
+                       "label": None if sample.label is None or not source.class_names
+                       else source.class_names[sample.label]}
+                if truth is not None and sample.label is not None:
+                    labelled += 1
+                    correct += int(truth[sample.label] == idx[0])
+                rows.append(row)
+        bar.update(len(batch_samples), len(batch_failed))
+    bar.close()
+    if out_path is not None:
+        _write(out_path, rows, top_k)
+    seconds = time.perf_counter() - started
+    return PredictSummary(str(model), meta.variant, session.provider, reason, len(samples), len(rows), failed,
+                          seconds, len(rows) / seconds if seconds > 0 else 0.0,
+                          correct / labelled if labelled else None, labelled, top_k,
+                          None if out_path is None else str(out_path), [] if out_path is not None else rows)
+
+
+def _batches(source: Any, samples: list, meta: ModelMetadata,
+             batch_size: int) -> Iterator[tuple[list, list[np.ndarray], list[dict[str, str]]]]:
+    """(samples read, their model inputs, failures) per batch, decoded in a background thread."""
+    from transfer_engine._prefetch import prefetched
+
+    if meta.input.in_graph_preprocessing:
+        layout = meta.input.layout
+        prepare: Callable[[Any], np.ndarray] = lambda image: uint8_array(image, layout)  # noqa: E731
+    else:
+        transform = meta.preprocess_spec().transform()
+        prepare = lambda image: transform(image).numpy()  # noqa: E731
+
+    def produce() -> Iterator[tuple[list, list[np.ndarray], list[dict[str, str]]]]:
+        for start in range(0, len(samples), batch_size):
+            ok, arrays, bad = [], [], []
+            for sample in samples[start:start + batch_size]:
+                try:
+                    arrays.append(prepare(source.decode(sample, source.read_bytes(sample))))
+                    ok.append(sample)
+                except Exception as exc:  # unreadable, truncated, not an image: reported and skipped
+                    bad.append({"path": sample.path, "reason": f"{type(exc).__name__}: {exc}"[:200]})
+            yield ok, arrays, bad
+
+    return prefetched(produce(), depth=2, name="te-predict-decode")
+
+
+def _true_labels(source_classes: list[str], model_classes: list[str]) -> list[int] | None:
+    """Source label -> model class index, when every source class is one of the model's (else None)."""
+    if not source_classes or any(c not in model_classes for c in source_classes):
+        return None
+    return [model_classes.index(c) for c in source_classes]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _check_out(out: str | os.PathLike | None) -> Path | None:
+    if out is None:
+        return None
+    path = Path(out).expanduser().absolute()
+    if path.suffix.lower() not in OUT_FORMATS:
+        raise UsageError(f"--out {out}: expected a .csv or .jsonl file name")
+    if path.is_dir():
+        raise UsageError(f"--out {out} is a directory; expected a .csv or .jsonl file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {out}: the folder {path.parent} does not exist")
+    return path
+
+
+def _write(path: Path, rows: list[dict[str, Any]], top_k: int) -> None:
+    """Write predictions as CSV (one column per top-k class and probability) or JSONL, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        if path.suffix.lower() == ".jsonl":
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+        else:
+            header = ["path", "prediction", "probability"]
+            for k in range(2, top_k + 1):
+                header += [f"top{k}", f"top{k}_probability"]
+            writer = csv.writer(fh)
+            writer.writerow(header + ["label"])
+            for row in rows:
+                extra = [v for t in row["top_k"][1:] for v in (t["class"], f"{t['probability']:.6f}")]
+                writer.writerow([row["path"], row["prediction"], f"{row['probability']:.6f}", *extra,
+                                 "" if row["label"] is None else row["label"]])
+    os.replace(tmp, path)
