@@ -1,0 +1,56 @@
+"""`te predict FILE.onnx --data SRC`: classify images with an exported model, through onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from transfer_engine.cli._common import emit_json, info, json_option
+
+
+@click.command("predict")
+@click.argument("model", type=click.Path(path_type=Path), metavar="FILE.onnx")
+@click.option("--data", required=True, metavar="SRC",
+              help="Images: a folder (flat, or CLASS/IMAGE to get accuracy too), one image file, a .csv/.jsonl "
+                   "manifest, or builtin:digits.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, metavar="FILE.csv|FILE.jsonl",
+              help="Write the predictions there (default: print them).")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+              help="onnxruntime provider; auto = CUDA when onnxruntime-gpu and a GPU are present, else CPU.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, metavar="N",
+              help="Images per onnxruntime call.")
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="How many classes (with probabilities) to give per image.")
+@json_option
+def predict(model, data, out, provider, batch_size, top_k, as_json) -> None:
+    """Classify images with an ONNX model written by `te export`.
+
+    Class names and preprocessing come from the model's te metadata (or the graph does the
+    preprocessing, with --preprocess at export). Files that cannot be read or are not images are
+    reported and skipped. With labelled data (CLASS/IMAGE folders, a manifest) the accuracy is given.
+
+    \b
+    Examples:
+      te predict model.onnx --data photos/ --out predictions.csv
+      te predict model.onnx --data builtin:digits --top-k 3 --json
+      te predict model.onnx --data cat.jpg --provider cpu
+    """
+    from transfer_engine.predict.runner import predict as run_predict
+
+    summary = run_predict(model, data, out=out, provider=provider, batch_size=batch_size, top_k=top_k,
+                          progress=True, log=info)
+    if summary.failed:
+        info(f"te: warning: {len(summary.failed)} file(s) skipped (unreadable or not an image), first: "
+             f"{summary.failed[0]['path']}: {summary.failed[0]['reason']}")
+    if as_json:
+        emit_json(summary.to_dict())
+        return
+    for row in summary.predictions:
+        others = "  ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top_k"][1:])
+        click.echo(f"{row['path']}\t{row['prediction']}\t{row['probability']:.3f}" + (f"\t{others}" if others else ""))
+    accuracy = "" if summary.accuracy is None else f", accuracy {summary.accuracy:.1%} on {summary.labelled} labelled"
+    where = f"; wrote {summary.out}" if summary.out else ""
+    # Without --out stdout holds the predictions (tab-separated), so the summary goes to stderr.
+    (click.echo if summary.out else info)(f"{summary.predicted} of {summary.images} images classified on {summary.provider} in {summary.seconds:.1f} s "
+         f"({summary.images_per_second:.1f} img/s){accuracy}, {len(summary.failed)} failed{where}")
