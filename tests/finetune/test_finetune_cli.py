@@ -1,0 +1,80 @@
+"""`te finetune --from RUN` as users run it: warm-started from a linear run (LP-FT), the starting
+accuracy reproduces the linear run's (the image pipeline matches the cache path), the output run is
+what `te export` reads, and mistakes are one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ONE_THREAD
+from linear_run import make_linear_run
+
+from transfer_engine.errors import UsageError
+from transfer_engine.finetune import finetune
+from transfer_engine.runs import Run
+
+
+@pytest.fixture(scope="module")
+def linear(tmp_path_factory):
+    """A linear head on random-init ResNet-18 features of 400 real digits at 32 px (cached, L-BFGS)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return make_linear_run(tmp_path_factory.mktemp("lin"), "resnet18", weights="none", input_size=32, limit=400)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_lp_ft_from_a_linear_run_starts_where_it_ended_and_reaches_at_least_its_accuracy(te, tmp_path, linear):
+    parent = Run.open(linear)
+    r = te("finetune", "--from", str(linear), "--out", str(tmp_path / "ft"), "--epochs", "2", "--batch-size", "16",
+           "--augment", "none", env=ONE_THREAD)
+    assert r.code == 0, r.stderr
+    run = Run.open(tmp_path / "ft")
+    m = run.metrics
+    n_test = parent.info.dataset["splits"]["test"]
+    # The starting model through te finetune's image pipeline = the linear head on the cached features.
+    assert abs(m["before"]["test_accuracy"] - parent.metrics["test_accuracy"]) <= 1 / n_test
+    assert m["parent"]["test_accuracy"] == parent.metrics["test_accuracy"]
+    assert m["test_accuracy"] >= parent.metrics["test_accuracy"]
+    assert m["best_epoch"] >= 1  # the fine-tuned weights won on val, not the starting ones
+    assert len(m["epochs"]) == 2 and m["epochs"][0]["trainable_backbone_blocks"] == 10  # no_freeze: LP-FT
+    # the report shows both: the linear run's accuracy and the fine-tuned one
+    assert f"{100 * m['test_accuracy']:.1f}% after" in r.stdout
+    assert f"reported test accuracy {100 * parent.metrics['test_accuracy']:.1f}%" in r.stdout
+
+    assert run.info.kind == "finetune" and run.info.parent == str(linear)
+    assert run.preprocess.crop_size == 32 and run.class_names == parent.class_names
+    assert run.info.dataset["cache"] == parent.info.dataset["cache"]
+    assert (run.path / "curve.png").stat().st_size > 0 and (run.path / "confusion.png").stat().st_size > 0
+    model = run.build_model()  # what te export builds: backbone.* and head.* from model.safetensors
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert model(x).shape == (2, 10)
+        assert torch.equal(model(x), model.head(run.build_backbone().model(x)))
+
+    again = te("finetune", "--from", str(linear), "--out", str(tmp_path / "ft"))
+    assert again.code == 2 and again.stderr.strip().count("\n") == 0 and "--overwrite" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({}, "either --from RUN or --backbone"),
+    ({"backbone": "resnet18", "data": "builtin:digits"}, "--head"),
+    ({"from_run_dir": "{tmp}/nope"}, "does not exist"),
+    ({"backbone": "resnt18", "data": "builtin:digits", "head": "linear"}, "did you mean"),
+    ({"backbone": "resnet18", "data": "builtin:digits", "head": "linear", "batch_size": 5000}, "larger than"),
+    ({"backbone": "resnet18", "data": "builtin:digits", "head": "linear", "strategy": "unfreeze_milestones"},
+     "needs --milestones"),
+    ({"backbone": "resnet18", "data": "builtin:digits", "head": "linear", "precision": "fp16", "device": "cpu"},
+     "needs a CUDA device"),
+    ({"backbone": "resnet18", "data": "builtin:digits", "head": "linear", "out": "{tmp}/taken"}, "is a file"),
+])
+def test_mistakes_are_usage_errors_before_any_training(tmp_path, kwargs, message):
+    (tmp_path / "taken").write_text("mine")
+    kwargs = {k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for k, v in kwargs.items()}
+    out = kwargs.pop("out", tmp_path / "out")
+    with pytest.raises(UsageError, match=message):
+        finetune(out, weights="none", limit=100, progress=False, **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # nothing written, nothing staged
+    assert (tmp_path / "taken").read_text() == "mine"

@@ -1,0 +1,133 @@
+"""`te finetune`: train backbone and head end to end, warm-started from a `te train` run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from transfer_engine.cli._common import emit_json, json_option
+
+STRATEGY_NAMES = ("freeze", "no_freeze", "freeze_unfreeze", "unfreeze_milestones")  # finetune.STRATEGIES
+
+
+def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
+    if not value:
+        return ()
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated epochs such as 1,2, got {value!r}") from None
+
+
+@click.command("finetune")
+@click.option("--from", "from_run", type=click.Path(path_type=Path), metavar="RUN",
+              help="A `te train` run: its backbone, weights, preprocessing, head, data set and splits (LP-FT).")
+@click.option("--backbone", metavar="NAME", help="Instead of --from: a backbone (`te backbones`), with --data, --head.")
+@click.option("--data", metavar="SRC", help="With --backbone: image folder, .csv/.jsonl manifest or builtin:digits.")
+@click.option("--head", metavar="HEAD", help="With --backbone: a new head (`te heads`), e.g. linear.")
+@click.option("--weights", default="DEFAULT", show_default=True, metavar="W",
+              help="With --backbone: weights name, 'none' (random init, seeded) or a local state-dict path.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="RUN",
+              help="Run directory to write (what `te export` reads); checkpoints go to RUN.ckpt/ meanwhile.")
+@click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True, metavar="N",
+              help="Epochs to train.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True, metavar="X",
+              help="Peak learning rate of the head; backbone blocks get X * layer-decay ** depth-from-top.")
+@click.option("--strategy", type=click.Choice(STRATEGY_NAMES), default=None,
+              help="What trains when [default: no_freeze with --from (LP-FT), freeze_unfreeze with --head].")
+@click.option("--unfreeze-epoch", type=click.IntRange(min=0), default=1, show_default=True, metavar="K",
+              help="freeze_unfreeze: epochs of head-only training before the whole backbone trains.")
+@click.option("--milestones", callback=_milestones, metavar="E1,E2,...",
+              help="unfreeze_milestones: after E1 epochs the top group of backbone blocks trains, after E2 the "
+                   "next, ... (as many groups as milestones).")
+@click.option("--layer-decay", type=click.FloatRange(min=0, max=1, min_open=True), default=0.9, show_default=True,
+              metavar="D", help="Learning-rate factor per backbone block, from the top (1 = same rate everywhere).")
+@click.option("--freeze-bn/--train-bn", default=True, show_default=True,
+              help="Keep BatchNorm running statistics frozen in trainable blocks too, or let them follow the "
+                   "new data (frozen blocks never update them).")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True,
+              help="AdamW (decoupled weight decay) or SGD (Nesterov momentum 0.9).")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True, metavar="X",
+              help="Weight decay of weights (not of biases and norm layers).")
+@click.option("--warmup", type=click.FloatRange(min=0, max=1), default=0.1, show_default=True, metavar="F",
+              help="Fraction of the steps with a linear warmup; cosine decay after it.")
+@click.option("--clip-grad", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="X",
+              help="Clip the global gradient norm to X (0: no clipping).")
+@click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
+              show_default=True, metavar="X", help="Cross-entropy label smoothing.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, metavar="N",
+              help="Images per optimizer step, over all processes.")
+@click.option("--input-size", type=click.IntRange(min=16), default=None, metavar="N",
+              help="Train at NxN pixels instead of the weights' size (recorded: export and predict use it).")
+@click.option("--augment", type=click.Choice(["crop+flip", "crop", "none"]), default="crop+flip", show_default=True,
+              help="Training augmentation: random resized crop (and horizontal flip).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Autocast precision; auto = bf16 on GPUs that have it (fp16 + loss scaling otherwise), fp32 on CPU.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the data order, augmentations, dropout and a new head.")
+@click.option("--workers", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Image decoding processes per process (default: 0 on machines with few cores).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N", help="Only the first N images.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Also checkpoint every N steps within an epoch (0: at the end of each epoch only).")
+@click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Weights to write: best validation accuracy (the start included) or the last epoch's.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from RUN.ckpt/ (same settings).")
+@click.option("--overwrite", is_flag=True, help="Replace a run at --out; start over instead of resuming.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes to train with (launches torchrun: DDP, gloo on CPU, NCCL on GPUs).")
+@json_option
+def finetune(from_run, backbone, data, head, weights, out, epochs, lr, strategy, unfreeze_epoch, milestones,
+             layer_decay, freeze_bn, optimizer, weight_decay, warmup, clip_grad, label_smoothing, batch_size,
+             input_size, augment, precision, device, seed, workers, limit, checkpoint_every, keep, resume,
+             overwrite, nproc, as_json) -> None:
+    """Fine-tune backbone and head end to end, from a trained head (LP-FT) or a new one.
+
+    Writes a run directory (run.json, metrics.json, model.safetensors, curve.png, confusion.png) that
+    `te export` reads. Checkpoints are written every epoch to RUN.ckpt/; after a crash or kill the
+    same command with --resume continues and ends with the same weights.
+
+    \b
+    Examples:
+      te finetune --from runs/linear --out runs/ft --epochs 2 --input-size 64
+      te finetune --backbone resnet18 --data photos/ --head linear --out runs/ft --strategy freeze_unfreeze
+      te finetune --from runs/linear --out runs/ft --strategy unfreeze_milestones --milestones 1,2 --train-bn
+      te finetune --from runs/linear --out runs/ft --resume          # after an interruption
+      te finetune --from runs/linear --out runs/ft --nproc 2         # DDP through torchrun
+    """
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from transfer_engine.cli.extract import _relaunch
+
+        raise SystemExit(_relaunch(nproc))
+    from transfer_engine.finetune import finetune as run_finetune
+
+    summary = run_finetune(
+        out, from_run_dir=from_run, backbone=backbone, data=data, head=head, weights=weights, epochs=epochs, lr=lr,
+        strategy=strategy, unfreeze_epoch=unfreeze_epoch, milestones=milestones, layer_decay=layer_decay,
+        freeze_bn=freeze_bn, optimizer=optimizer, weight_decay=weight_decay, warmup=warmup, clip_grad=clip_grad,
+        label_smoothing=label_smoothing, batch_size=batch_size, input_size=input_size, augment=augment,
+        precision=precision, device=device, seed=seed, workers=workers, limit=limit,
+        checkpoint_every=checkpoint_every, keep=keep, resume=resume, overwrite=overwrite, progress=True)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if as_json:
+        emit_json(summary.to_dict())
+        return
+    click.echo(f"{summary.out}: {summary.backbone} + {summary.head}, {summary.strategy}, {summary.epochs} epoch(s) "
+               f"at {summary.input_size}px in {summary.seconds:.1f} s ({summary.images_per_second:.1f} img/s, "
+               f"{summary.precision}, {summary.device}" + (f", {summary.world_size} processes" if summary.world_size > 1
+                                                           else "") + ")")
+    click.echo(f"test accuracy: {_pct(summary.before.get('test_accuracy'))} before -> {_pct(summary.test_accuracy)} "
+               f"after (val {_pct(summary.before.get('val_accuracy'))} -> {_pct(summary.val_accuracy)}; kept the "
+               f"weights of epoch {summary.best_epoch})")
+    if summary.parent is not None:
+        click.echo(f"the --from run {summary.parent['path']} reported test accuracy "
+                   f"{_pct(summary.parent.get('test_accuracy'))} on its cached features")
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"

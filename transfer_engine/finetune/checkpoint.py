@@ -1,0 +1,158 @@
+"""Checkpoints that let `te finetune --resume` continue a killed run to the very same weights.
+
+Where: `OUT.ckpt/` beside the run directory `OUT` (the run itself is staged per process and appears only
+when complete, so it cannot hold them). It holds
+
+    last.pt             model, optimizer, scheduler, grad scaler, every rank's RNG states, the position in
+                        the epoch (epoch, step) and the history; written after every epoch (and every
+                        --checkpoint-every steps)
+    best.safetensors    the weights with the best validation accuracy so far
+
+Each file is written to a temporary name, fsynced, renamed over the old one and the directory fsynced: a
+kill at any instant leaves the previous checkpoint or the new one, never a torn file. The directory is
+removed once the run directory is committed.
+
+The data order and augmentations are functions of (seed, epoch, index) (see data.py), so restoring this
+state is all a resumed run needs to take bit for bit the same steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transfer_engine.errors import UsageError
+from transfer_engine.runs.writer import _fsync_dir  # the run writer's: fsync a directory entry
+
+FORMAT = "te-finetune-checkpoint"
+VERSION = 1
+LAST = "last.pt"
+BEST = "best.safetensors"
+
+
+def checkpoint_dir(out: Path) -> Path:
+    """Where the checkpoints of the run `out` live: `out` + ".ckpt", beside it."""
+    return out.parent / f"{out.name}.ckpt"
+
+
+@dataclass
+class TrainState:
+    """Where training stands (saved in every checkpoint).
+
+    Attributes:
+        epoch: the epoch in progress, 0-based (== epochs once training is done).
+        step: the next optimizer step within that epoch.
+        sums: running loss/correct/count of that epoch's training batches.
+        history: one record per finished epoch (what metrics.json["epochs"] holds).
+        best: {"epoch", "val_accuracy", "val_loss"} of the best weights so far (epoch 0: the start).
+        before: accuracies of the starting model.
+        seconds: training time so far (excluding evaluation), over all sessions.
+        images: training images processed so far.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    sums: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "count": 0})
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    before: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    images: int = 0
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (torch CPU, CUDA devices, Python's `random`)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save(directory: Path, *, config: dict, state: TrainState, model: torch.nn.Module,
+         optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, rng: list[dict],
+         best_weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Write last.pt (and best.safetensors when given) atomically.
+
+    Args:
+        directory: the checkpoint directory (created when missing).
+        config: what determines the run's trajectory; --resume refuses another one.
+        state: where training stands.
+        model, optimizer, scheduler, scaler: their state dicts are saved.
+        rng: every rank's `rng_state()`, in rank order.
+        best_weights: the best weights so far, when they changed since the last save.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    if best_weights is not None:
+        from safetensors.torch import save_file
+
+        plain = {k: v.detach().to("cpu").contiguous() for k, v in best_weights.items()}
+        _atomic(directory / BEST, lambda p: save_file(plain, str(p)))
+    payload = {"format": FORMAT, "version": VERSION, "config": config, "state": asdict(state),
+               "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng}
+    _atomic(directory / LAST, lambda p: torch.save(payload, p))
+
+
+def exists(directory: Path) -> bool:
+    return (directory / LAST).is_file()
+
+
+def load(directory: Path, config: dict) -> dict[str, Any]:
+    """Read last.pt and check it belongs to a run configured as `config`.
+
+    Returns:
+        The payload: "state" (a TrainState), "model", "optimizer", "scheduler", "scaler", "rng" and
+        "best" (the best weights).
+
+    Raises:
+        UsageError: the checkpoint cannot be read, or was made with other settings.
+    """
+    path = directory / LAST
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged pickles
+        raise UsageError(f"{path} cannot be read ({type(exc).__name__}); delete {directory} to start over") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("version", 0) > VERSION:
+        raise UsageError(f"{path} is not a te finetune checkpoint this te can read; delete {directory} to start over")
+    saved = payload["config"]
+    changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+    if changed:
+        what = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed[:4])
+        raise UsageError(f"--resume: the checkpoint in {directory} was made with other settings ({what}); "
+                         "resume with the same command, or pass --overwrite to start over")
+    from safetensors.torch import load_file
+
+    payload["state"] = TrainState(**payload["state"])
+    payload["best"] = load_file(str(directory / BEST)) if (directory / BEST).is_file() else None
+    return payload
+
+
+def remove(directory: Path) -> None:
+    """Delete the checkpoint directory (after the run is committed)."""
+    shutil.rmtree(directory, ignore_errors=True)

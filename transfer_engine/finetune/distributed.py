@@ -1,0 +1,102 @@
+"""Fine-tuning under torchrun: DDP wrapping that follows the strategy, and the collectives the loop needs.
+
+The trap this module exists for: DistributedDataParallel decides at construction which parameters it
+synchronizes (those with requires_grad=True then). Unfreeze a layer after wrapping and its gradients are
+never all-reduced: every rank silently trains its own copy. So the wrapper is rebuilt whenever the set of
+trainable parameters changes (`Replica.wrap`), and at the end the ranks compare a digest of their
+weights (`check_in_sync`), so divergence can never go unnoticed.
+
+Without torchrun (WORLD_SIZE unset or 1) everything here is a no-op on a single process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from transfer_engine.errors import TEError
+from transfer_engine.extract.distributed import rank_and_world
+
+__all__ = ["Replica", "all_gather_object", "barrier", "check_in_sync", "rank_and_world", "sum_tensor"]
+
+
+class Replica:
+    """The model as the training step sees it: plain, or DDP-wrapped for the current trainable set.
+
+    Args:
+        model: the module to train (on its device already).
+        device: its device (DDP needs the device id on CUDA).
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self.distributed = torch_dist.is_initialized() and torch_dist.get_world_size() > 1
+        self._wrapped: nn.Module = model
+        self._trainable: tuple[int, ...] | None = None
+
+    def wrap(self) -> nn.Module:
+        """The module to call for training; a new DDP wrapper when the trainable set has changed."""
+        if not self.distributed:
+            return self.model
+        trainable = tuple(i for i, p in enumerate(self.model.parameters()) if p.requires_grad)
+        if trainable != self._trainable:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # broadcast_buffers: BatchNorm statistics follow rank 0, as in one process.
+            self._wrapped = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=True)
+            self._trainable = trainable
+        return self._wrapped
+
+    def sync_buffers(self) -> None:
+        """Copy rank 0's buffers (BatchNorm statistics) to every rank.
+
+        DDP broadcasts buffers at the start of each forward, so after the last step of an epoch each rank
+        still holds the statistics of its own last batch; evaluation and checkpoints need one model.
+        """
+        if self.distributed:
+            for buf in self.model.buffers():
+                torch_dist.broadcast(buf, src=0)
+
+
+def sum_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum over ranks (in place; returns `t`)."""
+    if torch_dist.is_initialized():
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_object(obj):
+    """[obj of rank 0, obj of rank 1, ...] ([obj] without torchrun)."""
+    if not torch_dist.is_initialized():
+        return [obj]
+    out: list = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.barrier()
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 over a model's parameters and buffers, in state-dict order."""
+    h = hashlib.sha256()
+    for key, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_in_sync(model: nn.Module) -> None:
+    """Raise TEError when the ranks' weights differ (a no-op on one process)."""
+    digests = all_gather_object(weights_digest(model))
+    if len(set(digests)) > 1:
+        raise TEError(f"the {len(digests)} ranks ended with different weights (DDP lost synchronization); "
+                      "this is a bug in te, please report it with the command line")

@@ -1,0 +1,71 @@
+"""The end of a fine-tuning run: final evaluation of the kept weights and the run directory's files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transfer_engine.finetune.loop import Evaluation, Trainer
+from transfer_engine.runs import METRICS_JSON, MODEL_WEIGHTS, RUN_JSON, HeadRef, RunInfo, RunWriter
+
+CURVE_PNG = "curve.png"
+CONFUSION_PNG = "confusion.png"
+
+
+def evaluate_all(trainer: Trainer, sets: dict, batch_size: int, workers: int, rank: int,
+                 world: int) -> dict[str, Evaluation]:
+    """Accuracy of the model on every non-empty split (train without augmentation, as te train reports it)."""
+    return {s: trainer.evaluate(sets[s], batch_size, workers, rank, world) for s in ("train", "val", "test")
+            if len(sets[s])}
+
+
+def write_run(writer: RunWriter, start, sets: dict, summary, results: dict[str, Evaluation], state,
+              config: dict[str, Any], model, precision_reason: str) -> None:
+    """Write model.safetensors, metrics.json, the PNGs and run.json into the staged run directory.
+
+    Args:
+        writer: the run's writer (committed by the caller).
+        start: the `Start` (provenance).
+        sets: the ImageSets per split (their preprocessing is what the model was trained at).
+        summary: the FinetuneSummary.
+        results: final evaluations per split.
+        state: the TrainState (history, best epoch, before).
+        config: the run's configuration (recorded as hyper-parameters).
+        model: the Classifier with the kept weights.
+        precision_reason: why this precision was used.
+    """
+    from transfer_engine.finetune.report import plot_confusion, plot_curve
+
+    writer.save_tensors(MODEL_WEIGHTS, model.state_dict(), metadata={"format": "pt", "kind": "finetune"})
+    shown = "test" if "test" in results else ("val" if "val" in results else "train")
+    metrics = {
+        "train_accuracy": results["train"].accuracy,
+        "val_accuracy": results["val"].accuracy if "val" in results else None,
+        "test_accuracy": results["test"].accuracy if "test" in results else None,
+        **{f"{s}_loss": e.loss for s, e in results.items()},
+        "best_epoch": summary.best_epoch,
+        "kept": config["keep"],
+        "before": state.before,
+        "parent": summary.parent,
+        "epochs": state.history,
+        "confusion": {"split": shown, "matrix": results[shown].confusion},
+        "counts": {s: e.count for s, e in results.items()},
+        "seconds": summary.seconds,
+        "images_per_second": summary.images_per_second,
+    }
+    writer.write_json(METRICS_JSON, metrics)
+    title = f"te finetune {start.backbone.name} + {start.head.name} ({config['strategy']})"
+    plot_curve(writer.file(CURVE_PNG), state.history, state.before, title)
+    plot_confusion(writer.file(CONFUSION_PNG), results[shown].confusion, start.class_names,
+                   f"{shown} split: {100 * results[shown].accuracy:.1f}% accurate")
+    preprocess = sets["train"].preprocess
+    info = RunInfo(
+        kind="finetune", backbone=start.backbone, preprocess=preprocess.to_dict(),
+        head=HeadRef(start.head.name, start.head.in_features, start.head.num_classes, dict(start.head.options),
+                     start.head.plugin),
+        class_names=list(start.class_names), weights_file=MODEL_WEIGHTS,
+        dataset={**start.dataset, "splits": {s: len(sets[s]) for s in ("train", "val", "test") if len(sets[s])}},
+        space=None, seed=config["seed"],
+        hyperparameters={**{k: v for k, v in config.items() if k not in ("from", "data")},
+                         "precision_reason": precision_reason, "best_epoch": summary.best_epoch},
+        parent=start.parent)
+    writer.write_json(RUN_JSON, info.to_dict())

@@ -1,0 +1,125 @@
+"""Where a fine-tuning run starts: a `te train` run (`--from RUN`) or a backbone, data and new head.
+
+Both give the same `Start`: the model, the labelled items with their splits, the preprocessing, and the
+provenance the output run records.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from transfer_engine.backbones.spec import PreprocessSpec
+from transfer_engine.data.sources import DataSource, open_source
+from transfer_engine.errors import UsageError
+from transfer_engine.finetune.data import Item, items_from_records, items_from_source
+from transfer_engine.runs import BackboneRef, Classifier, HeadRef
+
+
+@dataclass
+class Start:
+    """The starting point of a fine-tuning run.
+
+    Attributes:
+        model: backbone + head, as trained so far (or a new head).
+        items: every labelled image with its split.
+        source: where the images are read from.
+        preprocess: the preprocessing the starting weights expect (before --input-size).
+        class_names: one per logit.
+        backbone: the backbone and the weights it started from.
+        head: the head.
+        dataset: {"name", "cache", "data"} for run.json.
+        parent: the --from run's directory, or None.
+        parent_metrics: the --from run's metrics.json (train/val/test accuracy), or {}.
+    """
+
+    model: Classifier
+    items: list[Item]
+    source: DataSource
+    preprocess: PreprocessSpec
+    class_names: list[str]
+    backbone: BackboneRef
+    head: HeadRef
+    dataset: dict[str, Any]
+    parent: str | None = None
+    parent_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def from_run(path: str | os.PathLike, limit: int | None = None) -> Start:
+    """Start from a finished run: its backbone weights, its trained head, its data set and splits.
+
+    Args:
+        path: a `te train` (or `te finetune`) run directory.
+        limit: use only the first N images of its data set.
+
+    Raises:
+        UsageError: not a run, or its data set / cache / data can no longer be found.
+        WeightsError: the backbone weights changed since the run (digest mismatch).
+    """
+    from transfer_engine.runs import Run
+
+    run = Run.open(path)
+    info = run.info
+    dataset = dict(info.dataset or {})
+    data = dataset.get("data")
+    if not data:
+        raise UsageError(f"{run.path} does not record its --data; fine-tune with --backbone NAME --data SRC "
+                         "--head HEAD")
+    source = open_source(data)
+    if dataset.get("cache") and dataset.get("name"):
+        records = _cached_records(run.path, dataset["cache"], dataset["name"])
+        items = items_from_records(source, records, limit)
+    else:  # a run fine-tuned from --backbone/--data: splits as te extract derives them
+        items = items_from_source(source, limit)
+    bb = run.build_backbone()
+    model = Classifier(bb.model, run.build_head())
+    return Start(model=model, items=items, source=source, preprocess=run.preprocess,
+                 class_names=run.class_names, backbone=info.backbone, head=info.head,
+                 dataset={"name": dataset.get("name"), "cache": dataset.get("cache"), "data": data},
+                 parent=str(run.path), parent_metrics=dict(run.metrics))
+
+
+def _cached_records(run_path, cache: str, name: str) -> list:
+    from transfer_engine.cache import FeatureCache
+
+    try:
+        with FeatureCache.open(cache, create=False) as fc:
+            return list(fc.dataset(name).records)
+    except UsageError as exc:
+        raise UsageError(f"the run {run_path} was trained on data set {name!r} of the cache {cache}, which cannot "
+                         f"be read now ({exc})") from None
+
+
+def from_backbone(backbone: str, data: str, head: str, *, weights: str = "DEFAULT", seed: int = 0,
+                  head_options: dict[str, Any] | None = None, limit: int | None = None) -> Start:
+    """Start from a backbone's weights and a new head; splits as `te extract` derives them.
+
+    Args:
+        backbone: a backbone name.
+        data: a folder, manifest or builtin:NAME.
+        head: a head name (`te heads`).
+        weights: the backbone's weights ("DEFAULT", a name, "none", a state-dict path).
+        seed: seed of the head's (and a random backbone's) initialization.
+        head_options: options of the head.
+        limit: use only the first N images.
+    """
+    from transfer_engine.backbones import create_backbone
+    from transfer_engine.extract.runner import default_dataset_name
+    from transfer_engine.heads import create_head
+    from transfer_engine.heads import registry as head_registry
+
+    source = open_source(data)
+    items = items_from_source(source, limit)
+    bb = create_backbone(backbone, weights=weights, seed=seed)
+    classes = list(source.class_names)
+    options = dict(head_options or {})
+    torch.manual_seed(seed)  # the head's initialization, the same on every rank
+    model = Classifier(bb.model, create_head(head, bb.feature_dim, len(classes), **options))
+    spec, record = head_registry.lookup(head)
+    return Start(model=model, items=items, source=source, preprocess=bb.preprocess, class_names=classes,
+                 backbone=BackboneRef.of(bb),
+                 head=HeadRef(head, bb.feature_dim, len(classes), {**spec.options, **options}, record.distribution),
+                 dataset={"name": default_dataset_name(source, data), "cache": None, "data": data})
