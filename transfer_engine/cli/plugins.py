@@ -3,6 +3,9 @@ the conformance suite a plugin author runs before publishing."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import click
 
 from transfer_engine.cli._common import emit_json, info, json_option, table
@@ -58,7 +61,7 @@ def _check_cell(verdict: dict | None, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-@plugins.command("check")
+@plugins.command("check", short_help="Run the conformance checks on an installed plugin (exit 1 on failure).")
 @click.argument("name", metavar="NAME")
 @click.option("--limit", type=click.IntRange(min=1), default=3, show_default=True, metavar="N",
               help="A plugin declaring more backbones than N gets N of them checked, spread over its names.")
@@ -94,8 +97,10 @@ def check(name: str, limit: int, check_all: bool, pattern: str | None, max_param
         cap = parse_count(max_params)
     except ValueError:
         raise UsageError(f"--max-params {max_params!r}: expected a count such as 50M, 1.5B or 0") from None
-    report = check_plugin(name, limit=limit, pattern=pattern, check_all=check_all, max_params=cap,
-                          onnx=not skip_onnx, remember=True)
+    # A plugin's build() may print; with --json stdout must hold the one JSON object only.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        report = check_plugin(name, limit=limit, pattern=pattern, check_all=check_all, max_params=cap,
+                              onnx=not skip_onnx, remember=True)
     if as_json:
         emit_json(report.to_dict())
     else:

@@ -79,6 +79,8 @@ def explain(exc: BaseException) -> str:
     """One line for an exception a plugin raised: type, message, and the plugin line that raised it."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
+    if len(first) > 300:  # some libraries put a whole graph or tensor in the first line
+        first = first[:297] + "..."
     where = ""
     frames = traceback.extract_tb(exc.__traceback__)
     if frames:
