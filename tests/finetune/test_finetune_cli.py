@@ -46,7 +46,7 @@ def test_lp_ft_from_a_linear_run_starts_where_it_ended_and_reaches_at_least_its_
     assert run.info.kind == "finetune" and run.info.parent == str(linear)
     assert run.preprocess.crop_size == 32 and run.class_names == parent.class_names
     assert run.info.dataset["cache"] == parent.info.dataset["cache"]
-    assert (run.path / "curve.png").stat().st_size > 0 and (run.path / "confusion.png").stat().st_size > 0
+    assert all((run.path / png).stat().st_size > 0 for png in ("learning_curve.png", "confusion_matrix.png"))
     model = run.build_model()  # what te export builds: backbone.* and head.* from model.safetensors
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():

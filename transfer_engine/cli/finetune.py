@@ -62,7 +62,10 @@ def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
 @click.option("--input-size", type=click.IntRange(min=16), default=None, metavar="N",
               help="Train at NxN pixels instead of the weights' size (recorded: export and predict use it).")
 @click.option("--augment", type=click.Choice(["crop+flip", "crop", "none"]), default="crop+flip", show_default=True,
-              help="Training augmentation: random resized crop (and horizontal flip).")
+              help="Training augmentation: random resized crop (and horizontal flip); none for tiny images "
+                   "such as the 8x8 digits.")
+@click.option("--crop-scale", type=click.FloatRange(min=0, max=1, min_open=True), default=0.35, show_default=True,
+              metavar="F", help="Smallest area fraction of the random resized crop.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="Autocast precision; auto = bf16 on GPUs that have it (fp16 + loss scaling otherwise), fp32 on CPU.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -83,13 +86,13 @@ def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
 @json_option
 def finetune(from_run, backbone, data, head, weights, out, epochs, lr, strategy, unfreeze_epoch, milestones,
              layer_decay, freeze_bn, optimizer, weight_decay, warmup, clip_grad, label_smoothing, batch_size,
-             input_size, augment, precision, device, seed, workers, limit, checkpoint_every, keep, resume,
+             input_size, augment, crop_scale, precision, device, seed, workers, limit, checkpoint_every, keep, resume,
              overwrite, nproc, as_json) -> None:
     """Fine-tune backbone and head end to end, from a trained head (LP-FT) or a new one.
 
-    Writes a run directory (run.json, metrics.json, model.safetensors, curve.png, confusion.png) that
-    `te export` reads. Checkpoints are written every epoch to RUN.ckpt/; after a crash or kill the
-    same command with --resume continues and ends with the same weights.
+    Writes a run directory (run.json, metrics.json, model.safetensors, learning_curve.png,
+    confusion_matrix.png) that `te export` reads. Checkpoints are written every epoch to RUN.ckpt/;
+    after a crash or kill the same command with --resume continues and ends with the same weights.
 
     \b
     Examples:
@@ -110,6 +113,7 @@ def finetune(from_run, backbone, data, head, weights, out, epochs, lr, strategy,
         strategy=strategy, unfreeze_epoch=unfreeze_epoch, milestones=milestones, layer_decay=layer_decay,
         freeze_bn=freeze_bn, optimizer=optimizer, weight_decay=weight_decay, warmup=warmup, clip_grad=clip_grad,
         label_smoothing=label_smoothing, batch_size=batch_size, input_size=input_size, augment=augment,
+        crop_scale=crop_scale,
         precision=precision, device=device, seed=seed, workers=workers, limit=limit,
         checkpoint_every=checkpoint_every, keep=keep, resume=resume, overwrite=overwrite, progress=True)
     if int(os.environ.get("RANK", "0")) != 0:

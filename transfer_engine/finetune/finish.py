@@ -7,8 +7,8 @@ from typing import Any
 from transfer_engine.finetune.loop import Evaluation, Trainer
 from transfer_engine.runs import METRICS_JSON, MODEL_WEIGHTS, RUN_JSON, HeadRef, RunInfo, RunWriter
 
-CURVE_PNG = "curve.png"
-CONFUSION_PNG = "confusion.png"
+CURVE_PNG = "learning_curve.png"  # te train's names: the per-epoch curve here, the matrix of the shown split
+CONFUSION_PNG = "confusion_matrix.png"
 
 
 def evaluate_all(trainer: Trainer, sets: dict, batch_size: int, workers: int, rank: int,
@@ -16,6 +16,23 @@ def evaluate_all(trainer: Trainer, sets: dict, batch_size: int, workers: int, ra
     """Accuracy of the model on every non-empty split (train without augmentation, as te train reports it)."""
     return {s: trainer.evaluate(sets[s], batch_size, workers, rank, world) for s in ("train", "val", "test")
             if len(sets[s])}
+
+
+def per_class_recall(confusion: list[list[int]], class_names: list[str]) -> dict[str, float | None]:
+    """{class name: recall} from a confusion matrix (rows: true class); None for a class with no images."""
+    return {name: (row[i] / sum(row) if sum(row) else None)
+            for i, (name, row) in enumerate(zip(class_names, confusion))}
+
+
+def macro_f1(confusion: list[list[int]]) -> float:
+    """F1 averaged over the classes present (as true or predicted), as scikit-learn's macro F1."""
+    n = len(confusion)
+    f1s = []
+    for i in range(n):
+        support, predicted = sum(confusion[i]), sum(confusion[j][i] for j in range(n))
+        if support + predicted:
+            f1s.append(2 * confusion[i][i] / (support + predicted))
+    return sum(f1s) / len(f1s) if f1s else 0.0
 
 
 def write_run(writer: RunWriter, start, sets: dict, summary, results: dict[str, Evaluation], state,
@@ -47,6 +64,9 @@ def write_run(writer: RunWriter, start, sets: dict, summary, results: dict[str, 
         "before": state.before,
         "parent": summary.parent,
         "epochs": state.history,
+        "per_class_recall": per_class_recall(results[shown].confusion, start.class_names),
+        "macro_f1": macro_f1(results[shown].confusion),
+        "evaluated_on": shown,
         "confusion": {"split": shown, "matrix": results[shown].confusion},
         "counts": {s: e.count for s, e in results.items()},
         "seconds": summary.seconds,
