@@ -97,3 +97,14 @@ def test_a_zoo_is_sampled_evenly_passing_over_big_models():
     assert len(everything) == len(specs)
     only, _ = choose(specs, limit=3, pattern="resnet1*", check_all=False, max_params=cap)
     assert [s.name for s in only] == ["resnet101", "resnet152", "resnet18"]
+
+
+def test_tes_own_heads_pass_the_check_including_a_fitted_one():
+    from transfer_engine.heads import get_head_spec, list_heads
+
+    report = check_plugin("builtin", remember=False)  # the entry point of te's own heads
+    assert report.passed, [f"{r.name} {r.check}: {r.detail}" for r in report.failures]
+    checked = {r.name for r in report.results if r.check == "safetensors" and r.status == "pass"}
+    assert checked >= {"linear", "mlp", "cosine"}
+    fitted = [h for h in list_heads() if getattr(get_head_spec(h), "fit", None) is not None]
+    assert {r.name for r in report.results if r.check == "fit" and r.status == "pass"} == set(fitted)

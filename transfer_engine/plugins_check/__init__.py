@@ -10,7 +10,7 @@ For every entry point of the named distribution (or the named entry point) in te
       forward      a batch at the declared input size gives pooled features [N, feature_dim]
       onnx         it exports to ONNX, passes the checker, and onnxruntime gives the same features
     per head (built with its declared options):
-      build, forward (features [N, D] -> logits [N, C]),
+      build, fit (when it declares one), forward (features [N, D] -> logits [N, C]),
       safetensors  saved and loaded as te saves heads, it gives identical outputs
       onnx
 

@@ -52,8 +52,17 @@ def _round_trip(spec: HeadSpec, head: torch.nn.Module, features: torch.Tensor, l
     return PASS, f"{len(plain)} tensor(s), {size} values: identical outputs after save_file/load_file"
 
 
+def _fit(fit, head: torch.nn.Module) -> tuple[str, str]:
+    """Fit a head that declares `fit` on random rows of every class (te does this before using it)."""
+    rows = 4 * NUM_CLASSES
+    features = torch.randn(rows, IN_FEATURES, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(rows) % NUM_CLASSES
+    fit(head, features, labels)
+    return PASS, f"fit(module, features [{rows}, {IN_FEATURES}], labels [{rows}]) ran"
+
+
 def check_head(spec: HeadSpec, rec: Recorder, *, onnx: bool = True) -> None:
-    """Run the head checks on `spec`: build, forward, safetensors, onnx.
+    """Run the head checks on `spec`: build, fit (when it declares one), forward, safetensors, onnx.
 
     Args:
         spec: the head's declaration.
@@ -76,6 +85,12 @@ def check_head(spec: HeadSpec, rec: Recorder, *, onnx: bool = True) -> None:
             rec.add("head", spec.name, check, SKIP, "the head could not be built")
         return
     head = built["head"]
+    fit = getattr(spec, "fit", None)  # heads fitted without gradient steps (a k-NN head) declare one
+    if fit is not None:
+        if rec.run("head", spec.name, "fit", lambda: _fit(fit, head)).status != PASS:
+            for check in later:
+                rec.add("head", spec.name, check, SKIP, "the head could not be fitted")
+            return
     features = torch.randn(BATCH, IN_FEATURES, generator=torch.Generator().manual_seed(0))
 
     def forward() -> tuple[str, str]:
