@@ -71,6 +71,16 @@ def test_bad_manifest_rows_are_one_clear_error(tmp_path, content, message):
         open_source(str(tmp_path / "m.csv"))
 
 
+def test_a_manifest_is_streamed_so_a_label_added_meanwhile_is_a_clear_error(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nimg/1.png,cat\nimg/2.png,dog\n")
+    src = open_source(str(manifest))
+    assert [s.path for s in src.samples()] == ["img/1.png", "img/2.png"]  # read again on each pass
+    manifest.write_text("path,label\nimg/1.png,cat\nimg/3.png,bird\n")
+    with pytest.raises(UsageError, match=r"line 3 has label 'bird'.*changed meanwhile"):
+        list(src.samples())
+
+
 def test_bad_jsonl_line(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"path": "a.png", "label": 1}\nnot json\n')
     with pytest.raises(UsageError, match="line 2 is not JSON"):
