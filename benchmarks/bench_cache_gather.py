@@ -17,13 +17,16 @@ Targets (issue 3): te >= 4x faster than the NumPy way, and te's speed at moving 
 >= 50% of memcpy's (the fraction is memcpy time / te time for the same bytes; te also writes the
 4x larger float32 rows, which memcpy does not). Figures are warm page cache, not disk.
 
-    python benchmarks/bench_cache_gather.py [--rows 200000] [--dim 2048] [--batch 4096] [--repeat 30] [--json]
+    python benchmarks/bench_cache_gather.py [--rows 200000] [--dim 2048] [--batch 4096] [--repeat 30]
+                                            [--quick] [--json PATH]
+
+`--quick` gathers 2048 rows of a 50,000-row shard of D=1024, 10 times (seconds); `--json PATH` writes the
+rows te bench reads (benchmarks/_results.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -37,23 +40,32 @@ from typing import Callable
 import numpy as np
 import torch
 
+from _results import result_row, write_results
 from transfer_engine import extension, ops
 from transfer_engine.ops import reference
+
+QUICK = {"rows": 50_000, "dim": 1024, "batch": 2048, "repeat": 10}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=200_000, metavar="N", help="rows in the shard (default 200000)")
-    parser.add_argument("--dim", type=int, default=2048, metavar="D", help="features per row (default 2048)")
-    parser.add_argument("--batch", type=int, default=4096, metavar="K", help="random rows per gather (default 4096)")
-    parser.add_argument("--repeat", type=int, default=30, metavar="R", help="timed gathers per method (default 30)")
+    parser.add_argument("--rows", type=int, default=None, metavar="N", help="rows in the shard (default 200000)")
+    parser.add_argument("--dim", type=int, default=None, metavar="D", help="features per row (default 2048)")
+    parser.add_argument("--batch", type=int, default=None, metavar="K", help="random rows per gather (default 4096)")
+    parser.add_argument("--repeat", type=int, default=None, metavar="R", help="timed gathers per method (default 30)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small sizes ({', '.join(f'{k} {v}' for k, v in QUICK.items())}) unless given")
     parser.add_argument("--seed", type=int, default=0, help="seed for the features and the indices")
     parser.add_argument("--threads", type=int, default=None, metavar="T",
                         help="intra-op threads for te and torch (default: torch's choice, one per core)")
     parser.add_argument("--tmpdir", default=None, metavar="DIR",
                         help="where the temporary shard file goes (default: the system temp folder)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object with every figure on stdout")
+    parser.add_argument("--json", metavar="PATH", default=None, help="write the results for te bench to PATH")
     args = parser.parse_args(argv)
+    full = {"rows": 200_000, "dim": 2048, "batch": 4096, "repeat": 30}
+    for name, value in (QUICK if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.batch > args.rows:
         parser.error(f"--batch ({args.batch}) must not exceed --rows ({args.rows})")
     return args
@@ -214,15 +226,34 @@ def print_table(result: dict) -> None:
               "busy while timing (well above 0 means the figures are disturbed)")
 
 
+def result_rows(result: dict) -> list[dict]:
+    """The figures te bench reports, with the issue's targets."""
+    ms, gbs = result["median_ms"], result["compressed_gb_per_s"]
+    memcpy = max(gbs["memcpy"], gbs["memcpy 1T"])
+    what = f"{result['batch']} random rows of {result['rows']:,} int8, D={result['dim']}"
+    return [
+        result_row(f"gather {what} into float32 vs NumPy memmap + astype + scale", ms["te"], ms["numpy"], "ms",
+                   result["te_speedup_vs_numpy"], ">= 4x"),
+        result_row("the same gather vs memcpy of the same compressed bytes", gbs["te"], memcpy, "GB/s",
+                   result["te_fraction_of_memcpy"], ">= 50%",
+                   f"te writes 4 bytes of float32 per byte it reads, memcpy one: counting both, te moves bytes at "
+                   f"{result['te_traffic_fraction_of_memcpy']:.0%} of memcpy's rate"),
+        result_row("the same gather vs the PyTorch reference of the op", ms["te"], ms["reference"], "ms",
+                   result["te_speedup_vs_reference"], None, "what runs when the extension is not built"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     result = run(args)
+    print_table(result)
     if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
+        config = {k: result[k] for k in ("rows", "dim", "batch", "repeat", "row_bytes", "page_cache", "extension",
+                                         "threads", "machine", "cores_busy_with_other_processes")}
+        write_results(args.json, "cache_gather", result_rows(result), {**config, "quick": args.quick,
+                                                                       "median_ms": result["median_ms"]})
     return 0
 
 
