@@ -82,6 +82,11 @@ class FeatureExtractor:
         self.batch_size = max(1, batch_size)
         self.workers = max(1, workers)
         self.prefetch = max(1, prefetch)
+        # PIL decodes and resizes, as torchvision's weights transforms do. torchvision.io.decode_jpeg gives the
+        # same pixels (both are libjpeg-turbo) and is no faster on its own; its speed-up (2x at 256 px, 3x on
+        # large photos) comes from resizing with torch instead of PIL, which moves features (cosine 0.99995)
+        # and so would need a new feature space and the same resizer wherever features are computed (predict,
+        # finetune). PIL's JPEG draft mode fails the cosine bound (0.967). Figures: docs/extract.md.
         self.transform = backbone.transform()
         self.model = prepare_model(backbone, device)
 
@@ -93,7 +98,7 @@ class FeatureExtractor:
             return item, None, reason
 
     def _batches(self, items: Iterable[Item], pool: ThreadPoolExecutor) -> Iterator[tuple[list, list, list]]:
-        """Prepared batches in input order: (items, tensors, failed)."""
+        """Prepared batches in input order: (items, tensors, failed (item, reason) pairs)."""
         pending: list = []
         it = iter(items)
         window = self.batch_size * (self.prefetch + 1)
