@@ -78,3 +78,24 @@ def test_mistakes_are_usage_errors_before_any_training(tmp_path, kwargs, message
         finetune(out, weights="none", limit=100, progress=False, **kwargs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # nothing written, nothing staged
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_images_through_the_fine_tuning_pipeline_give_the_cached_features(linear, one_thread):
+    """What `freeze` trains on: the backbone recomputing features from the images, each step; they must
+    be the features the head was fitted on (same records, same preprocessing), not a near miss."""
+    from transfer_engine.cache import FeatureCache
+    from transfer_engine.data.sources import open_source
+    from transfer_engine.finetune.data import ImageSet, items_from_records
+
+    run = Run.open(linear)
+    with FeatureCache.open(run.info.dataset["cache"], create=False) as cache:
+        records = cache.dataset(run.info.dataset["name"]).records
+        test = [r for r in records if r.split == "test"]
+        cached = cache.open_space(run.info.space["id"]).gather([r.key for r in test])
+    items = [it for it in items_from_records(open_source(run.info.dataset["data"]), records) if it.split == "test"]
+    assert [it.key for it in items] == [r.key for r in test] and [it.label for it in items] == [r.label for r in test]
+    images = ImageSet(open_source(run.info.dataset["data"]), items, run.preprocess, "crop+flip")
+    x = torch.stack([images[(i, None)][0] for i in range(len(items))])  # no seed: the eval transform
+    with torch.inference_mode():
+        recomputed = run.build_backbone().model(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(recomputed, cached, rtol=1e-4, atol=1e-5)

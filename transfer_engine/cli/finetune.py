@@ -125,9 +125,10 @@ def finetune(from_run, backbone, data, head, weights, out, epochs, lr, strategy,
                f"at {summary.input_size}px in {summary.seconds:.1f} s ({summary.images_per_second:.1f} img/s, "
                f"{summary.precision}, {summary.device}" + (f", {summary.world_size} processes" if summary.world_size > 1
                                                            else "") + ")")
+    kept = (f"kept the weights of epoch {summary.best_epoch}" if summary.best_epoch else
+            "kept the starting weights: no epoch beat them on val")
     click.echo(f"test accuracy: {_pct(summary.before.get('test_accuracy'))} before -> {_pct(summary.test_accuracy)} "
-               f"after (val {_pct(summary.before.get('val_accuracy'))} -> {_pct(summary.val_accuracy)}; kept the "
-               f"weights of epoch {summary.best_epoch})")
+               f"after (val {_pct(summary.before.get('val_accuracy'))} -> {_pct(summary.val_accuracy)}; {kept})")
     if summary.parent is not None:
         click.echo(f"the --from run {summary.parent['path']} reported test accuracy "
                    f"{_pct(summary.parent.get('test_accuracy'))} on its cached features")

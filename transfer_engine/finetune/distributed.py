@@ -64,9 +64,16 @@ class Replica:
 
 
 def sum_tensor(t: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum over ranks (in place; returns `t`)."""
-    if torch_dist.is_initialized():
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+    """Element-wise sum over ranks (in place; returns `t`). CPU tensors travel through the GPU under NCCL,
+    which reduces CUDA tensors only."""
+    if not torch_dist.is_initialized():
+        return t
+    if torch_dist.get_backend() == "nccl" and not t.is_cuda:
+        on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+        torch_dist.all_reduce(on_gpu, op=torch_dist.ReduceOp.SUM)
+        t.copy_(on_gpu.cpu())
+        return t
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
     return t
 
 

@@ -240,7 +240,8 @@ def _train_and_write(start: Start, trainer: Trainer, sets: dict, plan, config: d
     else:
         if resume:
             meter.line(f"finetune: --resume: no checkpoint in {ckpt_dir}, starting from the beginning")
-        ckpt.remove(ckpt_dir) if rank == 0 else None
+        if rank == 0:
+            ckpt.remove(ckpt_dir)  # an --overwrite run: the old checkpoint must not mix with this one
         state = ckpt.TrainState()
         before = {s: trainer.evaluate(sets[s], eval_batch, workers, rank, world) for s in ("val", "test")
                   if len(sets[s])}
