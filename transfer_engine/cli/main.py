@@ -12,7 +12,7 @@ import sys
 import click
 
 from transfer_engine._version import __version__
-from transfer_engine.cli import backbones, bench, cache, demo, export, extract, finetune, heads, info, plugins, predict
+from transfer_engine.cli import backbones, bench, cache, demo, export, extract, finetune, heads, info, plugins, predict, train
 from transfer_engine.errors import TEError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -46,6 +46,7 @@ COMMANDS = (
     heads.heads,
     plugins.plugins,
     extract.extract,
+    train.train,
     finetune.finetune,
     export.export,
     predict.predict,

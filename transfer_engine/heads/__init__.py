@@ -28,6 +28,14 @@ def register_head(spec: HeadSpec) -> HeadSpec:
     return registry.register(spec)
 
 
+def check_options(spec: HeadSpec, options: dict[str, Any]) -> None:
+    """Raise a UsageError naming the options `spec` does not declare (and those it does)."""
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        accepted = ", ".join(spec.options) or "none"
+        raise UsageError(f"head {spec.name!r} has no option(s) {', '.join(unknown)}; it accepts: {accepted}")
+
+
 def create_head(name: str, in_features: int, num_classes: int, **options: Any):
     """Build head `name` for `in_features`-long features and `num_classes` classes.
 
@@ -35,13 +43,10 @@ def create_head(name: str, in_features: int, num_classes: int, **options: Any):
         UsageError: an option the head does not declare, or non-positive sizes.
     """
     spec = registry.get(name)
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        accepted = ", ".join(spec.options) or "none"
-        raise UsageError(f"head {name!r} has no option(s) {', '.join(unknown)}; it accepts: {accepted}")
+    check_options(spec, options)
     if in_features <= 0 or num_classes <= 0:
         raise UsageError(f"head {name!r} needs in_features > 0 and num_classes > 0, got {in_features}, {num_classes}")
     return spec.build(in_features, num_classes, **{**spec.options, **options})
 
 
-__all__ = ["HeadSpec", "create_head", "get_head_spec", "list_heads", "register_head", "registry"]
+__all__ = ["HeadSpec", "check_options", "create_head", "get_head_spec", "list_heads", "register_head", "registry"]

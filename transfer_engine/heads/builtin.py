@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transfer_engine.heads.knn import KNNClassifier, fit_knn
 from transfer_engine.heads.spec import HeadSpec
 
 
@@ -28,6 +29,9 @@ class CosineClassifier(nn.Module):
     """Logits are cosine similarities between the feature and one prototype per class, times a
     learned temperature (as in cosine-softmax few-shot classifiers). Robust to feature scale."""
 
+    # A global scale of the features does not change the logits: te may fit it on rescaled features.
+    input_scale_invariant = True
+
     def __init__(self, in_features: int, num_classes: int, init_scale: float = 10.0) -> None:
         super().__init__()
         self.prototypes = nn.Parameter(torch.empty(num_classes, in_features))
@@ -41,10 +45,18 @@ class CosineClassifier(nn.Module):
 
 def heads() -> list[HeadSpec]:
     """The entry point."""
+    # train_defaults were chosen on real efficientnet_lite0 features of builtin:digits and the
+    # Gaussian mixture of benchmarks/bench_train.py; --sweep searches around them.
     return [
-        HeadSpec("linear", _linear, description="multinomial logistic regression (one Linear layer)"),
+        HeadSpec("linear", _linear, description="multinomial logistic regression (one Linear layer)",
+                 solver="lbfgs", train_defaults={"weight_decay": 1e-4, "lr": 1e-2, "epochs": 30}),
         HeadSpec("mlp", _mlp, options={"hidden": 512, "dropout": 0.2},
-                 description="one hidden layer (GELU, dropout), then Linear"),
+                 description="one hidden layer (GELU, dropout), then Linear",
+                 train_defaults={"weight_decay": 1e-2, "lr": 1e-3, "epochs": 30}),
         HeadSpec("cosine", CosineClassifier, options={"init_scale": 10.0},
-                 description="cosine similarity to learned class prototypes, learned temperature"),
+                 description="cosine similarity to learned class prototypes, learned temperature",
+                 train_defaults={"weight_decay": 1e-4, "lr": 3e-2, "epochs": 30}),
+        HeadSpec("knn", KNNClassifier, options={"k": 20, "temperature": 0.07}, trainable=False, fit=fit_knn,
+                 search={"k": (1, 3, 5, 10, 20, 50)},
+                 description="k nearest training features by cosine similarity, weighted vote (no training)"),
     ]

@@ -22,6 +22,9 @@ METRICS_JSON = "metrics.json"
 HEAD_WEIGHTS = "head.safetensors"
 MODEL_WEIGHTS = "model.safetensors"
 KINDS = ("train", "finetune")
+# BackboneRef.weights of a run trained on a cache space that does not record where its weights came from
+# (a space written without provenance): the head is usable on features, the backbone cannot be rebuilt.
+UNRECORDED_WEIGHTS = "unrecorded"
 
 
 @dataclass

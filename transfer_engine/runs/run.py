@@ -11,7 +11,14 @@ import torch
 from torch import nn
 
 from transfer_engine.errors import UsageError, WeightsError
-from transfer_engine.runs.format import HEAD_WEIGHTS, METRICS_JSON, MODEL_WEIGHTS, RUN_JSON, RunInfo
+from transfer_engine.runs.format import (
+    HEAD_WEIGHTS,
+    METRICS_JSON,
+    MODEL_WEIGHTS,
+    RUN_JSON,
+    UNRECORDED_WEIGHTS,
+    RunInfo,
+)
 
 if TYPE_CHECKING:
     from transfer_engine.backbones.spec import Backbone, PreprocessSpec
@@ -132,6 +139,10 @@ class Run:
             bb._digest = None
             bb.model.eval()
             return bb
+        if ref.weights == UNRECORDED_WEIGHTS:
+            raise WeightsError(f"run {self.path} was trained on cached features whose space does not record which "
+                               f"{ref.name!r} weights made them; its backbone cannot be rebuilt. Re-extract with "
+                               "te extract (which records them) and train again")
         bb = create_backbone(ref.name, weights=ref.weights_argument, seed=ref.seed if ref.seed is not None else 0)
         if bb.weights_digest != ref.weights_digest:
             raise WeightsError(

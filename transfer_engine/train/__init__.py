@@ -1,0 +1,14 @@
+"""`te train`: fit lightweight heads on cached features, with a sweep, and write a run directory.
+
+    >>> from transfer_engine.train import train                                   # doctest: +SKIP
+    >>> result = train("feats/", head="linear", out="runs/linear", sweep=True)    # doctest: +SKIP
+    >>> result.metrics["test_accuracy"], result.run                               # doctest: +SKIP
+    >>> board = train("feats/", head="all", out="runs/all")                       # best first  # doctest: +SKIP
+
+Modules: data (splits from the cache, in memory or streamed), fit (one fit of one head), lbfgs (the
+linear head's full-batch solver), sweep (hyper-parameter search on val), metrics, plots, runner (`train`).
+"""
+
+from transfer_engine.train.runner import ALL, LEADERBOARD_JSON, Leaderboard, TrainResult, train
+
+__all__ = ["ALL", "LEADERBOARD_JSON", "Leaderboard", "TrainResult", "train"]

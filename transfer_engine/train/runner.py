@@ -1,0 +1,303 @@
+"""`train()`: fit a head (or every head) on cached features and write a run directory.
+
+    RUN/head.safetensors   the head's tensors (create_head(name, D, C, **options).load_state_dict(...))
+    RUN/run.json           backbone and weights, feature space, preprocessing, classes, head, seed, versions
+    RUN/metrics.json       train/val/test accuracy, per-class recall, macro F1, hyper-parameters, seconds
+    RUN/learning_curve.png, RUN/confusion_matrix.png, RUN/sweep.png (with --sweep)
+
+The run is staged by `RunWriter` (constructed before any work, so a bad --out fails at once) and
+appears only when complete. `head="all"` writes OUT/<head>/ per head and OUT/leaderboard.json last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from transfer_engine.errors import TEError, UsageError
+from transfer_engine.runs import HEAD_WEIGHTS, METRICS_JSON, RUN_JSON, BackboneRef, HeadRef, RunInfo, RunWriter
+from transfer_engine.runs.format import UNRECORDED_WEIGHTS
+from transfer_engine.runs.writer import check_out
+from transfer_engine.train import plots
+from transfer_engine.train.data import TrainingData, load_training_data
+from transfer_engine.train.fit import Fitted, HyperParameters, default_hyperparameters, fit_head
+from transfer_engine.train.metrics import Evaluation, evaluate
+from transfer_engine.train.sweep import SweepResult, run_sweep
+
+LEADERBOARD_JSON = "leaderboard.json"
+ALL = "all"
+
+
+@dataclass
+class TrainResult:
+    """One trained head.
+
+    Attributes:
+        head: the head's name.
+        run: the run directory.
+        metrics: what metrics.json holds (and `te train --json` prints).
+    """
+
+    head: str
+    run: Path
+    metrics: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.metrics)
+
+
+class Leaderboard(list):
+    """`train(head="all")`: the `TrainResult`s, best first by val accuracy.
+
+    Attributes:
+        out: the directory holding one run per head and leaderboard.json.
+        failed: [{"head", "error"}] for heads that could not be trained.
+    """
+
+    def __init__(self, results: list[TrainResult], out: Path, failed: list[dict[str, str]]) -> None:
+        super().__init__(results)
+        self.out = out
+        self.failed = failed
+
+    @property
+    def best(self) -> TrainResult | None:
+        return self[0] if self else None
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = [{"rank": i + 1, "head": r.head, "val_accuracy": r.metrics["val_accuracy"],
+                 "test_accuracy": r.metrics["test_accuracy"], "train_accuracy": r.metrics["train_accuracy"],
+                 "macro_f1": r.metrics["macro_f1"], "seconds": r.metrics["seconds"], "run": str(r.run)}
+                for i, r in enumerate(self)]
+        return {"best": self[0].head if self else None, "leaderboard": rows, "failed": list(self.failed),
+                "out": str(self.out)}
+
+
+def train(cache: str | os.PathLike, head: str = "linear", out: str | os.PathLike = "run", *,
+          dataset: str | None = None, backbone: str | None = None, space: str | None = None,
+          epochs: int | None = None, lr: float | None = None, weight_decay: float | None = None,
+          sweep: bool = False, batch_size: int | None = None, options: dict[str, Any] | None = None,
+          device: str = "auto", seed: int = 0, memory_budget: int | None = None, overwrite: bool = False,
+          progress: bool = True) -> TrainResult | Leaderboard:
+    """Fit head `head` on the cached features of a data set and write the run directory `out`.
+
+    Trains on the train split, selects on val, reports test when the data set has one.
+
+    Args:
+        cache: the feature cache directory (`te extract --cache DIR`).
+        head: a head name (`te heads`), or "all" for every installed head and a leaderboard.
+        out: the run directory to create (with "all": a directory for one run per head).
+        dataset: the data set in the cache (None: its only one).
+        backbone: use this backbone's space (None: the one space holding the data set).
+        space: a space id or prefix (`te cache info`), when several spaces hold the data set.
+        epochs: passes of minibatch training (default per head).
+        lr: learning rate of minibatch training (default per head).
+        weight_decay: L2 penalty / AdamW weight decay (default per head); not with `sweep`.
+        sweep: search weight decay (and lr, and the head's declared options) on val, then refit on
+            train+val.
+        batch_size: rows per minibatch (default 256).
+        options: the head's build options, e.g. {"hidden": 1024} for mlp (not with "all").
+        device: "auto", "cpu" or "cuda".
+        seed: seeds initialization, dropout and minibatch order; the same seed gives the same run.
+        memory_budget: bytes of float32 features to hold in memory (None: a quarter of RAM); beyond
+            it, features stream from the cache through the gather loader.
+        overwrite: replace a run already at `out`.
+        progress: progress lines on stderr.
+
+    Returns:
+        A `TrainResult`, or a `Leaderboard` (a list of them, best first) for head="all".
+
+    Raises:
+        UsageError: unknown head, bad options, a bad --out, and the data problems `load_training_data` names.
+        TEError: NaN/inf features (CacheError), training that diverged.
+    """
+    from transfer_engine.extract.runner import resolve_device
+    from transfer_engine.heads import get_head_spec, list_heads
+
+    started = time.perf_counter()
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
+    if sweep and weight_decay is not None:
+        raise UsageError("--weight-decay and --sweep exclude each other: the sweep chooses the weight decay")
+    names = list_heads() if head == ALL else [head]
+    if head == ALL and options:
+        raise UsageError("head options apply to one head; with --head all every head uses its defaults")
+    specs = [get_head_spec(name) for name in names]
+    for spec in specs:  # checked for every head before any work: a typo must not cost the heads before it
+        default_hyperparameters(spec, lr=lr, epochs=epochs, weight_decay=weight_decay, batch_size=batch_size,
+                                options=options)
+    target = resolve_device(device)
+    out_path = Path(out).expanduser().absolute()
+    writers = _prepare_out(out_path, names, head == ALL, overwrite)
+    try:
+        data = load_training_data(cache, dataset=dataset, backbone=backbone, space=space,
+                                  memory_budget=memory_budget, log=log)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    try:
+        results, failed = [], []
+        for spec in specs:
+            writer = writers[spec.name]
+            hp = default_hyperparameters(spec, lr=lr, epochs=epochs, weight_decay=weight_decay, batch_size=batch_size,
+                                         options=options, train_rows=len(data.splits["train"]))
+            try:
+                with writer:
+                    results.append(_train_one(spec, data, hp, writer, sweep=sweep, fixed_lr=lr is not None,
+                                              seed=seed, device=target, log=log, started=started))
+            except TEError as exc:
+                if head != ALL:
+                    raise
+                failed.append({"head": spec.name, "error": str(exc)})
+                log(f"te: warning: head {spec.name} failed: {exc}")
+            started = time.perf_counter()
+    finally:
+        data.close()
+        for w in writers.values():
+            if not w.committed:
+                w.abort()
+    if head != ALL:
+        return results[0]
+    board = Leaderboard(sorted(results, key=lambda r: (-r.metrics["val_accuracy"], r.metrics["val_loss"])),
+                        out_path, failed)
+    tmp = out_path / (LEADERBOARD_JSON + ".tmp")
+    tmp.write_text(json.dumps(board.to_dict(), indent=2) + "\n")
+    os.replace(tmp, out_path / LEADERBOARD_JSON)  # last: its presence says every head was tried
+    return board
+
+
+def _prepare_out(out: Path, names: list[str], many: bool, overwrite: bool) -> dict[str, RunWriter]:
+    """Check --out before any work and open one staging writer per head."""
+    if not many:
+        return {names[0]: RunWriter(out, overwrite=overwrite)}
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"--out {out} is a file; expected a directory for one run per head")
+        if (out / RUN_JSON).is_file():
+            raise UsageError(f"--out {out} holds a single run; --head all needs a directory of its own")
+        entries = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+        if (out / LEADERBOARD_JSON).is_file() and not overwrite:
+            raise UsageError(f"--out {out} already holds a leaderboard; pass --overwrite to replace it, "
+                             "or choose another --out")
+        foreign = entries - set(names) - {LEADERBOARD_JSON}
+        if foreign and not (out / LEADERBOARD_JSON).is_file():
+            raise UsageError(f"--out {out} is a non-empty directory that is not a te leaderboard; choose a new or "
+                             "empty directory")
+    for name in names:
+        check_out(out / name, overwrite)
+    writers: dict[str, RunWriter] = {}
+    try:
+        for name in names:
+            writers[name] = RunWriter(out / name, overwrite=overwrite)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    (out / LEADERBOARD_JSON).unlink(missing_ok=True)  # a re-run's board is written when it is complete
+    return writers
+
+
+def _train_one(spec, data: TrainingData, hp: HyperParameters, writer: RunWriter, *, sweep: bool, fixed_lr: bool,
+               seed: int, device: torch.device, log: Callable[[str], None], started: float) -> TrainResult:
+    train, val, test = data.splits["train"], data.splits["val"], data.splits.get("test")
+    log(f"train {spec.name} on {data.dataset} ({len(train)} train, {len(val)} val"
+        f"{f', {len(test)} test' if test else ''}; {data.space.config.backbone} features, {data.dim}-d, "
+        f"{'in memory' if data.in_memory else 'streamed from the cache'})")
+    sweep_result: SweepResult | None = None
+    if sweep:
+        sweep_result = run_sweep(spec, data, hp, seed=seed, device=device, fixed_lr=fixed_lr, log=log)
+        chosen, held_out = sweep_result.best.hp, sweep_result.best.val
+        # The winner is refitted on train+val; the val numbers reported stay those of the held-out fit.
+        final = fit_head(spec, data, data.combined(("train", "val")), chosen, seed=seed, device=device,
+                         warm=sweep_result.best.fitted.warm, log=log)
+        curve = sweep_result.best.fitted.curve
+    else:
+        chosen = hp
+        final = fit_head(spec, data, train, hp, seed=seed, device=device, val=val, log=log)
+        held_out = evaluate(final.module, data, val)
+        curve = final.curve
+    train_eval = evaluate(final.module, data, train)
+    test_eval = evaluate(final.module, data, test) if test is not None else None
+    shown = test_eval or held_out
+    metrics = _metrics(spec, data, final, chosen, train_eval, held_out, test_eval, shown, sweep_result, seed,
+                       time.perf_counter() - started)
+    _write_run(spec, data, final, chosen, metrics, curve, shown, sweep_result, writer, seed)
+    log(f"{spec.name}: train {100 * train_eval.accuracy:.2f}%, val {100 * held_out.accuracy:.2f}%"
+        f"{f', test {100 * test_eval.accuracy:.2f}%' if test_eval else ''} in {metrics['seconds']:.1f} s "
+        f"-> {writer.out}")
+    return TrainResult(spec.name, writer.out, metrics)
+
+
+def _metrics(spec, data: TrainingData, final: Fitted, chosen: HyperParameters, train_eval: Evaluation,
+             held_out: Evaluation, test_eval: Evaluation | None, shown: Evaluation, sweep: SweepResult | None,
+             seed: int, seconds: float) -> dict[str, Any]:
+    hyper = {**chosen.to_dict(), "solver": final.solver, "selected_by": "sweep on val" if sweep else "defaults",
+             "fitted_on": "train+val" if sweep else "train"}
+    if not spec.trainable:
+        for unused in ("lr", "epochs", "batch_size", "weight_decay"):
+            hyper.pop(unused)
+    elif final.solver == "lbfgs":
+        for unused in ("lr", "epochs", "batch_size"):
+            hyper.pop(unused)
+    return {
+        "head": spec.name,
+        "train_accuracy": train_eval.accuracy,
+        "val_accuracy": held_out.accuracy,
+        "test_accuracy": test_eval.accuracy if test_eval else None,
+        "train_loss": train_eval.loss,
+        "val_loss": held_out.loss,
+        "test_loss": test_eval.loss if test_eval else None,
+        "per_class_recall": shown.per_class_recall(data.class_names),
+        "macro_f1": shown.macro_f1(),
+        "evaluated_on": shown.split,
+        "hyperparameters": hyper,
+        "solver": final.details,
+        "sweep": sweep.to_list() if sweep else None,
+        "samples": data.counts(),
+        "dataset": data.dataset,
+        "space": data.space.id,
+        "backbone": data.space.config.backbone,
+        "features": "in memory" if data.in_memory else "streamed from the cache",
+        "feature_scale": data.scale,
+        "exportable": data.provenance is not None,
+        "seed": seed,
+        "seconds": round(seconds, 3),
+        "fit_seconds": round(final.seconds, 3),
+    }
+
+
+def _write_run(spec, data: TrainingData, final: Fitted, chosen: HyperParameters, metrics: dict[str, Any],
+               curve: list[dict], shown: Evaluation, sweep: SweepResult | None, writer: RunWriter, seed: int) -> None:
+    from transfer_engine.heads import registry
+
+    config = data.space.config
+    prov = data.provenance or {}
+    ref = BackboneRef(name=prov.get("backbone", config.backbone), weights=prov.get("weights", UNRECORDED_WEIGHTS),
+                      weights_digest=config.weights_digest, feature_dim=config.dim, seed=prov.get("seed"),
+                      plugin=prov.get("plugin"))
+    _, record = registry.lookup(spec.name)
+    info = RunInfo(
+        kind="train", backbone=ref, preprocess=dict(config.transform),
+        head=HeadRef(spec.name, data.dim, data.num_classes, dict(chosen.options), plugin=record.distribution),
+        class_names=list(data.class_names), weights_file=HEAD_WEIGHTS,
+        dataset={"name": data.dataset, "cache": str(data.cache.root), "data": data.data_source,
+                 "splits": data.counts()},
+        space={"id": data.space.id, "config": config.to_dict(), "provenance": data.provenance},
+        seed=seed, hyperparameters=metrics["hyperparameters"])
+    title = f"{spec.name} on {data.dataset} ({config.backbone})"
+    # One metadata key: safetensors writes metadata from a hash map, so two keys can come out in either
+    # order and the file would not repeat to the byte.
+    writer.save_tensors(HEAD_WEIGHTS, final.module.state_dict(), {"te-head": spec.name})
+    plots.learning_curve(curve, writer.file(plots.LEARNING_CURVE), title)
+    plots.confusion_matrix(shown.confusion(), data.class_names, writer.file(plots.CONFUSION_MATRIX),
+                           f"{title}, {shown.split} split: accuracy {100 * shown.accuracy:.1f}%")
+    if sweep is not None:
+        plots.sweep(sweep.to_list(), chosen.to_dict(), writer.file(plots.SWEEP), f"sweep of {title}")
+    writer.write_json(METRICS_JSON, metrics)
+    writer.write_json(RUN_JSON, info.to_dict())  # last: a run.json says the run is complete
