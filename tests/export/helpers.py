@@ -25,7 +25,7 @@ from transfer_engine.runs import HEAD_WEIGHTS, METRICS_JSON, RUN_JSON, BackboneR
 
 DIGITS = "builtin:digits"
 FIXTURE = Path(__file__).resolve().parents[1] / "cache" / "fixtures" / "digit_features_efficientnet_lite0.npz"
-CHECK_SIZE = 40
+CHECK_SIZE = 32
 
 
 def once(base: Path, name: str, make: Callable[[Path], None]) -> Path:

@@ -1,6 +1,6 @@
 """`te export` on a real run: efficientnet_lite0 (real ImageNet weights) + a linear head fitted on real
 digit features, exported to int8 (deployed) and fp32 with preprocessing in the graph and the
-backbone/head split, checked on 40 held-out digits. One export, shared by these tests (conftest)."""
+backbone/head split, checked on 32 held-out digits. One export, shared by these tests (conftest)."""
 
 from __future__ import annotations
 

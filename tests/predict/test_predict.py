@@ -72,12 +72,12 @@ def test_in_graph_preprocessing_model_classifies_photos_and_skips_bad_files(lite
 
 
 def test_int8_model_agrees_with_pytorch_on_labelled_digits(lite, tmp_path):
-    folder = _digits(tmp_path / "digits")
+    folder = _digits(tmp_path / "digits", 12)
     summary = predict(lite / "out" / "lite.onnx", str(folder), batch_size=8)
-    assert summary.variant == "int8" and summary.predicted == summary.labelled == 20 and summary.failed == []
+    assert summary.variant == "int8" and summary.predicted == summary.labelled == 12 and summary.failed == []
     expected = _torch_top1(lite / "run", [Image.open(folder / r["path"]) for r in summary.predictions])
     agreement = np.mean([r["prediction"] == e for r, e in zip(summary.predictions, expected)])
-    assert agreement >= 0.75  # the export verified >= 80% on 40 other (held-out) digits
+    assert agreement >= 0.75  # the export verified >= 80% on 32 other (held-out) digits
     assert summary.accuracy is not None and summary.accuracy > 0.6
     assert all(r["label"] == r["path"].split("/")[0] for r in summary.predictions)
 

@@ -18,7 +18,8 @@ from transfer_engine.export import parity
 from transfer_engine.export.images import ImageSet
 from transfer_engine.export.metadata import InputSpec, input_spec, metadata_for, write_with_metadata
 from transfer_engine.export.onnx_export import INPUT, OUTPUTS, export_classifier, extract_part
-from transfer_engine.export.runtime import Session, available_providers, open_session, run_grouped, uint8_array
+from transfer_engine.export.runtime import (CPU, RuntimeUnavailableError, Session, available_providers, open_session,
+                                           run_grouped, uint8_array)
 
 
 class Builder:
@@ -132,19 +133,32 @@ class Builder:
                 "format": "QDQ", "per_channel": True, "activations": "uint8", "weights": "int8"}
 
     def _measure(self, path: Path, inputs: list[np.ndarray], ref: parity.Reference, batch: int,
-                 feed: Callable[[Session, list[np.ndarray]], list[np.ndarray]] | None = None) -> dict[str, Any]:
-        """Run `path` on every provider; per-provider measures and the worst of them."""
+                 feed: Callable[[Session, list[np.ndarray], int], dict[str, np.ndarray]] | None = None
+                 ) -> dict[str, Any]:
+        """Run `path` on every provider; per-provider measures and the worst of them.
+
+        A GPU provider that cannot start (onnxruntime-gpu lists TensorRT even without its libraries;
+        CUDA may lack a device) is skipped with the reason in the report; the CPU one must work.
+        """
         per_provider = {}
         for provider in self.providers:
             if provider in self.skipped:
                 continue
-            session = open_session(str(path), provider)
+            try:
+                session = open_session(str(path), provider)
+            except RuntimeUnavailableError as exc:
+                if provider == CPU:
+                    raise
+                self.skipped[provider] = str(exc)
+                continue
             if session.provider != provider:
                 self.skipped[provider] = session.note
                 continue
-            outputs = (feed or run_grouped)(session, inputs, batch)
-            named = dict(zip(session.output_names, outputs))
+            named = (feed or _outputs_by_name)(session, inputs, batch)
             per_provider[provider] = parity.compare(ref, named["logits"], named.get("features"))
+        if not per_provider:
+            raise RuntimeUnavailableError(f"no onnxruntime provider could run {path.name}: "
+                                          + "; ".join(f"{k}: {v}" for k, v in self.skipped.items()))
         return {**parity.worst(per_provider), "providers": per_provider}
 
     def _judge(self, what: str, entry: dict[str, Any], failure: str | None) -> dict[str, Any]:
@@ -157,7 +171,7 @@ class Builder:
     def _check_batch_sizes(self, fp32: Path, x: np.ndarray, ref: parity.Reference,
                            batch_sizes: list[int]) -> dict[str, Any]:
         """Run the fp32 graph at each batch size: a fixed batch axis fails here, not in production."""
-        provider = next(p for p in self.providers if p not in self.skipped)
+        provider = next(p for p in self.providers if p not in self.skipped)  # one _measure ran on it
         session = open_session(str(fp32), provider)
         out: dict[str, Any] = {}
         for b in batch_sizes:
@@ -183,7 +197,7 @@ class Builder:
                  f"{spec.crop_size}, normalize; uint8 {self.layout.upper()} input) and checking it")
         pre_path = self.staging / "preprocess.onnx"
         onnx.save(preprocess_model(spec, self.layout, self.opset), str(pre_path))
-        session = open_session(str(pre_path), "CPUExecutionProvider")
+        session = open_session(str(pre_path), CPU)
         (pixels,) = run_grouped(session, raw, batch)
         pixel_report = parity.pixel_measures(pixels, x, spec.std)
         report: dict[str, Any] = {"layout": self.layout, "input": "uint8", "spec": spec.to_dict(),
@@ -208,9 +222,10 @@ class Builder:
         self._stamp(backbone, "fp32", "backbone", input_spec(preprocess, self.layout), ["features"])
         self._stamp(head, "fp32", "head", InputSpec("features", "float32", "nc", False), ["logits"])
 
-        def backbone_then_head(session: Session, items: list[np.ndarray], size: int) -> list[np.ndarray]:
+        def backbone_then_head(session: Session, items: list[np.ndarray], size: int) -> dict[str, np.ndarray]:
             (features,) = run_grouped(open_session(str(backbone), session.provider), items, size)
-            return run_grouped(session, list(features), size) + [features]
+            (logits,) = run_grouped(session, list(features), size)
+            return {"logits": logits, "features": features}
 
         chained = self._measure(head, inputs, ref, batch, feed=backbone_then_head)
         failure = (parity.agreement_failure(chained, min_agreement) if preprocess else parity.fp32_failure(ref, chained))
@@ -240,3 +255,7 @@ class Builder:
             info["input"] = {"name": INPUT, "dtype": "uint8" if preprocess else "float32",
                              "layout": self.layout if preprocess else "nchw"}
         return info
+
+
+def _outputs_by_name(session: Session, items: list[np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    return dict(zip(session.output_names, run_grouped(session, items, batch)))
