@@ -134,7 +134,8 @@ def finetune(out: str | os.PathLike, *, from_run_dir: str | os.PathLike | None =
         workers: image decoding processes per rank (default: 0 on small machines).
         limit: use only the first N images of the data set.
         checkpoint_every: also checkpoint every N steps within an epoch (0: at epoch ends only).
-        keep: "best" (highest val accuracy, the starting model included) or "last" weights.
+        keep: "best" (highest val accuracy, the starting model included unless its head was fitted on
+            train+val) or "last" weights.
         resume: continue from `out`.ckpt/ when it holds a checkpoint of this same configuration.
         overwrite: replace a run at `out`, and discard a checkpoint when not resuming.
         progress: progress lines on stderr (rank 0).
@@ -246,11 +247,16 @@ def _train_and_write(start: Start, trainer: Trainer, sets: dict, plan, config: d
         before = {s: trainer.evaluate(sets[s], eval_batch, workers, rank, world) for s in ("val", "test")
                   if len(sets[s])}
         state.before = {f"{s}_{k}": getattr(e, k) for s, e in before.items() for k in ("accuracy", "loss")}
-        state.best = {"epoch": 0, "val_accuracy": state.before.get("val_accuracy"),
-                      "val_loss": state.before.get("val_loss")}
+        # A head refitted on train+val (te train --sweep) has seen val: its val accuracy says nothing about
+        # how it generalizes, so the start cannot compete for "best"; an epoch of fine-tuning can.
+        seen_val = "val" in str(start.parent_metrics.get("hyperparameters", {}).get("fitted_on", ""))
+        state.best = {"epoch": 0, "val_accuracy": None if seen_val else state.before.get("val_accuracy"),
+                      "val_loss": None if seen_val else state.before.get("val_loss")}
         best_weights = _copy(model)
         meter.line(f"finetune: {plan.describe(trainer.blocks)}; {config['precision']} ({precision_reason}); "
-                   f"start: val accuracy {_pct(state.before.get('val_accuracy'))}")
+                   f"start: val accuracy {_pct(state.before.get('val_accuracy'))}"
+                   + (" (its head was fitted on train+val, so the start is not a candidate for the best weights)"
+                      if seen_val else ""))
 
     def save(best=None) -> None:
         rng = dist.all_gather_object(ckpt.rng_state())
