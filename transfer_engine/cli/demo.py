@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, info, json_option
+from transfer_engine.demo import INT8_MIN_AGREEMENT  # the demo module imports no torch at the top
 
 
 @click.command("demo")
@@ -17,18 +18,34 @@ from transfer_engine.cli._common import emit_json, info, json_option
                    "real ImageNet weights; else resnet18 with random weights).")
 @click.option("--limit", type=click.IntRange(min=20), default=None, metavar="N",
               help="Use only the first N digits (a quick check).")
+@click.option("--finetune-epochs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Epochs of end-to-end fine-tuning from the best head.")
+@click.option("--finetune-size", type=click.IntRange(min=32), default=None, metavar="PX",
+              help="Input size fine-tuning trains (and the exported model runs) at (default: the backbone's own, "
+                   "224 for EfficientNet-Lite0); smaller is faster on a CPU.")
+@click.option("--int8-min-agreement", type=click.FloatRange(0, 1, min_open=True), default=INT8_MIN_AGREEMENT,
+              show_default=True, metavar="F",
+              help="The int8 model's gate: least top-1 agreement with PyTorch on the check digits "
+                   "(te export's own default is 0.99).")
 @json_option
-def demo(out: Path, backbone: str | None, limit: int | None, as_json: bool) -> None:
-    """Run te on scikit-learn's 1,797 real handwritten digits, offline, and print each step's result.
+def demo(out: Path, backbone: str | None, limit: int | None, finetune_epochs: int, finetune_size: int | None,
+         int8_min_agreement: float, as_json: bool) -> None:
+    """Run the whole te path on scikit-learn's 1,797 real handwritten digits, offline.
 
-    The feature cache lives in OUT/cache: a second run reuses it and says so.
+    te extract (EfficientNet-Lite0, real ImageNet weights) -> te train --head all --sweep -> te finetune
+    --from the best head -> te export --onnx --quantize int8 (parity report) -> te predict with the fp32
+    and int8 models; then the test accuracy of each. The feature cache lives in OUT/cache: a second run
+    reuses it and says so.
 
     \b
-    Example:
+    Examples:
       te demo --out /tmp/te-demo
+      te demo --limit 300 --json          a quick check on the first 300 digits
     """
     from transfer_engine.demo import run_demo
 
-    result = run_demo(out, backbone=backbone, limit=limit, say=info if as_json else click.echo)
+    result = run_demo(out, backbone=backbone, limit=limit, say=info if as_json else click.echo,
+                      finetune_epochs=finetune_epochs, finetune_input_size=finetune_size,
+                      int8_min_agreement=int8_min_agreement)
     if as_json:
         emit_json(result.to_dict())

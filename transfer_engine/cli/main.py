@@ -31,9 +31,18 @@ def cli() -> None:
       te backbones                 the backbones installed (built-in and plugins)
       te heads                     the heads installed
       te plugins                   every plugin, its distribution, version and status
+      te demo                      the whole path on the built-in real data (offline)
       te extract --backbone NAME --data SRC --cache DIR
                                    features of a data set, once, into the feature cache
-      te demo                      the whole path on the built-in real data (offline)
+      te train --cache DIR --head all --sweep --out RUNS
+                                   heads fitted on the cached features, a leaderboard
+      te finetune --from RUN --out FT
+                                   end-to-end fine-tuning warm-started from a trained head
+      te export RUN --onnx --quantize int8 --out model.onnx
+                                   ONNX, checked against PyTorch on real images
+      te predict model.onnx --data DIR
+                                   classify images through onnxruntime
+      te bench --suite quick       te against the plain-PyTorch way, ratios and targets
       te cache info DIR            what a feature cache holds (verify, gc: check it, clean it)
 
     Set TE_DEBUG=1 to see the traceback of an error.

@@ -46,7 +46,8 @@ class ExportResult:
 
     Attributes:
         model: the file to deploy (--out): the quantized variant when one was asked for, else fp32.
-        files: every file written: {"model", "fp32", "int8"/"fp16", "backbone", "head", "report"}.
+        files: every file written, by role: "model" (= `model`), "fp32" (with a quantized model),
+            "backbone" and "head" (with --split), "report".
         report: the parity report (also in `files["report"]`); `report["passed"]` says whether it passed.
     """
 
