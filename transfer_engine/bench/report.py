@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +104,13 @@ def chart(doc: dict[str, Any], path: Path) -> Path | None:
         for row in bench.get("rows", []):
             s = score(row)
             if s is not None:
-                items.append((f"{bench['name']}: {row['name']}"[:70], s, row))
+                label = textwrap.shorten(f"{bench['name']}: {row['name']}", 110, placeholder="...")
+                items.append(("\n".join(textwrap.wrap(label, 58)), s, row))
     if not items:
         return None
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(items) + 1.5))
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    fig, ax = plt.subplots(figsize=(11, 0.6 * len(items) + 1.5))
     labels = [i[0] for i in items][::-1]
     values = [i[1] for i in items][::-1]
     colors = ["#2a9d8f" if i[1] >= 1 else "#e76f51" for i in items][::-1]
@@ -115,6 +119,12 @@ def chart(doc: dict[str, Any], path: Path) -> Path | None:
     ax.set_xscale("log")
     lo, hi = min(values + [1.0]), max(values + [1.0])
     ax.set_xlim(lo / 1.5, hi * 2.5)
+    # a few plain ticks instead of matplotlib's overlapping log-scale mantissas
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if lo / 1.5 <= t <= hi * 2.5]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     for y, (v, item) in enumerate(zip(values, items[::-1])):
         ax.text(v * 1.05, y, f"{_ratio_text(item[2])} (target {item[2].get('target')})", va="center", fontsize=8)
     ax.set_xlabel("ratio / target (log scale; right of the line = target met)")
