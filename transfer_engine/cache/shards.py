@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from transfer_engine._durable import fsync_dir
 from transfer_engine.errors import CorruptCacheError
 
 if TYPE_CHECKING:
@@ -71,14 +72,6 @@ def shard_relpath(space_id: str, shard_id: int) -> str:
     return f"shards/{space_id[:16]}/{shard_id:06d}.shard"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def create_shard(path: Path, header: ShardHeader) -> None:
     """Write a new, empty shard (header only), durable, replacing any file there.
 
@@ -91,7 +84,7 @@ def create_shard(path: Path, header: ShardHeader) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_rows(path: Path, first_row: int, data: memoryview, row_bytes: int) -> None:

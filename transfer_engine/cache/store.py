@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from transfer_engine._durable import replace_durably
 from transfer_engine.cache.index import Index, SpaceRow
 from transfer_engine.cache.lock import WriterLock
 from transfer_engine.cache.records import Dataset, Record, checked_records
@@ -262,14 +263,7 @@ def _create(root: Path) -> None:
     index.close()
     tmp = root / (MARKER + ".tmp")
     tmp.write_text(json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, root / MARKER)
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    replace_durably(tmp, root / MARKER)
 
 
 def _check_marker(marker: Path) -> None:

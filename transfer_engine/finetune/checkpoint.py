@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from transfer_engine.errors import UsageError
-from transfer_engine.runs.writer import _fsync_dir  # the run writer's: fsync a directory entry
+from transfer_engine._durable import replace_durably
 
 FORMAT = "te-finetune-checkpoint"
 VERSION = 1
@@ -88,10 +88,7 @@ def _as_tuple(value: Any) -> Any:
 def _atomic(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     write(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    replace_durably(tmp, path)
 
 
 def save(directory: Path, *, config: dict, state: TrainState, model: torch.nn.Module,

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Mapping
 
+from transfer_engine._durable import fsync_dir, fsync_file
 from transfer_engine.errors import UsageError
 from transfer_engine.runs.format import RUN_JSON
 
@@ -75,8 +76,7 @@ class RunWriter:
         if not (self.path / RUN_JSON).is_file():
             raise RuntimeError(f"a run needs {RUN_JSON} before it is committed")
         for f in self.path.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+            fsync_file(f)
         check_out(self.out, self.overwrite)  # another process may have written a run meanwhile
         old = None
         if self.out.is_dir() and not (self.out / RUN_JSON).is_file():
@@ -87,7 +87,7 @@ class RunWriter:
         os.replace(self.path, self.out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(self.out.parent)
+        fsync_dir(self.out.parent)
         self.committed = True
         return self.out
 
@@ -134,11 +134,3 @@ def _pid_alive(text: str) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
