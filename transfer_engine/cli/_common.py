@@ -26,6 +26,13 @@ def info(message: str) -> None:
     click.echo(message, err=True)
 
 
+def warn_skipped(failed: Sequence[dict[str, str]]) -> None:
+    """One warning line on stderr for the files a command skipped ({"path", "reason"} each), if any."""
+    if failed:
+        info(f"te: warning: {len(failed)} file(s) skipped (unreadable or not an image), first: "
+             f"{failed[0]['path']}: {failed[0]['reason']}")
+
+
 def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], out: Callable[[str], None] = click.echo) -> None:
     """Print an aligned plain-text table."""
     text_rows = [["" if v is None else str(v) for v in row] for row in rows]

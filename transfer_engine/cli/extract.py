@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from transfer_engine.cli._common import emit_json, info, json_option
+from transfer_engine.cli._common import emit_json, json_option, warn_skipped
 
 
 @click.command("extract")
@@ -59,9 +59,7 @@ def extract(backbone, data, cache_dir, weights, name, batch_size, workers, devic
                           strict=strict, seed=seed, progress=True)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    if summary.failed:
-        info(f"te: warning: {len(summary.failed)} file(s) skipped (unreadable or not an image), first: "
-             f"{summary.failed[0]['path']}: {summary.failed[0]['reason']}")
+    warn_skipped(summary.failed)
     if as_json:
         emit_json(summary.to_dict())
         return

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from transfer_engine.cli._common import emit_json, info, json_option
+from transfer_engine.cli._common import emit_json, info, json_option, warn_skipped
 
 
 @click.command("predict")
@@ -40,9 +40,7 @@ def predict(model, data, out, provider, batch_size, top_k, as_json) -> None:
 
     summary = run_predict(model, data, out=out, provider=provider, batch_size=batch_size, top_k=top_k,
                           progress=True, log=info)
-    if summary.failed:
-        info(f"te: warning: {len(summary.failed)} file(s) skipped (unreadable or not an image), first: "
-             f"{summary.failed[0]['path']}: {summary.failed[0]['reason']}")
+    warn_skipped(summary.failed)
     if as_json:
         emit_json(summary.to_dict())
         return
