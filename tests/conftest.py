@@ -33,29 +33,45 @@ def run_te(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path 
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-@pytest.fixture(scope="session")
-def plugin_site(tmp_path_factory) -> Path:
-    """A folder where the test plugin distributions are really installed (pip --target)."""
-    target = tmp_path_factory.mktemp("plugin-site")
-    dists = [str(TEST_PLUGINS / name) for name in ("te-test-good", "te-test-broken", "te-test-clash")]
+def install_test_plugins(target: Path, *names: str) -> Path:
+    """Really install the test plugin distributions `names` (from tests/plugins) into `target`."""
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-         "--no-build-isolation", "--no-index", "--target", str(target), *dists],
+         "--no-build-isolation", "--no-index", "--target", str(target), *(str(TEST_PLUGINS / n) for n in names)],
         check=True, capture_output=True, text=True,
     )
     return target
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """A folder where the test plugin distributions are really installed (pip --target)."""
+    return install_test_plugins(tmp_path_factory.mktemp("plugin-site"), "te-test-good", "te-test-broken",
+                                "te-test-clash")
 
 
 @pytest.fixture(scope="session")
 def good_plugin_site(tmp_path_factory) -> Path:
     """Only the well-behaved test plugin installed (for tests where the others would interfere)."""
-    target = tmp_path_factory.mktemp("good-plugin-site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-         "--no-build-isolation", "--no-index", "--target", str(target), str(TEST_PLUGINS / "te-test-good")],
-        check=True, capture_output=True, text=True,
-    )
-    return target
+    return install_test_plugins(tmp_path_factory.mktemp("good-plugin-site"), "te-test-good")
+
+
+@pytest.fixture(scope="session")
+def nonconforming_site(tmp_path_factory) -> Path:
+    """te-test-nonconforming installed alone (it loads fine; only building its models shows the faults)."""
+    return install_test_plugins(tmp_path_factory.mktemp("nonconforming-site"), "te-test-nonconforming")
+
+
+@pytest.fixture
+def one_thread():
+    """One compute thread for the test: on the shared 2-core CI machine two OpenMP threads run far slower
+    than one once anything else is busy (small matmuls gain nothing from a second thread)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def with_path(site: Path) -> dict:

@@ -32,16 +32,6 @@ def real_features():
     return torch.from_numpy(data["features"]), torch.from_numpy(data["labels"]), data
 
 
-@pytest.fixture
-def one_thread():
-    # The probe's matmuls are tiny: a second thread buys nothing, and on a busy 2-core machine the
-    # OpenMP threads' contention made the test 3x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _probe_predictions(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Out-of-fold predictions of multinomial logistic regression (5 stratified folds, 150 Adam steps)."""
     from sklearn.model_selection import StratifiedKFold

@@ -104,7 +104,7 @@ def test_images_through_the_fine_tuning_pipeline_give_the_cached_features(linear
     assert torch.allclose(recomputed, cached, rtol=1e-4, atol=1e-5)
 
 
-def test_a_start_whose_head_saw_val_cannot_win_the_selection_on_val(tmp_path, linear):
+def test_a_start_whose_head_saw_val_cannot_win_the_selection_on_val(tmp_path, linear, one_thread):
     # te train --sweep refits the chosen head on train+val (metrics.json says so): its val accuracy is
     # in-sample, and keeping it as "best" would throw away any fine-tuning, however good.
     parent = tmp_path / "swept"
@@ -112,13 +112,8 @@ def test_a_start_whose_head_saw_val_cannot_win_the_selection_on_val(tmp_path, li
     metrics = json.loads((parent / "metrics.json").read_text())
     metrics.setdefault("hyperparameters", {})["fitted_on"] = "train+val"
     (parent / "metrics.json").write_text(json.dumps(metrics))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        summary = finetune(tmp_path / "ft", from_run_dir=parent, epochs=1, lr=1e-7, batch_size=16, augment="none",
-                           progress=False)
-    finally:
-        torch.set_num_threads(before)
+    summary = finetune(tmp_path / "ft", from_run_dir=parent, epochs=1, lr=1e-7, batch_size=16, augment="none",
+                       progress=False)
     m = Run.open(tmp_path / "ft").metrics
     assert m["best_epoch"] == 1  # the fine-tuned weights are kept, even after a useless lr
     assert summary.test_accuracy == m["test_accuracy"]

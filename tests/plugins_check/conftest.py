@@ -1,27 +1,10 @@
-"""Fixtures for `te plugins check`: the test plugin distributions, really installed (pip --target)."""
+"""Fixtures for `te plugins check`: every test plugin importable (the sites are tests/conftest.py's)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-TEST_PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
-
-
-@pytest.fixture(scope="session")
-def nonconforming_site(tmp_path_factory) -> Path:
-    """te-test-nonconforming installed alone (it loads fine; only building its models shows the faults)."""
-    target = tmp_path_factory.mktemp("nonconforming-site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-         "--no-build-isolation", "--no-index", "--target", str(target), str(TEST_PLUGINS / "te-test-nonconforming")],
-        check=True, capture_output=True, text=True,
-    )
-    return target
 
 
 @pytest.fixture
