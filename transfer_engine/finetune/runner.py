@@ -26,6 +26,7 @@ from transfer_engine.finetune import distributed as dist
 from transfer_engine.finetune.loop import EpochSums, OptimConfig, StepProgress, Trainer
 from transfer_engine.finetune.start import Start, from_backbone, from_run
 from transfer_engine.finetune.strategies import backbone_blocks, make_strategy
+from transfer_engine.runs.format import FITTED_ON_TRAIN_VAL
 from transfer_engine.runs.writer import check_out
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -249,7 +250,7 @@ def _train_and_write(start: Start, trainer: Trainer, sets: dict, plan, config: d
         state.before = {f"{s}_{k}": getattr(e, k) for s, e in before.items() for k in ("accuracy", "loss")}
         # A head refitted on train+val (te train --sweep) has seen val: its val accuracy says nothing about
         # how it generalizes, so the start cannot compete for "best"; an epoch of fine-tuning can.
-        seen_val = "val" in str(start.parent_metrics.get("hyperparameters", {}).get("fitted_on", ""))
+        seen_val = start.parent_metrics.get("hyperparameters", {}).get("fitted_on") == FITTED_ON_TRAIN_VAL
         state.best = {"epoch": 0, "val_accuracy": None if seen_val else state.before.get("val_accuracy"),
                       "val_loss": None if seen_val else state.before.get("val_loss")}
         best_weights = _copy(model)

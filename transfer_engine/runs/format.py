@@ -25,6 +25,9 @@ KINDS = ("train", "finetune")
 # BackboneRef.weights of a run trained on a cache space that does not record where its weights came from
 # (a space written without provenance): the head is usable on features, the backbone cannot be rebuilt.
 UNRECORDED_WEIGHTS = "unrecorded"
+# metrics.json["hyperparameters"]["fitted_on"] of a head refitted on train+val after a sweep: its val
+# accuracy is in-sample (te finetune then does not let the start compete on val).
+FITTED_ON_TRAIN_VAL = "train+val"
 
 
 @dataclass

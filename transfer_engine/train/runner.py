@@ -23,7 +23,7 @@ import torch
 
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.runs import HEAD_WEIGHTS, METRICS_JSON, RUN_JSON, BackboneRef, HeadRef, RunInfo, RunWriter
-from transfer_engine.runs.format import UNRECORDED_WEIGHTS
+from transfer_engine.runs.format import FITTED_ON_TRAIN_VAL, UNRECORDED_WEIGHTS
 from transfer_engine.runs.writer import check_out
 from transfer_engine.train import plots
 from transfer_engine.train.data import TrainingData, load_training_data
@@ -238,7 +238,7 @@ def _metrics(spec, data: TrainingData, final: Fitted, chosen: HyperParameters, t
              held_out: Evaluation, test_eval: Evaluation | None, shown: Evaluation, sweep: SweepResult | None,
              seed: int, seconds: float) -> dict[str, Any]:
     hyper = {**chosen.to_dict(), "solver": final.solver, "selected_by": "sweep on val" if sweep else "defaults",
-             "fitted_on": "train+val" if sweep else "train"}
+             "fitted_on": FITTED_ON_TRAIN_VAL if sweep else "train"}
     if not spec.trainable:
         for unused in ("lr", "epochs", "batch_size", "weight_decay"):
             hyper.pop(unused)
