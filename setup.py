@@ -64,7 +64,11 @@ def _extensions():
     with_cuda, why = _resolve_cuda()
     cxx_flags = ["-O3", "-fopenmp"]  # torch's build adds the C++ standard it needs (C++20 for 2.14)
     define_macros = []
-    extra_link = ["-fopenmp"]
+    # `import transfer_engine._C` must find libc10/libtorch without torch imported first: an rpath to
+    # torch's lib folder as installed ($ORIGIN/../torch/lib in site-packages, and the absolute folder of
+    # the torch this was built against, for editable installs).
+    torch_lib = os.path.join(os.path.dirname(os.path.abspath(torch.__file__)), "lib")
+    extra_link = ["-fopenmp", "-Wl,-rpath,$ORIGIN/../torch/lib", f"-Wl,-rpath,{torch_lib}"]
     if with_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         define_macros.append(("TE_WITH_CUDA", None))

@@ -65,3 +65,11 @@ def test_te_info_reports_the_missing_extension():
     proc = run_python(BLOCK + "from transfer_engine.cli.main import main; sys.exit(main(['info']))", require=False)
     assert proc.returncode == 0, proc.stderr
     assert "NOT available" in proc.stdout
+
+
+def test_the_extension_loads_without_torch_imported_first():
+    # An rpath to torch's lib folder: `import transfer_engine._C` alone finds libc10/libtorch.
+    code = ("import sys; import transfer_engine._C as c; "
+            "print('loaded', 'torch' in sys.modules, c.__file__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("loaded"), r.stderr[-2000:]
