@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from transfer_engine.core import cpu
 from transfer_engine.export.metadata import read_metadata
 from transfer_engine.export.runtime import open_session
 from transfer_engine.runs import Run
@@ -58,6 +59,10 @@ def test_int8_is_really_quantized_and_says_how_far_it_is(lite, report):
     ops = {n.op_type for n in onnx.load(str(lite / "out" / "lite.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert int8["bytes"] < 0.5 * report["variants"]["fp32"]["bytes"]  # int8 weights: about 4x smaller
+    # the portable recipe (7-bit weights, exact with and without VNNI), and the CPU it was checked on
+    search = report["calibration"]["int8"]
+    assert report["calibration"]["reduce_range"] and search["recipe"]["name"] == "portable"
+    assert search["checked_on"] == cpu.describe() and search["steps"][0]["float_nodes"] == 0
 
 
 def test_batch_axis_is_dynamic(lite, report):
@@ -82,6 +87,9 @@ def test_metadata_carries_classes_preprocessing_and_provenance(lite):
     assert meta.run["path"] == str(run.path) and meta.run["backbone"]["name"] == "efficientnet_lite0"
     assert meta.run["backbone"]["weights_digest"] == run.info.backbone.weights_digest
     assert meta.export["opset"] == 18 and meta.export["exporter"] in ("torchscript", "dynamo")
+    assert meta.quantization["recipe"]["name"] == "portable"
+    assert meta.quantization["checked_on"]["int8_family"] == cpu.int8_family()
+    assert read_metadata(lite / "out" / "lite.fp32.onnx").quantization == {}
     props = {p.key for p in onnx.load(str(lite / "out" / "lite.fp32.onnx")).metadata_props}
     assert {"te.class_names", "te.preprocess", "te.run", "te.variant", "te.input"} <= props
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, info, json_option, table
+from transfer_engine.export.recipes import DEFAULT_INT8_TARGET, DEFAULT_MIN_SPEEDUP, INT8_TARGETS
 
 
 def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -45,12 +46,19 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
               help="At most this many int8 calibration images.")
 @click.option("--min-agreement", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.99, show_default=True,
               metavar="F", help="Refuse a quantized model whose top-1 agrees with PyTorch on less than this fraction.")
+@click.option("--int8-target", type=click.Choice(list(INT8_TARGETS)), default=DEFAULT_INT8_TARGET, show_default=True,
+              help="int8 recipe. portable: 7-bit weights, the same integer results on x86 CPUs with and without "
+                   "VNNI; vnni: 8-bit weights, exact only on VNNI CPUs (saturates on AVX2).")
+@click.option("--min-int8-speedup", type=click.FloatRange(0.0, 100.0, max_open=True), default=DEFAULT_MIN_SPEEDUP,
+              show_default=True, metavar="R",
+              help="Refuse int8 that is not R times as fast as fp32 at batch 32 on this CPU (0: no speed rule).")
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
               help="torch.onnx exporter; auto: TorchScript for opsets <= 20 (3-25x faster here), else dynamo.")
 @click.option("--overwrite", is_flag=True, help="Replace files already at --out.")
 @json_option
 def export(run, to_onnx, out, opset, quantize, preprocess, layout, split, check_data, calibration_data, batch_sizes,
-           check_size, calibration_size, min_agreement, exporter, overwrite, as_json) -> None:
+           check_size, calibration_size, min_agreement, int8_target, min_int8_speedup, exporter, overwrite,
+           as_json) -> None:
     """Export a run to ONNX and prove it matches PyTorch on real held-out images.
 
     Every variant (fp32, and the quantized one) is run through onnxruntime on every provider present
@@ -74,7 +82,8 @@ def export(run, to_onnx, out, opset, quantize, preprocess, layout, split, check_
         result = export_onnx(run, out, opset=opset, quantize=quantize, preprocess=preprocess, layout=layout,
                              split=split, check_data=check_data, calibration_data=calibration_data,
                              batch_sizes=batch_sizes, check_size=check_size, calibration_size=calibration_size,
-                             min_agreement=min_agreement, exporter=exporter, overwrite=overwrite,
+                             min_agreement=min_agreement, int8_target=int8_target,
+                             min_int8_speedup=min_int8_speedup, exporter=exporter, overwrite=overwrite,
                              log=lambda m: info(f"te export: {m}"))
     except ParityError as exc:
         if as_json:

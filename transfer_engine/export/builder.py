@@ -7,6 +7,7 @@ between and returns the parity report (see docs/export.md for its keys).
 from __future__ import annotations
 
 import datetime
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -44,12 +45,14 @@ class Builder:
         self.say = say
         self.failures: list[str] = []
         self.skipped: dict[str, str] = {}
+        self.quantization: dict[str, Any] = {}  # the int8 recipe and the CPU it was checked on (metadata)
 
     # -- the whole sequence ---------------------------------------------------------------------------
     def build_and_check(self, model: Any, ref: parity.Reference, x: np.ndarray, images: list[Any], *,
                         quantize: str | None, preprocess: bool, split: bool, cal_set: ImageSet | None,
                         batch_sizes: list[int], min_agreement: float, providers: Sequence[str] | None,
-                        timings: dict[str, float]) -> dict[str, Any]:
+                        timings: dict[str, float], int8_target: str = "portable",
+                        min_int8_speedup: float = 1.0) -> dict[str, Any]:
         """Export, quantize, join preprocessing, split, and measure everything; returns the report."""
         self.providers = available_providers(providers)
         variants = ["fp32"] + ([quantize] if quantize else [])
@@ -69,7 +72,8 @@ class Builder:
         calibration = None
         if quantize:
             t = time.perf_counter()
-            calibration = self._quantize(quantize, core["fp32"], core[quantize], cal_set)
+            calibration = self._quantize(quantize, core["fp32"], core[quantize], cal_set, ref, x, min_agreement,
+                                         int8_target, min_int8_speedup)
             self._stamp(core[quantize], quantize, "model", tensor_input, list(OUTPUTS))
             timings["quantize"] = time.perf_counter() - t
 
@@ -114,23 +118,44 @@ class Builder:
         }
 
     # -- steps -----------------------------------------------------------------------------------------
-    def _quantize(self, quantize: str, fp32: Path, out: Path, cal_set: ImageSet | None) -> dict[str, Any] | None:
-        from transfer_engine.export.quantize import convert_fp16, quantize_int8
+    def _quantize(self, quantize: str, fp32: Path, out: Path, cal_set: ImageSet | None, ref: parity.Reference,
+                  x: np.ndarray, min_agreement: float, int8_target: str, min_int8_speedup: float
+                  ) -> dict[str, Any] | None:
+        from transfer_engine.export.int8 import quantize_within_budget
+        from transfer_engine.export.recipes import RECIPES
+        from transfer_engine.export.quantize import convert_fp16
 
         if quantize == "fp16":
             self.say("converting to fp16 (onnxruntime's float16 converter, float32 inputs and outputs kept)")
             convert_fp16(fp32, out)
             return None
         assert cal_set is not None
-        self.say(f"quantizing to int8 (QDQ, per-channel), calibrated on {cal_set.description}")
+        recipe = RECIPES[int8_target]
+        self.say(f"quantizing to int8 ({recipe.name} recipe: QDQ, per-channel, "
+                 f"{'7' if recipe.reduce_range else '8'}-bit weights), calibrated on {cal_set.description}")
         images, _, failed = cal_set.load()
         if not images:
             raise UsageError(f"none of the {len(cal_set)} calibration images could be read")
         transform = self.run.preprocess.transform()
-        batches = (np.stack([transform(im).numpy() for im in images[i:i + 16]]) for i in range(0, len(images), 16))
-        quantize_int8(fp32, out, batches, INPUT)
-        return {"images": len(images), "source": cal_set.description, "failed": failed, "method": "minmax",
-                "format": "QDQ", "per_channel": True, "activations": "uint8", "weights": "int8"}
+        calibration = np.stack([transform(im).numpy() for im in images]).astype(np.float32)
+
+        def check(candidate: Path) -> tuple[float, bool]:
+            (logits,) = run_grouped(open_session(str(candidate), CPU), list(x), 32, outputs=["logits"])
+            measures = parity.compare(ref, logits, None)
+            return measures["top1_agreement"], parity.agreement_failure(measures, min_agreement) is None
+
+        work = self.staging / "int8-work"
+        work.mkdir()
+        outcome = quantize_within_budget(fp32, out, calibration, recipe=recipe, check=check,
+                                         min_agreement=min_agreement, min_speedup=min_int8_speedup, workdir=work,
+                                         input_name=INPUT, say=self.say)
+        shutil.rmtree(work, ignore_errors=True)
+        if outcome.failure:
+            self.failures.append(f"int8: {outcome.failure}")
+        self.quantization = {k: v for k, v in outcome.to_dict().items() if k in ("recipe", "checked_on", "float_nodes")}
+        return {"images": len(images), "source": cal_set.description, "failed": failed, "method": recipe.calibration,
+                "format": recipe.format, "per_channel": recipe.per_channel, "activations": recipe.activations,
+                "weights": recipe.weights, "reduce_range": recipe.reduce_range, "int8": outcome.to_dict()}
 
     def _measure(self, path: Path, inputs: list[np.ndarray], ref: parity.Reference, batch: int,
                  feed: Callable[[Session, list[np.ndarray], int], dict[str, np.ndarray]] | None = None
@@ -238,7 +263,8 @@ class Builder:
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _stamp(self, path: Path, variant: str, part: str, input_: InputSpec, outputs: list[str]) -> None:
-        write_with_metadata(path, metadata_for(self.run, variant, part, input_, outputs, self._export_info(None)))
+        write_with_metadata(path, metadata_for(self.run, variant, part, input_, outputs, self._export_info(None),
+                                               self.quantization if variant == "int8" else None))
 
     def _export_info(self, preprocess: bool | None) -> dict[str, Any]:
         from importlib import metadata as md

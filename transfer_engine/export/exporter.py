@@ -68,7 +68,7 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
                 calibration_data: str | None = None, batch_sizes: Sequence[int] = (1, 8), check_size: int = 200,
                 calibration_size: int = 128, min_agreement: float = parity.DEFAULT_MIN_AGREEMENT,
                 exporter: str = "auto", overwrite: bool = False, providers: Sequence[str] | None = None,
-                log: Log | None = None) -> ExportResult:
+                int8_target: str = "portable", min_int8_speedup: float = 1.0, log: Log | None = None) -> ExportResult:
     """Export a `te train`/`te finetune` run to ONNX and prove it matches PyTorch on real held-out images.
 
     Args:
@@ -89,6 +89,10 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
         exporter: "auto", "torchscript" or "dynamo" (see `transfer_engine.export.onnx_export`).
         overwrite: replace existing files at `out` (otherwise that is a UsageError, before any work).
         providers: onnxruntime providers to check on (default: every one available: TensorRT, CUDA, CPU).
+        int8_target: the int8 recipe (`transfer_engine.export.int8.RECIPES`): "portable" (7-bit weights, the
+            same integer results on CPUs with and without VNNI) or "vnni" (8-bit weights, VNNI CPUs only).
+        min_int8_speedup: int8 must run at least this many times as fast as fp32 at batch 32 on the CPU
+            (after keeping sensitive nodes in float to meet `min_agreement`); 0 turns the rule off.
         log: where progress lines go (default: nowhere).
 
     Returns:
@@ -107,6 +111,7 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
     run = run if isinstance(run, Run) else Run.open(run)
     out = Path(out).expanduser().absolute()
     _check_arguments(out, quantize, layout, batch_sizes, check_size, calibration_size, min_agreement)
+    _check_int8(int8_target, min_int8_speedup)
     opset, exporter = check_opset(opset, exporter)
     if preprocess and opset < 18:
         raise UsageError(f"--preprocess needs --opset 18 or later (antialiased Resize), got {opset}")
@@ -138,7 +143,8 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
         builder = Builder(run, staging, targets, opset=opset, exporter=exporter, layout=layout, say=say)
         report = builder.build_and_check(model, ref, x, check_images, quantize=quantize, preprocess=preprocess,
                                          split=split, cal_set=cal_set, batch_sizes=list(batch_sizes),
-                                         min_agreement=min_agreement, providers=providers, timings=timings)
+                                         min_agreement=min_agreement, providers=providers, timings=timings,
+                                         int8_target=int8_target, min_int8_speedup=min_int8_speedup)
         report["check"] = {"images": len(check_images), "source": check_set.description, "failed": check_failed,
                            "labelled": label_array is not None, "torch_accuracy": ref.accuracy()}
         report["seconds"] = time.perf_counter() - started
@@ -209,6 +215,15 @@ def _check_arguments(out: Path, quantize: str | None, layout: str, batch_sizes: 
         raise UsageError("--check-size and --calibration-size must be at least 1")
     if not 0.0 < min_agreement <= 1.0:
         raise UsageError(f"--min-agreement {min_agreement}: expected a fraction in (0, 1], e.g. 0.99")
+
+
+def _check_int8(int8_target: str, min_int8_speedup: float) -> None:
+    from transfer_engine.export.recipes import INT8_TARGETS
+
+    if int8_target not in INT8_TARGETS:
+        raise UsageError(f"--int8-target {int8_target!r}: expected one of {', '.join(INT8_TARGETS)}")
+    if not 0.0 <= min_int8_speedup < 100.0:
+        raise UsageError(f"--min-int8-speedup {min_int8_speedup}: expected a ratio in [0, 100), e.g. 1.0")
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:

@@ -63,6 +63,8 @@ class ModelMetadata:
         part: "model", "backbone" or "head".
         run: provenance: the run directory, its kind, backbone and weights, head, data set, metrics.
         export: how it was made: te/torch/onnx/onnxruntime versions, exporter, opset.
+        quantization: int8 only: {recipe, checked_on (the CPU the parity check ran on), float_nodes}
+            (see `transfer_engine.export.int8`); te predict warns on a CPU of another int8 family.
     """
 
     class_names: list[str]
@@ -73,6 +75,7 @@ class ModelMetadata:
     part: str = "model"
     run: dict[str, Any] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
 
     def preprocess_spec(self) -> "PreprocessSpec":
         from transfer_engine.backbones.spec import PreprocessSpec
@@ -131,11 +134,11 @@ def input_spec(preprocess: bool, layout: str = "nchw") -> InputSpec:
 
 
 def metadata_for(run: Any, variant: str, part: str, input_: InputSpec, outputs: list[str],
-                 export: dict[str, Any]) -> ModelMetadata:
+                 export: dict[str, Any], quantization: dict[str, Any] | None = None) -> ModelMetadata:
     """The te.* metadata of one file exported from `run` (a backbone part has no class names)."""
     return ModelMetadata(class_names=run.class_names if part != "backbone" else [],
                          preprocess=run.preprocess.to_dict(), input=input_, outputs=outputs, variant=variant,
-                         part=part, run=run_provenance(run), export=export)
+                         part=part, run=run_provenance(run), export=export, quantization=dict(quantization or {}))
 
 
 def write_with_metadata(path: str | os.PathLike, meta: ModelMetadata) -> None:

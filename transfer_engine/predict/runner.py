@@ -20,6 +20,7 @@ import numpy as np
 from transfer_engine.errors import UsageError
 from transfer_engine.export.images import open_images
 from transfer_engine.export.metadata import ModelMetadata, read_metadata
+from transfer_engine.export.recipes import recipe_warning
 from transfer_engine.export.runtime import open_session, resolve_provider, run_grouped, uint8_array
 from transfer_engine.predict.progress import Progress
 
@@ -35,6 +36,7 @@ class PredictSummary:
         images: images found; predicted: images classified; failed: [{path, reason}] of those skipped.
         accuracy: top-1 accuracy when the data is labelled with the model's class names, else None.
         out: the file written (None: predictions are in `predictions`).
+        warnings: what te predict warned about (e.g. an int8 model checked on another CPU family).
         predictions: [{path, prediction, probability, top_k: [{class, probability}], label}] when no `out`.
     """
 
@@ -52,6 +54,7 @@ class PredictSummary:
     top_k: int
     out: str | None
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +74,8 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
         batch_size: images per onnxruntime call.
         top_k: how many classes to report per image.
         progress: draw a progress line on stderr.
-        log: where the one line about the provider goes (default: nowhere).
+        log: where the line about the provider, and any warning, goes (default: nowhere; warnings are
+            also in `PredictSummary.warnings`).
 
     Returns:
         The `PredictSummary`.
@@ -101,6 +105,12 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
         reason = session.note
     say(f"te predict: onnxruntime on {session.provider} ({reason}); {meta.variant} model, "
         f"{'preprocessing in the graph' if meta.input.in_graph_preprocessing else 'preprocessing from its metadata'}")
+    warnings = []
+    if meta.variant == "int8":
+        warning = recipe_warning(meta.quantization or None)
+        if warning:
+            warnings.append(warning)
+            say(f"te: warning: {warning}")
     truth = _true_labels(source.class_names, classes)
 
     rows: list[dict[str, Any]] = []
@@ -130,7 +140,8 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
     return PredictSummary(str(model), meta.variant, session.provider, reason, len(samples), len(rows), failed,
                           seconds, len(rows) / seconds if seconds > 0 else 0.0,
                           correct / labelled if labelled else None, labelled, top_k,
-                          None if out_path is None else str(out_path), [] if out_path is not None else rows)
+                          None if out_path is None else str(out_path), [] if out_path is not None else rows,
+                          warnings)
 
 
 def _batches(source: Any, samples: list, meta: ModelMetadata,

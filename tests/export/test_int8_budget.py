@@ -1,0 +1,79 @@
+"""The accuracy budget of int8 export: when full int8 misses the gate, te keeps the nodes whose rounding
+costs most in float until the gate is met, says which, and refuses a mix no faster than fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from transfer_engine.export.int8 import quantize_within_budget
+from transfer_engine.export.recipes import RECIPES
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(16, 16, 3, padding=1, groups=16), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(16, 32, 1), torch.nn.ReLU(),
+                                        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        self.fc = torch.nn.Linear(32, 1000)  # many classes: close runners-up, so int8 flips some
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int8-budget")
+    path = folder / "tiny.onnx"
+    torch.onnx.export(TinyNet().eval(), torch.randn(1, 3, 16, 16), str(path), input_names=["images"],
+                      output_names=["logits"], dynamic_axes={"images": {0: "n"}, "logits": {0: "n"}},
+                      opset_version=17, dynamo=False)
+    images = np.random.default_rng(0).standard_normal((256, 3, 16, 16)).astype(np.float32)
+    return path, images
+
+
+def _quantize(tiny, tmp_path, **kwargs):
+    path, images = tiny
+    work = tmp_path / "work"
+    work.mkdir()
+    out = tmp_path / "tiny.int8.onnx"
+    kwargs = {"min_agreement": 1.0, "min_speedup": 0.0, **kwargs}
+    outcome = quantize_within_budget(path, out, images, recipe=RECIPES["portable"], check=lambda _p: (1.0, True),
+                                     workdir=work, **kwargs)
+    return outcome, out
+
+
+def _quantize_nodes(path):
+    return sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+
+
+def test_a_missed_gate_keeps_the_most_sensitive_nodes_in_float_until_it_is_met(tiny, tmp_path):
+    outcome, out = _quantize(tiny, tmp_path)  # 100% top-1 agreement: full int8 flips some of 256 random images
+    first = outcome.steps[0]
+    assert first["float_nodes"] == 0 and not first["passed"] and first["selection_agreement"] < 1.0
+    assert outcome.passed and outcome.failure is None
+    assert 0 < len(outcome.float_nodes) <= outcome.quantized_nodes
+    assert outcome.steps[-1]["passed"] or any(s["passed"] and s["float_nodes"] == len(outcome.float_nodes)
+                                              for s in outcome.steps)
+    assert [r["rounding_error"] for r in outcome.sensitivity] == sorted(
+        (r["rounding_error"] for r in outcome.sensitivity), reverse=True)
+    assert outcome.recipe["name"] == "portable" and outcome.checked_on["int8_family"]
+    graph_nodes = {n.name for n in onnx.load(str(out)).graph.node}
+    assert set(outcome.float_nodes) <= graph_nodes  # the float nodes are still there, unquantized
+
+
+def test_a_gate_full_int8_meets_keeps_everything_int8(tiny, tmp_path):
+    outcome, out = _quantize(tiny, tmp_path, min_agreement=0.05)
+    assert outcome.passed and outcome.float_nodes == [] and len(outcome.steps) == 1
+    assert _quantize_nodes(out) > 0
+
+
+def test_int8_no_faster_than_asked_is_refused_with_its_measured_speed(tiny, tmp_path):
+    outcome, _ = _quantize(tiny, tmp_path, min_agreement=0.05, min_speedup=99.0)
+    assert not outcome.passed and "--min-int8-speedup 99" in outcome.failure
+    assert outcome.speed["batch"] == 32 and outcome.speed["speedup"] > 0

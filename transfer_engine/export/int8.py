@@ -1,0 +1,286 @@
+"""int8 within an accuracy budget: float kept where int8 costs accuracy (recipes: `export.recipes`).
+
+The accuracy budget (`quantize_within_budget`): quantize everything; if the top-1 agreement with the
+reference misses the gate, rank the quantized nodes (Conv, Gemm, MatMul, and the Adds, pools, ... whose
+outputs int8 rounds) by the error each one adds (onnxruntime's qdq_loss_debug activations of the float
+and the QDQ model on a few calibration images), keep the 1, 2, 4, ... most sensitive in float until the
+gate is met, then bisect down to the fewest that meet it. The mix must also be faster than fp32 at batch 32 (`min_speedup`), else int8 is refused.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from transfer_engine.core import cpu
+from transfer_engine.errors import TEError
+from transfer_engine.export.quantize import QuantizationError
+from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP, Int8Recipe
+from transfer_engine.export.runtime import CPU, import_ort, open_session, quiet_stdout, run_grouped
+
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+SENSITIVITY_IMAGES = 8     # images the per-node errors are measured on (every activation is kept in memory)
+SPEED_BATCH = 32           # the batch size int8 must beat fp32 at
+
+
+
+
+@dataclass
+class Int8Outcome:
+    """What `quantize_within_budget` did (the "int8" entry of the parity report).
+
+    Attributes:
+        recipe: the `Int8Recipe` as a dict; checked_on: `core.cpu.describe()` of this machine.
+        passed: a mix met the gate and the speed rule; failure: why not (None when passed).
+        quantized_nodes: nodes int8 quantizes when nothing is kept float; float_nodes: those kept in float.
+        steps: every mix tried: {float_groups, float_nodes, selection_agreement, check_agreement, passed}.
+        sensitivity: the most sensitive groups: {node, op, rounding_error, nodes} (`_Quantizer.rank_groups`).
+        speed: {batch, fp32_images_per_second, int8_images_per_second, speedup, min_speedup}.
+        selection: what the steps were judged on.
+    """
+
+    recipe: dict[str, Any]
+    checked_on: dict[str, Any]
+    passed: bool = False
+    failure: str | None = None
+    quantized_nodes: int = 0
+    float_nodes: list[str] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)
+    speed: dict[str, Any] = field(default_factory=dict)
+    selection: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Judge = Callable[[Path], tuple[float, bool]]  # candidate model -> (top-1 agreement on the check images, passed)
+
+
+def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray, *, recipe: Int8Recipe,
+                           check: Judge, min_agreement: float, min_speedup: float = DEFAULT_MIN_SPEEDUP,
+                           workdir: Path, input_name: str = "images", output_name: str = "logits",
+                           say: Callable[[str], None] = lambda _m: None) -> Int8Outcome:
+    """Quantize `fp32_model` to int8 with `recipe`, keeping in float the fewest sensitive nodes that make
+    top-1 agreement meet `min_agreement` on the calibration images (against fp32) and on the check
+    images (`check`, against PyTorch).
+
+    Args:
+        fp32_model: the fp32 ONNX file; out: where the int8 model goes (written even when it fails, for
+            the caller to measure and report).
+        calibration: normalized float32 images [N, 3, S, S] from the training split (ranges, selection).
+        recipe: how to quantize; check: judges a candidate on the held-out check images.
+        min_agreement: the gate; min_speedup: int8 images/s over fp32 at batch 32 that the mix must reach
+            (0 turns the speed rule off).
+        workdir: a scratch folder; say: progress lines.
+
+    Returns:
+        The `Int8Outcome` (the file at `out` is the last mix: the chosen one when it passed).
+
+    Raises:
+        QuantizationError: onnxruntime's tools failed.
+    """
+    import_ort()
+    outcome = Int8Outcome(recipe.to_dict(), cpu.describe(),
+                          selection=f"{len(calibration)} calibration images (top-1 vs the fp32 model) and the "
+                                    "check images (top-1 vs PyTorch)")
+    quantizer = _Quantizer(fp32_model, calibration, recipe, workdir, input_name)
+    reference = quantizer.fp32_logits(output_name)
+
+    def attempt(groups: list[dict[str, Any]]) -> bool:
+        float_nodes = [n for g in groups for n in g["nodes"]]
+        quantizer.quantize(out, float_nodes)
+        selection = _agreement(quantizer.logits(out, output_name), reference)
+        on_check, check_ok = check(out) if selection >= min_agreement else (None, False)
+        ok = selection >= min_agreement and check_ok
+        outcome.steps.append({"float_groups": len(groups), "float_nodes": len(float_nodes),
+                              "selection_agreement": selection, "check_agreement": on_check, "passed": ok})
+        say(f"int8 with {len(groups)} of {len(ranked) or '?'} groups ({len(float_nodes)} nodes) in float: top-1 "
+            f"agreement {selection:.1%} on calibration images"
+            + ("" if on_check is None else f", {on_check:.1%} on check images") + (" (meets the gate)" if ok else ""))
+        return ok
+
+    ranked: list[dict[str, Any]] = []
+    chosen: list[dict[str, Any]] | None = [] if attempt([]) else None
+    if chosen is None:
+        ranked = quantizer.rank_groups(out)
+        outcome.quantized_nodes = sum(len(g["nodes"]) for g in ranked)
+        outcome.sensitivity = [{k: g[k] for k in ("node", "op", "rounding_error")} | {"nodes": len(g["nodes"])}
+                               for g in ranked[:10]]
+        good, bad, k = None, 0, 1
+        while k <= len(ranked):         # 1, 2, 4, ... groups in float until the gate is met
+            if attempt(ranked[:k]):
+                good = k
+                break
+            bad, k = k, (k * 2 if k * 2 <= len(ranked) or k == len(ranked) else len(ranked))
+        if good is not None:
+            while good - bad > 1:       # then the fewest that still meet it
+                mid = (good + bad) // 2
+                if attempt(ranked[:mid]):
+                    good = mid
+                else:
+                    bad = mid
+            chosen = ranked[:good]
+    if chosen is None:
+        outcome.failure = (f"no mix of int8 and float nodes reaches {min_agreement:.1%} top-1 agreement "
+                           f"(recipe {recipe.name}; {len(outcome.steps)} mixes tried)")
+        return outcome
+    chosen = [n for g in chosen for n in g["nodes"]]
+    quantizer.quantize(out, chosen)  # the bisection may have ended on another mix
+    outcome.float_nodes = chosen
+    outcome.speed = quantizer.speed(out, min_speedup)
+    if min_speedup > 0 and outcome.speed["speedup"] < min_speedup:
+        outcome.failure = (f"int8 with {len(chosen)} float node(s) runs at {outcome.speed['speedup']:.2f}x fp32 speed "
+                           f"at batch {SPEED_BATCH}, below --min-int8-speedup {min_speedup:g}: fp32 is the better "
+                           "model here")
+        return outcome
+    outcome.passed = True
+    return outcome
+
+
+def _agreement(logits: np.ndarray, reference: np.ndarray) -> float:
+    return float((logits.argmax(1) == reference.argmax(1)).mean())
+
+
+class _Quantizer:
+    """onnxruntime's static quantization of one model, calibrated once, re-run with other float nodes."""
+
+    def __init__(self, fp32_model: Path, calibration: np.ndarray, recipe: Int8Recipe, workdir: Path,
+                 input_name: str) -> None:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        self.fp32 = Path(fp32_model)
+        self.calibration = np.ascontiguousarray(calibration, dtype=np.float32)
+        self.recipe = recipe
+        self.workdir = workdir
+        self.input_name = input_name
+        self.prepared = workdir / "prepared.onnx"
+        self.cache = workdir / "calibration.json"
+        with _tool_errors("int8"), quiet_stdout():
+            quant_pre_process(str(self.fp32), str(self.prepared))
+
+    def quantize(self, out: Path, float_nodes: Sequence[str]) -> None:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        kwargs: dict[str, Any] = {}
+        # Calibrate once: onnxruntime >= 1.23 keeps the ranges in a file; older ones recalibrate each time.
+        if "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+            kwargs["calibration_cache_path"] = str(self.cache)
+        with _tool_errors("int8"), quiet_stdout():
+            quantize_static(str(self.prepared), str(out), self._reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=self.recipe.per_channel, reduce_range=self.recipe.reduce_range,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(float_nodes), **kwargs)
+
+    def _reader(self, limit: int | None = None):
+        from onnxruntime.quantization import CalibrationDataReader
+
+        batches = [self.calibration[i:i + 16] for i in range(0, len(self.calibration[:limit]), 16)]
+        name = self.input_name
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.items = iter(batches)
+
+            def get_next(self):
+                batch = next(self.items, None)
+                return None if batch is None else {name: batch}
+
+        return Reader()
+
+    def logits(self, model: Path, output_name: str) -> np.ndarray:
+        session = open_session(str(model), CPU)
+        (logits,) = run_grouped(session, list(self.calibration), 32, outputs=[output_name])
+        return logits
+
+    def fp32_logits(self, output_name: str) -> np.ndarray:
+        return self.logits(self.fp32, output_name)
+
+    def rank_groups(self, qdq_model: Path) -> list[dict[str, Any]]:
+        """The quantized nodes in groups, most sensitive first.
+
+        A group is a weighted node (Conv, Gemm, MatMul) with the nodes that follow it on its first input
+        until the next weighted one (its activation, a residual Add, a pool): kept in float together, so
+        that no int8 tensor is left between a float node and its float activation (measured on
+        EfficientNet-Lite0: excluding nodes one by one made agreement fall from 88% to 32% on the way).
+        A group's sensitivity is the worst rounding error of its outputs, |after - before| / |before| of
+        each tensor in the QDQ model (fake quantization, graph optimizations off, a few calibration
+        images): a local measure, blind to the error upstream tensors already carry (ranking by the error
+        accumulated against the float model kept the wrong nodes float)."""
+        import onnx
+        from onnxruntime.quantization.qdq_loss_debug import (collect_activations, create_activation_matching,
+                                                             modify_model_output_intermediate_tensors)
+
+        n = min(SENSITIVITY_IMAGES, len(self.calibration))
+        with _tool_errors("int8 sensitivity"), quiet_stdout():
+            qdq_aug = self.workdir / "qdq.debug.onnx"
+            modify_model_output_intermediate_tensors(str(qdq_model), str(qdq_aug))
+            matching = create_activation_matching(collect_activations(str(qdq_aug), self._reader(n)))
+        rounding: dict[str, float] = {}  # what rounding this tensor alone costs: |post - pre| / |pre|
+        for tensor, match in matching.items():
+            pre = np.concatenate([a.ravel() for a in match["pre_qdq"]]).astype(np.float64)
+            post = np.concatenate([a.ravel() for a in match["post_qdq"]]).astype(np.float64)
+            rounding[tensor] = float(np.linalg.norm(post - pre) / max(np.linalg.norm(pre), 1e-30))
+
+        graph = onnx.load(str(self.prepared)).graph
+        constants = {t.name for t in graph.initializer}
+        producer = {o: n for n in graph.node for o in n.output}
+        groups: dict[str, dict[str, Any]] = {}
+        owner: dict[str, str] = {}  # node -> the weighted node whose group it joins
+        for node in graph.node:     # graph order is topological: a producer's group is known first
+            if not node.name or not node.output:
+                continue
+            if node.op_type in WEIGHTED_OPS and any(i in constants for i in node.input[1:2]):
+                owner[node.name] = node.name
+                groups[node.name] = {"node": node.name, "op": node.op_type, "nodes": [node.name],
+                                     "rounding_error": rounding.get(node.output[0], 0.0)}
+                continue
+            source = producer.get(node.input[0]) if node.input else None
+            if source is None or source.name not in owner:
+                continue
+            owner[node.name] = owner[source.name]
+            group = groups[owner[node.name]]
+            if node.output[0] in rounding:  # an activation, Add, pool... whose output int8 rounds
+                group["nodes"].append(node.name)
+                group["rounding_error"] = max(group["rounding_error"], rounding[node.output[0]])
+        return sorted(groups.values(), key=lambda g: -g["rounding_error"])
+
+    def speed(self, int8_model: Path, min_speedup: float) -> dict[str, Any]:
+        """fp32 and int8 images/s at batch 32 on the CPU provider, timed alternately in this process."""
+        x = np.ascontiguousarray(np.resize(self.calibration, (SPEED_BATCH, *self.calibration.shape[1:])))
+        sessions = {"fp32": open_session(str(self.fp32), CPU), "int8": open_session(str(int8_model), CPU)}
+        best = {k: math.inf for k in sessions}
+        for _ in range(4):  # the first round warms up; the best of the others is kept
+            for k, s in sessions.items():
+                t = time.perf_counter()
+                s.run({self.input_name: x})
+                best[k] = min(best[k], time.perf_counter() - t)
+        fp32, int8 = SPEED_BATCH / best["fp32"], SPEED_BATCH / best["int8"]
+        return {"batch": SPEED_BATCH, "fp32_images_per_second": fp32, "int8_images_per_second": int8,
+                "speedup": int8 / fp32, "min_speedup": min_speedup}
+
+
+class _tool_errors:
+    """onnxruntime's tools fail with every kind of exception: one QuantizationError line instead."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or isinstance(exc, TEError) or not isinstance(exc, Exception):
+            return False
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise QuantizationError(f"onnxruntime could not quantize the model ({self.what}): {first[:300]}") from exc
+
+
+__all__ = ["Int8Outcome", "QuantizationError", "quantize_within_budget"]
