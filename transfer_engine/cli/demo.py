@@ -8,6 +8,7 @@ import click
 
 from transfer_engine.cli._common import emit_json, info, json_option
 from transfer_engine.demo import INT8_MIN_AGREEMENT  # the demo module imports no torch at the top
+from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP
 
 
 @click.command("demo")
@@ -26,15 +27,19 @@ from transfer_engine.demo import INT8_MIN_AGREEMENT  # the demo module imports n
 @click.option("--int8-min-agreement", type=click.FloatRange(0, 1, min_open=True), default=INT8_MIN_AGREEMENT,
               show_default=True, metavar="F",
               help="The int8 model's gate: least top-1 agreement with PyTorch on the check digits "
-                   "(te export's own default is 0.99).")
+                   "(te export's default). Below it, the demo says why and deploys the fp32 model.")
+@click.option("--int8-min-speedup", type=click.FloatRange(0.0, 100.0, max_open=True), default=DEFAULT_MIN_SPEEDUP,
+              show_default=True, metavar="R",
+              help="int8 must run R times as fast as fp32 at batch 32 here, or fp32 is deployed (0: no speed rule).")
 @json_option
 def demo(out: Path, backbone: str | None, limit: int | None, finetune_epochs: int, finetune_size: int | None,
-         int8_min_agreement: float, as_json: bool) -> None:
+         int8_min_agreement: float, int8_min_speedup: float, as_json: bool) -> None:
     """Run the whole te path on scikit-learn's 1,797 real handwritten digits, offline.
 
     te extract (EfficientNet-Lite0, real ImageNet weights) -> te train --head all --sweep -> te finetune
-    --from the best head -> te export --onnx --quantize int8 (parity report) -> te predict with the fp32
-    and int8 models; then the test accuracy of each. The feature cache lives in OUT/cache: a second run
+    --from the best head -> te export --onnx --quantize int8 (parity report; int8 only when it meets
+    te export's gates on this CPU, else fp32 with the reason) -> te predict with each model exported;
+    then the test accuracy of each. The feature cache lives in OUT/cache: a second run
     reuses it and says so.
 
     \b
@@ -46,6 +51,6 @@ def demo(out: Path, backbone: str | None, limit: int | None, finetune_epochs: in
 
     result = run_demo(out, backbone=backbone, limit=limit, say=info if as_json else click.echo,
                       finetune_epochs=finetune_epochs, finetune_input_size=finetune_size,
-                      int8_min_agreement=int8_min_agreement)
+                      int8_min_agreement=int8_min_agreement, int8_min_speedup=int8_min_speedup)
     if as_json:
         emit_json(result.to_dict())
