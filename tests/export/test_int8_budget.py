@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from transfer_engine.export.int8 import quantize_within_budget
+from transfer_engine.export.int8 import _int8_nodes, quantize_within_budget
 from transfer_engine.export.recipes import RECIPES
 
 
@@ -42,7 +42,7 @@ def _quantize(tiny, tmp_path, **kwargs):
     work = tmp_path / "work"
     work.mkdir()
     out = tmp_path / "tiny.int8.onnx"
-    kwargs = {"min_agreement": 1.0, "min_speedup": 0.0, **kwargs}
+    kwargs = {"min_agreement": 0.95, "min_speedup": 0.0, **kwargs}
     outcome = quantize_within_budget(path, out, images, recipe=RECIPES["portable"], check=lambda _p: (1.0, True),
                                      workdir=work, **kwargs)
     return outcome, out
@@ -53,15 +53,18 @@ def _quantize_nodes(path):
 
 
 def test_a_missed_gate_keeps_the_most_sensitive_nodes_in_float_until_it_is_met(tiny, tmp_path):
-    outcome, out = _quantize(tiny, tmp_path)  # 100% top-1 agreement: full int8 flips some of 256 random images
+    # 95% top-1 agreement: full int8 flips about a quarter of 256 random images between 1,000 close classes
+    outcome, out = _quantize(tiny, tmp_path)
     first = outcome.steps[0]
     assert first["float_nodes"] == 0 and not first["passed"] and first["selection_agreement"] < 1.0
     assert outcome.passed and outcome.failure is None
-    assert 0 < len(outcome.float_nodes) <= outcome.quantized_nodes
+    assert outcome.float_nodes and 0 < _int8_nodes(out) < outcome.quantized_nodes  # some int8 is left
     assert outcome.steps[-1]["passed"] or any(s["passed"] and s["float_nodes"] == len(outcome.float_nodes)
                                               for s in outcome.steps)
-    assert [r["rounding_error"] for r in outcome.sensitivity] == sorted(
-        (r["rounding_error"] for r in outcome.sensitivity), reverse=True)
+    ranked = outcome.sensitivity  # the group writing the logits first, then the worst rounding first
+    assert ranked[0]["writes_output"] and ranked[0]["op"] == "Gemm"
+    rest = [r["rounding_error"] for r in ranked if not r["writes_output"]]
+    assert rest == sorted(rest, reverse=True)
     assert outcome.recipe["name"] == "portable" and outcome.checked_on["int8_family"]
     graph_nodes = {n.name for n in onnx.load(str(out)).graph.node}
     assert set(outcome.float_nodes) <= graph_nodes  # the float nodes are still there, unquantized
