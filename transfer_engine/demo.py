@@ -175,9 +175,9 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
                 f"{search['speed']['speedup']:.2f}x fp32 speed at batch 32, {int8['bytes'] / 2**20:.1f} MB vs "
                 f"{fp32['bytes'] / 2**20:.1f} MB")
     else:
+        why = int8_refused.result.report["failures"][0].removeprefix("int8: ")
         step(5, f"te export --onnx --quantize int8: {parity_line}int8 refused on this CPU "
-                f"({search['checked_on']['int8_family']}): {int8_refused.result.report['failures'][0]}; the fp32 "
-                "model is deployed")
+                f"({search['checked_on']['int8_family']}): {why}; the fp32 model is deployed")
 
     test_dir = out / "test-digits"
     n_test = write_test_images(cache_dir, "digits", "builtin:digits", test_dir)

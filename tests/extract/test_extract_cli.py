@@ -67,16 +67,31 @@ def test_incremental_by_content_and_nothing_new_means_no_model_work(te, env, tmp
     assert (third["extracted"], third["reused"], third["total"]) == (0, 23, 23)
 
 
-def test_another_stored_dtype_or_weights_is_a_new_space_never_a_mix(te, env, tmp_path):
+@pytest.fixture
+def tiny_in_process(good_plugin_site, monkeypatch):
+    """The test plugin's tiny_cnn registered in this process (the Python API, no `te` start-up)."""
+    from transfer_engine.backbones import registry
+
+    monkeypatch.syspath_prepend(str(good_plugin_site))
+    registry.reload()
+    yield
+    registry.reload()
+
+
+def test_another_stored_dtype_or_weights_is_a_new_space_never_a_mix(tiny_in_process, tmp_path):
+    # through the Python API: what te extract runs, without three `te` start-ups (the CLI's own
+    # handling of the same options is covered by the tests around this one)
+    from transfer_engine.cache import FeatureCache
+    from transfer_engine.extract import extract
+
     data, cache = tmp_path / "data", tmp_path / "cache"
     make_folder(data, 6)
-    a, _ = extract_json(te, env, "--data", str(data), "--cache", str(cache))
-    b, _ = extract_json(te, env, "--data", str(data), "--cache", str(cache), "--store", "fp16")
-    c, _ = extract_json(te, env, "--data", str(data), "--cache", str(cache), "--seed", "1")
-    assert len({a["space"], b["space"], c["space"]}) == 3
-    assert b["extracted"] == 6 and c["extracted"] == 6
-    info = json.loads(te("cache", "info", str(cache), "--json").stdout)
-    assert len(info["spaces"]) == 3
+    runs = [extract("tiny_cnn", str(data), cache, weights="none", progress=False, **kw)
+            for kw in ({}, {"store": "fp16"}, {"seed": 1})]
+    assert len({r.space for r in runs}) == 3
+    assert [r.extracted for r in runs] == [6, 6, 6]
+    with FeatureCache.open(cache, create=False) as opened:
+        assert len(opened.spaces()) == 3
 
 
 def test_bad_files_are_listed_and_skipped_and_strict_fails(te, env, tmp_path):

@@ -38,7 +38,8 @@ class Int8Outcome:
     Attributes:
         recipe: the `Int8Recipe` as a dict; checked_on: `core.cpu.describe()` of this machine.
         passed: a mix met the gate and the speed rule; failure: why not (None when passed).
-        quantized_nodes: nodes int8 quantizes when nothing is kept float; float_nodes: those kept in float.
+        quantized_nodes: nodes computing on int8 inputs in full int8; float_groups / float_nodes: the node
+            groups (see `_Quantizer.rank_groups`) and the nodes kept in float.
         steps: every mix tried: {float_groups, float_nodes, selection_agreement, check_agreement, passed}.
         sensitivity: the most sensitive groups: {node, op, rounding_error, writes_output, nodes}
             (`_Quantizer.rank_groups`).
@@ -51,6 +52,7 @@ class Int8Outcome:
     passed: bool = False
     failure: str | None = None
     quantized_nodes: int = 0
+    float_groups: int = 0
     float_nodes: list[str] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
@@ -133,13 +135,14 @@ def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray,
         outcome.failure = (f"no mix of int8 and float nodes reaches {min_agreement:.1%} top-1 agreement "
                            f"(recipe {recipe.name}; {len(outcome.steps)} mixes tried)")
         return outcome
+    outcome.float_groups = len(chosen)
     chosen = [n for g in chosen for n in g["nodes"]]
     quantizer.quantize(out, chosen)  # the bisection may have ended on another mix
     outcome.float_nodes = chosen
     outcome.speed = quantizer.speed(out, min_speedup)
     if min_speedup > 0 and outcome.speed["speedup"] < min_speedup:
-        outcome.failure = (f"the model meeting the gate ({len(chosen)} of {outcome.quantized_nodes} quantized "
-                           f"nodes kept in float) runs at {outcome.speed['speedup']:.2f}x fp32 speed at batch "
+        kept = f"{outcome.float_groups} of {len(ranked)} node groups in float" if ranked else "all int8"
+        outcome.failure = (f"the model meeting the gate ({kept}) runs at {outcome.speed['speedup']:.2f}x fp32 speed at batch "
                            f"{SPEED_BATCH} on this CPU, below --min-int8-speedup {min_speedup:g}: fp32 is the better "
                            "model here")
         return outcome
