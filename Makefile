@@ -18,6 +18,10 @@ EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>
 STAMP_TORCH := $(VENV)/.te-torch
 STAMP_INSTALL := $(VENV)/.te-install
 PYTEST_ARGS ?=
+# Two pytest workers (pytest-xdist): most of the suite's time is `te` processes starting (importing
+# torch and torchvision, one core each); measured on the AVX2 family: 19.0 min serial before this
+# session's cuts, 11.1 min with two workers after them.
+PYTEST_WORKERS ?= 2
 
 .PHONY: help setup test test-all demo bench clean
 
@@ -49,10 +53,10 @@ setup: $(STAMP_INSTALL)
 
 # TE_REQUIRE_EXT=1: a broken extension build fails the tests instead of falling back quietly.
 test: setup
-	TE_REQUIRE_EXT=1 $(PY) -m pytest $(PYTEST_ARGS)
+	TE_REQUIRE_EXT=1 $(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-all: setup
-	TE_REQUIRE_EXT=1 $(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+	TE_REQUIRE_EXT=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -m "slow or not slow" $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/te demo --out te-demo
