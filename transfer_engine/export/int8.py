@@ -1,10 +1,12 @@
-"""int8 within an accuracy budget: float kept where int8 costs accuracy (recipes: `export.recipes`).
+"""int8 within an accuracy budget: float kept where int8 costs accuracy (the recipes: `export.recipes`).
 
-The accuracy budget (`quantize_within_budget`): quantize everything; if the top-1 agreement with the
-reference misses the gate, rank the quantized nodes (Conv, Gemm, MatMul, and the Adds, pools, ... whose
-outputs int8 rounds) by the error each one adds (onnxruntime's qdq_loss_debug activations of the float
-and the QDQ model on a few calibration images), keep the 1, 2, 4, ... most sensitive in float until the
-gate is met, then bisect down to the fewest that meet it. The mix must also be faster than fp32 at batch 32 (`min_speedup`), else int8 is refused.
+`quantize_within_budget` quantizes everything first. If top-1 agreement misses the gate, it ranks the
+quantized nodes in groups (a Conv/Gemm/MatMul and what follows it up to the next one: activation,
+residual Add, pool), groups that write a graph output first, then by how much int8 rounding of their
+outputs costs (onnxruntime's qdq_loss_debug on a few calibration images); keeps the 1, 2, 4, ... most
+sensitive groups in float until the gate is met, then bisects down to the fewest that meet it. The mix
+must also be faster than fp32 at batch 32 (`min_speedup`), else int8 is refused: fp32 is then the
+better model. docs/export.md has the measurements behind these choices.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from transfer_engine.export.runtime import CPU, import_ort, open_session, quiet_
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 SENSITIVITY_IMAGES = 8     # images the per-node errors are measured on (every activation is kept in memory)
 SPEED_BATCH = 32           # the batch size int8 must beat fp32 at
-
-
 
 
 @dataclass
