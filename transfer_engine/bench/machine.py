@@ -15,23 +15,11 @@ import time
 from importlib import metadata
 from typing import Any
 
+from transfer_engine.core import cpu
+
 # CPU features that decide which kernels run (ours and oneDNN's).
 _INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
                       "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
-
-
-def _cpuinfo() -> dict[str, str]:
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key and key not in fields:
-                    fields[key] = value.strip()
-    except OSError:
-        pass
-    return fields
 
 
 def _memory_gib() -> float | None:
@@ -60,8 +48,7 @@ def describe_machine() -> dict[str, Any]:
     """
     import torch
 
-    info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
+    flags = cpu.cpu_flags()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -82,7 +69,7 @@ def describe_machine() -> dict[str, Any]:
     from transfer_engine._version import __version__
 
     return {
-        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu": cpu.cpu_model() or platform.machine(),
         "arch": platform.machine(),
         "cores": usable,
         "torch_threads": torch.get_num_threads(),
@@ -125,13 +112,10 @@ def measure_ceilings(seconds: float = 1.0, size: int = 2048) -> dict[str, float]
 
     Returns:
         {"matmul_fp32_gflops", "matmul_bf16_gflops", "memcpy_gbps"}: bf16 only where the CPU has it
-        natively (AVX512-BF16, AMX); elsewhere torch emulates
-        it about 10x slower than fp32 (one 2048^3 product took minutes on an AVX2 EPYC), which is no
-        ceiling of anything te runs.
+        natively (AVX512-BF16, AMX); elsewhere torch emulates it about 10x slower than fp32 (one 2048^3
+        product took minutes on an AVX2 EPYC), which is no ceiling of anything te runs.
     """
     import torch
-
-    from transfer_engine.core import cpu
 
     out: dict[str, float] = {}
     flops = 2.0 * size**3

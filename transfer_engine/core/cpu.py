@@ -34,31 +34,30 @@ INT8_FAMILIES = (X86_VNNI, X86_NO_VNNI, ARM64, OTHER)
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux names them (empty where /proc/cpuinfo is not readable)."""
+def cpu_info() -> dict[str, str]:
+    """The fields of /proc/cpuinfo, first core's value of each (empty where it is not readable)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return frozenset(value.split())
+                key = key.strip()
+                if key and key not in fields:
+                    fields[key] = value.strip()
     except OSError:
         pass
-    return frozenset()
+    return fields
 
 
-@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux names them ("flags" on x86, "Features" on ARM)."""
+    info = cpu_info()
+    return frozenset((info.get("flags") or info.get("Features") or "").split())
+
+
 def cpu_model() -> str:
     """The CPU's model name ("" when unknown)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or ""
+    return cpu_info().get("model name") or platform.processor() or ""
 
 
 def int8_family(flags: frozenset[str] | None = None, machine: str | None = None) -> str:
