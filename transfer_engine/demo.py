@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP  # no torch, no numpy
+
 DEMO_BACKBONES = ("efficientnet_lite0", "resnet18")  # the first one installed is used
 STEPS = 6
 # The demo's int8 gate is te export's own: 99% top-1 agreement with PyTorch on the held-out digits, and
 # faster than fp32 on this CPU. Where no int8 mix meets both (te export keeps sensitive nodes in float
 # first), the demo says why and deploys the fp32 model: it never ships an int8 model te would refuse.
-INT8_MIN_AGREEMENT = 0.99
+INT8_MIN_AGREEMENT = 0.99  # export.parity.DEFAULT_MIN_AGREEMENT, spelt here: parity imports numpy, te --help must not
 
 
 @dataclass
@@ -85,7 +87,7 @@ def write_test_images(cache_dir: Path, dataset: str, data: str, folder: Path) ->
 
 def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, say: Callable[[str], None] = print,
              finetune_epochs: int = 1, finetune_input_size: int | None = None,
-             int8_min_agreement: float = INT8_MIN_AGREEMENT, int8_min_speedup: float = 1.0,
+             int8_min_agreement: float = INT8_MIN_AGREEMENT, int8_min_speedup: float = DEFAULT_MIN_SPEEDUP,
              progress: bool = True) -> DemoResult:
     """Run the demo, printing one line per step with `say`; its files go into `out`.
 
@@ -183,7 +185,8 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
     n_test = write_test_images(cache_dir, "digits", "builtin:digits", test_dir)
     fp32_file = exported.files["fp32"] if int8_refused is None else exported.model
     fp32_pred = predict(fp32_file, str(test_dir), out=out / "predictions.fp32.csv")
-    int8_pred = predict(exported.model, str(test_dir), out=out / "predictions.int8.csv") if int8_refused is None else None
+    int8_pred = (predict(exported.model, str(test_dir), out=out / "predictions.int8.csv") if int8_refused is None
+                 else None)
     step(6, f"te predict (onnxruntime, {fp32_pred.provider}) on the {n_test} test digits: fp32 "
             f"{_pct(fp32_pred.accuracy)} ({fp32_pred.images_per_second:.0f} img/s)"
             + ("" if int8_pred is None else

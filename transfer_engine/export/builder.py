@@ -19,6 +19,7 @@ from transfer_engine.export import parity
 from transfer_engine.export.images import ImageSet
 from transfer_engine.export.metadata import InputSpec, input_spec, metadata_for, write_with_metadata
 from transfer_engine.export.onnx_export import INPUT, OUTPUTS, export_classifier, extract_part
+from transfer_engine.export.recipes import DEFAULT_INT8_TARGET, DEFAULT_MIN_SPEEDUP, RECIPES
 from transfer_engine.export.runtime import (CPU, RuntimeUnavailableError, Session, available_providers, open_session,
                                            run_grouped, uint8_array)
 
@@ -51,8 +52,8 @@ class Builder:
     def build_and_check(self, model: Any, ref: parity.Reference, x: np.ndarray, images: list[Any], *,
                         quantize: str | None, preprocess: bool, split: bool, cal_set: ImageSet | None,
                         batch_sizes: list[int], min_agreement: float, providers: Sequence[str] | None,
-                        timings: dict[str, float], int8_target: str = "portable",
-                        min_int8_speedup: float = 1.0) -> dict[str, Any]:
+                        timings: dict[str, float], int8_target: str = DEFAULT_INT8_TARGET,
+                        min_int8_speedup: float = DEFAULT_MIN_SPEEDUP) -> dict[str, Any]:
         """Export, quantize, join preprocessing, split, and measure everything; returns the report."""
         self.providers = available_providers(providers)
         variants = ["fp32"] + ([quantize] if quantize else [])
@@ -122,7 +123,6 @@ class Builder:
                   x: np.ndarray, min_agreement: float, int8_target: str, min_int8_speedup: float
                   ) -> dict[str, Any] | None:
         from transfer_engine.export.int8 import quantize_within_budget
-        from transfer_engine.export.recipes import RECIPES
         from transfer_engine.export.quantize import convert_fp16
 
         if quantize == "fp16":

@@ -27,6 +27,7 @@ from transfer_engine.errors import TEError, UsageError
 from transfer_engine.export import parity
 from transfer_engine.export.builder import Builder
 from transfer_engine.export.onnx_export import DEFAULT_OPSET, check_opset
+from transfer_engine.export.recipes import DEFAULT_INT8_TARGET, DEFAULT_MIN_SPEEDUP, INT8_TARGETS
 from transfer_engine.export.runtime import import_ort
 
 Log = Callable[[str], None]
@@ -68,7 +69,8 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
                 calibration_data: str | None = None, batch_sizes: Sequence[int] = (1, 8), check_size: int = 200,
                 calibration_size: int = 128, min_agreement: float = parity.DEFAULT_MIN_AGREEMENT,
                 exporter: str = "auto", overwrite: bool = False, providers: Sequence[str] | None = None,
-                int8_target: str = "portable", min_int8_speedup: float = 1.0, log: Log | None = None) -> ExportResult:
+                int8_target: str = DEFAULT_INT8_TARGET, min_int8_speedup: float = DEFAULT_MIN_SPEEDUP,
+                log: Log | None = None) -> ExportResult:
     """Export a `te train`/`te finetune` run to ONNX and prove it matches PyTorch on real held-out images.
 
     Args:
@@ -89,7 +91,7 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
         exporter: "auto", "torchscript" or "dynamo" (see `transfer_engine.export.onnx_export`).
         overwrite: replace existing files at `out` (otherwise that is a UsageError, before any work).
         providers: onnxruntime providers to check on (default: every one available: TensorRT, CUDA, CPU).
-        int8_target: the int8 recipe (`transfer_engine.export.int8.RECIPES`): "portable" (7-bit weights, the
+        int8_target: the int8 recipe (`transfer_engine.export.recipes.RECIPES`): "portable" (7-bit weights, the
             same integer results on CPUs with and without VNNI) or "vnni" (8-bit weights, VNNI CPUs only).
         min_int8_speedup: int8 must run at least this many times as fast as fp32 at batch 32 on the CPU
             (after keeping sensitive nodes in float to meet `min_agreement`); 0 turns the rule off.
@@ -218,8 +220,6 @@ def _check_arguments(out: Path, quantize: str | None, layout: str, batch_sizes: 
 
 
 def _check_int8(int8_target: str, min_int8_speedup: float) -> None:
-    from transfer_engine.export.recipes import INT8_TARGETS
-
     if int8_target not in INT8_TARGETS:
         raise UsageError(f"--int8-target {int8_target!r}: expected one of {', '.join(INT8_TARGETS)}")
     if not 0.0 <= min_int8_speedup < 100.0:
