@@ -15,7 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
+from transfer_engine.extract.engines import ort_available
+
 TINY = ["--backbone", "tiny_cnn", "--weights", "none"]  # from tests/plugins/te-test-good: fast
+# The tests that compare two caches bit for bit name the backend: `auto` decides per cache by timing,
+# and two backends compute the same space only within cosine 0.99999, not to the bit. onnxruntime when
+# installed, so that resuming and torchrun are covered with the exported model too.
+ONE_BACKEND = ["--backend", "onnxruntime" if ort_available(torch.device("cpu")) else "torch"]
 
 
 def make_folder(root, n, start=0, size=40):
@@ -173,7 +179,7 @@ def wait_for_rows(cache_dir, at_least, proc, timeout=120):
 def test_kill_9_mid_run_then_the_same_command_resumes_to_the_uninterrupted_result(te, env, tmp_path):
     data = tmp_path / "data"
     make_folder(data, 240, size=24)
-    args = [*TINY, "--data", str(data), "--batch-size", "4", "--workers", "1"]
+    args = [*TINY, *ONE_BACKEND, "--data", str(data), "--batch-size", "4", "--workers", "1"]
     full_env = {**os.environ, **env}
     proc = subprocess.Popen([sys.executable, "-m", "transfer_engine", "extract", *args, "--cache",
                              str(tmp_path / "killed")], env=full_env, stdout=subprocess.DEVNULL,
@@ -198,11 +204,12 @@ def test_kill_9_mid_run_then_the_same_command_resumes_to_the_uninterrupted_resul
 def test_two_processes_under_torchrun_build_the_same_cache_as_one(te, env, tmp_path):
     data = tmp_path / "data"
     make_folder(data, 30)
-    one, _ = extract_json(te, env, "--data", str(data), "--cache", str(tmp_path / "one"))
+    one, _ = extract_json(te, env, *ONE_BACKEND, "--data", str(data), "--cache", str(tmp_path / "one"))
     full_env = {**os.environ, **env}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-         "transfer_engine", "extract", *TINY, "--data", str(data), "--cache", str(tmp_path / "two"), "--json"],
+         "transfer_engine", "extract", *TINY, *ONE_BACKEND, "--data", str(data), "--cache", str(tmp_path / "two"),
+         "--json"],
         env=full_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     two = json.loads(proc.stdout)

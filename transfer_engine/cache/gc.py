@@ -5,8 +5,9 @@ backbones). Shards whose rows all died are deleted; shards with some dead rows a
 rows are copied (raw bytes, no re-encoding) through the ordinary append path, the index is re-pointed in
 one transaction, and only then are the old files unlinked. A crash midway leaves either the old state or
 the new one, plus at worst orphan files that the next gc removes. Files of interrupted writers (orphans,
-uncommitted tails) are removed too. Runs under the writer lock; readers keep reading (a reader that
-located rows before gc rewrote their shard gets a clear error and locates again).
+uncommitted tails) are removed too, and artifact files no name points at. Runs under the writer lock;
+readers keep reading (a reader that located rows before gc rewrote their shard gets a clear error and
+locates again).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from transfer_engine.cache import artifacts
 from transfer_engine.cache import shards as shardfile
 from transfer_engine.cache.writer import ShardWriter
 
@@ -34,6 +36,7 @@ class GcReport:
     shards_removed: int = 0
     shards_rewritten: int = 0
     orphan_files: int = 0
+    artifacts_removed: int = 0
     bytes_freed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,7 +107,11 @@ def collect_garbage(cache: "FeatureCache", dry_run: bool = False) -> GcReport:
         with index.snapshot():
             plan = _plan(cache)
             digests = {s.id: s.digest for s in index.spaces()}
-        return _report(plan, digests, dry_run=True, freed=plan.estimate, orphans=len(plan.orphans))
+        stale = artifacts.unreferenced(cache)
+        report = _report(plan, digests, dry_run=True, orphans=len(plan.orphans),
+                         freed=plan.estimate + sum(p.stat().st_size for p in stale if p.exists()))
+        report.artifacts_removed = len(stale)
+        return report
     with cache.lock:
         before = _disk_bytes(cache)
         with index.write():
@@ -115,7 +122,11 @@ def collect_garbage(cache: "FeatureCache", dry_run: bool = False) -> GcReport:
             (cache.root / relpath).unlink(missing_ok=True)
         cache.maps.forget()
         orphans = _remove_orphans_and_tails(cache)
-    return _report(plan, digests, dry_run=False, freed=max(0, before - _disk_bytes(cache)), orphans=orphans)
+        stale, stale_bytes = artifacts.remove_unreferenced(cache)
+    report = _report(plan, digests, dry_run=False, freed=max(0, before - _disk_bytes(cache)) + stale_bytes,
+                     orphans=orphans)
+    report.artifacts_removed = stale
+    return report
 
 
 def _apply(cache: "FeatureCache", index: "Index", plan: _Plan) -> list[str]:

@@ -172,8 +172,16 @@ class Index:
             self._conn.executemany(sql, rows)
 
     # -- meta -------------------------------------------------------------------------------------------
+    def delete_meta(self, key: str) -> None:
+        self._x("DELETE FROM meta WHERE key = ?", (key,))
+
     def set_meta(self, key: str, value: str) -> None:
         self._x("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def meta_with_prefix(self, prefix: str) -> dict[str, str]:
+        """{key: value} of every meta entry whose key starts with `prefix`."""
+        rows = self._q("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
+        return dict(rows)
 
     def meta(self, key: str) -> str | None:
         rows = self._q("SELECT value FROM meta WHERE key = ?", (key,))

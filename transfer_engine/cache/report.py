@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from transfer_engine.cache import artifacts
 from transfer_engine.cache.space import FORMAT_VERSION
 
 if TYPE_CHECKING:
@@ -58,11 +59,14 @@ def describe(cache: "FeatureCache") -> dict[str, Any]:
                 "coverage": {s.digest: index.dataset_coverage(name, s.id) for s in space_rows},
             })
     index_bytes = sum(_size(cache.root / f) for f in ("index.sqlite", "index.sqlite-wal"))
+    stored = [{"name": name, "file": r["file"], "bytes": r["bytes"]}
+              for name, r in sorted(artifacts.records(cache).items())]
     return {
         "cache": str(cache.root),
         "format_version": FORMAT_VERSION,
-        "bytes": index_bytes + sum(s["bytes"] for s in spaces),
+        "bytes": index_bytes + sum(s["bytes"] for s in spaces) + sum(a["bytes"] for a in stored),
         "index_bytes": index_bytes,
         "spaces": spaces,
         "datasets": datasets,
+        "artifacts": stored,
     }

@@ -4,6 +4,7 @@
     DIR/index.sqlite        the index (WAL): spaces, shards, checksums, rows, data sets
     DIR/writer.lock         the writer lock (flock)
     DIR/shards/<space>/NNNNNN.shard
+    DIR/artifacts/<sha256><suffix>   files kept beside the rows, by content (`transfer_engine.cache.artifacts`)
 
 Opening a cache and reading it never takes the writer lock; every change does, one operation at a time.
 This module needs no torch (so `te cache info` answers at once); the feature rows themselves are handled
@@ -16,7 +17,7 @@ import json
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from transfer_engine._durable import replace_durably
 from transfer_engine.cache.index import Index, SpaceRow
@@ -36,7 +37,8 @@ MARKER = "te-cache.json"
 INDEX = "index.sqlite"
 LOCK = "writer.lock"
 FORMAT_NAME = "te-feature-cache"
-_OWN_ENTRIES = {MARKER, MARKER + ".tmp", INDEX, INDEX + "-wal", INDEX + "-shm", INDEX + "-journal", LOCK, "shards"}
+_OWN_ENTRIES = {MARKER, MARKER + ".tmp", INDEX, INDEX + "-wal", INDEX + "-shm", INDEX + "-journal", LOCK, "shards",
+                "artifacts"}
 
 
 class FeatureCache:
@@ -172,6 +174,20 @@ class FeatureCache:
         """What `set_provenance` recorded for the space (None for spaces written without it)."""
         text = self.index.meta(f"provenance:{space_id}")
         return json.loads(text) if text else None
+
+    # -- artifacts --------------------------------------------------------------------------------------
+    def put_artifact(self, name: str, write: Callable[[Path], None], suffix: str = "") -> Path:
+        """Store the file `write(tmp_path)` writes as artifact `name` (content-addressed; see
+        `transfer_engine.cache.artifacts`); returns the stored file."""
+        from transfer_engine.cache import artifacts
+
+        return artifacts.put(self, name, write, suffix)
+
+    def artifact(self, name: str) -> tuple[Path | None, str]:
+        """Artifact `name`'s file once its SHA-256 checks out, or (None, why not: "not stored", "missing", ...)."""
+        from transfer_engine.cache import artifacts
+
+        return artifacts.get(self, name)
 
     def shard_path(self, space_digest: str, shard_id: int) -> Path:
         """The file of one shard."""

@@ -14,6 +14,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from transfer_engine.cache import artifacts
 from transfer_engine.cache import shards as shardfile
 from transfer_engine.errors import CorruptCacheError
 
@@ -94,7 +95,20 @@ def verify_cache(cache: "FeatureCache") -> VerifyReport:
         _verify_shard(cache, space, shard, relpath, blocks[shard.id], report)
     for orphan in shardfile.orphan_files(cache.root, expected):
         report.notes.append(f"{orphan}: not in the index (left by an interrupted writer; te cache gc removes it)")
+    _verify_artifacts(cache, report)
     return report
+
+
+def _verify_artifacts(cache: "FeatureCache", report: VerifyReport) -> None:
+    """Each named artifact's size and SHA-256; files no name points at are notes (gc removes them)."""
+    for name, record in sorted(artifacts.records(cache).items()):
+        problem = artifacts.check(cache.root / record["file"], record)
+        report.bytes_checked += record["bytes"] if not problem else 0
+        if problem:
+            report.problems.append(Problem(record["file"], f"artifact {name}: {problem} (te rebuilds it when it "
+                                                           "next needs it; te cache gc removes the damaged file)"))
+    for path in artifacts.unreferenced(cache):
+        report.notes.append(f"{artifacts.FOLDER}/{path.name}: no artifact name points at it (te cache gc removes it)")
 
 
 def _verify_shard(cache: "FeatureCache", space: "SpaceRow", shard: "ShardRow", relpath: str,

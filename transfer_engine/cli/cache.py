@@ -61,6 +61,10 @@ def info(directory: str, as_json: bool) -> None:
         click.echo("(no data sets)")
     for d in summary["datasets"]:
         click.echo(f"\nlabels of {d['name']}: " + ", ".join(f"{k}={v}" for k, v in d["labels"].items()))
+    if summary["artifacts"]:
+        click.echo("")
+        table([(a["name"], a["file"], _human(a["bytes"])) for a in summary["artifacts"]],
+              ["artifact", "file", "on disk"])
 
 
 @cache.command("verify")
@@ -103,7 +107,8 @@ def gc(directory: str, dry_run: bool, as_json: bool) -> None:
     verb = "would drop" if dry_run else "dropped"
     click.echo(f"{verb} {report.rows_dropped} rows, {len(report.spaces_dropped)} spaces, "
                f"{report.shards_removed} shards (rewrote {report.shards_rewritten}), "
-               f"{report.orphan_files} orphan files; {'would free about' if dry_run else 'freed'} "
+               f"{report.orphan_files} orphan files, {report.artifacts_removed} stale artifacts; "
+               f"{'would free about' if dry_run else 'freed'} "
                f"{_human(report.bytes_freed)}")
     for space in report.spaces_dropped:
         click.echo(f"  space {space[:12]}")

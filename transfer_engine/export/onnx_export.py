@@ -20,9 +20,12 @@ fails on a model. Parity is checked on the file written, whichever exporter wrot
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import nn
@@ -38,7 +41,8 @@ DEFAULT_OPSET = 18  # widely served (TensorRT, ORT >= 1.14), and the first with 
 TORCHSCRIPT_OPSETS = (7, 20)
 DYNAMO_OPSETS = (18, 23)
 INPUT = "images"
-OUTPUTS = ("logits", "features")
+FEATURES = "features"
+OUTPUTS = ("logits", FEATURES)
 
 
 class ExportError(TEError):
@@ -111,16 +115,36 @@ def export_classifier(model: nn.Module, path: str | os.PathLike, *, crop_size: i
     Raises:
         ExportError: torch.onnx failed, or the graph it wrote has a fixed batch axis.
     """
+    return _export_with_fallback(LogitsAndFeatures(model).eval(), str(path), crop_size, opset, exporter, OUTPUTS)
+
+
+def export_backbone(backbone: nn.Module, path: str | os.PathLike, *, crop_size: int, opset: int = DEFAULT_OPSET,
+                    exporter: str = "auto") -> str:
+    """Export a backbone alone: input "images" float32 [batch, 3, S, S], output "features" (what te
+    extract computes with onnxruntime); the batch axis dynamic.
+
+    Returns:
+        The exporter that wrote the file.
+
+    Raises:
+        ExportError: torch.onnx failed, or the graph it wrote has a fixed batch axis.
+        UsageError: no exporter of this torch writes `opset`.
+    """
+    opset, exporter = check_opset(opset, exporter)
+    return _export_with_fallback(backbone.eval(), str(path), crop_size, opset, exporter, (FEATURES,))
+
+
+def _export_with_fallback(module: nn.Module, path: str, crop_size: int, opset: int, exporter: str,
+                          outputs: tuple[str, ...]) -> str:
     import onnx
 
-    wrapped = LogitsAndFeatures(model).eval()
     try:
-        _export(wrapped, str(path), crop_size, opset, exporter)
+        _export(module, path, crop_size, opset, exporter, outputs)
     except Exception as exc:
         if exporter == "torchscript" and DYNAMO_OPSETS[0] <= opset <= DYNAMO_OPSETS[1]:
             exporter = "dynamo"
             try:
-                _export(wrapped, str(path), crop_size, opset, exporter)
+                _export(module, path, crop_size, opset, exporter, outputs)
             except Exception as exc2:
                 raise ExportError(f"torch.onnx could not export the model: {_first_line(exc2)}") from exc2
         else:
@@ -132,18 +156,44 @@ def export_classifier(model: nn.Module, path: str | os.PathLike, *, crop_size: i
     return exporter
 
 
-def _export(module: nn.Module, path: str, crop_size: int, opset: int, exporter: str) -> None:
+def _export(module: nn.Module, path: str, crop_size: int, opset: int, exporter: str,
+            outputs: tuple[str, ...]) -> None:
     example = (torch.zeros(2, 3, crop_size, crop_size),)  # 2, not 1: tracing never specializes it
-    with warnings.catch_warnings(), quiet_stdout(), torch.no_grad():
+    # Traced with autograd on: under no_grad, nn.MultiheadAttention takes its fused fast path
+    # (aten::_native_multi_head_attention), which the TorchScript exporter cannot write, and a ViT then
+    # falls back to the dynamo exporter (31 s instead of 5). The C++ side prints the whole graph on a
+    # failed export to the process's stdout: discarded, since the error itself is raised.
+    grad = torch.enable_grad() if exporter == "torchscript" else torch.no_grad()
+    with warnings.catch_warnings(), quiet_stdout(), _native_output_discarded(), grad:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
         if exporter == "torchscript":
             torch.onnx.export(module, example, path, dynamo=False, opset_version=opset, input_names=[INPUT],
-                              output_names=list(OUTPUTS), do_constant_folding=True,
-                              dynamic_axes={name: {0: "batch"} for name in (INPUT, *OUTPUTS)})
+                              output_names=list(outputs), do_constant_folding=True,
+                              dynamic_axes={name: {0: "batch"} for name in (INPUT, *outputs)})
         else:
             torch.onnx.export(module, example, path, dynamo=True, opset_version=opset, input_names=[INPUT],
-                              output_names=list(OUTPUTS), dynamic_shapes=({0: torch.export.Dim("batch")},),
+                              output_names=list(outputs), dynamic_shapes=({0: torch.export.Dim("batch")},),
                               verbose=False)
+
+
+@contextlib.contextmanager
+def _native_output_discarded() -> Iterator[None]:
+    """What C++ code writes to file descriptors 1 and 2 while inside goes to a discarded temp file."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
 
 
 def extract_part(model_path: str, out_path: str, inputs: list[str], outputs: list[str]) -> "onnx.ModelProto":

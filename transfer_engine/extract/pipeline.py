@@ -7,7 +7,6 @@ flight, so memory stays bounded however many images stream through.
 
 from __future__ import annotations
 
-import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -16,6 +15,7 @@ import torch
 
 from transfer_engine._prefetch import prefetched
 from transfer_engine.backbones.spec import Backbone
+from transfer_engine.extract.engines import TorchEngine, autocast_context, prepare_model  # noqa: F401 (re-exported)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -46,34 +46,22 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def autocast_context(device: torch.device, precision: str):
-    """The autocast context for a compute precision ("fp32" is a no-op)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:
-    """The backbone's model on `device`, in eval mode, channels_last (faster convolutions on CPU and GPU)."""
-    model = backbone.model.to(device).eval()
-    return model.to(memory_format=torch.channels_last)
-
-
 class FeatureExtractor:
     """Runs a backbone over a stream of `Item`s in batches.
 
     Args:
         backbone: the built backbone (its preprocessing is used for every image).
-        device: where the model runs.
-        precision: "fp32", "bf16" or "fp16" compute (autocast); features come back as float32.
+        device: where the features end up (and the model runs).
+        precision: "fp32", "bf16" or "fp16" compute (autocast) of the default PyTorch engine.
         batch_size: images per forward pass.
         workers: decode/transform threads.
         prefetch: batches prepared ahead of the model (bounds memory).
+        engine: what computes the features (`transfer_engine.extract.engines`; default: PyTorch in
+            `precision`); they come back as float32.
     """
 
     def __init__(self, backbone: Backbone, device: torch.device, precision: str = "fp32",
-                 batch_size: int = 32, workers: int = 2, prefetch: int = 2) -> None:
+                 batch_size: int = 32, workers: int = 2, prefetch: int = 2, engine=None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.backbone = backbone
@@ -88,7 +76,7 @@ class FeatureExtractor:
         # and so would need a new feature space and the same resizer wherever features are computed (predict,
         # finetune). PIL's JPEG draft mode fails the cosine bound (0.967). Figures: docs/extract.md.
         self.transform = backbone.transform()
-        self.model = prepare_model(backbone, device)
+        self.engine = engine if engine is not None else TorchEngine(backbone, device, precision)
 
     def _prepare(self, item: Item) -> tuple[Item, torch.Tensor | None, str | None]:
         try:
@@ -137,7 +125,5 @@ class FeatureExtractor:
         if not tensors:
             empty = torch.empty(0, self.backbone.feature_dim, device=self.device)
             return Batch([], [], empty, reasons, failed_keys)
-        x = torch.stack(tensors).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), autocast_context(self.device, self.precision):
-            features = self.model(x)
-        return Batch([i.key for i in items], [i.path for i in items], features.float(), reasons, failed_keys)
+        features = self.engine(torch.stack(tensors))
+        return Batch([i.key for i in items], [i.path for i in items], features, reasons, failed_keys)

@@ -21,7 +21,7 @@ from transfer_engine.data.sources import DataSource, Sample, content_key, derive
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.extract import distributed as dist
 from transfer_engine.extract.pipeline import FeatureExtractor, Item
-from transfer_engine.extract.precision import choose_precision
+from transfer_engine.extract.backend import calibration_batch, choose
 from transfer_engine.extract.progress import Progress
 from transfer_engine.extract.spool import RecordSpool
 
@@ -44,6 +44,8 @@ class ExtractSummary:
     images_per_second: float
     precision: str = "fp32"
     precision_reason: str = ""
+    backend: str = "torch"
+    backend_measured: dict = field(default_factory=dict)
     store: str = "int8"
     device: str = "cpu"
     weights: str = ""
@@ -73,7 +75,8 @@ def resolve_device(device: str) -> torch.device:
 
 def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str = "DEFAULT",
             name: str | None = None, batch_size: int | None = None, workers: int | None = None,
-            device: str = "auto", precision: str = "auto", store: str = "int8", limit: int | None = None,
+            device: str = "auto", precision: str = "auto", backend: str = "auto", store: str = "int8",
+            limit: int | None = None,
             strict: bool = False, seed: int = 0, progress: bool = True) -> ExtractSummary:
     """Extract features of `data` with `backbone` into the cache at `cache`.
 
@@ -86,8 +89,9 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
         batch_size: images per forward pass (default: 32 on CPU, 128 on CUDA).
         workers: decode/transform threads (default: the number of CPUs, at most 8).
         device: "auto", "cpu" or "cuda".
-        precision: "auto", "fp32", "bf16" or "fp16" compute; auto picks the fastest that keeps
-            features within the accuracy bound (see transfer_engine.extract.precision).
+        precision: "auto", "fp32", "bf16" or "fp16" compute.
+        backend: "auto", "torch" or "onnxruntime"; auto (with precision auto) picks the fastest pair
+            that keeps features within bound of PyTorch fp32 (see transfer_engine.extract.backend).
         store: stored dtype of the rows: "int8" (per-row scale), "fp16" or "fp32".
         limit: use only the first N images of the data set.
         strict: a file that cannot be read or decoded is an error (exit 1) instead of a warning.
@@ -123,8 +127,8 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     bb = create_backbone(backbone, weights=weights, seed=seed)
     cache_obj = FeatureCache.open(cache)
     try:
-        chosen, reason = choose_precision(precision, bb, target, cache_obj, source,
-                                          _limited(source.samples(), limit))
+        how = _choose_backend(backend, precision, bb, target, cache_obj, source, limit, world)
+        chosen = how.precision
         space = cache_obj.space(FeatureSpace.of_backbone(bb, stored=store, precision=chosen))
         batch = batch_size or (128 if target.type == "cuda" else 32)
         threads = workers or min(8, os.cpu_count() or 1)
@@ -133,7 +137,8 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
             run = _Run()
             mine = ((i, s) for i, s in enumerate(_limited(source.samples(), limit)) if i % world == rank)
             items = _pending(source, mine, space, spool, run, meter)
-            extractor = FeatureExtractor(bb, target, chosen, batch, threads)
+            engine = how.engine(bb, target, threads=torch.get_num_threads())
+            extractor = FeatureExtractor(bb, target, chosen, batch, threads, engine=engine)
             for out in extractor.run(items):
                 run.failed.extend(out.failed)
                 run.decode_failures.extend(zip(out.failed_keys, out.failed))
@@ -150,8 +155,11 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
             else:
                 outcome = _merge_and_write(cache_obj, space, dataset, source.class_names, spool, ranks, rank)
             if rank == 0:
+                earlier = cache_obj.provenance(space.id) or {}
+                backends = sorted({*earlier.get("backends", []), how.backend})
                 cache_obj.set_provenance(space.id, {"backbone": bb.name, "weights": bb.weights, "seed": bb.seed,
-                                                    "plugin": bb.plugin, "data": data, "dataset": dataset})
+                                                    "plugin": bb.plugin, "data": data, "dataset": dataset,
+                                                    "backends": backends})
         reused, failed, splits = dist.from_rank0(outcome)
         dist.barrier()
         seconds = time.perf_counter() - start
@@ -159,7 +167,8 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
             dataset=dataset, backbone=bb.name, space=space.id, total=total, extracted=extracted,
             reused=reused, failed=failed, seconds=round(seconds, 3),
             images_per_second=round(extracted / seconds, 2) if seconds > 0 else 0.0,
-            precision=chosen, precision_reason=reason, store=store, device=str(target), weights=bb.weights,
+            precision=chosen, precision_reason=how.reason, backend=how.backend, backend_measured=how.measured,
+            store=store, device=str(target), weights=bb.weights,
             cache=str(cache_obj.root), classes=len(source.class_names), splits=splits,
         )
     finally:
@@ -169,6 +178,22 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
         raise TEError(f"{len(summary.failed)} file(s) could not be read or decoded (--strict), first: "
                       f"{first['path']}: {first['reason']}")
     return summary
+
+
+def _choose_backend(backend: str, precision: str, bb, target: torch.device, cache, source: DataSource,
+                    limit: int | None, world: int):
+    """The backend decision; under torchrun rank 0 makes (or finds) it first and the others then find it."""
+    def decide():
+        return choose(backend, precision, bb, target, cache,
+                      lambda: calibration_batch(bb, source, _limited(source.samples(), limit)),
+                      threads=torch.get_num_threads())
+
+    if world == 1:
+        return decide()
+    rank, _ = dist.rank_and_world()
+    how = decide() if rank == 0 else None
+    dist.barrier()
+    return how if rank == 0 else decide()
 
 
 class _InFlight:

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any, Mapping
 
 from transfer_engine._durable import fsync_dir, fsync_file
+from transfer_engine.core.process import pid_alive
 from transfer_engine.errors import UsageError
 from transfer_engine.runs.format import RUN_JSON
 
@@ -125,12 +126,4 @@ def _pid_alive(text: str) -> bool:
         pid = int(text)
     except ValueError:
         return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and pid_alive(pid)
