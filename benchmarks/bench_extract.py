@@ -358,7 +358,8 @@ def main() -> None:
         peak_rss_mb(few_files, tmp / "rss-cache")  # extracts the unique images: the runs below reuse all
         few = peak_rss_mb(few_files, tmp / "rss-cache")
         many = peak_rss_mb(linked_folder(tmp / "many", folder, rss_files), tmp / "rss-cache")
-        pil_ms, tvio_ms, pixel_diff = preprocess_ms(folder, e2e[0])
+        # ResNet-50's transform resizes these 256 px JPEGs to 232; Lite0's (resize 256) would not resample
+        pil_ms, tvio_ms, pixel_diff = preprocess_ms(folder, "resnet50")
 
     rss_note = f"{RSS_BACKBONE}; hard links to the benchmark's JPEGs, all reused: the per-file path alone"
     if args.quick:
