@@ -7,7 +7,8 @@ for extraction, so the export is paid once per cache and not once per run).
 The cache knows nothing of what an artifact is; its user names it (a name that hashes everything the
 file depends on) and writes it. Writing goes to a temp file in artifacts/ (named with the writer's pid),
 is hashed, fsynced and renamed to its digest, then the name is committed under the writer lock: a crash
-leaves at worst a temp file, which `te cache gc` removes once its writer is gone. Reading re-hashes the
+leaves at worst a temp file, which `te cache gc` removes once its writer is gone (the rename and the
+name are one step under the lock, so gc never takes a stored file for an unnamed one). Reading re-hashes the
 file: a damaged artifact is never used (the caller writes it again; `te cache verify` names it).
 """
 
@@ -52,14 +53,23 @@ def put(cache: "FeatureCache", name: str, write: Callable[[Path], None], suffix:
         write(tmp)
         digest, size = sha256_of(tmp), os.stat(tmp).st_size
         target = folder / f"{digest}{suffix}"
-        replace_durably(tmp, target)
+        record = {"sha256": digest, "bytes": size, "file": f"{FOLDER}/{target.name}"}
+        # rename and name in one hold of the lock: gc (which holds it) never sees the file unnamed
+        with cache.lock, cache.index.write():
+            replace_durably(tmp, target)
+            cache.index.set_meta(_META + name, json.dumps(record, sort_keys=True))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    record = {"sha256": digest, "bytes": size, "file": f"{FOLDER}/{target.name}"}
-    with cache.lock, cache.index.write():
-        cache.index.set_meta(_META + name, json.dumps(record, sort_keys=True))
     return target
+
+
+def forget(cache: "FeatureCache", name: str) -> None:
+    """Drop artifact `name` and every file no name points at any more."""
+    with cache.lock:
+        with cache.index.write():
+            cache.index.delete_meta(_META + name)
+        remove_unreferenced(cache)
 
 
 def get(cache: "FeatureCache", name: str) -> tuple[Path | None, str]:

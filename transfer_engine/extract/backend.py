@@ -270,9 +270,7 @@ def _exported(backbone, cache) -> Path:
 def _forget_exported(backbone, cache) -> None:
     from transfer_engine.cache import artifacts
 
-    with cache.lock, cache.index.write():
-        cache.index.delete_meta("artifact:" + artifact_name(backbone))
-    artifacts.remove_unreferenced(cache)
+    artifacts.forget(cache, artifact_name(backbone))
 
 
 # -- remembering ----------------------------------------------------------------------------------------------
