@@ -7,6 +7,12 @@ alone (the traceback only with TE_DEBUG=1).
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type's name when the message is empty), cut to `limit`."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 class TEError(Exception):
     """A failure `te` expected and can explain in one line (exit code 1 on the command line)."""
 

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from transfer_engine._durable import replace_durably
+from transfer_engine.cache import artifacts
 from transfer_engine.cache.index import Index, SpaceRow
 from transfer_engine.cache.lock import WriterLock
 from transfer_engine.cache.records import Dataset, Record, checked_records
@@ -179,14 +180,10 @@ class FeatureCache:
     def put_artifact(self, name: str, write: Callable[[Path], None], suffix: str = "") -> Path:
         """Store the file `write(tmp_path)` writes as artifact `name` (content-addressed; see
         `transfer_engine.cache.artifacts`); returns the stored file."""
-        from transfer_engine.cache import artifacts
-
         return artifacts.put(self, name, write, suffix)
 
     def artifact(self, name: str) -> tuple[Path | None, str]:
         """Artifact `name`'s file once its SHA-256 checks out, or (None, why not: "not stored", "missing", ...)."""
-        from transfer_engine.cache import artifacts
-
         return artifacts.get(self, name)
 
     def shard_path(self, space_digest: str, shard_id: int) -> Path:

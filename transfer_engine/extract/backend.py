@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from transfer_engine.errors import TEError, UsageError
+from transfer_engine.errors import TEError, UsageError, first_line
 from transfer_engine.extract.engines import BACKEND_CHOICES, OrtEngine, TorchEngine, ort_available
 from transfer_engine.extract.pipeline import PRECISIONS, cpu_has_native_bf16
 
@@ -100,11 +100,12 @@ def candidates(device: torch.device, backend: str = "auto", precision: str = "au
         raise UsageError(f"--precision must be auto or one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp16" and device.type == "cpu":
         raise UsageError("--precision fp16 needs a CUDA device (CPUs compute bf16, not fp16, fast); use bf16")
+    has_ort = ort_available(device)
     if backend == "onnxruntime":
         if precision not in ("auto", "fp32"):
             raise UsageError(f"--backend onnxruntime computes fp32 (--precision {precision} is PyTorch's "
                              "autocast); use --precision fp32 or --backend torch")
-        if not ort_available(device):
+        if not has_ort:
             raise UsageError(f"--backend onnxruntime: onnxruntime with a {device.type.upper()} provider is not "
                              "installed (pip install 'transfer-engine[cpu]', or '[gpu]': onnxruntime-gpu)")
     pool = [REFERENCE]
@@ -114,7 +115,7 @@ def candidates(device: torch.device, backend: str = "auto", precision: str = "au
             pool.append(Candidate("torch", "bf16"))
     elif cpu_has_native_bf16() or precision == "bf16":  # asked for: honoured even where it is emulated
         pool.append(Candidate("torch", "bf16"))
-    if ort_available(device):
+    if has_ort:
         pool.append(Candidate("onnxruntime", "fp32"))
     return [c for c in pool if backend in ("auto", c.backend) and precision in ("auto", c.precision)]
 
@@ -138,7 +139,7 @@ def choose(backend: str, precision: str, backbone, device: torch.device, cache, 
             not PyTorch's (cosine below SAME_SPACE_BOUND).
     """
     options = candidates(device, backend, precision)
-    if options == [REFERENCE] or (len(options) == 1 and options[0].backend == "torch"):
+    if len(options) == 1 and options[0].backend == "torch":  # nothing to compare it with
         only = options[0]
         if backend == "auto" and precision == "auto":
             return Choice(only.backend, only.precision, f"auto: no other backend or precision on this {device.type}")
@@ -185,12 +186,11 @@ def _calibrate(options: list[Candidate], backbone, device: torch.device, cache, 
             if candidate.backend == "onnxruntime":
                 onnx = _exported(backbone, cache)
                 engine = OrtEngine(onnx, device, threads)
-            else:
-                engine = reference_engine if candidate.precision == "fp32" else TorchEngine(backbone, device,
-                                                                                            candidate.precision)
+            else:  # a reduced precision: PyTorch fp32 is the reference itself
+                engine = TorchEngine(backbone, device, candidate.precision)
             features, entry["images_per_second"] = _timed(engine, batch)
         except Exception as exc:  # cannot export, cannot load or run: this candidate is out, with the reason
-            entry.update(ok=False, note=f"failed: {_first_line(exc)}")
+            entry.update(ok=False, note=f"failed: {first_line(exc, 200)}")
             continue
         cos = min_row_cosine(reference, features.to(reference.device))
         entry.update(min_cosine=round(cos, 7), ok=cos >= candidate.bound)
@@ -311,7 +311,3 @@ def calibration_batch(backbone, source, samples: Iterable) -> torch.Tensor | Non
             break
     return torch.stack(tensors) if tensors else None
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

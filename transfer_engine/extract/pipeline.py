@@ -15,7 +15,7 @@ import torch
 
 from transfer_engine._prefetch import prefetched
 from transfer_engine.backbones.spec import Backbone
-from transfer_engine.extract.engines import TorchEngine, autocast_context, prepare_model  # noqa: F401 (re-exported)
+from transfer_engine.extract.engines import TorchEngine
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -66,7 +66,6 @@ class FeatureExtractor:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.backbone = backbone
         self.device = device
-        self.precision = precision
         self.batch_size = max(1, batch_size)
         self.workers = max(1, workers)
         self.prefetch = max(1, prefetch)

@@ -76,8 +76,7 @@ def resolve_device(device: str) -> torch.device:
 def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str = "DEFAULT",
             name: str | None = None, batch_size: int | None = None, workers: int | None = None,
             device: str = "auto", precision: str = "auto", backend: str = "auto", store: str = "int8",
-            limit: int | None = None,
-            strict: bool = False, seed: int = 0, progress: bool = True) -> ExtractSummary:
+            limit: int | None = None, strict: bool = False, seed: int = 0, progress: bool = True) -> ExtractSummary:
     """Extract features of `data` with `backbone` into the cache at `cache`.
 
     Args:
@@ -127,7 +126,7 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     bb = create_backbone(backbone, weights=weights, seed=seed)
     cache_obj = FeatureCache.open(cache)
     try:
-        how = _choose_backend(backend, precision, bb, target, cache_obj, source, limit, world)
+        how = _choose_backend(backend, precision, bb, target, cache_obj, source, limit, rank, world)
         chosen = how.precision
         space = cache_obj.space(FeatureSpace.of_backbone(bb, stored=store, precision=chosen))
         batch = batch_size or (128 if target.type == "cuda" else 32)
@@ -181,7 +180,7 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
 
 
 def _choose_backend(backend: str, precision: str, bb, target: torch.device, cache, source: DataSource,
-                    limit: int | None, world: int):
+                    limit: int | None, rank: int, world: int):
     """The backend decision; under torchrun rank 0 makes (or finds) it first and the others then find it."""
     def decide():
         return choose(backend, precision, bb, target, cache,
@@ -190,7 +189,6 @@ def _choose_backend(backend: str, precision: str, bb, target: torch.device, cach
 
     if world == 1:
         return decide()
-    rank, _ = dist.rank_and_world()
     how = decide() if rank == 0 else None
     dist.barrier()
     return how if rank == 0 else decide()
