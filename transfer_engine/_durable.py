@@ -1,10 +1,18 @@
-"""Making files and renames survive a crash: the fsync steps the cache, the run writer and fine-tuning
-checkpoints share. A rename is durable only once the directory that holds it is fsynced too."""
+"""Making files and renames survive a crash: the fsync steps the cache, the run writer, fine-tuning
+checkpoints, leaderboards and exports share. A rename is durable only once the directory that holds it
+is fsynced too, and a new directory only once its parent is.
+
+    write_text_durably(path, text)          a whole file, replaced atomically (the old one or the new one)
+    write_durably(path, lambda tmp: ...)    the same for a writer that takes a path (torch.save, safetensors)
+    replace_durably(tmp, target)            a finished temporary file moved into place
+    makedirs_durably(path)                  missing folders created, and their entries made durable
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 
 def fsync_file(path: Path) -> None:
@@ -27,3 +35,56 @@ def replace_durably(tmp: Path, target: Path) -> None:
     fsync_file(tmp)
     os.replace(tmp, target)
     fsync_dir(target.parent)
+
+
+def temporary_name(target: Path) -> Path:
+    """The temporary file beside `target` that this process writes before replacing it (".NAME.tmp-PID")."""
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+
+
+def write_durably(target: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Write `target` through `write(tmp_path)` into a temporary file, then `replace_durably` it.
+
+    A crash at any instant leaves the old file or the new one, never a torn one; an error in `write`
+    leaves the old file and removes the temporary one.
+
+    Returns:
+        `target` as a Path.
+    """
+    target = Path(target)
+    tmp = temporary_name(target)
+    try:
+        write(tmp)
+        replace_durably(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_text_durably(target: str | os.PathLike, text: str, *, encoding: str = "utf-8",
+                       errors: str = "strict") -> Path:
+    """Write `text` to `target` atomically and durably (see `write_durably`)."""
+    return write_durably(target, lambda tmp: tmp.write_text(text, encoding=encoding, errors=errors))
+
+
+def makedirs_durably(path: str | os.PathLike) -> Path:
+    """Create `path` and its missing parents, fsyncing the parent of each folder created.
+
+    A folder made by a plain `mkdir` can vanish in a crash with everything written into it since;
+    after this returns, the folders are on disk. Existing folders cost nothing.
+    """
+    path = Path(path)
+    missing = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        fsync_dir(folder.parent)
+    if missing:
+        fsync_dir(path)
+    return path

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from transfer_engine._durable import makedirs_durably, replace_durably, write_text_durably
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.export import parity
 from transfer_engine.export.builder import Builder
@@ -140,7 +141,8 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
 
     staging = out.parent / f".{out.stem}.export-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    makedirs_durably(out.parent)  # a new folder must survive a crash with the files moved into it
+    staging.mkdir()
     try:
         builder = Builder(run, staging, targets, opset=opset, exporter=exporter, layout=layout, say=say)
         report = builder.build_and_check(model, ref, x, check_images, quantize=quantize, preprocess=preprocess,
@@ -159,7 +161,7 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
         report["files"] = result.files
         for role, target in targets.items():
             if role not in ("report", "failed_report"):
-                os.replace(staging / target.name, target)
+                replace_durably(staging / target.name, target)
         _write_json(targets["report"], report)
         targets["failed_report"].unlink(missing_ok=True)  # a stale report of an earlier failed try
         return result
@@ -229,9 +231,7 @@ def _check_int8(int8_target: str, min_int8_speedup: float) -> None:
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     import json
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_durably(path, json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
 
 
 __all__ = ["ExportResult", "ParityError", "export_onnx"]

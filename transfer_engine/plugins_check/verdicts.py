@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from transfer_engine._durable import write_text_durably
 
 
 def store_path() -> Path:
@@ -41,13 +42,8 @@ def record(verdicts: dict[str, dict[str, Any]]) -> None:
     data = read_all()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     data.update({k: {**v, "checked_at": stamp} for k, v in verdicts.items()})
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_text_durably(path, json.dumps(data, indent=1, sort_keys=True))
     except OSError:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
+        pass

@@ -1,8 +1,9 @@
 """`RunWriter`: write a run directory so that it appears complete or not at all.
 
 Files go into a staging directory beside the target (`.NAME.partial-PID`); `commit()` renames it into
-place. An error or a kill before that leaves the target untouched (an older run stays as it was) and at
-most a staging directory, which the next writer to the same target removes.
+place once its files and its own entries are fsynced, then the parent is fsynced: a run that appeared
+survives a crash whole. An error or a kill before that leaves the target untouched (an older run stays
+as it was) and at most a staging directory, which the next writer to the same target removes.
 
     with RunWriter("runs/linear", overwrite=False) as w:   # checks --out before any training
         ...train...
@@ -20,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Mapping
 
-from transfer_engine._durable import fsync_dir, fsync_file
+from transfer_engine._durable import fsync_dir, fsync_file, makedirs_durably
 from transfer_engine.core.process import pid_alive
 from transfer_engine.errors import UsageError
 from transfer_engine.runs.format import RUN_JSON
@@ -42,7 +43,7 @@ class RunWriter:
         self.out = Path(out).expanduser().absolute()
         self.overwrite = overwrite
         check_out(self.out, overwrite)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        makedirs_durably(self.out.parent)  # a new parent must survive a crash with the run renamed into it
         for stale in self.out.parent.glob(f".{self.out.name}.partial-*"):
             if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -78,6 +79,7 @@ class RunWriter:
             raise RuntimeError(f"a run needs {RUN_JSON} before it is committed")
         for f in self.path.iterdir():
             fsync_file(f)
+        fsync_dir(self.path)  # the staged files' names, before the rename makes the folder the run
         check_out(self.out, self.overwrite)  # another process may have written a run meanwhile
         old = None
         if self.out.is_dir() and not (self.out / RUN_JSON).is_file():

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from transfer_engine._durable import write_text_durably
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.runs import HEAD_WEIGHTS, METRICS_JSON, RUN_JSON, BackboneRef, HeadRef, RunInfo, RunWriter
 from transfer_engine.runs.format import FITTED_ON_TRAIN_VAL, UNRECORDED_WEIGHTS
@@ -166,9 +167,8 @@ def train(cache: str | os.PathLike, head: str = "linear", out: str | os.PathLike
         return results[0]
     board = Leaderboard(sorted(results, key=lambda r: (-r.metrics["val_accuracy"], r.metrics["val_loss"])),
                         out_path, failed)
-    tmp = out_path / (LEADERBOARD_JSON + ".tmp")
-    tmp.write_text(json.dumps(board.to_dict(), indent=2) + "\n")
-    os.replace(tmp, out_path / LEADERBOARD_JSON)  # last: its presence says every head was tried
+    # Last, and durably: its presence says every head was tried.
+    write_text_durably(out_path / LEADERBOARD_JSON, json.dumps(board.to_dict(), indent=2) + "\n")
     return board
 
 
