@@ -18,7 +18,6 @@ state is all a resumed run needs to take bit for bit the same steps as an uninte
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -27,8 +26,8 @@ from typing import Any
 
 import torch
 
-from transfer_engine.errors import UsageError
-from transfer_engine._durable import replace_durably
+from transfer_engine._durable import write_durably
+from transfer_engine.errors import UsageError, first_line
 
 FORMAT = "te-finetune-checkpoint"
 VERSION = 1
@@ -85,12 +84,6 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    replace_durably(tmp, path)
-
-
 def save(directory: Path, *, config: dict, state: TrainState, model: torch.nn.Module,
          optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, rng: list[dict],
          best_weights: dict[str, torch.Tensor] | None = None) -> None:
@@ -109,11 +102,11 @@ def save(directory: Path, *, config: dict, state: TrainState, model: torch.nn.Mo
         from safetensors.torch import save_file
 
         plain = {k: v.detach().to("cpu").contiguous() for k, v in best_weights.items()}
-        _atomic(directory / BEST, lambda p: save_file(plain, str(p)))
+        write_durably(directory / BEST, lambda p: save_file(plain, str(p)))
     payload = {"format": FORMAT, "version": VERSION, "config": config, "state": asdict(state),
                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng}
-    _atomic(directory / LAST, lambda p: torch.save(payload, p))
+    write_durably(directory / LAST, lambda p: torch.save(payload, p))
 
 
 def exists(directory: Path) -> bool:
@@ -125,10 +118,11 @@ def load(directory: Path, config: dict) -> dict[str, Any]:
 
     Returns:
         The payload: "state" (a TrainState), "model", "optimizer", "scheduler", "scaler", "rng" and
-        "best" (the best weights).
+        "best" (the best weights), "note" (a line to show when best.safetensors was damaged and replaced).
 
     Raises:
-        UsageError: the checkpoint cannot be read, or was made with other settings.
+        UsageError: the checkpoint cannot be read (last.pt, or a best.safetensors that cannot be replaced),
+            or was made with other settings.
     """
     path = directory / LAST
     try:
@@ -143,11 +137,51 @@ def load(directory: Path, config: dict) -> dict[str, Any]:
         what = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed[:4])
         raise UsageError(f"--resume: the checkpoint in {directory} was made with other settings ({what}); "
                          "resume with the same command, or pass --overwrite to start over")
+    payload["state"] = TrainState(**payload["state"])
+    payload["best"], payload["note"] = _best_weights(directory, payload)
+    return payload
+
+
+def _best_weights(directory: Path, payload: dict[str, Any]) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """best.safetensors of a checkpoint (None when there is none yet), and a note when it had to be replaced.
+
+    A damaged file (truncated, overwritten, of another model) is replaced by last.pt's weights when those
+    are the best ones (last.pt was written at the end of the best epoch, or at the start); otherwise the
+    best weights are lost and resuming cannot give the run's result.
+
+    Raises:
+        UsageError: best.safetensors is damaged and last.pt does not hold the same weights.
+    """
     from safetensors.torch import load_file
 
-    payload["state"] = TrainState(**payload["state"])
-    payload["best"] = load_file(str(directory / BEST)) if (directory / BEST).is_file() else None
-    return payload
+    path = directory / BEST
+    if not path.is_file():
+        return None, None
+    try:
+        best = load_file(str(path))
+        _check_same_tensors(best, payload["model"])
+        return best, None
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        reason = f"{type(exc).__name__}: {first_line(exc, 200)}"
+    state: TrainState = payload["state"]
+    if state.step == 0 and state.best.get("epoch") == state.epoch:
+        note = (f"{path} is damaged ({reason}); its weights are those of {LAST} (epoch {state.epoch}), "
+                "which are used instead")
+        return {k: v.clone() for k, v in payload["model"].items()}, note
+    raise UsageError(f"--resume: {path} is damaged ({reason}) and the best weights of epoch "
+                     f"{state.best.get('epoch')} are nowhere else; delete {directory} (or run without --resume and "
+                     "with --overwrite) to start over")
+
+
+def _check_same_tensors(weights: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> None:
+    """Raise ValueError unless `weights` has the keys, shapes and dtypes of the state dict `model`."""
+    if weights.keys() != model.keys():
+        missing = sorted(set(model) - set(weights)) or sorted(set(weights) - set(model))
+        raise ValueError(f"its tensors are not the model's (first difference: {missing[0]!r})")
+    for key, tensor in model.items():
+        if weights[key].shape != tensor.shape or weights[key].dtype != tensor.dtype:
+            raise ValueError(f"tensor {key!r} is {tuple(weights[key].shape)} {weights[key].dtype}, the model's is "
+                             f"{tuple(tensor.shape)} {tensor.dtype}")
 
 
 def remove(directory: Path) -> None:

@@ -237,6 +237,8 @@ def _train_and_write(start: Start, trainer: Trainer, sets: dict, plan, config: d
         trainer.scaler.load_state_dict(payload["scaler"])
         state: ckpt.TrainState = payload["state"]
         best_weights = payload["best"] or _copy(model)
+        if payload["note"]:
+            meter.line(f"te: warning: {payload['note']}")
         ckpt.set_rng_state(payload["rng"][rank])
         meter.line(f"finetune: resuming from {ckpt_dir} at epoch {state.epoch + 1}, step {state.step}")
     else:
