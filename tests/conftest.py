@@ -62,6 +62,14 @@ def nonconforming_site(tmp_path_factory) -> Path:
     return install_test_plugins(tmp_path_factory.mktemp("nonconforming-site"), "te-test-nonconforming")
 
 
+@pytest.fixture(scope="session")
+def faulty_site(tmp_path_factory) -> Path:
+    """The plugins that misbehave without raising at import: one exits, one hangs, one's builds fail
+    (te-test-faulty), beside te-test-good's tiny backbone for the runs that must still work."""
+    return install_test_plugins(tmp_path_factory.mktemp("faulty-plugin-site"), "te-test-good", "te-test-exits",
+                                "te-test-hangs", "te-test-faulty")
+
+
 @pytest.fixture
 def one_thread():
     """One compute thread for the test: on the shared 2-core CI machine two OpenMP threads run far slower
@@ -79,10 +87,16 @@ def with_path(site: Path) -> dict:
     return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def te():
     """`te(*args, env=...)` runs the CLI in a subprocess and returns (code, stdout, stderr)."""
     return run_te
+
+
+@pytest.fixture(scope="session")
+def faulty_env(faulty_site) -> dict:
+    """Environment for a `te` subprocess that sees `faulty_site`, giving up on an import after one second."""
+    return {**with_path(faulty_site), "TE_PLUGIN_IMPORT_TIMEOUT": "1"}
 
 
 @pytest.fixture

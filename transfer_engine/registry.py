@@ -7,8 +7,12 @@ registered through the same groups in its pyproject.toml.
 
 Discovery is lazy (nothing is imported until a name is asked for or listed), sorted (by entry point
 name, then distribution), and records each plugin's distribution and version. A plugin that fails to
-import or returns the wrong objects is recorded as broken with its error and never takes `te` down.
-Two distributions providing one name make that name an error that names both.
+import or returns the wrong objects is recorded as broken with its error and never takes `te` down:
+a third-party entry point is imported in a daemon thread (`call_plugin_code`), so neither an exception,
+a `sys.exit()` nor an import that never returns (TE_PLUGIN_IMPORT_TIMEOUT seconds, default 30) can end
+or block te. Two distributions providing one name make that name an error that names both. A plugin's
+`build` that raises or returns no module is reported as that plugin's fault (`call_build`), never as
+an internal error of te.
 
 TE_DISABLE_PLUGIN_AUTOLOAD=1 loads only te's own entry points; TE_PLUGINS=name1,name2 then loads the
 named third-party plugins anyway (like pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD and -p).
@@ -22,12 +26,14 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Generic, Iterable, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
-from transfer_engine.errors import DuplicateNameError, UnknownNameError
+from transfer_engine.errors import DuplicateNameError, PluginError, TEError, UnknownNameError, UsageError
 
 OWN_DISTRIBUTION = "transfer-engine"
 IN_PROCESS = "<in-process>"
+IMPORT_TIMEOUT_ENV = "TE_PLUGIN_IMPORT_TIMEOUT"
+DEFAULT_IMPORT_TIMEOUT = 30.0  # seconds; a model zoo importing timm cold takes a few
 
 T = TypeVar("T")
 
@@ -55,6 +61,16 @@ class PluginRecord:
         dist = f"{self.distribution} {self.version}" if self.distribution else "unknown distribution"
         return f"{dist} (entry point {self.name!r} = {self.value})"
 
+    @property
+    def package(self) -> str:
+        """The distribution and version, as a fault message names them ("te-timm 0.2.0")."""
+        return " ".join(filter(None, [self.distribution or "unknown package", self.version]))
+
+    @property
+    def own(self) -> bool:
+        """Whether te itself ships this entry point (its code is trusted to import in the main thread)."""
+        return self.distribution is not None and self.distribution.replace("_", "-").lower() == OWN_DISTRIBUTION
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -81,6 +97,122 @@ def _short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+class PluginExit(RuntimeError):
+    """Plugin code raised SystemExit (or another BaseException that is not an Exception)."""
+
+
+class PluginTimeout(RuntimeError):
+    """Plugin code (an entry point's import) did not return within the import timeout."""
+
+
+def import_timeout() -> float | None:
+    """Seconds an entry point's import may take (TE_PLUGIN_IMPORT_TIMEOUT; 0 or "none": no limit).
+
+    Raises:
+        UsageError: the variable holds neither a number nor "none".
+    """
+    text = os.environ.get(IMPORT_TIMEOUT_ENV, "").strip().lower()
+    if not text:
+        return DEFAULT_IMPORT_TIMEOUT
+    if text in {"none", "off"}:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise UsageError(f"{IMPORT_TIMEOUT_ENV}={text!r}: expected seconds (e.g. 30) or none") from None
+    return seconds if seconds > 0 else None
+
+
+def _as_exit(exc: BaseException) -> PluginExit:
+    if isinstance(exc, SystemExit):
+        return PluginExit(f"called sys.exit({exc.code!r})")
+    return PluginExit(f"raised {_short_error(exc)}")
+
+
+def call_plugin_code(fn: Callable[[], T], *, bounded: bool = True) -> T:
+    """Run plugin code (an entry point's import) so that it cannot end or block te.
+
+    An Exception it raises is raised again here; SystemExit and other BaseExceptions become a
+    `PluginExit`. With `bounded`, `fn` runs in a daemon thread given `import_timeout()` seconds: past
+    them a `PluginTimeout` is raised and the thread is left behind (a thread cannot be killed; being a
+    daemon, it does not keep te from exiting). Unbounded (te's own entry points), `fn` runs here, and a
+    KeyboardInterrupt is the user's and is not caught.
+
+    Raises:
+        Exception: what `fn` raised, PluginExit or PluginTimeout.
+    """
+    timeout = import_timeout() if bounded else None
+    if timeout is None:
+        try:
+            return fn()
+        except (Exception, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            raise _as_exit(exc) from None
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # a KeyboardInterrupt in this thread is never the user's
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="te-plugin-import", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise PluginTimeout(f"its import did not finish within {timeout:g} s (it may hang; "
+                            f"{IMPORT_TIMEOUT_ENV}=SECONDS waits longer)")
+    if "error" in outcome:
+        error = outcome["error"]
+        raise error if isinstance(error, Exception) else _as_exit(error)
+    return outcome["value"]
+
+
+def plugin_fault(kind: str, name: str, record: PluginRecord, what: str) -> PluginError:
+    """The error for a plugin's object that misbehaved: names the plugin, its package and what it did.
+
+    Args:
+        kind: "backbone" or "head".
+        name: the backbone or head name.
+        record: the plugin that provides it.
+        what: what went wrong, e.g. "build raised ValueError: bad size".
+    """
+    return PluginError(f"{kind} {name!r} of plugin {record.name!r} (package {record.package}): {what} "
+                       "(a fault of the plugin: report it to its authors, or uninstall it)")
+
+
+def call_hook(kind: str, name: str, record: PluginRecord, hook: Callable[[], T], what: str) -> T:
+    """Call one of a plugin's hooks (its build, a head's fit); what it raises is the plugin's fault.
+
+    te's own errors (a failed weights download, a bad option) pass through unchanged; any other
+    Exception becomes a `plugin_fault` naming `what` ("build", "fit").
+
+    Raises:
+        PluginError: the hook raised.
+    """
+    try:
+        return hook()
+    except TEError:
+        raise
+    except Exception as exc:
+        raise plugin_fault(kind, name, record, f"{what} raised {_short_error(exc)}") from exc
+
+
+def call_build(kind: str, name: str, record: PluginRecord, build: Callable[[], Any]) -> Any:
+    """Call a plugin's `build` (see `call_hook`) and check that it returned a torch.nn.Module.
+
+    Raises:
+        PluginError: the build raised, or returned something else than a module.
+    """
+    from torch import nn
+
+    model = call_hook(kind, name, record, build, "build")
+    if not isinstance(model, nn.Module):
+        raise plugin_fault(kind, name, record, f"build returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
 class Registry(Generic[T]):
     """Specs of one kind (backbones or heads) found through one entry-point group.
 
@@ -105,28 +237,32 @@ class Registry(Generic[T]):
         with self._lock:
             if self._loaded:
                 return
+            import_timeout()  # a malformed TE_PLUGIN_IMPORT_TIMEOUT is one clear error, before anything loads
             self._loaded = True
             eps = sorted(
                 metadata.entry_points(group=self.group),
                 key=lambda ep: (ep.name, ep.dist.name if ep.dist else "", ep.value),
             )
-            for ep in eps:
-                self._load_entry_point(ep)
+            records = [self._record_of(ep) for ep in eps]
+            self._records.extend(records)
+            # te's own entry points first: they import torch, which a plugin's timed import then finds loaded.
+            for ep, record in sorted(zip(eps, records), key=lambda pair: not pair[1].own):
+                self._load_entry_point(ep, record)
             self._mark_conflicts()
             self._warn_broken()
 
-    def _load_entry_point(self, ep: metadata.EntryPoint) -> None:
+    def _record_of(self, ep: metadata.EntryPoint) -> PluginRecord:
         dist = ep.dist.name if ep.dist is not None else None
         version = ep.dist.version if ep.dist is not None else None
-        record = PluginRecord(ep.name, self.group, ep.value, dist, version)
-        self._records.append(record)
-        own = dist is not None and dist.replace("_", "-").lower() == OWN_DISTRIBUTION
-        if _autoload_disabled() and not own and ep.name not in _forced_plugins():
+        return PluginRecord(ep.name, self.group, ep.value, dist, version)
+
+    def _load_entry_point(self, ep: metadata.EntryPoint, record: PluginRecord) -> None:
+        if _autoload_disabled() and not record.own and ep.name not in _forced_plugins():
             record.status = "disabled"
             record.error = "TE_DISABLE_PLUGIN_AUTOLOAD is set (name it in TE_PLUGINS to load it)"
             return
         try:
-            specs = self.specs_from(ep.load())
+            specs = call_plugin_code(lambda: self.specs_from(ep.load()), bounded=not record.own)
         except Exception as exc:  # a plugin's bug must never take te down
             record.status = "broken"
             record.error = _short_error(exc)

@@ -58,21 +58,27 @@ def create_backbone(name: str, weights: str | None = "DEFAULT", *, seed: int = 0
         UnknownNameError / DuplicateNameError: see `get_backbone_spec`.
         UsageError: `weights` is neither a declared name, "none" nor an existing file.
         WeightsError: the weights cannot be downloaded, read or do not fit the model.
+        PluginError: the plugin's build raised, or returned no torch.nn.Module (its fault, named as such).
     """
     from transfer_engine.backbones import weights as w
+    from transfer_engine.registry import call_build
 
     spec, record = registry.lookup(name)
     resolved = w.resolve_weights_name(spec, weights)
+
+    def build(call):
+        return call_build("backbone", spec.name, record, call)
+
     used_seed: int | None = None
     if resolved is None:
-        model, label, used_seed = w.build_random(spec, seed), w.RANDOM, seed
+        model, label, used_seed = build(lambda: w.build_random(spec, seed)), w.RANDOM, seed
     elif resolved in spec.weights:
-        model, label = w.build_pretrained(spec, resolved), resolved
+        model, label = build(lambda: w.build_pretrained(spec, resolved)), resolved
     else:
         from pathlib import Path
 
         path = str(Path(resolved).expanduser().resolve())
-        model = w.build_random(spec, seed)
+        model = build(lambda: w.build_random(spec, seed))
         w.load_state_dict_file(spec, model, path)
         label = f"file:{path}"
     model.eval()

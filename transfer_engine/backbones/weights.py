@@ -103,7 +103,11 @@ def load_state_dict_file(spec: BackboneSpec, model: nn.Module, path: str) -> Non
     dropped = [k for k in state if k.startswith(spec.classifier_prefixes)] if spec.classifier_prefixes else []
     for key in dropped:
         del state[key]
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # strict=False still refuses a tensor of another shape
+        raise WeightsError(f"--weights {str(file)!r} does not fit backbone {spec.name!r}: "
+                           f"{' '.join(str(exc).split())[:300]}") from None
     problems = []
     if result.missing_keys:
         problems.append(f"{len(result.missing_keys)} missing keys (first: {result.missing_keys[0]!r})")

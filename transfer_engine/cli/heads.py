@@ -25,6 +25,7 @@ def heads(as_json: bool) -> None:
             "plugin_version": record.version,
             "trainable": spec.trainable,
             "options": dict(spec.options),
+            "accepts": {name: option.describe() for name, option in spec.option_specs.items()},
             "description": spec.description,
         }
         for spec, record in registry.entries()

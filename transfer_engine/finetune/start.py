@@ -108,17 +108,17 @@ def from_backbone(backbone: str, data: str, head: str, *, weights: str = "DEFAUL
     """
     from transfer_engine.backbones import create_backbone
     from transfer_engine.extract.runner import default_dataset_name
-    from transfer_engine.heads import create_head
+    from transfer_engine.heads import check_options, create_head
     from transfer_engine.heads import registry as head_registry
 
+    spec, record = head_registry.lookup(head)
+    options = check_options(spec, dict(head_options or {}))  # a bad option fails before any image is read
     source = open_source(data)
     items = items_from_source(source, limit)
     bb = create_backbone(backbone, weights=weights, seed=seed)
     classes = list(source.class_names)
-    options = dict(head_options or {})
     torch.manual_seed(seed)  # the head's initialization, the same on every rank
     model = Classifier(bb.model, create_head(head, bb.feature_dim, len(classes), **options))
-    spec, record = head_registry.lookup(head)
     return Start(model=model, items=items, source=source, preprocess=bb.preprocess, class_names=classes,
                  backbone=BackboneRef.of(bb),
                  head=HeadRef(head, bb.feature_dim, len(classes), {**spec.options, **options}, record.distribution),

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transfer_engine.heads.knn import KNNClassifier, fit_knn
-from transfer_engine.heads.spec import HeadSpec
+from transfer_engine.heads.spec import HeadSpec, Option
 
 
 def _linear(in_features: int, num_classes: int) -> nn.Module:
@@ -50,13 +50,14 @@ def heads() -> list[HeadSpec]:
     return [
         HeadSpec("linear", _linear, description="multinomial logistic regression (one Linear layer)",
                  solver="lbfgs", train_defaults={"weight_decay": 1e-4, "lr": 1e-2, "epochs": 30}),
-        HeadSpec("mlp", _mlp, options={"hidden": 512, "dropout": 0.2},
+        HeadSpec("mlp", _mlp, options={"hidden": Option(512, int, min=1), "dropout": Option(0.2, float, min=0, max=1, max_open=True)},
                  description="one hidden layer (GELU, dropout), then Linear",
                  train_defaults={"weight_decay": 1e-2, "lr": 1e-3, "epochs": 30}),
-        HeadSpec("cosine", CosineClassifier, options={"init_scale": 10.0},
+        HeadSpec("cosine", CosineClassifier, options={"init_scale": Option(10.0, float, min=0, min_open=True)},
                  description="cosine similarity to learned class prototypes, learned temperature",
                  train_defaults={"weight_decay": 1e-4, "lr": 3e-2, "epochs": 30}),
-        HeadSpec("knn", KNNClassifier, options={"k": 20, "temperature": 0.07}, trainable=False, fit=fit_knn,
+        HeadSpec("knn", KNNClassifier, options={"k": Option(20, int, min=1), "temperature": Option(0.07, float, min=0, min_open=True)},
+                 trainable=False, fit=fit_knn,
                  search={"k": (1, 3, 5, 10, 20, 50)},
                  description="k nearest training features by cosine similarity, weighted vote (no training)"),
     ]

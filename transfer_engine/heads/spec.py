@@ -1,9 +1,16 @@
-"""What a head plugin declares: `HeadSpec`."""
+"""What a head plugin declares: `HeadSpec`, and `Option` for the type and range of each of its options.
+
+Options are checked in one place, `HeadSpec.check_options`, before a head is built: `te train --option
+hidden=-5` is one line naming the option and what it accepts, never an error from deep in the build.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from transfer_engine.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -11,6 +18,85 @@ if TYPE_CHECKING:
 
 # How `te train` fits a trainable head (see HeadSpec.solver).
 SOLVERS = ("adamw", "lbfgs")
+OPTION_TYPES = (int, float, bool, str)
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a text"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """The declaration of one head option: its default, type and allowed range.
+
+    A plugin may give a bare default instead (`options={"bias": True}`): its type is then the default's,
+    with no range.
+
+    Attributes:
+        default: the value used when the user gives none.
+        type: int, float, bool or str (None: the default's type). A float option accepts an integer.
+        min, max: inclusive bounds of a number (None: unbounded).
+        min_open, max_open: make the bound exclusive (dropout in [0, 1) is max=1, max_open=True).
+        choices: the only values allowed, when not empty.
+    """
+
+    default: Any
+    type: type | None = None
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+    choices: tuple = ()
+
+    def __post_init__(self) -> None:
+        kind = self.type if self.type is not None else type(self.default)
+        object.__setattr__(self, "type", kind if kind in OPTION_TYPES else None)
+        object.__setattr__(self, "choices", tuple(self.choices))
+        if (self.min is not None or self.max is not None) and self.type not in (int, float):
+            raise ValueError(f"an option with a range must be an int or float, not {kind.__name__}")
+
+    def describe(self) -> str:
+        """What the option accepts, in words: "an integer >= 1", "a number in [0, 1)"."""
+        if self.choices:
+            return "one of " + ", ".join(map(repr, self.choices))
+        if self.type is None:
+            return "any value"
+        words = _TYPE_WORDS[self.type]
+        if self.min is not None and self.max is not None:
+            return (f"{words} in {'(' if self.min_open else '['}{self.min:g}, "
+                    f"{self.max:g}{')' if self.max_open else ']'}")
+        if self.min is not None:
+            return f"{words} {'>' if self.min_open else '>='} {self.min:g}"
+        if self.max is not None:
+            return f"{words} {'<' if self.max_open else '<='} {self.max:g}"
+        return words
+
+    def check(self, value: Any) -> Any:
+        """`value` as this option's type (an int given for a float becomes a float).
+
+        Raises:
+            ValueError: the value is of another type, outside the range, or not among the choices.
+        """
+        value = self._typed(value)
+        if self.choices and value not in self.choices:
+            raise ValueError(self.describe())
+        if self.type in (int, float) and not self._in_range(value):
+            raise ValueError(self.describe())
+        return value
+
+    def _typed(self, value: Any) -> Any:
+        if self.type is None:
+            return value
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if self.type is float and is_number and math.isfinite(value):
+            return float(value)
+        if self.type is int and is_number and isinstance(value, int):
+            return value
+        if self.type in (bool, str) and isinstance(value, self.type):
+            return value
+        raise ValueError(self.describe())
+
+    def _in_range(self, value: float) -> bool:
+        low_ok = self.min is None or (value > self.min if self.min_open else value >= self.min)
+        high_ok = self.max is None or (value < self.max if self.max_open else value <= self.max)
+        return low_ok and high_ok
 
 
 @dataclass(frozen=True)
@@ -22,7 +108,9 @@ class HeadSpec:
         build: `build(in_features, num_classes, **options)` returns a torch.nn.Module mapping features
             [N, in_features] (float32) to logits [N, num_classes]. It must be exportable to ONNX and
             its state dict must hold tensors only (te saves heads as safetensors).
-        options: the keyword options `build` accepts, with their defaults (e.g. {"hidden": 512}).
+        options: the keyword options `build` accepts: each an `Option` (default, type, range) or a bare
+            default (e.g. {"hidden": Option(512, int, min=1), "bias": True}). After construction this
+            maps each name to its default; `option_specs` holds the declarations.
         trainable: False for heads that are fitted without gradient steps (a nearest-neighbour head).
         description: one line for `te heads`.
         fit: for a head with trainable=False: `fit(module, features, labels)` fits the built module in
@@ -46,6 +134,7 @@ class HeadSpec:
     solver: str = "adamw"
     search: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     train_defaults: Mapping[str, Any] = field(default_factory=dict)
+    option_specs: Mapping[str, Option] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or any(c.isspace() for c in self.name):
@@ -62,6 +151,39 @@ class HeadSpec:
         unknown = sorted(set(self.train_defaults) - {"lr", "epochs", "weight_decay", "batch_size"})
         if unknown:
             raise ValueError(f"head {self.name!r}: train_defaults has unknown key(s): {', '.join(unknown)}")
-        object.__setattr__(self, "options", dict(self.options))
+        declared = {k: v if isinstance(v, Option) else Option(v) for k, v in self.options.items()}
+        object.__setattr__(self, "option_specs", declared)
+        object.__setattr__(self, "options", {k: o.default for k, o in declared.items()})
         object.__setattr__(self, "search", {k: tuple(v) for k, v in self.search.items()})
         object.__setattr__(self, "train_defaults", dict(self.train_defaults))
+        for name, option in declared.items():  # a plugin's own defaults and sweep values must fit its declaration
+            for value in (option.default, *self.search.get(name, ())):
+                try:
+                    option.check(value)
+                except ValueError:
+                    raise ValueError(f"head {self.name!r}: option {name!r} is declared as {option.describe()}, "
+                                     f"but its default or search holds {value!r}") from None
+
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The user's `options`, checked against the declarations and converted to their types.
+
+        Returns:
+            The given options (not the defaults), each as its declared type.
+
+        Raises:
+            UsageError: an option the head does not declare, or a value of the wrong type or range;
+                the message names the option and what it accepts.
+        """
+        unknown = sorted(set(options) - set(self.option_specs))
+        if unknown:
+            accepted = ", ".join(self.option_specs) or "none"
+            raise UsageError(f"head {self.name!r} has no option(s) {', '.join(unknown)}; it accepts: {accepted}")
+        checked = {}
+        for name, value in options.items():
+            option = self.option_specs[name]
+            try:
+                checked[name] = option.check(value)
+            except ValueError:
+                raise UsageError(f"head {self.name!r} option {name}={value!r}: expected {option.describe()} "
+                                 f"(default {option.default!r})") from None
+        return checked

@@ -14,6 +14,7 @@ from typing import Any
 
 from transfer_engine.errors import UsageError
 from transfer_engine.plugins_check.results import FAIL, PASS, Recorder, explain
+from transfer_engine.registry import OWN_DISTRIBUTION, PluginExit, PluginTimeout, call_plugin_code
 
 BACKBONES = "transfer_engine.backbones"
 HEADS = "transfer_engine.heads"
@@ -49,8 +50,10 @@ class Target:
                 "distribution": self.distribution, "version": self.version}
 
     def load(self) -> Any:
-        """Import what the entry point points to."""
-        return metadata.EntryPoint(self.name, self.value, self.group).load()
+        """Import what the entry point points to, as the registry does: a sys.exit() or a hang of a
+        third-party plugin's import is an error here (see `call_plugin_code`), not the end of te."""
+        entry_point = metadata.EntryPoint(self.name, self.value, self.group)
+        return call_plugin_code(entry_point.load, bounded=normalize(self.distribution) != OWN_DISTRIBUTION)
 
 
 def find_targets(name: str) -> list[Target]:
@@ -111,6 +114,8 @@ def check_load(target: Target, rec: Recorder) -> list[Any]:
             return FAIL, f"{explain(exc)}, while importing {module!r}: a dependency is missing"
         except AttributeError as exc:
             return FAIL, f"AttributeError: {exc}: the entry point names {target.value!r}; {contract}"
+        except (PluginExit, PluginTimeout) as exc:  # raised by te on the plugin's behalf: no plugin line to show
+            return FAIL, f"{type(exc).__name__}: {exc}, while importing {module!r}"
         except Exception as exc:  # the plugin's module raised while being imported
             return FAIL, f"{explain(exc)}, while importing {module!r}"
         try:

@@ -85,7 +85,7 @@ def default_hyperparameters(spec: "HeadSpec", *, lr: float | None = None, epochs
     """
     from transfer_engine.heads import check_options
 
-    check_options(spec, options or {})
+    checked = check_options(spec, options or {})
     merged = {**DEFAULTS, **spec.train_defaults}
     given = {"lr": lr, "epochs": epochs, "weight_decay": weight_decay, "batch_size": batch_size}
     merged.update({k: v for k, v in given.items() if v is not None})
@@ -96,7 +96,7 @@ def default_hyperparameters(spec: "HeadSpec", *, lr: float | None = None, epochs
                          f"epochs {merged['epochs']}, batch size {merged['batch_size']}, "
                          f"weight decay {merged['weight_decay']}")
     return HyperParameters(float(merged["weight_decay"]), float(merged["lr"]), int(merged["epochs"]),
-                           int(merged["batch_size"]), {**spec.options, **(options or {})})
+                           int(merged["batch_size"]), {**spec.options, **checked})
 
 
 @dataclass
@@ -143,7 +143,8 @@ def fit_head(spec: "HeadSpec", data: "TrainingData", split: "Split", hp: HyperPa
         UsageError: a non-trainable head without a fit hook, a head option it does not accept.
         TrainingDiverged: the loss became NaN or inf.
     """
-    from transfer_engine.heads import create_head
+    from transfer_engine.heads import create_head, registry
+    from transfer_engine.registry import call_hook
 
     device = device or torch.device("cpu")
     start = time.perf_counter()
@@ -153,7 +154,8 @@ def fit_head(spec: "HeadSpec", data: "TrainingData", split: "Split", hp: HyperPa
         if spec.fit is None:
             raise UsageError(f"head {spec.name!r} is not trainable and declares no fit hook; te cannot fit it")
         features = split.features if split.features is not None else data.space.gather(split.keys)
-        spec.fit(module, features, split.labels)
+        _, record = registry.lookup(spec.name)
+        call_hook("head", spec.name, record, lambda: spec.fit(module, features, split.labels), "fit")
         return Fitted(module.eval(), "fit", [], time.perf_counter() - start, {"rows": len(split)})
     scaled = _scale_foldable(module)
     if spec.solver == "lbfgs" and data.in_memory and type(module) is nn.Linear:
