@@ -53,8 +53,9 @@ def _quantize_nodes(path):
 
 
 def test_a_missed_gate_keeps_the_most_sensitive_nodes_in_float_until_it_is_met(tiny, tmp_path):
-    # 95% top-1 agreement: full int8 flips about a quarter of 256 random images between 1,000 close classes
-    outcome, out = _quantize(tiny, tmp_path)
+    # 90% top-1 agreement: full int8 flips about a quarter of 256 random images between 1,000 close
+    # classes (72%); the logits' Gemm in float buys back most of it (91%)
+    outcome, out = _quantize(tiny, tmp_path, min_agreement=0.9)
     first = outcome.steps[0]
     assert first["float_nodes"] == 0 and not first["passed"] and first["selection_agreement"] < 1.0
     assert outcome.passed and outcome.failure is None
@@ -80,3 +81,20 @@ def test_int8_no_faster_than_asked_is_refused_with_its_measured_speed(tiny, tmp_
     outcome, _ = _quantize(tiny, tmp_path, min_agreement=0.05, min_speedup=99.0)
     assert not outcome.passed and "--min-int8-speedup 99" in outcome.failure
     assert outcome.speed["batch"] == 32 and outcome.speed["speedup"] > 0
+
+
+def test_a_gate_only_the_fp32_model_meets_is_refused_not_passed_off_as_int8(tiny, tmp_path):
+    # 100% agreement is met only with every group in float: that is the fp32 model, not an int8 one
+    outcome, _ = _quantize(tiny, tmp_path, min_agreement=1.0)
+    assert not outcome.passed and "no mix of int8 and float nodes" in outcome.failure
+    groups = max(s["float_groups"] for s in outcome.steps)
+    assert f"of {groups + 1} node groups in float" in outcome.failure  # never every group
+    assert all(s["float_groups"] <= groups for s in outcome.steps)
+
+
+def test_a_relu_folded_into_its_conv_output_is_not_counted_as_rounding_error(tiny, tmp_path):
+    # The quantizer folds each ReLU into its Conv's output range, so before Q the tensor still holds
+    # negative values that after DQ read 0: measured raw, each such group looked ~50% wrong and the
+    # ranking followed ReLUs, not rounding. 8-bit rounding of one tensor costs about 1%.
+    outcome, _ = _quantize(tiny, tmp_path)
+    assert max(g["rounding_error"] for g in outcome.sensitivity) < 0.1
