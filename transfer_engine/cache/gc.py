@@ -8,6 +8,11 @@ the new one, plus at worst orphan files that the next gc removes. Files of inter
 uncommitted tails) are removed too, and artifact files no name points at. Runs under the writer lock;
 readers keep reading (a reader that located rows before gc rewrote their shard gets a clear error and
 locates again).
+
+A space some live process holds a writer lease on (`transfer_engine.cache.leases`: a `te extract` whose
+rows no data set names yet) is left whole: no row, no shard, not the space; leases of dead processes are
+pruned first. Rows and shards of a space the index no longer has (a cache damaged by an older te) can
+never be read: they are dropped like dead rows, never a KeyError.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from transfer_engine.cache import artifacts
+from transfer_engine.cache import artifacts, leases
 from transfer_engine.cache import shards as shardfile
 from transfer_engine.cache.writer import ShardWriter
 
@@ -38,6 +43,8 @@ class GcReport:
     orphan_files: int = 0
     artifacts_removed: int = 0
     bytes_freed: int = 0
+    spaces_kept_for_writers: dict[str, list[int]] = field(default_factory=dict)  # space -> writer pids
+    stale_leases: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,24 +58,36 @@ class _Plan:
     empty_spaces: list[int]
     orphans: list[str]                    # shard files the index does not name
     estimate: int                         # bytes a run would free
+    kept: dict[str, list[int]]            # space digest -> pids of the live writers that hold it
+    lost: list[int]                       # space ids rows or shards name that the index does not have
 
 
 def _plan(cache: "FeatureCache") -> _Plan:
     index = cache.index
     spaces = {s.id: s for s in index.spaces()}
-    dead_rows = index.unreferenced_rows()
+    kept = {digest: pids for digest, pids in leases.live_spaces(index, cache.own_leases()).items() if index.space(digest) is not None}
+    held = {s.id for s in spaces.values() if s.digest in kept}
+    lost = sorted(index.space_ids_in_use() - set(spaces))
     dead: dict[int, list[str]] = defaultdict(list)
     dead_per_shard: Counter = Counter()
-    for space, key, shard, _row in dead_rows:
-        dead[space].append(key)
-        dead_per_shard[shard] += 1
+    for space, key, shard, _row in index.unreferenced_rows():
+        if space not in held:
+            dead[space].append(key)
+            dead_per_shard[shard] += 1
+    for space in lost:  # unreadable without their space: dead whatever names their keys
+        dead[space] = index.keys_of_space(space)
     remove, rewrite, estimate = [], [], 0
     live_per_space: Counter = Counter()
     referenced = index.rows_per_shard()
     for shard in index.shards():
-        space = spaces[shard.space]
-        path = cache.shard_path(space.digest, shard.id)
-        size = os.stat(path).st_size if path.exists() else 0
+        space = spaces.get(shard.space)
+        size = _file_bytes(cache, space, shard.id)
+        if shard.space in lost:
+            remove.append(shard.id)
+            estimate += size
+            continue
+        if shard.space in held:
+            continue
         live = referenced.get(shard.id, 0) - dead_per_shard[shard.id]
         live_per_space[shard.space] += live
         if live == 0:
@@ -79,17 +98,31 @@ def _plan(cache: "FeatureCache") -> _Plan:
             estimate += max(0, size - shardfile.HEADER_BYTES - live * space.row_bytes)
         else:
             estimate += max(0, size - shardfile.HEADER_BYTES - shard.rows * space.row_bytes)  # torn tail
-    empty = [s for s in spaces if live_per_space[s] == 0]
+    empty = [s for s in spaces if live_per_space[s] == 0 and s not in held]
     orphans = shardfile.orphan_files(cache.root, set(_committed_ends(index)))
     estimate += sum(os.stat(cache.root / p).st_size for p in orphans)
-    return _Plan(dict(dead), remove, rewrite, empty, orphans, estimate)
+    return _Plan(dict(dead), remove, rewrite, empty, orphans, estimate, kept, lost)
+
+
+def _file_bytes(cache: "FeatureCache", space, shard_id: int) -> int:
+    """Bytes of a shard file (0 when it is missing or its space is unknown)."""
+    if space is None:
+        return 0
+    path = cache.shard_path(space.digest, shard_id)
+    return os.stat(path).st_size if path.exists() else 0
 
 
 def _committed_ends(index: "Index") -> dict[str, int]:
-    """{shard file: byte offset where its committed rows end} for every shard the index names."""
+    """{shard or key file: byte offset where its committed rows end} for every shard the index names
+    (in a space it has)."""
     spaces = {s.id: s for s in index.spaces()}
-    return {shardfile.shard_relpath(spaces[s.space].digest, s.id):
-            shardfile.HEADER_BYTES + s.rows * spaces[s.space].row_bytes for s in index.shards()}
+    ends = {}
+    for s in index.shards():
+        space = spaces.get(s.space)
+        if space is not None:
+            ends[shardfile.shard_relpath(space.digest, s.id)] = shardfile.HEADER_BYTES + s.rows * space.row_bytes
+            ends[shardfile.keys_relpath(space.digest, s.id)] = shardfile.KEYS_HEADER_BYTES + s.rows * shardfile.SLOT_BYTES
+    return ends
 
 
 def collect_garbage(cache: "FeatureCache", dry_run: bool = False) -> GcReport:
@@ -115,17 +148,20 @@ def collect_garbage(cache: "FeatureCache", dry_run: bool = False) -> GcReport:
     with cache.lock:
         before = _disk_bytes(cache)
         with index.write():
+            stale_leases = leases.prune(index)
             plan = _plan(cache)
             digests = {s.id: s.digest for s in index.spaces()}
             gone = _apply(cache, index, plan)
         for relpath in gone:
             (cache.root / relpath).unlink(missing_ok=True)
+            (cache.root / relpath).with_suffix(".keys").unlink(missing_ok=True)
         cache.maps.forget()
         orphans = _remove_orphans_and_tails(cache)
         stale, stale_bytes = artifacts.remove_unreferenced(cache)
     report = _report(plan, digests, dry_run=False, freed=max(0, before - _disk_bytes(cache)) + stale_bytes,
                      orphans=orphans)
     report.artifacts_removed = stale
+    report.stale_leases = stale_leases
     return report
 
 
@@ -145,19 +181,21 @@ def _apply(cache: "FeatureCache", index: "Index", plan: _Plan) -> list[str]:
         width = space.row_bytes
         rows = memoryview(shardfile.read_rows(path, 0, by_id[shard_id].rows, width))
         raw = b"".join(rows[row * width:(row + 1) * width] for _key, row in live)
-        placed = ShardWriter(cache.root, index, space, cache.max_shard_bytes).append(raw)
+        placed = ShardWriter(cache.root, index, space, cache.max_shard_bytes).append(raw, [k for k, _ in live])
         index.move_rows(space.id, [(key, s, r) for (key, _), (s, r) in zip(live, placed)])
     for shard_id in plan.remove + plan.rewrite:
-        space = spaces[by_id[shard_id].space]
         index.delete_shard(shard_id)
-        gone.append(shardfile.shard_relpath(space.digest, shard_id))
+        space = spaces.get(by_id[shard_id].space)
+        if space is not None:  # a lost space's files: orphans now, removed with the others
+            gone.append(shardfile.shard_relpath(space.digest, shard_id))
     for space_id in plan.empty_spaces:
         index.delete_space(space_id)
     return gone
 
 
 def _remove_orphans_and_tails(cache: "FeatureCache") -> int:
-    """Under the writer lock: unlink shard files the index does not name, cut uncommitted tails."""
+    """Under the writer lock: unlink shard and key files the index does not name, cut uncommitted tails,
+    remove the folders (and `space.json`) of spaces the index no longer has."""
     ends = _committed_ends(cache.index)
     orphans = shardfile.orphan_files(cache.root, set(ends))
     for relpath in orphans:
@@ -166,19 +204,23 @@ def _remove_orphans_and_tails(cache: "FeatureCache") -> int:
         path = cache.root / relpath
         if path.exists() and path.stat().st_size > end:
             os.truncate(path, end)
+    known = {s.digest[:16] for s in cache.index.spaces()}
     for folder in (cache.root / "shards").glob("*"):
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        if folder.is_dir() and folder.name not in known:
+            (folder / shardfile.SPACE_FILE).unlink(missing_ok=True)
+            if not any(folder.iterdir()):
+                folder.rmdir()
     return len(orphans)
 
 
 def _disk_bytes(cache: "FeatureCache") -> int:
     shards_dir = cache.root / "shards"
-    files = list(shards_dir.glob("*/*.shard")) if shards_dir.is_dir() else []
+    files = list(shards_dir.glob("*/*.shard")) + list(shards_dir.glob("*/*.keys")) if shards_dir.is_dir() else []
     return sum(p.stat().st_size for p in files)
 
 
 def _report(plan: _Plan, digests: dict[int, str], *, dry_run: bool, freed: int, orphans: int) -> GcReport:
     return GcReport(dry_run=dry_run, rows_dropped=sum(len(k) for k in plan.dead.values()),
                     spaces_dropped=[digests[s] for s in plan.empty_spaces], shards_removed=len(plan.remove),
-                    shards_rewritten=len(plan.rewrite), orphan_files=orphans, bytes_freed=freed)
+                    shards_rewritten=len(plan.rewrite), orphan_files=orphans, bytes_freed=freed,
+                    spaces_kept_for_writers=plan.kept)

@@ -7,6 +7,10 @@ before `commit` returns, which is what lets shard bytes be fsync'd first and ref
 
 Keys are stored as BLOBs (32 bytes for a SHA-256) and cross this class's methods as hex strings: the
 index is ~45 bytes a row, about 2% of an int8 row of 2048 features.
+
+A damaged database file (sqlite's "file is not a database", "database disk image is malformed") is
+a `CorruptCacheError` naming `te cache repair`, from whichever call meets it first: every command
+that opens a cache then says the same one line.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from transfer_engine.errors import CacheError, CorruptCacheError
 
@@ -73,6 +77,22 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_key ON records (key);
 """
 
+# What sqlite says when the file itself is damaged (as opposed to busy, full or read-only).
+_DAMAGE = ("malformed", "not a database", "file is encrypted", "disk image", "database corrupt")
+
+
+def is_damage(exc: BaseException) -> bool:
+    """True when a sqlite error means the database file is damaged."""
+    return type(exc) is sqlite3.DatabaseError or (isinstance(exc, sqlite3.DatabaseError)
+                                                   and any(s in str(exc).lower() for s in _DAMAGE))
+
+
+def damaged_index_error(path: Path, exc: BaseException) -> CorruptCacheError:
+    """The one line every command prints for a damaged index file: what, and the way out."""
+    return CorruptCacheError(f"the index {path} is damaged (sqlite: {exc}); run `te cache repair {path.parent}` "
+                             "to rebuild it from the shards (it says what cannot be recovered)")
+
+
 # sqlite's limit on bound parameters is 32766 since 3.32 (999 before); stay well under both.
 _CHUNK = 900
 
@@ -123,10 +143,23 @@ class Index:
         except sqlite3.OperationalError as exc:  # the marker says "cache", but its index is gone
             raise CorruptCacheError(f"cannot open the index {self.path} ({exc})") from None
         self._lock = threading.RLock()
-        self._conn.execute("PRAGMA synchronous=FULL")
-        if create:
-            self._conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
-            self._conn.executescript(SCHEMA)
+        with self._translated():
+            self._conn.execute("PRAGMA synchronous=FULL")
+            if create:
+                self._conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+                self._conn.executescript(SCHEMA)
+            else:  # reads the schema: a file that is not a database fails here, not in the middle of a job
+                self._conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """sqlite's errors for a damaged file become the `CorruptCacheError` users can act on."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise damaged_index_error(self.path, exc) from None
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -136,10 +169,12 @@ class Index:
     @contextmanager
     def write(self) -> Iterator[None]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any exception."""
-        with self._lock:
+        with self._lock, self._translated():
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:  # te's writers take the flock first: this is someone else
+                if is_damage(exc):
+                    raise
                 raise CacheError(f"{self.path} stayed locked by another connection for over {self.busy_timeout:g} s "
                                  f"({exc})") from None
             try:
@@ -152,7 +187,7 @@ class Index:
     @contextmanager
     def snapshot(self) -> Iterator[None]:
         """Reads that see one consistent state (a WAL read transaction); never blocks on a writer."""
-        with self._lock:
+        with self._lock, self._translated():
             self._conn.execute("BEGIN")
             try:
                 yield
@@ -160,15 +195,15 @@ class Index:
                 self._conn.execute("COMMIT")
 
     def _q(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        with self._lock:
+        with self._lock, self._translated():
             return self._conn.execute(sql, params).fetchall()
 
     def _x(self, sql: str, params: Sequence = ()) -> int:
-        with self._lock:
+        with self._lock, self._translated():
             return self._conn.execute(sql, params).lastrowid
 
     def _many(self, sql: str, rows: Iterable[Sequence]) -> None:
-        with self._lock:
+        with self._lock, self._translated():
             self._conn.executemany(sql, rows)
 
     # -- meta -------------------------------------------------------------------------------------------
@@ -182,6 +217,14 @@ class Index:
         """{key: value} of every meta entry whose key starts with `prefix`."""
         rows = self._q("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
         return dict(rows)
+
+    def meta_json(self, key: str) -> Any:
+        """The meta value of `key` parsed as JSON (None when absent)."""
+        text = self.meta(key)
+        return json.loads(text) if text is not None else None
+
+    def set_meta_json(self, key: str, value: Any) -> None:
+        self.set_meta(key, json.dumps(value, sort_keys=True))
 
     def meta(self, key: str) -> str | None:
         rows = self._q("SELECT value FROM meta WHERE key = ?", (key,))
@@ -200,9 +243,20 @@ class Index:
         return [SpaceRow(*r[:5], json.loads(r[5]))
                 for r in self._q("SELECT id, digest, dim, stored, row_bytes, config FROM spaces ORDER BY id")]
 
-    def insert_space(self, digest: str, dim: int, stored: str, row_bytes: int, config: dict) -> int:
-        return self._x("INSERT INTO spaces (digest, dim, stored, row_bytes, config, created) VALUES (?, ?, ?, ?, ?, ?)",
-                       (digest, dim, stored, row_bytes, json.dumps(config, sort_keys=True), time.time()))
+    def space_by_id(self, space_id: int) -> SpaceRow | None:
+        rows = self._q("SELECT id, digest, dim, stored, row_bytes, config FROM spaces WHERE id = ?", (space_id,))
+        return SpaceRow(*rows[0][:5], json.loads(rows[0][5])) if rows else None
+
+    def insert_space(self, digest: str, dim: int, stored: str, row_bytes: int, config: dict,
+                     space_id: int | None = None) -> int:
+        """A new space; `space_id` puts one back under the id its rows and shards already name."""
+        return self._x("INSERT INTO spaces (id, digest, dim, stored, row_bytes, config, created) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (space_id, digest, dim, stored, row_bytes, json.dumps(config, sort_keys=True), time.time()))
+
+    def space_ids_in_use(self) -> set[int]:
+        """Space ids that rows or shards name (a space the index lost still has these)."""
+        return {r[0] for r in self._q("SELECT DISTINCT space FROM rows UNION SELECT DISTINCT space FROM shards")}
 
     def delete_space(self, space_id: int) -> None:
         self._x("DELETE FROM spaces WHERE id = ?", (space_id,))
@@ -282,6 +336,25 @@ class Index:
         """[(key, row)] stored in a shard, by row."""
         return [(k.hex(), r) for k, r in self._q("SELECT key, row FROM rows WHERE shard = ? ORDER BY row", (shard_id,))]
 
+    def delete_rows_at(self, shard_id: int, rows: Iterable[int]) -> int:
+        """Forget the index rows pointing at these row numbers of a shard; how many were dropped."""
+        wanted = sorted(set(rows))
+        dropped = 0
+        for chunk in _chunks(wanted):
+            marks = ",".join("?" * len(chunk))
+            dropped += self._q(f"SELECT count(*) FROM rows WHERE shard = ? AND row IN ({marks})",
+                               (shard_id, *chunk))[0][0]
+            self._x(f"DELETE FROM rows WHERE shard = ? AND row IN ({marks})", (shard_id, *chunk))
+        return dropped
+
+    def keys_of_space(self, space_id: int) -> list[str]:
+        return [k.hex() for (k,) in self._q("SELECT key FROM rows WHERE space = ?", (space_id,))]
+
+    def delete_rows_of_space(self, space_id: int) -> int:
+        dropped = self.count_rows(space_id)
+        self._x("DELETE FROM rows WHERE space = ?", (space_id,))
+        return dropped
+
     def rows_per_shard(self) -> dict[int, int]:
         """{shard id: how many index rows point into it}."""
         return dict(self._q("SELECT shard, count(*) FROM rows GROUP BY shard"))
@@ -346,6 +419,17 @@ class Index:
             self._x("DELETE FROM records WHERE dataset = ?", (rows[0][0],))
             self._x("DELETE FROM datasets WHERE id = ?", (rows[0][0],))
         return bool(rows)
+
+    def dataset_size(self, name: str) -> int:
+        return self._q("SELECT count(*) FROM records r JOIN datasets d ON d.id = r.dataset WHERE d.name = ?",
+                       (name,))[0][0]
+
+    def records_without_row(self, name: str, space_id: int, limit: int = 5) -> list[tuple[str, str]]:
+        """[(path, key)] of up to `limit` records of data set `name` whose key has no row in the space."""
+        return [(p, k.hex()) for p, k in self._q(
+            "SELECT r.path, r.key FROM records r JOIN datasets d ON d.id = r.dataset WHERE d.name = ? AND NOT EXISTS "
+            "(SELECT 1 FROM rows w WHERE w.space = ? AND w.key = r.key) ORDER BY r.idx LIMIT ?",
+            (name, space_id, limit))]
 
     def dataset_coverage(self, name: str, space_id: int) -> int:
         """How many of data set `name`'s records have a row in space `space_id`."""

@@ -9,6 +9,19 @@ Row r starts at 64 + r * row_bytes, so no per-row index is needed. How many rows
 index's business (`shards.rows`): bytes past that are an interrupted write, never read, and dropped by
 the next writer. Integrity is checked per block of `BLOCK_ROWS` rows (CRC32, extended as rows arrive)
 and, once a shard is full, by a SHA-256 of its whole row area.
+
+Beside each shard, a key file `NNNNNN.keys` says which key each row was written for, independently of
+the index (the shard row format stays the extension's):
+
+    magic "TEKEYS\0\0" | u32 version | u32 slot bytes (40) | one slot per row:
+    32-byte key (zero-padded; keys over 32 bytes: their BLAKE2b-256) | u8 key bytes | 3 zero bytes |
+    u32 CRC32 of the 36 bytes before it and the row's bytes
+
+So `te cache verify` can prove that the index binds each key to the row written for it (two keys
+swapped in the index are caught), pin a flipped byte to its row, and `te cache repair` can rebuild a
+lost index from the shards alone: every row whose slot checks out is known with its key. It costs 40
+bytes a row (2% of an int8 row of 2048 features). Each space's folder also holds `space.json`, the
+space's config, so a rebuilt index knows what the rows are (its SHA-256 must be the space id).
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from transfer_engine._durable import fsync_dir
+from transfer_engine._durable import fsync_dir, makedirs_durably
 from transfer_engine.errors import CorruptCacheError
 
 if TYPE_CHECKING:
@@ -67,24 +80,48 @@ class ShardHeader:
                    space_id=space.hex(), version=version)
 
 
+KEYS_MAGIC = b"TEKEYS\0\0"
+KEYS_VERSION = 1
+_KEYS_HEADER = struct.Struct("<8sII")
+KEYS_HEADER_BYTES = _KEYS_HEADER.size
+_SLOT = struct.Struct("<32sB3xI")
+SLOT_BYTES = _SLOT.size
+_KEY_FIELD = 32
+SPACE_FILE = "space.json"
+
+
 def shard_relpath(space_id: str, shard_id: int) -> str:
     """Where shard `shard_id` of a space lives, relative to the cache directory."""
     return f"shards/{space_id[:16]}/{shard_id:06d}.shard"
 
 
+def keys_relpath(space_id: str, shard_id: int) -> str:
+    """Where the key file of shard `shard_id` lives, relative to the cache directory."""
+    return f"shards/{space_id[:16]}/{shard_id:06d}.keys"
+
+
+def keys_path(shard_path: Path) -> Path:
+    return shard_path.with_suffix(".keys")
+
+
 def create_shard(path: Path, header: ShardHeader) -> None:
-    """Write a new, empty shard (header only), durable, replacing any file there.
+    """Write a new, empty shard (header only) and its empty key file, durable, replacing any files there.
 
     A file already at `path` can only be an orphan of a crashed writer: its id was never committed.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    makedirs_durably(path.parent)
+    _create_file(path, header.pack())
+    _create_file(keys_path(path), _KEYS_HEADER.pack(KEYS_MAGIC, KEYS_VERSION, SLOT_BYTES))
+    fsync_dir(path.parent)
+
+
+def _create_file(path: Path, head: bytes) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        _write_all(fd, header.pack(), 0)
+        _write_all(fd, head, 0)
         os.fsync(fd)
     finally:
         os.close(fd)
-    fsync_dir(path.parent)
 
 
 def write_rows(path: Path, first_row: int, data: memoryview, row_bytes: int) -> None:
@@ -93,7 +130,11 @@ def write_rows(path: Path, first_row: int, data: memoryview, row_bytes: int) -> 
     Anything past the last committed row (`first_row`) is dropped first: it can only be the torn
     tail of a writer that died before committing.
     """
-    offset = HEADER_BYTES + first_row * row_bytes
+    _write_after(path, HEADER_BYTES + first_row * row_bytes, data)
+
+
+def _write_after(path: Path, offset: int, data: bytes | memoryview) -> None:
+    """Cut the file at `offset` (a dead writer's tail), write `data` there, fsync."""
     fd = os.open(path, os.O_RDWR)
     try:
         if os.fstat(fd).st_size > offset:
@@ -102,6 +143,68 @@ def write_rows(path: Path, first_row: int, data: memoryview, row_bytes: int) -> 
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def key_field(key: str) -> tuple[bytes, int]:
+    """(the 32-byte field, the key's length in bytes) a key file stores for `key` (hex)."""
+    raw = bytes.fromhex(key)
+    if len(raw) > _KEY_FIELD:
+        return hashlib.blake2b(raw, digest_size=_KEY_FIELD).digest(), len(raw)
+    return raw.ljust(_KEY_FIELD, b"\0"), len(raw)
+
+
+def key_slots(keys: list[str], data: bytes | memoryview, row_bytes: int) -> bytes:
+    """The key-file slots of rows `data` (whole rows back to back) written for `keys`, in order."""
+    view = memoryview(data).cast("B")
+    out = bytearray()
+    for i, key in enumerate(keys):
+        field, length = key_field(key)
+        head = _SLOT.pack(field, length, 0)[:-4]
+        out += _SLOT.pack(field, length, zlib.crc32(view[i * row_bytes:(i + 1) * row_bytes], zlib.crc32(head)))
+    return bytes(out)
+
+
+def write_key_slots(path: Path, first_row: int, slots: bytes) -> None:
+    """Append slots at row `first_row` of a key file, durable (a dead writer's tail is cut first)."""
+    _write_after(path, KEYS_HEADER_BYTES + first_row * SLOT_BYTES, slots)
+
+
+@dataclass(frozen=True)
+class KeySlot:
+    """What a key file says about one row."""
+
+    field: bytes
+    length: int
+    crc: int
+
+    def holds(self, key: str) -> bool:
+        """True when the row was written for `key`."""
+        return (self.field, self.length) == key_field(key)
+
+    @property
+    def key(self) -> str | None:
+        """The key in hex, or None for a key over 32 bytes (the file keeps only its digest)."""
+        return self.field[:self.length].hex() if 0 < self.length <= _KEY_FIELD else None
+
+    def matches(self, row: bytes | memoryview) -> bool:
+        """True when `row` holds the bytes written with this key (the slot's own bytes included)."""
+        head = _SLOT.pack(self.field, self.length, 0)[:-4]
+        return zlib.crc32(row, zlib.crc32(head)) == self.crc
+
+
+def read_key_slots(path: Path, rows: int) -> list[KeySlot]:
+    """The slots of a key file's first `rows` rows (fewer when the file is shorter).
+
+    Raises:
+        FileNotFoundError: there is no key file (a shard written before te kept them, or a lost one).
+        CorruptCacheError: the file's header is not a key file's.
+    """
+    with open(path, "rb") as f:
+        head = f.read(KEYS_HEADER_BYTES)
+        data = f.read(rows * SLOT_BYTES)
+    if len(head) < KEYS_HEADER_BYTES or _KEYS_HEADER.unpack(head) != (KEYS_MAGIC, KEYS_VERSION, SLOT_BYTES):
+        raise CorruptCacheError(f"{path.name}: not a te key file (bad header)")
+    return [KeySlot(*_SLOT.unpack_from(data, i * SLOT_BYTES)) for i in range(len(data) // SLOT_BYTES)]
 
 
 def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -172,12 +275,13 @@ def sha256_of_rows(path: Path, rows: int, row_bytes: int) -> str:
 
 
 def orphan_files(root: Path, expected: set[str]) -> list[str]:
-    """Shard files under `root`/shards (relative paths) that are not in `expected`."""
+    """Shard and key files under `root`/shards (relative paths) whose shard is not in `expected`
+    (a set of shard files)."""
     folder = Path(root) / "shards"
     if not folder.is_dir():
         return []
-    found = [p.relative_to(root).as_posix() for p in sorted(folder.glob("*/*.shard"))]
-    return [p for p in found if p not in expected]
+    found = [p.relative_to(root).as_posix() for p in sorted(folder.glob("*/*.shard")) + sorted(folder.glob("*/*.keys"))]
+    return [p for p in found if p.rsplit(".", 1)[0] + ".shard" not in expected]
 
 
 class ShardMaps:
@@ -200,28 +304,40 @@ class ShardMaps:
 
         if committed == 0:
             return torch.empty(0, dtype=torch.uint8)
+        path = self.root / relpath
+        length = HEADER_BYTES + committed * row_bytes
         with self._lock:
             mapped = self._maps.get(shard_id)
             if mapped is None or mapped[0] < committed:
-                path = self.root / relpath
-                length = HEADER_BYTES + committed * row_bytes
                 try:
                     with open(path, "rb") as f:
-                        size = os.fstat(f.fileno()).st_size
-                        if size < length:
-                            raise CorruptCacheError(
-                                f"{relpath}: {size} bytes, but the index commits {committed} rows "
-                                f"({length} bytes); run `te cache verify {self.root}`")
+                        self._check_size(relpath, os.fstat(f.fileno()).st_size, committed, length)
                         mm = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_COPY)
                 except FileNotFoundError:
-                    raise CorruptCacheError(f"{relpath} is missing: `te cache gc` rewrote it after these rows were "
-                                            f"located (locate them again), or it was lost (run `te cache verify "
-                                            f"{self.root}`)") from None
+                    raise self._missing(relpath) from None
                 # frombuffer keeps the map alive for as long as any view of it lives.
                 mapped = (committed, torch.frombuffer(mm, dtype=torch.uint8, offset=HEADER_BYTES,
                                                       count=committed * row_bytes))
                 self._maps[shard_id] = mapped
+            else:
+                # A file cut short under a live map would kill the process with SIGBUS at the first
+                # read past its new end; a stat per shard and gather turns that into an error.
+                try:
+                    self._check_size(relpath, os.stat(path).st_size, committed, length)
+                except FileNotFoundError:
+                    raise self._missing(relpath) from None
             return mapped[1][: committed * row_bytes]
+
+    def _check_size(self, relpath: str, size: int, committed: int, length: int) -> None:
+        if size < length:
+            raise CorruptCacheError(f"{relpath}: {size} bytes, but the index commits {committed} rows ({length} "
+                                    f"bytes): the file was cut short; run `te cache verify {self.root}`, then "
+                                    f"`te cache repair {self.root}`")
+
+    def _missing(self, relpath: str) -> CorruptCacheError:
+        return CorruptCacheError(f"{relpath} is missing: `te cache gc` rewrote it after these rows were located "
+                                 f"(locate them again), or it was lost (run `te cache verify {self.root}`, then "
+                                 f"`te cache repair {self.root}`)")
 
     def forget(self, shard_ids: set[int] | None = None) -> None:
         """Drop maps (all of them by default); views already handed out stay valid."""

@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from transfer_engine._durable import replace_durably
-from transfer_engine.cache import artifacts
+from transfer_engine._durable import makedirs_durably, replace_durably
+from transfer_engine.cache import artifacts, leases
 from transfer_engine.cache.index import Index, SpaceRow
 from transfer_engine.cache.lock import WriterLock
 from transfer_engine.cache.records import Dataset, Record, checked_records
 from transfer_engine.cache.shards import ShardMaps, shard_relpath
 from transfer_engine.cache.space import FORMAT_VERSION, FeatureSpace
 from transfer_engine.cache.writer import DEFAULT_SHARD_BYTES
-from transfer_engine.errors import NotACacheError, UsageError
+from transfer_engine.errors import NotACacheError, TEError, UsageError
 
 if TYPE_CHECKING:
     from transfer_engine.cache.gc import GcReport
@@ -59,6 +60,7 @@ class FeatureCache:
         self.lock = lock
         self.maps = ShardMaps(root)
         self.max_shard_bytes = max_shard_bytes
+        self._leases: dict[str, str] = {}  # space digest -> token of this object's writer lease on it
 
     @classmethod
     def open(cls, directory: str | os.PathLike, *, create: bool = True, lock_timeout: float = 60.0,
@@ -88,7 +90,8 @@ class FeatureCache:
                     raise NotACacheError(f"{root} does not exist; expected a feature cache directory "
                                          "(te extract --cache DIR makes one)")
                 raise NotACacheError(f"{root} is not a te feature cache (it has no {MARKER})")
-            root.mkdir(parents=True, exist_ok=True)
+            _refuse_foreign(root)  # before the lock file: a refused folder is left as it was
+            makedirs_durably(root)
             lock = WriterLock(root / LOCK, lock_timeout)
             try:
                 with lock:  # two processes creating one cache at once: the second finds the first's
@@ -102,10 +105,40 @@ class FeatureCache:
 
     # -- lifetime ---------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the index and the lock file; views already gathered stay valid."""
+        """Release this object's writer leases, close the index and the lock file; views already gathered
+        stay valid."""
         self.maps.forget()
+        self._release_leases()
         self.index.close()
         self.lock.close()
+
+    # -- writer leases ----------------------------------------------------------------------------------
+    def lease(self, space_digest: str) -> None:
+        """Hold a writer lease on a space (inside the caller's write transaction, under the lock), so
+        `gc` keeps rows written here that no data set names yet; see `transfer_engine.cache.leases`.
+
+        Taken once per space per cache object and kept until `close`; taken again when the transaction
+        that recorded it was rolled back.
+        """
+        token = self._leases.get(space_digest)
+        if token is None or not leases.held(self.index, token):
+            self._leases[space_digest] = leases.take(self.index, space_digest)
+
+    def own_leases(self) -> list[str]:
+        """Tokens of the leases this object holds."""
+        return list(self._leases.values())
+
+    def _release_leases(self) -> None:
+        """Drop this object's leases (a process that dies instead leaves stale ones that gc prunes)."""
+        if not self._leases:
+            return
+        tokens, self._leases = list(self._leases.values()), {}
+        try:
+            with self.lock, self.index.write():
+                for token in tokens:
+                    leases.release(self.index, token)
+        except (TEError, OSError, sqlite3.Error):  # a lock timeout or a damaged index: the leases go stale
+            pass
 
     def __enter__(self) -> "FeatureCache":
         return self
@@ -143,6 +176,7 @@ class FeatureCache:
                     width = row_bytes(space.dim, space.stored)
                     sid = self.index.insert_space(space.id, space.dim, space.stored, width, space.to_dict())
                     row = SpaceRow(sid, space.id, space.dim, space.stored, width, space.to_dict())
+                    self.lease(space.id)  # gc keeps the new, still empty space for this writer
         return CachedSpace(self, row, space)
 
     def spaces(self) -> list[FeatureSpace]:
@@ -267,16 +301,22 @@ class FeatureCache:
 
 def _create(root: Path) -> None:
     """Make a new cache in `root` (called under the writer lock); the marker is written last."""
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in _OWN_ENTRIES)
-    if foreign:
-        raise NotACacheError(f"{root} is not empty and not a te feature cache (it holds {', '.join(foreign[:3])}"
-                             f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory")
+    _refuse_foreign(root)
     index = Index(root / INDEX, create=True)
     index.set_meta("format_version", str(FORMAT_VERSION))
     index.close()
     tmp = root / (MARKER + ".tmp")
     tmp.write_text(json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n")
     replace_durably(tmp, root / MARKER)
+
+
+def _refuse_foreign(root: Path) -> None:
+    """`NotACacheError` when `root` holds files that are not a cache's (a cache is made only in a new or
+    empty folder, or over the remains of an interrupted creation)."""
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in _OWN_ENTRIES) if root.is_dir() else []
+    if foreign:
+        raise NotACacheError(f"{root} is not empty and not a te feature cache (it holds {', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory")
 
 
 def _check_marker(marker: Path) -> None:

@@ -1,8 +1,9 @@
 """Appending encoded rows to a space's shards: the one place that decides the commit order.
 
 Crash safety comes from the order, not from cleverness:
-  1. (new shard) write its header, fsync the file and its directory;
-  2. write the rows after the last committed row, fsync;
+  1. (new shard) write its header and its empty key file, fsync them and their directory (new folders
+     fsynced in their parents; a new space's folder gets its `space.json` first);
+  2. write the rows after the last committed row, fsync; then their key-file slots, fsync;
   3. record rows, counts and checksums in the index, in the caller's one sqlite transaction (COMMIT).
 A kill -9 before 3 leaves bytes nobody references (the next writer truncates them, readers never look
 past the committed count); after 3 everything referenced is on disk. So a crash loses at most the batch
@@ -11,12 +12,25 @@ in flight and never exposes a half-written row.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
+from transfer_engine._durable import makedirs_durably, replace_durably
 from transfer_engine.cache import shards
 from transfer_engine.cache.index import Index, SpaceRow
+from transfer_engine.errors import CorruptCacheError
 
 DEFAULT_SHARD_BYTES = 256 << 20
+# meta key: the first shard id written with a key file (older shards of a cache made before key files
+# existed have none); new caches start at 1.
+KEYS_FROM_SHARD = "keys_from_shard"
+
+
+def has_key_file(index: Index, shard_id: int) -> bool:
+    """Whether shard `shard_id` was written with a key file (so a missing one is damage)."""
+    first = index.meta(KEYS_FROM_SHARD)
+    return first is not None and shard_id >= int(first)
 
 
 class ShardWriter:
@@ -35,15 +49,15 @@ class ShardWriter:
         self.space = space
         self.capacity = max(1, int(max_shard_bytes) // space.row_bytes)
 
-    def append(self, raw: bytes | memoryview) -> list[tuple[int, int]]:
-        """Write rows (`raw` holds whole rows back to back) durably; return (shard, row) of each.
+    def append(self, raw: bytes | memoryview, keys: list[str]) -> list[tuple[int, int]]:
+        """Write rows (`raw` holds whole rows back to back, one per key) durably; return (shard, row) of each.
 
         The index is updated in the open transaction; nothing is visible to readers until it commits.
         """
         width = self.space.row_bytes
         view = memoryview(raw).cast("B")
-        if len(view) % width:
-            raise ValueError(f"expected whole rows of {width} bytes, got {len(view)} bytes")
+        if len(view) % width or len(view) // width != len(keys):
+            raise ValueError(f"expected {len(keys)} whole rows of {width} bytes, got {len(view)} bytes")
         placed: list[tuple[int, int]] = []
         while view:
             shard = self.index.open_shard(self.space.id)
@@ -53,8 +67,10 @@ class ShardWriter:
                 shard_id, committed, capacity = shard.id, shard.rows, shard.capacity
             take = min(len(view) // width, capacity - committed)
             chunk, view = view[: take * width], view[take * width:]
+            chunk_keys, keys = keys[:take], keys[take:]
             path = self.root / shards.shard_relpath(self.space.digest, shard_id)
             shards.write_rows(path, committed, chunk, width)
+            self._write_keys(shard_id, path, committed, chunk_keys, chunk)
             partial = self.index.partial_block(shard_id, committed, shards.BLOCK_ROWS)
             self.index.put_blocks(shard_id, shards.extend_block_checksums(committed, chunk, width, partial))
             total = committed + take
@@ -64,9 +80,33 @@ class ShardWriter:
             placed.extend((shard_id, row) for row in range(committed, total))
         return placed
 
+    def _write_keys(self, shard_id: int, path: Path, first_row: int, keys: list[str], chunk: memoryview) -> None:
+        if not has_key_file(self.index, shard_id):
+            return  # a shard begun before te kept key files: its rows' binding stays unverifiable
+        target = shards.keys_path(path)
+        if not target.exists():
+            raise CorruptCacheError(f"{target.relative_to(self.root)} is missing; run `te cache verify {self.root}` "
+                                    f"and `te cache repair {self.root}`")
+        shards.write_key_slots(target, first_row, shards.key_slots(keys, chunk, self.space.row_bytes))
+
     def _new_shard(self) -> int:
         shard_id = self.index.insert_shard(self.space.id, self.capacity)
+        if self.index.meta(KEYS_FROM_SHARD) is None:  # the first shard of an older cache with key files
+            self.index.set_meta(KEYS_FROM_SHARD, str(shard_id))
+        path = self.root / shards.shard_relpath(self.space.digest, shard_id)
+        makedirs_durably(path.parent)
+        write_space_file(path.parent, self.space)
         header = shards.ShardHeader(dim=self.space.dim, row_bytes=self.space.row_bytes, stored=self.space.stored,
                                     space_id=self.space.digest)
-        shards.create_shard(self.root / shards.shard_relpath(self.space.digest, shard_id), header)
+        shards.create_shard(path, header)
         return shard_id
+
+
+def write_space_file(folder: Path, space: SpaceRow) -> None:
+    """`space.json` in a space's shard folder (once): the config a rebuilt index needs to know the rows."""
+    target = folder / shards.SPACE_FILE
+    if target.exists():
+        return
+    tmp = folder / f".{shards.SPACE_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"id": space.digest, "config": space.config}, sort_keys=True) + "\n")
+    replace_durably(tmp, target)

@@ -112,3 +112,6 @@ def gc(directory: str, dry_run: bool, as_json: bool) -> None:
                f"{_human(report.bytes_freed)}")
     for space in report.spaces_dropped:
         click.echo(f"  space {space[:12]}")
+    for space, pids in report.spaces_kept_for_writers.items():
+        click.echo(f"  kept space {space[:12]} whole: a writer is still adding rows to it "
+                   f"(pid {', '.join(map(str, pids))}); run gc again once it has finished")
