@@ -79,6 +79,9 @@ def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
               help="Also checkpoint every N steps within an epoch (0: at the end of each epoch only).")
 @click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Weights to write: best validation accuracy (the start included) or the last epoch's.")
+@click.option("--no-val", is_flag=True,
+              help="When the data has no val split, train on all of train and keep the last epoch (by default "
+                   "te holds out the val te train held out, 15% of each class, and selects on it).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from RUN.ckpt/ (same settings).")
 @click.option("--overwrite", is_flag=True, help="Replace a run at --out; start over instead of resuming.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
@@ -86,8 +89,8 @@ def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
 @json_option
 def finetune(from_run, backbone, data, head, weights, out, epochs, lr, strategy, unfreeze_epoch, milestones,
              layer_decay, freeze_bn, optimizer, weight_decay, warmup, clip_grad, label_smoothing, batch_size,
-             input_size, augment, crop_scale, precision, device, seed, workers, limit, checkpoint_every, keep, resume,
-             overwrite, nproc, as_json) -> None:
+             input_size, augment, crop_scale, precision, device, seed, workers, limit, checkpoint_every, keep, no_val,
+             resume, overwrite, nproc, as_json) -> None:
     """Fine-tune backbone and head end to end, from a trained head (LP-FT) or a new one.
 
     Writes a run directory (run.json, metrics.json, model.safetensors, learning_curve.png,
@@ -115,7 +118,7 @@ def finetune(from_run, backbone, data, head, weights, out, epochs, lr, strategy,
         label_smoothing=label_smoothing, batch_size=batch_size, input_size=input_size, augment=augment,
         crop_scale=crop_scale,
         precision=precision, device=device, seed=seed, workers=workers, limit=limit,
-        checkpoint_every=checkpoint_every, keep=keep, resume=resume, overwrite=overwrite, progress=True)
+        checkpoint_every=checkpoint_every, keep=keep, no_val=no_val, resume=resume, overwrite=overwrite, progress=True)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if as_json:

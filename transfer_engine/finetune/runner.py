@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from transfer_engine.core.splits import HOLDOUT_FRACTION, hold_out
 from transfer_engine.errors import UsageError
 from transfer_engine.extract.pipeline import cpu_has_native_bf16
 from transfer_engine.extract.runner import resolve_device
@@ -101,8 +102,8 @@ def finetune(out: str | os.PathLike, *, from_run_dir: str | os.PathLike | None =
              augment: str = "crop+flip", crop_scale: float = fdata.CROP_SCALE, precision: str = "auto",
              device: str = "auto",
              channels_last: bool = True, seed: int = 0, workers: int | None = None, limit: int | None = None,
-             checkpoint_every: int = 0, keep: str = "best", resume: bool = False, overwrite: bool = False,
-             progress: bool = True, on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None
+             checkpoint_every: int = 0, keep: str = "best", no_val: bool = False, resume: bool = False,
+             overwrite: bool = False, progress: bool = True, on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None
              ) -> FinetuneSummary:
     """Fine-tune a backbone and head end to end and write a run directory (kind "finetune") at `out`.
 
@@ -137,6 +138,8 @@ def finetune(out: str | os.PathLike, *, from_run_dir: str | os.PathLike | None =
         checkpoint_every: also checkpoint every N steps within an epoch (0: at epoch ends only).
         keep: "best" (highest val accuracy, the starting model included unless its head was fitted on
             train+val) or "last" weights.
+        no_val: when the data has no val split, train on all of train and keep the last epoch instead of
+            holding out te train's val (`core.splits.hold_out`); without it, no val at all is an error.
         resume: continue from `out`.ckpt/ when it holds a checkpoint of this same configuration.
         overwrite: replace a run at `out`, and discard a checkpoint when not resuming.
         progress: progress lines on stderr (rank 0).
@@ -182,6 +185,9 @@ def finetune(out: str | os.PathLike, *, from_run_dir: str | os.PathLike | None =
     torch.manual_seed(seed + rank)  # dropout masks differ between ranks, as their images do
     preprocess = fdata.scaled_preprocess(start.preprocess, input_size)
     splits = {s: [it for it in start.items if it.split == s] for s in ("train", "val", "test")}
+    splits, val_note = _validation_split(splits, no_val)
+    if no_val and not splits["val"]:
+        keep = "last"
     if len(splits["train"]) < batch_size:
         raise UsageError(f"--batch-size {batch_size} is larger than the {len(splits['train'])} training images; "
                          "lower it")
@@ -202,7 +208,7 @@ def finetune(out: str | os.PathLike, *, from_run_dir: str | os.PathLike | None =
               **asdict(cfg), "batch_size": batch_size, "input_size": preprocess.crop_size, "augment": augment,
               "crop_scale": crop_scale,
               "precision": chosen, "device_type": target.type, "channels_last": channels_last, "seed": seed,
-              "limit": limit, "world_size": world, "keep": keep, "checkpoint_every": checkpoint_every}
+              "limit": limit, "world_size": world, "keep": keep, "no_val": no_val, "checkpoint_every": checkpoint_every}
 
     writer = None
     if rank == 0:
@@ -211,7 +217,7 @@ def finetune(out: str | os.PathLike, *, from_run_dir: str | os.PathLike | None =
         writer = RunWriter(out, overwrite=overwrite)  # --out is checked and staged before any training
     try:
         summary = _train_and_write(start, trainer, sets, plan, config, ckpt_dir, writer, rank, world, workers,
-                                   resume, progress, on_epoch_end, precision_reason)
+                                   resume, progress, on_epoch_end, precision_reason, val_note)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -221,7 +227,7 @@ def finetune(out: str | os.PathLike, *, from_run_dir: str | os.PathLike | None =
 
 def _train_and_write(start: Start, trainer: Trainer, sets: dict, plan, config: dict, ckpt_dir: Path, writer,
                      rank: int, world: int, workers: int, resume: bool, progress: bool, on_epoch_end,
-                     precision_reason: str) -> FinetuneSummary:
+                     precision_reason: str, val_note: str | None) -> FinetuneSummary:
     from transfer_engine.finetune.finish import evaluate_all, write_run
 
     epochs, batch, seed = config["epochs"], config["batch_size"], config["seed"]
@@ -256,6 +262,8 @@ def _train_and_write(start: Start, trainer: Trainer, sets: dict, plan, config: d
         state.best = {"epoch": 0, "val_accuracy": None if seen_val else state.before.get("val_accuracy"),
                       "val_loss": None if seen_val else state.before.get("val_loss")}
         best_weights = _copy(model)
+        if val_note:
+            meter.line(val_note)
         meter.line(f"finetune: {plan.describe(trainer.blocks)}; {config['precision']} ({precision_reason}); "
                    f"start: val accuracy {_pct(state.before.get('val_accuracy'))}"
                    + (" (its head was fitted on train+val, so the start is not a candidate for the best weights)"
@@ -343,6 +351,33 @@ def _parent(start: Start) -> dict | None:
         return None
     m = start.parent_metrics
     return {"path": start.parent, **{k: m.get(k) for k in ("train_accuracy", "val_accuracy", "test_accuracy")}}
+
+
+def _validation_split(splits: dict[str, list], no_val: bool) -> tuple[dict[str, list], str | None]:
+    """The splits with a val to select on, and what te says about it (None: nothing to say).
+
+    A data set without val (train/ + test/ folders) gets the one `te train` held out, by the same rule
+    (`core.splits.hold_out`), so the epoch te finetune keeps is chosen on images neither head nor
+    backbone trained on, and the start competes as te train's result did.
+
+    Raises:
+        UsageError: no val split and none can be held out (a class with a single image), without --no-val.
+    """
+    if splits["val"]:
+        return splits, None
+    train = splits["train"]
+    if no_val:
+        return splits, (f"finetune: --no-val: no val split; training on all {len(train)} train images and keeping "
+                        "the last epoch (nothing is selected)")
+    kept, held = hold_out(train)
+    if not held:
+        raise UsageError("the data has no val split and too few train images to hold some out (each class needs 2 "
+                         "or more); add a val split, or pass --no-val to train without selection (keeps the last "
+                         "epoch)")
+    val = [replace(item, split="val") for item in held]
+    note = (f"finetune: the data has no val split: holding out {len(val)} of its {len(train)} train images "
+            f"({HOLDOUT_FRACTION:.0%} per class, by content key: the images te train holds out) to select on")
+    return {**splits, "train": kept, "val": val}, note
 
 
 def _pct(value: float | None) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
+from transfer_engine.core.splits import HOLDOUT_FRACTION, hold_out
 from transfer_engine.errors import CacheError, UsageError
 
 if TYPE_CHECKING:
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     from transfer_engine.cache.rows import CachedSpace
 
 SPLITS = ("train", "val", "test")
-# Share of each class's train records held out for selection when the data set has no val split.
-HOLDOUT_FRACTION = 0.15
 # Rows decoded at once when features are streamed (checks, scale, evaluation).
 STREAM_BATCH = 4096
 
@@ -240,7 +239,7 @@ def _labelled_splits(ds: "Dataset", notes: list[str]) -> dict[str, Split]:
                          "a classifier needs samples of at least 2 classes")
     val = by_split.get("val", [])
     if not val:
-        train, val = _hold_out(train)
+        train, val = hold_out(train)
         if not val:
             raise UsageError(f"data set {ds.name!r} has no val split and too few train samples to hold some out "
                              "(each class needs 2 or more); add a val split")
@@ -250,21 +249,6 @@ def _labelled_splits(ds: "Dataset", notes: list[str]) -> dict[str, Split]:
     if by_split.get("test"):
         splits["test"] = _split("test", by_split["test"])
     return splits
-
-
-def _hold_out(train: list) -> tuple[list, list]:
-    """A deterministic, stratified val split from train: per class, the records with the smallest keys
-    (content keys are uniform hashes, so this is a random choice that never changes)."""
-    by_class: dict[int, list] = {}
-    for r in train:
-        by_class.setdefault(r.label, []).append(r)
-    held: set[str] = set()
-    for records in by_class.values():
-        if len(records) < 2:
-            continue
-        count = min(len(records) - 1, max(1, round(HOLDOUT_FRACTION * len(records))))
-        held.update(r.key for r in sorted(records, key=lambda r: r.key)[:count])
-    return [r for r in train if r.key not in held], [r for r in train if r.key in held]
 
 
 def _split(name: str, records: list) -> Split:
