@@ -42,18 +42,25 @@ def test_a_flipped_row_byte_is_found_with_its_shard_and_rows(new_cache, wp):
     report = cache.verify()
     assert not report.ok and len(report.problems) == 1
     problem = report.problems[0]
-    first = row // BLOCK_ROWS * BLOCK_ROWS
     assert problem.shard == path.relative_to(cache.root).as_posix()
-    assert problem.rows == (first, first + BLOCK_ROWS - 1) and "checksum mismatch" in problem.message
+    # the key file's per-row CRC32 pins the damage to the one row, not its whole block
+    assert problem.rows == (row, row) and f"checksum mismatch in block {row // BLOCK_ROWS}" in problem.message
 
 
-def test_a_flipped_byte_in_a_sealed_shard_fails_both_checks(new_cache, wp):
+def test_a_flipped_byte_in_a_sealed_shard_is_pinned_to_its_row(new_cache, wp):
     cache, _ = filled(new_cache, wp, max_shard_bytes=250 * (wp.DIM + 4))
     sealed = shard_files(cache)[0]
     flip(sealed, HEADER_BYTES + 3)
-    messages = [p.message for p in cache.verify().problems]
-    assert any("checksum mismatch in block 0" in m for m in messages)
-    assert any("SHA-256 of the sealed shard" in m for m in messages)
+    (problem,) = cache.verify().problems
+    assert "checksum mismatch in block 0" in problem.message and problem.rows == (0, 0)
+
+
+def test_a_wrong_sealed_sha256_in_the_index_is_found(new_cache, wp):
+    cache, _ = filled(new_cache, wp, max_shard_bytes=250 * (wp.DIM + 4))
+    with cache.lock, cache.index.write():
+        cache.index.seal_shard(cache.index.shards()[0].id, "0" * 64, 250)
+    (problem,) = cache.verify().problems
+    assert "SHA-256 of the sealed shard" in problem.message
 
 
 def test_a_damaged_header_or_a_cut_shard_is_reported(new_cache, wp):

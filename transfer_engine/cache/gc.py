@@ -152,10 +152,7 @@ def collect_garbage(cache: "FeatureCache", dry_run: bool = False) -> GcReport:
             plan = _plan(cache)
             digests = {s.id: s.digest for s in index.spaces()}
             gone = _apply(cache, index, plan)
-        for relpath in gone:
-            (cache.root / relpath).unlink(missing_ok=True)
-            (cache.root / relpath).with_suffix(".keys").unlink(missing_ok=True)
-        cache.maps.forget()
+        unlink_shard_files(cache, gone)
         orphans = _remove_orphans_and_tails(cache)
         stale, stale_bytes = artifacts.remove_unreferenced(cache)
     report = _report(plan, digests, dry_run=False, freed=max(0, before - _disk_bytes(cache)) + stale_bytes,
@@ -171,19 +168,8 @@ def _apply(cache: "FeatureCache", index: "Index", plan: _Plan) -> list[str]:
     for space_id, keys in plan.dead.items():
         index.delete_rows(space_id, keys)
     by_id = {s.id: s for s in index.shards()}
-    for shard_id in plan.rewrite:
-        index.close_shard(shard_id)  # so the copies below go to another shard
-    gone = []
-    for shard_id in plan.rewrite:
-        space = spaces[by_id[shard_id].space]
-        path = cache.shard_path(space.digest, shard_id)
-        live = index.rows_of_shard(shard_id)
-        width = space.row_bytes
-        rows = memoryview(shardfile.read_rows(path, 0, by_id[shard_id].rows, width))
-        raw = b"".join(rows[row * width:(row + 1) * width] for _key, row in live)
-        placed = ShardWriter(cache.root, index, space, cache.max_shard_bytes).append(raw, [k for k, _ in live])
-        index.move_rows(space.id, [(key, s, r) for (key, _), (s, r) in zip(live, placed)])
-    for shard_id in plan.remove + plan.rewrite:
+    gone = rewrite_shards(cache, plan.rewrite)
+    for shard_id in plan.remove:
         index.delete_shard(shard_id)
         space = spaces.get(by_id[shard_id].space)
         if space is not None:  # a lost space's files: orphans now, removed with the others
@@ -191,6 +177,39 @@ def _apply(cache: "FeatureCache", index: "Index", plan: _Plan) -> list[str]:
     for space_id in plan.empty_spaces:
         index.delete_space(space_id)
     return gone
+
+
+def rewrite_shards(cache: "FeatureCache", shard_ids: list[int]) -> list[str]:
+    """Copy the rows the index still points at in these shards (raw bytes, with their keys) into other
+    shards of their space and forget the old shards, inside the caller's transaction; returns the old
+    shard files to unlink once it commits. gc uses it to drop dead rows, repair to leave damage behind."""
+    index = cache.index
+    spaces = {s.id: s for s in index.spaces()}
+    by_id = {s.id: s for s in index.shards()}
+    for shard_id in shard_ids:
+        index.close_shard(shard_id)  # so the copies below go to another shard
+    gone = []
+    for shard_id in shard_ids:
+        space = spaces[by_id[shard_id].space]
+        path = cache.shard_path(space.digest, shard_id)
+        live = index.rows_of_shard(shard_id)
+        width = space.row_bytes
+        if live:
+            rows = memoryview(shardfile.read_rows(path, 0, live[-1][1] + 1, width))
+            raw = b"".join(rows[row * width:(row + 1) * width] for _key, row in live)
+            placed = ShardWriter(cache.root, index, space, cache.max_shard_bytes).append(raw, [k for k, _ in live])
+            index.move_rows(space.id, [(key, s, r) for (key, _), (s, r) in zip(live, placed)])
+        index.delete_shard(shard_id)
+        gone.append(shardfile.shard_relpath(space.digest, shard_id))
+    return gone
+
+
+def unlink_shard_files(cache: "FeatureCache", relpaths: list[str]) -> None:
+    """Remove shards (and their key files) the index no longer names, once that has committed."""
+    for relpath in relpaths:
+        (cache.root / relpath).unlink(missing_ok=True)
+        (cache.root / relpath).with_suffix(".keys").unlink(missing_ok=True)
+    cache.maps.forget()
 
 
 def _remove_orphans_and_tails(cache: "FeatureCache") -> int:

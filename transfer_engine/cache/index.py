@@ -254,6 +254,9 @@ class Index:
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (space_id, digest, dim, stored, row_bytes, json.dumps(config, sort_keys=True), time.time()))
 
+    def set_space_config(self, space_id: int, config: dict) -> None:
+        self._x("UPDATE spaces SET config = ? WHERE id = ?", (json.dumps(config, sort_keys=True), space_id))
+
     def space_ids_in_use(self) -> set[int]:
         """Space ids that rows or shards name (a space the index lost still has these)."""
         return {r[0] for r in self._q("SELECT DISTINCT space FROM rows UNION SELECT DISTINCT space FROM shards")}
@@ -276,8 +279,10 @@ class Index:
                        "WHERE space = ? AND rows < capacity ORDER BY id DESC LIMIT 1", (space_id,))
         return ShardRow(*rows[0]) if rows else None
 
-    def insert_shard(self, space_id: int, capacity: int) -> int:
-        return self._x("INSERT INTO shards (space, rows, capacity) VALUES (?, 0, ?)", (space_id, capacity))
+    def insert_shard(self, space_id: int, capacity: int, shard_id: int | None = None) -> int:
+        """A new, empty shard; `shard_id` puts one back under the id its file is named by (a rebuilt index)."""
+        return self._x("INSERT INTO shards (id, space, rows, capacity) VALUES (?, ?, 0, ?)",
+                       (shard_id, space_id, capacity))
 
     def set_shard_rows(self, shard_id: int, rows: int) -> None:
         self._x("UPDATE shards SET rows = ? WHERE id = ?", (rows, shard_id))
@@ -350,11 +355,6 @@ class Index:
     def keys_of_space(self, space_id: int) -> list[str]:
         return [k.hex() for (k,) in self._q("SELECT key FROM rows WHERE space = ?", (space_id,))]
 
-    def delete_rows_of_space(self, space_id: int) -> int:
-        dropped = self.count_rows(space_id)
-        self._x("DELETE FROM rows WHERE space = ?", (space_id,))
-        return dropped
-
     def rows_per_shard(self) -> dict[int, int]:
         """{shard id: how many index rows point into it}."""
         return dict(self._q("SELECT shard, count(*) FROM rows GROUP BY shard"))
@@ -420,16 +420,13 @@ class Index:
             self._x("DELETE FROM datasets WHERE id = ?", (rows[0][0],))
         return bool(rows)
 
-    def dataset_size(self, name: str) -> int:
-        return self._q("SELECT count(*) FROM records r JOIN datasets d ON d.id = r.dataset WHERE d.name = ?",
-                       (name,))[0][0]
-
-    def records_without_row(self, name: str, space_id: int, limit: int = 5) -> list[tuple[str, str]]:
-        """[(path, key)] of up to `limit` records of data set `name` whose key has no row in the space."""
-        return [(p, k.hex()) for p, k in self._q(
-            "SELECT r.path, r.key FROM records r JOIN datasets d ON d.id = r.dataset WHERE d.name = ? AND NOT EXISTS "
-            "(SELECT 1 FROM rows w WHERE w.space = ? AND w.key = r.key) ORDER BY r.idx LIMIT ?",
-            (name, space_id, limit))]
+    def records_without_row(self, name: str, limit: int = 3) -> tuple[int, list[str]]:
+        """(how many, the paths of up to `limit`) records of data set `name` whose key has a row in no space."""
+        where = ("FROM records r JOIN datasets d ON d.id = r.dataset WHERE d.name = ? AND NOT EXISTS "
+                 "(SELECT 1 FROM rows w WHERE w.key = r.key)")
+        count = self._q(f"SELECT count(*) {where}", (name,))[0][0]
+        paths = [p for (p,) in self._q(f"SELECT r.path {where} ORDER BY r.idx LIMIT ?", (name, limit))] if count else []
+        return count, paths
 
     def dataset_coverage(self, name: str, space_id: int) -> int:
         """How many of data set `name`'s records have a row in space `space_id`."""

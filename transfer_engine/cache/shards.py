@@ -27,6 +27,7 @@ space's config, so a rebuilt index knows what the rows are (its SHA-256 must be 
 from __future__ import annotations
 
 import hashlib
+import json
 import mmap
 import os
 import struct
@@ -205,6 +206,15 @@ def read_key_slots(path: Path, rows: int) -> list[KeySlot]:
     if len(head) < KEYS_HEADER_BYTES or _KEYS_HEADER.unpack(head) != (KEYS_MAGIC, KEYS_VERSION, SLOT_BYTES):
         raise CorruptCacheError(f"{path.name}: not a te key file (bad header)")
     return [KeySlot(*_SLOT.unpack_from(data, i * SLOT_BYTES)) for i in range(len(data) // SLOT_BYTES)]
+
+
+def read_space_file(folder: Path) -> dict | None:
+    """What a space folder's `space.json` says ({"id", "config"}), or None when it is missing or unreadable."""
+    try:
+        data = json.loads((Path(folder) / SPACE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and set(data) == {"id", "config"} else None
 
 
 def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:

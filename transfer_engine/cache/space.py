@@ -124,6 +124,15 @@ class FeatureSpace:
                    pooling=pooling, precision=precision)
 
 
+def config_digest(config: Any) -> str | None:
+    """The id a stored space config hashes to, or None when it is not a space config at all (edited or
+    damaged): what `te cache verify` compares with the id the config is stored under."""
+    try:
+        return FeatureSpace.from_dict(config).id
+    except (UsageError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
 def _plain(value: Any, where: str) -> Any:
     """A JSON-able copy of `value` (tuples become lists) or a UsageError naming what does not fit."""
     if isinstance(value, Mapping):

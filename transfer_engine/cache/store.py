@@ -82,14 +82,9 @@ class FeatureCache:
         """
         root = Path(directory).expanduser().absolute()
         marker = root / MARKER
-        if root.exists() and not root.is_dir():
-            raise NotACacheError(f"{root} is a file; expected a feature cache directory")
+        if not create or (root.exists() and not root.is_dir()):
+            check_cache_dir(root)
         if not marker.is_file():
-            if not create:
-                if not root.exists():
-                    raise NotACacheError(f"{root} does not exist; expected a feature cache directory "
-                                         "(te extract --cache DIR makes one)")
-                raise NotACacheError(f"{root} is not a te feature cache (it has no {MARKER})")
             _refuse_foreign(root)  # before the lock file: a refused folder is left as it was
             makedirs_durably(root)
             lock = WriterLock(root / LOCK, lock_timeout)
@@ -308,6 +303,25 @@ def _create(root: Path) -> None:
     tmp = root / (MARKER + ".tmp")
     tmp.write_text(json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n")
     replace_durably(tmp, root / MARKER)
+
+
+def check_cache_dir(directory: str | os.PathLike) -> Path:
+    """The absolute path of an existing cache directory with a readable marker of a format this te reads.
+
+    Raises:
+        NotACacheError: the directory is missing, is a file, or holds something else.
+        UsageError: the cache was written by a newer format version.
+    """
+    root = Path(directory).expanduser().absolute()
+    if root.exists() and not root.is_dir():
+        raise NotACacheError(f"{root} is a file; expected a feature cache directory")
+    if not (root / MARKER).is_file():
+        if not root.exists():
+            raise NotACacheError(f"{root} does not exist; expected a feature cache directory "
+                                 "(te extract --cache DIR makes one)")
+        raise NotACacheError(f"{root} is not a te feature cache (it has no {MARKER})")
+    _check_marker(root / MARKER)
+    return root
 
 
 def _refuse_foreign(root: Path) -> None:

@@ -1,9 +1,16 @@
 """`te cache verify`: recompute every checksum and cross-check the index against the shard files.
 
 It only reads. A problem is named by shard file and rows, so the user knows what is lost; nothing is
-repaired (a damaged row must be re-extracted, which `te extract` does once the row is dropped).
-Shards are read outside the index snapshot: they are append-only, so the committed prefix seen in the
-snapshot stays valid while writers go on appending.
+repaired here: `te cache repair` acts on the `Damage` a report carries (drops the index entries of
+damaged rows, which `te extract` then re-extracts). Shards are read outside the index snapshot: they
+are append-only, so the committed prefix seen in the snapshot stays valid while writers go on appending.
+
+Besides sqlite's own check and the per-block CRC32s, the key file beside each shard (`shards.py`) lets
+verify prove each row individually: its slot's CRC32 covers the row's bytes and its key, so a flipped
+byte is pinned to its row, and the index's key for each row must be the key the row was written for
+(two keys swapped in the index are caught). Each space's config must hash to its id, and every data-set
+record must have a row in some space. Shards written before te kept key files are noted as unverifiable
+row by row (their blocks are still checked).
 """
 
 from __future__ import annotations
@@ -12,10 +19,12 @@ import hashlib
 import os
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from transfer_engine.cache import artifacts
 from transfer_engine.cache import shards as shardfile
+from transfer_engine.cache.space import config_digest
+from transfer_engine.cache.writer import has_key_file
 from transfer_engine.errors import CorruptCacheError
 
 if TYPE_CHECKING:
@@ -40,6 +49,33 @@ class Problem:
 
 
 @dataclass
+class Damage:
+    """What `te cache repair` acts on, gathered with the problems (not part of the printed report).
+
+    Attributes:
+        rows: shard id -> row numbers whose bytes are damaged or lost (their index entries are dropped);
+            a shard listed with no rows has only index-side damage (checksums, key slots): its rows are
+            all good and it is rewritten as it is.
+        shards: shards unusable as a whole (a missing file, a space the index lost).
+        entries: (space id, key) index entries that point at a row written for another key.
+        spaces: space ids whose stored config does not hash to their id.
+        space_files: space ids whose `space.json` is missing or wrong (rewritten from the index).
+    """
+
+    rows: dict[int, set[int]] = field(default_factory=dict)
+    shards: set[int] = field(default_factory=set)
+    entries: set[tuple[int, str]] = field(default_factory=set)
+    spaces: set[int] = field(default_factory=set)
+    space_files: set[int] = field(default_factory=set)
+
+    def drop_rows(self, shard_id: int, rows: Iterable[int]) -> None:
+        self.rows.setdefault(shard_id, set()).update(rows)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.shards or self.entries or self.spaces or self.space_files)
+
+
+@dataclass
 class VerifyReport:
     """The outcome of `verify_cache`: `ok` when there are no problems (notes are harmless)."""
 
@@ -49,6 +85,7 @@ class VerifyReport:
     bytes_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    damage: Damage = field(default_factory=Damage)
 
     @property
     def ok(self) -> bool:
@@ -63,8 +100,9 @@ class VerifyReport:
 
 
 def verify_cache(cache: "FeatureCache") -> VerifyReport:
-    """Check a whole cache: sqlite's own check, the index's row references, each shard's header, length,
-    block CRC32s and (for full shards) SHA-256.
+    """Check a whole cache: sqlite's own check, the index's row references, each space's config, each
+    shard's header, length, block CRC32s, key file (every row's bytes and key) and SHA-256 (full
+    shards), and that every data-set record has a row.
 
     Args:
         cache: an open cache.
@@ -79,10 +117,15 @@ def verify_cache(cache: "FeatureCache") -> VerifyReport:
         spaces = {s.id: s for s in index.spaces()}
         all_shards = index.shards()
         blocks = {s.id: index.blocks(s.id) for s in all_shards}
+        bound = {s.id: index.rows_of_shard(s.id) for s in all_shards}
         report.rows = sum(index.count_rows(s) for s in spaces)
         report.problems += [Problem(None, p) for p in index.row_problems()]
+        missing_rows = {name: index.records_without_row(name) for name in index.dataset_names()}
+        keyless = [s.id for s in all_shards if not has_key_file(index, s.id)]
     if check != ["ok"]:
         report.problems.insert(0, Problem(None, "sqlite integrity check failed: " + "; ".join(check[:3])))
+    for space in spaces.values():
+        _verify_space(cache, space, report)
     expected = set()
     for shard in all_shards:
         space = spaces.get(shard.space)
@@ -90,13 +133,40 @@ def verify_cache(cache: "FeatureCache") -> VerifyReport:
         expected.add(relpath)
         if space is None:
             report.problems.append(Problem(relpath, f"belongs to space {shard.space}, which the index does not have"))
+            report.damage.shards.add(shard.id)
             continue
         report.shards += 1
-        _verify_shard(cache, space, shard, relpath, blocks[shard.id], report)
+        _verify_shard(cache, space, shard, relpath, blocks[shard.id], bound[shard.id], report,
+                      keyed=shard.id not in keyless)
+    if keyless:
+        report.notes.append(f"{len(keyless)} shards were written before te kept key files: their rows are checked "
+                            "by block, but which key each row holds cannot be verified")
+    for name, (count, paths) in missing_rows.items():
+        if count:
+            report.problems.append(Problem(None, f"data set {name!r}: {count} records name keys that have no row in "
+                                                 f"any space (e.g. {', '.join(map(repr, paths))}); `te extract "
+                                                 f"--name {name}` on its data extracts them again"))
     for orphan in shardfile.orphan_files(cache.root, expected):
         report.notes.append(f"{orphan}: not in the index (left by an interrupted writer; te cache gc removes it)")
     _verify_artifacts(cache, report)
     return report
+
+
+def _verify_space(cache: "FeatureCache", space: "SpaceRow", report: VerifyReport) -> None:
+    """The config stored for a space must hash to its id, and its folder's `space.json` must say the same."""
+    where = f"space {space.digest[:12]}"
+    if config_digest(space.config) != space.digest:
+        report.problems.append(Problem(None, f"{where}: its stored config does not hash to its id (the config was "
+                                             "edited or damaged)"))
+        report.damage.spaces.add(space.id)
+    folder = cache.root / "shards" / space.digest[:16]
+    if not folder.is_dir():
+        return  # no shard yet: written with the first one
+    saved = shardfile.read_space_file(folder)
+    if saved != {"id": space.digest, "config": space.config}:
+        what = "missing" if saved is None else "different from the index's config"
+        report.problems.append(Problem(f"shards/{space.digest[:16]}/{shardfile.SPACE_FILE}", f"{what} ({where})"))
+        report.damage.space_files.add(space.id)
 
 
 def _verify_artifacts(cache: "FeatureCache", report: VerifyReport) -> None:
@@ -112,7 +182,8 @@ def _verify_artifacts(cache: "FeatureCache", report: VerifyReport) -> None:
 
 
 def _verify_shard(cache: "FeatureCache", space: "SpaceRow", shard: "ShardRow", relpath: str,
-                  blocks: list[tuple[int, int, int]], report: VerifyReport) -> None:
+                  blocks: list[tuple[int, int, int]], bound: list[tuple[str, int]], report: VerifyReport,
+                  keyed: bool) -> None:
     path = cache.root / relpath
     width = space.row_bytes
     try:
@@ -122,33 +193,74 @@ def _verify_shard(cache: "FeatureCache", space: "SpaceRow", shard: "ShardRow", r
     except FileNotFoundError:
         report.problems.append(Problem(relpath, f"missing; the index commits {shard.rows} rows to it",
                                        (0, shard.rows - 1) if shard.rows else None))
+        report.damage.shards.add(shard.id)
         return
     except CorruptCacheError as exc:
+        header = None
         report.problems.append(Problem(relpath, f"header unreadable: {exc}"))
-        return
     wanted = shardfile.ShardHeader(dim=space.dim, row_bytes=width, stored=space.stored, space_id=space.digest)
-    if header != wanted:
+    if header is not None and header != wanted:
         report.problems.append(Problem(relpath, f"header says dim {header.dim}, {header.stored}, {header.row_bytes} "
                                                 f"bytes/row, space {header.space_id[:12]}, version {header.version}; "
                                                 f"the index says dim {space.dim}, {space.stored}, {width} bytes/row, "
                                                 f"space {space.digest[:12]}, version {wanted.version}"))
+    if header != wanted:  # the index knows what it says: repair rewrites the shard (its good rows checked below)
+        report.damage.drop_rows(shard.id, ())
     committed_end = shardfile.HEADER_BYTES + shard.rows * width
-    whole_rows = max(0, (size - shardfile.HEADER_BYTES) // width)
+    whole_rows = min(shard.rows, max(0, (size - shardfile.HEADER_BYTES) // width))
     if size < committed_end:
         report.problems.append(Problem(relpath, f"file ends after {whole_rows} whole rows; the index commits "
                                                 f"{shard.rows}", (whole_rows, shard.rows - 1)))
+        report.damage.drop_rows(shard.id, range(whole_rows, shard.rows))
     elif size > committed_end:
         report.notes.append(f"{relpath}: {size - committed_end} bytes after row {shard.rows - 1} are uncommitted "
                             "(an interrupted write; the next append drops them)")
+    slots = _key_slots(path, relpath, shard, report) if keyed else None
+    bad_rows = _check_rows(path, relpath, shard, width, blocks, slots, report)
+    if slots is not None:
+        _check_binding(relpath, space, shard, bound, slots, bad_rows, report)
+
+
+def _key_slots(path, relpath: str, shard: "ShardRow", report: VerifyReport) -> list | None:
+    """The key slots of a shard's committed rows, or None (a problem) when its key file is lost or not one;
+    the shard's rows are then rewritten with fresh slots by repair (their bytes are checked by block)."""
+    keys_rel = relpath[: -len(".shard")] + ".keys"
+    try:
+        slots = shardfile.read_key_slots(shardfile.keys_path(path), shard.rows)
+    except FileNotFoundError:
+        report.problems.append(Problem(keys_rel, f"missing; shard {shard.id}'s rows cannot be bound to their keys"))
+        report.damage.drop_rows(shard.id, ())
+        return None
+    except CorruptCacheError as exc:
+        report.problems.append(Problem(keys_rel, str(exc)))
+        report.damage.drop_rows(shard.id, ())
+        return None
+    if len(slots) < shard.rows:
+        report.problems.append(Problem(keys_rel, f"ends after {len(slots)} rows; the index commits {shard.rows}",
+                                       (len(slots), shard.rows - 1)))
+        report.damage.drop_rows(shard.id, range(len(slots), shard.rows))
+    return slots
+
+
+def _check_rows(path, relpath: str, shard: "ShardRow", width: int, blocks: list[tuple[int, int, int]],
+                slots: list | None, report: VerifyReport) -> set[int]:
+    """Each block's CRC32 (and each row's key-slot CRC32 when the key file is there) and the sealed
+    SHA-256; returns the rows whose bytes are damaged. With slots, a damaged row is pinned exactly and a
+    mismatch only in the index's checksums (or only in a slot) costs no row."""
     want_blocks = [(b, min(shardfile.BLOCK_ROWS, shard.rows - b * shardfile.BLOCK_ROWS))
                    for b in range(-(-shard.rows // shardfile.BLOCK_ROWS))]
-    if [(b, n) for b, n, _ in blocks] != want_blocks:
+    table_ok = [(b, n) for b, n, _ in blocks] == want_blocks
+    if not table_ok:
         report.problems.append(Problem(relpath, f"checksum table lists {len(blocks)} blocks that do not cover its "
                                                 f"{shard.rows} committed rows"))
-        return
+        report.damage.drop_rows(shard.id, ())
+        if slots is None:
+            return set()
+    crcs = {b: crc for b, _n, crc in blocks} if table_ok else {}
+    bad: set[int] = set()
     sha = hashlib.sha256()
     with open(path, "rb") as f:
-        for block, nrows, crc in blocks:
+        for block, nrows in want_blocks:
             first, last = shardfile.block_rows(block, nrows)
             f.seek(shardfile.HEADER_BYTES + first * width)
             data = f.read(nrows * width)
@@ -156,9 +268,64 @@ def _verify_shard(cache: "FeatureCache", space: "SpaceRow", shard: "ShardRow", r
             sha.update(data)
             if len(data) < nrows * width:
                 break  # already reported as a short file
-            if zlib.crc32(data) != crc:
-                report.problems.append(Problem(relpath, f"checksum mismatch in block {block}: a byte of these rows "
-                                                        "changed on disk", (first, last)))
-    if shard.sealed_sha256 is not None and sha.hexdigest() != shard.sealed_sha256:
+            block_ok = crcs.get(block) == zlib.crc32(data)
+            bad |= _check_block(relpath, shard, block, first, data, width, slots, block_ok, table_ok, report)
+    if shard.sealed_sha256 is not None and sha.hexdigest() != shard.sealed_sha256 and not bad and table_ok:
         report.problems.append(Problem(relpath, "SHA-256 of the sealed shard differs from the one recorded when it "
                                                 "was filled", (0, shard.rows - 1)))
+        report.damage.drop_rows(shard.id, () if slots is not None else range(shard.rows))
+    return bad
+
+
+def _check_block(relpath: str, shard: "ShardRow", block: int, first: int, data: bytes, width: int,
+                 slots: list | None, block_ok: bool, table_ok: bool, report: VerifyReport) -> set[int]:
+    """The rows of one block that are damaged (reported), by key slot when there are slots."""
+    nrows = len(data) // width
+    if slots is None:
+        if block_ok:
+            return set()
+        report.problems.append(Problem(relpath, f"checksum mismatch in block {block}: a byte of these rows "
+                                                "changed on disk", (first, first + nrows - 1)))
+        report.damage.drop_rows(shard.id, range(first, first + nrows))
+        return set(range(first, first + nrows))
+    bad = {first + i for i in range(nrows)
+           if first + i < len(slots) and not slots[first + i].matches(data[i * width:(i + 1) * width])}
+    for lo, hi in _runs(sorted(bad)):
+        what = f"checksum mismatch in block {block}: a byte of these rows (or of their key slots) changed on disk" \
+            if not block_ok else "their key slots changed on disk (the rows' bytes match their block checksum)"
+        report.problems.append(Problem(relpath, what, (lo, hi)))
+    if block_ok:
+        if bad:
+            report.damage.drop_rows(shard.id, ())  # rows good, slots not: rewritten with fresh slots
+        return set()
+    if not bad and table_ok:
+        report.problems.append(Problem(relpath, f"the index's checksum of block {block} is wrong (each row matches "
+                                                "its key file)"))
+    report.damage.drop_rows(shard.id, bad)
+    return bad
+
+
+def _check_binding(relpath: str, space: "SpaceRow", shard: "ShardRow", bound: list[tuple[str, int]],
+                   slots: list, bad_rows: set[int], report: VerifyReport) -> None:
+    """Each index entry's key must be the key its row was written for."""
+    wrong = [(key, row) for key, row in bound
+             if row < len(slots) and row not in bad_rows and not slots[row].holds(key)]
+    for key, row in wrong[:5]:
+        written = slots[row].key
+        report.problems.append(Problem(relpath, f"the index binds key {key[:16]} to this row, which was written for "
+                                                f"key {written[:16] if written else '(a long key)'}", (row, row)))
+    if len(wrong) > 5:
+        report.problems.append(Problem(relpath, f"{len(wrong) - 5} more index entries bind keys to rows written "
+                                                "for other keys"))
+    report.damage.entries.update((space.id, key) for key, _ in wrong)
+
+
+def _runs(rows: list[int]) -> list[tuple[int, int]]:
+    """Sorted row numbers as (first, last) runs of consecutive rows."""
+    out: list[tuple[int, int]] = []
+    for r in rows:
+        if out and out[-1][1] == r - 1:
+            out[-1] = (out[-1][0], r)
+        else:
+            out.append((r, r))
+    return out

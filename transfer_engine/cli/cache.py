@@ -1,4 +1,4 @@
-"""`te cache info|verify|gc`: look inside a feature cache, check it, and clean it up."""
+"""`te cache info|verify|repair|gc`: look inside a feature cache, check it, repair it, and clean it up."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def cache() -> None:
     Examples:
       te cache info features/
       te cache verify features/ --json
+      te cache repair features/
       te cache gc features/ --dry-run
     """
 
@@ -86,7 +87,43 @@ def verify(directory: str, as_json: bool) -> None:
     if not report.ok:
         first = report.problems[0]
         more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
-        raise CorruptCacheError(f"cache {report.cache} is damaged: {first}{more}")
+        way_out = (f"; `te cache repair {report.cache}` drops what is damaged so that te extract extracts it again"
+                   if report.damage else "")
+        raise CorruptCacheError(f"cache {report.cache} is damaged: {first}{more}{way_out}")
+
+
+@cache.command("repair")
+@cache_dir
+@json_option
+def repair(directory: str, as_json: bool) -> None:
+    """Drop what `te cache verify` finds damaged, so the next `te extract` re-extracts exactly those images.
+
+    Good rows are never touched. A damaged index.sqlite is kept beside the cache
+    (index.sqlite.damaged-TIME) and rebuilt from the shards; what cannot be recovered is listed.
+    Run it while no other te process uses the cache.
+    """
+    from transfer_engine.cache.repair import repair_cache
+
+    report = repair_cache(directory)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    if report.rebuilt_index:
+        click.echo(f"rebuilt the index from the shards: {report.spaces_restored} spaces, {report.rows_restored} rows, "
+                   f"data sets {', '.join(report.datasets_restored) or 'none'} read back; the damaged index is kept "
+                   f"as {report.damaged_copy}")
+    for item in report.dropped:
+        first, last = item["rows"]
+        click.echo(f"dropped  {item['shard']} rows {first}-{last}: {item['why']}")
+    for item in report.lost:
+        click.echo(f"lost     {item}")
+    if not report.changed:
+        click.echo(f"nothing to repair: cache {report.cache} verifies")
+    elif not report.rebuilt_index:
+        click.echo(f"dropped {report.entries_dropped} index entries, rewrote {report.shards_rewritten} shards")
+    for name, n in report.to_extract.items():
+        click.echo(f"data set {name!r}: {n} images have no row now; `te extract --name {name}` on its data "
+                   "extracts only those")
 
 
 @cache.command("gc")
