@@ -8,8 +8,10 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, json_option
+from transfer_engine.core.choices import AUGMENTS, DEVICES, FINETUNE_PRECISIONS, KEEP, OPTIMIZERS, STRATEGIES
+from transfer_engine.core.configs import FinetuneConfig
 
-STRATEGY_NAMES = ("freeze", "no_freeze", "freeze_unfreeze", "unfreeze_milestones")  # finetune.STRATEGIES
+D = FinetuneConfig.default  # every default comes from the config (torch-free), so the CLI and Python agree
 
 
 def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
@@ -22,64 +24,66 @@ def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
 
 
 @click.command("finetune")
-@click.option("--from", "from_run", type=click.Path(path_type=Path), metavar="RUN",
+@click.option("--from", "from_run", type=click.Path(path_type=Path), default=D("from_run_dir"), metavar="RUN",
               help="A `te train` run: its backbone, weights, preprocessing, head, data set and splits (LP-FT).")
-@click.option("--backbone", metavar="NAME", help="Instead of --from: a backbone (`te backbones`), with --data, --head.")
-@click.option("--data", metavar="SRC", help="With --backbone: image folder, .csv/.jsonl manifest or builtin:digits.")
-@click.option("--head", metavar="HEAD", help="With --backbone: a new head (`te heads`), e.g. linear.")
-@click.option("--weights", default="DEFAULT", show_default=True, metavar="W",
+@click.option("--backbone", default=D("backbone"), metavar="NAME", help="Instead of --from: a backbone (`te backbones`), with --data, --head.")
+@click.option("--data", default=D("data"), metavar="SRC", help="With --backbone: image folder, .csv/.jsonl manifest or builtin:digits.")
+@click.option("--head", default=D("head"), metavar="HEAD", help="With --backbone: a new head (`te heads`), e.g. linear.")
+@click.option("--weights", default=D("weights"), show_default=True, metavar="W",
               help="With --backbone: weights name, 'none' (random init, seeded) or a local state-dict path.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="RUN",
               help="Run directory to write (what `te export` reads); checkpoints go to RUN.ckpt/ meanwhile.")
-@click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True, metavar="N",
+@click.option("--epochs", type=click.IntRange(min=1), default=D("epochs"), show_default=True, metavar="N",
               help="Epochs to train.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True, metavar="X",
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=D("lr"), show_default=True, metavar="X",
               help="Peak learning rate of the head; backbone blocks get X * layer-decay ** depth-from-top.")
-@click.option("--strategy", type=click.Choice(STRATEGY_NAMES), default=None,
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=D("strategy"),
               help="What trains when [default: no_freeze with --from (LP-FT), freeze_unfreeze with --head].")
-@click.option("--unfreeze-epoch", type=click.IntRange(min=0), default=1, show_default=True, metavar="K",
+@click.option("--unfreeze-epoch", type=click.IntRange(min=0), default=D("unfreeze_epoch"), show_default=True, metavar="K",
               help="freeze_unfreeze: epochs of head-only training before the whole backbone trains.")
-@click.option("--milestones", callback=_milestones, metavar="E1,E2,...",
+@click.option("--milestones", callback=_milestones, default=None, metavar="E1,E2,...",
               help="unfreeze_milestones: after E1 epochs the top group of backbone blocks trains, after E2 the "
                    "next, ... (as many groups as milestones).")
-@click.option("--layer-decay", type=click.FloatRange(min=0, max=1, min_open=True), default=0.9, show_default=True,
+@click.option("--layer-decay", type=click.FloatRange(min=0, max=1, min_open=True), default=D("layer_decay"), show_default=True,
               metavar="D", help="Learning-rate factor per backbone block, from the top (1 = same rate everywhere).")
-@click.option("--freeze-bn/--train-bn", default=True, show_default=True,
+@click.option("--freeze-bn/--train-bn", default=D("freeze_bn"), show_default=True,
               help="Keep BatchNorm running statistics frozen in trainable blocks too, or let them follow the "
                    "new data (frozen blocks never update them).")
-@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True,
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D("optimizer"), show_default=True,
               help="AdamW (decoupled weight decay) or SGD (Nesterov momentum 0.9).")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True, metavar="X",
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=D("weight_decay"), show_default=True, metavar="X",
               help="Weight decay of weights (not of biases and norm layers).")
-@click.option("--warmup", type=click.FloatRange(min=0, max=1), default=0.1, show_default=True, metavar="F",
+@click.option("--warmup", type=click.FloatRange(min=0, max=1), default=D("warmup"), show_default=True, metavar="F",
               help="Fraction of the steps with a linear warmup; cosine decay after it.")
-@click.option("--clip-grad", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="X",
+@click.option("--clip-grad", type=click.FloatRange(min=0), default=D("clip_grad"), show_default=True, metavar="X",
               help="Clip the global gradient norm to X (0: no clipping).")
-@click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
+@click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=D("label_smoothing"),
               show_default=True, metavar="X", help="Cross-entropy label smoothing.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, metavar="N",
+@click.option("--batch-size", type=click.IntRange(min=1), default=D("batch_size"), show_default=True, metavar="N",
               help="Images per optimizer step, over all processes.")
-@click.option("--input-size", type=click.IntRange(min=16), default=None, metavar="N",
+@click.option("--input-size", type=click.IntRange(min=16), default=D("input_size"), metavar="N",
               help="Train at NxN pixels instead of the weights' size (recorded: export and predict use it).")
-@click.option("--augment", type=click.Choice(["crop+flip", "crop", "none"]), default="crop+flip", show_default=True,
+@click.option("--augment", type=click.Choice(AUGMENTS), default=D("augment"), show_default=True,
               help="Training augmentation: random resized crop (and horizontal flip); none for tiny images "
                    "such as the 8x8 digits.")
-@click.option("--crop-scale", type=click.FloatRange(min=0, max=1, min_open=True), default=0.35, show_default=True,
+@click.option("--crop-scale", type=click.FloatRange(min=0, max=1, min_open=True), default=D("crop_scale"), show_default=True,
               metavar="F", help="Smallest area fraction of the random resized crop.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(FINETUNE_PRECISIONS), default=D("precision"), show_default=True,
               help="Autocast precision; auto = bf16 on GPUs that have it (fp16 + loss scaling otherwise), fp32 on CPU.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default=D("device"), show_default=True,
               help="Where to train.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--channels-last/--no-channels-last", default=D("channels_last"), show_default=True,
+              help="NHWC memory layout for convolutions (faster on CPUs and tensor cores).")
+@click.option("--seed", type=int, default=D("seed"), show_default=True,
               help="Seed of the data order, augmentations, dropout and a new head.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, metavar="N",
+@click.option("--workers", type=click.IntRange(min=0), default=D("workers"), metavar="N",
               help="Image decoding processes per process (default: 0 on machines with few cores).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N", help="Only the first N images.")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+@click.option("--limit", type=click.IntRange(min=1), default=D("limit"), metavar="N", help="Only the first N images.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=D("checkpoint_every"), show_default=True, metavar="N",
               help="Also checkpoint every N steps within an epoch (0: at the end of each epoch only).")
-@click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
+@click.option("--keep", type=click.Choice(KEEP), default=D("keep"), show_default=True,
               help="Weights to write: best validation accuracy (the start included) or the last epoch's.")
-@click.option("--no-val", is_flag=True,
+@click.option("--no-val", is_flag=True, default=D("no_val"),
               help="When the data has no val split, train on all of train and keep the last epoch (by default "
                    "te holds out the val te train held out, 15% of each class, and selects on it).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from RUN.ckpt/ (same settings).")
@@ -89,8 +93,8 @@ def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
 @json_option
 def finetune(from_run, backbone, data, head, weights, out, epochs, lr, strategy, unfreeze_epoch, milestones,
              layer_decay, freeze_bn, optimizer, weight_decay, warmup, clip_grad, label_smoothing, batch_size,
-             input_size, augment, crop_scale, precision, device, seed, workers, limit, checkpoint_every, keep, no_val,
-             resume, overwrite, nproc, as_json) -> None:
+             input_size, augment, crop_scale, precision, device, channels_last, seed, workers, limit,
+             checkpoint_every, keep, no_val, resume, overwrite, nproc, as_json) -> None:
     """Fine-tune backbone and head end to end, from a trained head (LP-FT) or a new one.
 
     Writes a run directory (run.json, metrics.json, model.safetensors, learning_curve.png,
@@ -111,14 +115,14 @@ def finetune(from_run, backbone, data, head, weights, out, epochs, lr, strategy,
         raise SystemExit(_relaunch(nproc))
     from transfer_engine.finetune import finetune as run_finetune
 
-    summary = run_finetune(
-        out, from_run_dir=from_run, backbone=backbone, data=data, head=head, weights=weights, epochs=epochs, lr=lr,
+    config = FinetuneConfig(
+        from_run_dir=from_run, backbone=backbone, data=data, head=head, weights=weights, epochs=epochs, lr=lr,
         strategy=strategy, unfreeze_epoch=unfreeze_epoch, milestones=milestones, layer_decay=layer_decay,
         freeze_bn=freeze_bn, optimizer=optimizer, weight_decay=weight_decay, warmup=warmup, clip_grad=clip_grad,
         label_smoothing=label_smoothing, batch_size=batch_size, input_size=input_size, augment=augment,
-        crop_scale=crop_scale,
-        precision=precision, device=device, seed=seed, workers=workers, limit=limit,
-        checkpoint_every=checkpoint_every, keep=keep, no_val=no_val, resume=resume, overwrite=overwrite, progress=True)
+        crop_scale=crop_scale, precision=precision, device=device, channels_last=channels_last, seed=seed, workers=workers, limit=limit,
+        checkpoint_every=checkpoint_every, keep=keep, no_val=no_val)
+    summary = run_finetune(out, config, resume=resume, overwrite=overwrite, progress=True)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if as_json:

@@ -17,10 +17,10 @@ import torch
 
 from transfer_engine.backbones.spec import PreprocessSpec
 from transfer_engine.data.sources import DataSource, Sample, content_key, derived_split
+from transfer_engine.core.choices import AUGMENTS
+from transfer_engine.core.configs import CROP_SCALE
 from transfer_engine.errors import TEError, UsageError
 
-AUGMENTS = ("crop+flip", "crop", "none")
-CROP_SCALE = 0.35  # smallest area fraction of a random resized crop; timm's 0.08 is for training from scratch
 CROP_RATIO = (3 / 4, 4 / 3)
 
 

@@ -17,6 +17,9 @@ from typing import Any, Callable
 
 import torch
 
+from transfer_engine.core.choices import FINETUNE_PRECISIONS as PRECISIONS
+from transfer_engine.core.choices import KEEP
+from transfer_engine.core.configs import FinetuneConfig
 from transfer_engine.core.splits import HOLDOUT_FRACTION, hold_out
 from transfer_engine.errors import UsageError
 from transfer_engine.extract.pipeline import cpu_has_native_bf16
@@ -30,8 +33,6 @@ from transfer_engine.finetune.strategies import backbone_blocks, make_strategy
 from transfer_engine.runs.format import FITTED_ON_TRAIN_VAL
 from transfer_engine.runs.writer import check_out
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-KEEP = ("best", "last")
 
 
 @dataclass
@@ -92,54 +93,17 @@ def _default_workers(world: int) -> int:
     return min(4, per_rank) if per_rank > 1 else 0
 
 
-def finetune(out: str | os.PathLike, *, from_run_dir: str | os.PathLike | None = None, backbone: str | None = None,
-             data: str | None = None, head: str | None = None, weights: str = "DEFAULT",
-             head_options: dict[str, Any] | None = None, epochs: int = 2, lr: float = 3e-4,
-             strategy: str | None = None, unfreeze_epoch: int = 1, milestones: tuple[int, ...] = (),
-             layer_decay: float = 0.9, freeze_bn: bool = True, optimizer: str = "adamw",
-             weight_decay: float = 0.01, warmup: float = 0.1, clip_grad: float = 1.0,
-             label_smoothing: float = 0.0, batch_size: int = 32, input_size: int | None = None,
-             augment: str = "crop+flip", crop_scale: float = fdata.CROP_SCALE, precision: str = "auto",
-             device: str = "auto",
-             channels_last: bool = True, seed: int = 0, workers: int | None = None, limit: int | None = None,
-             checkpoint_every: int = 0, keep: str = "best", no_val: bool = False, resume: bool = False,
-             overwrite: bool = False, progress: bool = True, on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None
-             ) -> FinetuneSummary:
+def finetune(out: str | os.PathLike, config: FinetuneConfig | None = None, *, resume: bool = False,
+             overwrite: bool = False, progress: bool = True,
+             on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None, **options: Any) -> FinetuneSummary:
     """Fine-tune a backbone and head end to end and write a run directory (kind "finetune") at `out`.
 
     Args:
         out: the run directory to write (`te export` consumes it). Checkpoints live in `out`.ckpt/.
-        from_run_dir: a `te train` run: its backbone, weights, preprocessing, head, data set and splits.
-        backbone, data, head: instead of from_run_dir: a backbone, a --data source and a new head.
-        weights: the backbone's weights (with `backbone`).
-        head_options: options of the new head (with `head`).
-        epochs: epochs to train.
-        lr: peak learning rate of the head (backbone blocks: lr * layer_decay ** depth-from-top).
-        strategy: "freeze", "no_freeze", "freeze_unfreeze" or "unfreeze_milestones"; default no_freeze
-            from a trained head (LP-FT), freeze_unfreeze with a new head.
-        unfreeze_epoch: head-only epochs of freeze_unfreeze.
-        milestones: epochs at which unfreeze_milestones unfreezes each next group, from the top.
-        layer_decay: per-block learning-rate factor (1 = one rate everywhere).
-        freeze_bn: keep BatchNorm running statistics frozen in trainable blocks too (the default: batch
-            statistics of small batches of a new domain wreck a pretrained network's features; see
-            docs/finetune.md); False lets them follow the new data.
-        optimizer: "adamw" or "sgd".
-        weight_decay, warmup, clip_grad, label_smoothing: see `OptimConfig`.
-        batch_size: images per optimizer step, over all DDP ranks.
-        input_size: train (and record for export) at this input size instead of the weights' own.
-        augment: "crop+flip", "crop" or "none".
-        crop_scale: smallest area fraction of the random resized crop.
-        precision: "auto", "fp32", "bf16" or "fp16".
-        device: "auto", "cpu" or "cuda".
-        channels_last: NHWC memory layout for convolutions.
-        seed: seed of the data order, augmentations, dropout and a new head.
-        workers: image decoding processes per rank (default: 0 on small machines).
-        limit: use only the first N images of the data set.
-        checkpoint_every: also checkpoint every N steps within an epoch (0: at epoch ends only).
-        keep: "best" (highest val accuracy, the starting model included unless its head was fitted on
-            train+val) or "last" weights.
-        no_val: when the data has no val split, train on all of train and keep the last epoch instead of
-            holding out te train's val (`core.splits.hold_out`); without it, no val at all is an error.
+        config: what to do (`core.configs.FinetuneConfig`, whose docstring describes every field); or
+            its fields as keywords (`options`), which also override those of a `config` given.
+
+    Keywords that are not part of the config (they say how to run, not what):
         resume: continue from `out`.ckpt/ when it holds a checkpoint of this same configuration.
         overwrite: replace a run at `out`, and discard a checkpoint when not resuming.
         progress: progress lines on stderr (rank 0).
@@ -152,63 +116,48 @@ def finetune(out: str | os.PathLike, *, from_run_dir: str | os.PathLike | None =
         UsageError: bad arguments, an --out that holds another run, a checkpoint without --resume.
         TEError: the run's data can no longer be found, the loss diverged.
     """
+    cfg = replace(config, **options) if config is not None else FinetuneConfig(**options)
     out = Path(out).expanduser().absolute()
-    if (from_run_dir is None) == (backbone is None):
-        raise UsageError("give either --from RUN or --backbone NAME --data SRC --head HEAD")
-    if backbone is not None and (not data or not head):
-        raise UsageError("--backbone needs --data SRC and --head HEAD (or use --from RUN)")
-    for name, value in (("--epochs", epochs), ("--batch-size", batch_size)):
-        if value < 1:
-            raise UsageError(f"{name} must be at least 1, got {value}")
-    if keep not in KEEP:
-        raise UsageError(f"--keep must be one of {', '.join(KEEP)}, got {keep!r}")
-    if lr <= 0:
-        raise UsageError(f"--lr must be positive, got {lr}")
     check_out(out, overwrite)
     ckpt_dir = ckpt.checkpoint_dir(out)
     if ckpt.exists(ckpt_dir) and not resume and not overwrite:
         raise UsageError(f"{ckpt_dir} holds the checkpoint of an interrupted run; pass --resume to continue it "
                          "or --overwrite to start over")
     rank, world = dist.rank_and_world()
-    if batch_size % world:
-        raise UsageError(f"--batch-size {batch_size} must be divisible by the {world} processes")
-    target = resolve_device(device)
+    if cfg.batch_size % world:
+        raise UsageError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
+    target = resolve_device(cfg.device)
     if target.type == "cuda" and world > 1:
         target = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(target)
-    chosen, precision_reason = choose_precision(precision, target)
+    chosen, precision_reason = choose_precision(cfg.precision, target)
 
-    torch.manual_seed(seed)
-    start = (from_run(from_run_dir, limit) if from_run_dir is not None else
-             from_backbone(backbone, data, head, weights=weights, seed=seed, head_options=head_options,
-                           limit=limit))
-    torch.manual_seed(seed + rank)  # dropout masks differ between ranks, as their images do
-    preprocess = fdata.scaled_preprocess(start.preprocess, input_size)
+    torch.manual_seed(cfg.seed)
+    start = (from_run(cfg.from_run_dir, cfg.limit) if cfg.from_run_dir is not None else
+             from_backbone(cfg.backbone, cfg.data, cfg.head, weights=cfg.weights, seed=cfg.seed,
+                           head_options=cfg.head_options, limit=cfg.limit))
+    torch.manual_seed(cfg.seed + rank)  # dropout masks differ between ranks, as their images do
+    preprocess = fdata.scaled_preprocess(start.preprocess, cfg.input_size)
     splits = {s: [it for it in start.items if it.split == s] for s in ("train", "val", "test")}
-    splits, val_note = _validation_split(splits, no_val)
-    if no_val and not splits["val"]:
-        keep = "last"
-    if len(splits["train"]) < batch_size:
-        raise UsageError(f"--batch-size {batch_size} is larger than the {len(splits['train'])} training images; "
+    splits, val_note = _validation_split(splits, cfg.no_val)
+    if cfg.no_val and not splits["val"]:
+        cfg = replace(cfg, keep="last")
+    if len(splits["train"]) < cfg.batch_size:
+        raise UsageError(f"--batch-size {cfg.batch_size} is larger than the {len(splits['train'])} training images; "
                          "lower it")
-    sets = {s: fdata.ImageSet(start.source, items, preprocess, augment, crop_scale) for s, items in splits.items()}
-    name = strategy or ("no_freeze" if from_run_dir is not None else "freeze_unfreeze")
+    sets = {s: fdata.ImageSet(start.source, items, preprocess, cfg.augment, cfg.crop_scale)
+            for s, items in splits.items()}
+    name = cfg.strategy or ("no_freeze" if cfg.from_run_dir is not None else "freeze_unfreeze")
     blocks = backbone_blocks(start.model.backbone)
-    plan = make_strategy(name, len(blocks), unfreeze_epoch=unfreeze_epoch, milestones=tuple(milestones),
-                         freeze_bn=freeze_bn)
-    steps = fdata.steps_per_epoch(len(splits["train"]), batch_size)
-    cfg = OptimConfig(optimizer, lr, layer_decay, weight_decay, warmup, clip_grad, label_smoothing)
-    trainer = Trainer(start.model, blocks, plan, cfg, len(start.class_names), epochs * steps, target, chosen,
-                      channels_last)
-    workers = _default_workers(world) if workers is None else workers
-    config = {"from": str(Path(from_run_dir).absolute()) if from_run_dir is not None else None,
-              "backbone": start.backbone.name, "weights": start.backbone.weights, "data": start.dataset["data"],
-              "head": start.head.name, "head_options": start.head.options, "epochs": epochs,
-              "strategy": name, "start_epochs": plan.start_epochs, "freeze_bn": freeze_bn,
-              **asdict(cfg), "batch_size": batch_size, "input_size": preprocess.crop_size, "augment": augment,
-              "crop_scale": crop_scale,
-              "precision": chosen, "device_type": target.type, "channels_last": channels_last, "seed": seed,
-              "limit": limit, "world_size": world, "keep": keep, "no_val": no_val, "checkpoint_every": checkpoint_every}
+    plan = make_strategy(name, len(blocks), unfreeze_epoch=cfg.unfreeze_epoch, milestones=cfg.milestones,
+                         freeze_bn=cfg.freeze_bn)
+    steps = fdata.steps_per_epoch(len(splits["train"]), cfg.batch_size)
+    optim = OptimConfig(cfg.optimizer, cfg.lr, cfg.layer_decay, cfg.weight_decay, cfg.warmup, cfg.clip_grad,
+                        cfg.label_smoothing)
+    trainer = Trainer(start.model, blocks, plan, optim, len(start.class_names), cfg.epochs * steps, target, chosen,
+                      cfg.channels_last)
+    job = _Job(cfg, start, trainer, sets, plan, name, chosen, precision_reason, preprocess.crop_size, val_note,
+               ckpt_dir, rank, world, _default_workers(world) if cfg.workers is None else cfg.workers)
 
     writer = None
     if rank == 0:
@@ -216,8 +165,7 @@ def finetune(out: str | os.PathLike, *, from_run_dir: str | os.PathLike | None =
 
         writer = RunWriter(out, overwrite=overwrite)  # --out is checked and staged before any training
     try:
-        summary = _train_and_write(start, trainer, sets, plan, config, ckpt_dir, writer, rank, world, workers,
-                                   resume, progress, on_epoch_end, precision_reason, val_note)
+        summary = _train_and_write(job, writer, resume, progress, on_epoch_end)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -225,12 +173,46 @@ def finetune(out: str | os.PathLike, *, from_run_dir: str | os.PathLike | None =
     return summary
 
 
-def _train_and_write(start: Start, trainer: Trainer, sets: dict, plan, config: dict, ckpt_dir: Path, writer,
-                     rank: int, world: int, workers: int, resume: bool, progress: bool, on_epoch_end,
-                     precision_reason: str, val_note: str | None) -> FinetuneSummary:
+@dataclass
+class _Job:
+    """One fine-tuning run, resolved: the config and everything built from it before training starts."""
+
+    cfg: FinetuneConfig
+    start: Start
+    trainer: Trainer
+    sets: dict
+    plan: Any
+    strategy: str          # the strategy's name, resolved from the config's (None: the default for the start)
+    precision: str         # the precision chosen, and why
+    precision_reason: str
+    input_size: int
+    val_note: str | None
+    ckpt_dir: Path
+    rank: int
+    world: int
+    workers: int
+
+    def settings(self) -> dict[str, Any]:
+        """The resolved settings: a checkpoint resumes only under the same ones; run.json records them."""
+        cfg, start = self.cfg, self.start
+        return {"from": str(Path(cfg.from_run_dir).absolute()) if cfg.from_run_dir is not None else None,
+                "backbone": start.backbone.name, "weights": start.backbone.weights, "data": start.dataset["data"],
+                "head": start.head.name, "head_options": start.head.options, "epochs": cfg.epochs,
+                "strategy": self.strategy, "start_epochs": self.plan.start_epochs, "freeze_bn": cfg.freeze_bn,
+                **asdict(self.trainer.cfg), "batch_size": cfg.batch_size, "input_size": self.input_size,
+                "augment": cfg.augment, "crop_scale": cfg.crop_scale, "precision": self.precision,
+                "device_type": self.trainer.device.type, "channels_last": cfg.channels_last, "seed": cfg.seed,
+                "limit": cfg.limit, "world_size": self.world, "keep": cfg.keep, "no_val": cfg.no_val,
+                "checkpoint_every": cfg.checkpoint_every}
+
+
+def _train_and_write(job: _Job, writer, resume: bool, progress: bool, on_epoch_end) -> FinetuneSummary:
     from transfer_engine.finetune.finish import evaluate_all, write_run
 
-    epochs, batch, seed = config["epochs"], config["batch_size"], config["seed"]
+    cfg, start, trainer, sets, plan = job.cfg, job.start, job.trainer, job.sets, job.plan
+    rank, world, workers, ckpt_dir = job.rank, job.world, job.workers, job.ckpt_dir
+    config = job.settings()
+    epochs, batch, seed = cfg.epochs, cfg.batch_size, cfg.seed
     eval_batch = max(batch, 64)
     model = trainer.model
     meter = StepProgress(progress and rank == 0, epochs, fdata.steps_per_epoch(len(sets["train"]), batch))
@@ -262,9 +244,9 @@ def _train_and_write(start: Start, trainer: Trainer, sets: dict, plan, config: d
         state.best = {"epoch": 0, "val_accuracy": None if seen_val else state.before.get("val_accuracy"),
                       "val_loss": None if seen_val else state.before.get("val_loss")}
         best_weights = _copy(model)
-        if val_note:
-            meter.line(val_note)
-        meter.line(f"finetune: {plan.describe(trainer.blocks)}; {config['precision']} ({precision_reason}); "
+        if job.val_note:
+            meter.line(job.val_note)
+        meter.line(f"finetune: {plan.describe(trainer.blocks)}; {job.precision} ({job.precision_reason}); "
                    f"start: val accuracy {_pct(state.before.get('val_accuracy'))}"
                    + (" (its head was fitted on train+val, so the start is not a candidate for the best weights)"
                       if seen_val else ""))
@@ -292,7 +274,7 @@ def _train_and_write(start: Start, trainer: Trainer, sets: dict, plan, config: d
             elapsed = time.perf_counter() - began
             meter.update(epoch, state.step, state.images / max(state.seconds + elapsed, 1e-9),
                          sums.loss / max(sums.count, 1))
-            if config["checkpoint_every"] and state.step % config["checkpoint_every"] == 0 and state.step < steps:
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < steps:
                 state.seconds += time.perf_counter() - began
                 save()
                 state.seconds -= time.perf_counter() - began
@@ -319,7 +301,7 @@ def _train_and_write(start: Start, trainer: Trainer, sets: dict, plan, config: d
             on_epoch_end(epoch + 1, model)
         save(best_weights if improved or val is None else None)
 
-    final = best_weights if config["keep"] == "best" else _copy(model)
+    final = best_weights if cfg.keep == "best" else _copy(model)
     model.load_state_dict(final)
     dist.check_in_sync(model)
     results = evaluate_all(trainer, sets, eval_batch, workers, rank, world)
@@ -328,14 +310,14 @@ def _train_and_write(start: Start, trainer: Trainer, sets: dict, plan, config: d
         val_accuracy=results["val"].accuracy if "val" in results else None,
         test_accuracy=results["test"].accuracy if "test" in results else None,
         before={k: v for k, v in state.before.items() if k.endswith("accuracy")},
-        parent=_parent(start), best_epoch=int(state.best.get("epoch", epochs)) if config["keep"] == "best" else epochs,
-        epochs=epochs, strategy=config["strategy"], backbone=start.backbone.name, head=start.head.name,
-        input_size=config["input_size"], precision=config["precision"], device=str(trainer.device),
+        parent=_parent(start), best_epoch=int(state.best.get("epoch", epochs)) if cfg.keep == "best" else epochs,
+        epochs=epochs, strategy=job.strategy, backbone=start.backbone.name, head=start.head.name,
+        input_size=job.input_size, precision=job.precision, device=str(trainer.device),
         world_size=world, resumed=resumed, seconds=round(state.seconds, 3),
         images_per_second=round(state.images / state.seconds, 2) if state.seconds > 0 else 0.0,
         history=state.history)
     if writer is not None:
-        write_run(writer, start, sets, summary, results, state, config, model, precision_reason)
+        write_run(writer, start, sets, summary, results, state, config, model, job.precision_reason)
         writer.commit()
         ckpt.remove(ckpt_dir)
     dist.barrier()

@@ -27,9 +27,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from transfer_engine.core.choices import STRATEGIES
 from transfer_engine.errors import UsageError
 
-STRATEGIES = ("freeze", "no_freeze", "freeze_unfreeze", "unfreeze_milestones")
 MIN_BLOCKS = 4
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 NORM_STATS = nn.modules.batchnorm._NormBase  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm with stats

@@ -1,0 +1,72 @@
+"""#17: te finetune's settings are one typed, frozen config. Its defaults are the CLI's (nothing is spelt
+twice), its choice lists are the CLI's, and a wrong value is one usage line before any model work."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import click
+import pytest
+
+from transfer_engine.cli.finetune import finetune as finetune_command
+from transfer_engine.core import choices
+from transfer_engine.core.configs import FinetuneConfig
+from transfer_engine.errors import UsageError
+
+
+def _cli_params() -> dict[str, click.Parameter]:
+    return {p.name: p for p in finetune_command.params}
+
+
+def test_every_config_field_is_a_cli_option_with_the_same_default():
+    params = _cli_params()
+    for f in dataclasses.fields(FinetuneConfig):
+        name = {"from_run_dir": "from_run"}.get(f.name, f.name)
+        if f.name == "head_options":
+            assert name not in params  # a new head's options come from Python only
+            continue
+        assert name in params, f"--{f.name.replace('_', '-')} missing from te finetune"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        cli_default = params[name].default
+        assert (cli_default or ()) == (default or ()) if f.name == "milestones" else cli_default == default, f.name
+
+
+def test_the_cli_offers_exactly_the_choices_the_code_accepts():
+    params = _cli_params()
+    for name, allowed in (("strategy", choices.STRATEGIES), ("optimizer", choices.OPTIMIZERS),
+                          ("augment", choices.AUGMENTS), ("precision", choices.FINETUNE_PRECISIONS),
+                          ("device", choices.DEVICES), ("keep", choices.KEEP)):
+        assert tuple(params[name].type.choices) == allowed, name
+    from transfer_engine.finetune import STRATEGIES
+    from transfer_engine.finetune.strategies import make_strategy
+    assert STRATEGIES == choices.STRATEGIES
+    for name in STRATEGIES:  # every name offered builds a strategy
+        make_strategy(name, 6, unfreeze_epoch=1, milestones=(1, 2) if name == "unfreeze_milestones" else (),
+                      freeze_bn=True)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({}, "either --from RUN or --backbone"),
+    ({"from_run_dir": "r", "backbone": "resnet18"}, "either --from RUN or --backbone"),
+    ({"backbone": "resnet18", "data": "d"}, "--backbone needs --data SRC and --head"),
+    ({"from_run_dir": "r", "epochs": 0}, "--epochs must be at least 1, got 0"),
+    ({"from_run_dir": "r", "lr": 0.0}, "--lr must be positive"),
+    ({"from_run_dir": "r", "keep": "first"}, "--keep must be one of best, last, got 'first'"),
+    ({"from_run_dir": "r", "strategy": "melt"}, "--strategy must be one of freeze, no_freeze"),
+    ({"from_run_dir": "r", "augment": "mixup"}, "--augment must be one of crop\\+flip, crop, none"),
+])
+def test_a_wrong_setting_is_one_usage_error_when_the_config_is_made(fields, message):
+    with pytest.raises(UsageError, match=message):
+        FinetuneConfig(**fields)
+
+
+def test_the_config_is_frozen_and_needs_no_torch():
+    config = FinetuneConfig(from_run_dir="runs/linear", milestones=[1, 2])
+    assert config.milestones == (1, 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 5  # type: ignore[misc]
+    import subprocess
+    code = ("import sys; from transfer_engine.core.configs import FinetuneConfig; "
+            "FinetuneConfig(from_run_dir='r'); assert 'torch' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

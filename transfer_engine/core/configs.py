@@ -1,0 +1,118 @@
+"""Typed, frozen run configurations (no torch): built once (from the CLI, or from keywords in Python),
+validated in `__post_init__`, passed whole. Defaults live here and nowhere else: the CLI reads its
+defaults from `FinetuneConfig`'s fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from transfer_engine.core.choices import AUGMENTS, DEVICES, FINETUNE_PRECISIONS, KEEP, OPTIMIZERS, STRATEGIES
+from transfer_engine.errors import UsageError
+
+CROP_SCALE = 0.35  # smallest area fraction of a random resized crop; timm's 0.08 is for training from scratch
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """What `te finetune` is asked to do: either `from_run_dir` or `backbone` + `data` + `head`.
+
+    Attributes:
+        from_run_dir: a `te train` run: its backbone, weights, preprocessing, head, data set and splits.
+        backbone, data, head: instead of from_run_dir: a backbone, a --data source and a new head.
+        weights: the backbone's weights (with `backbone`).
+        head_options: options of the new head (with `head`).
+        epochs: epochs to train.
+        lr: peak learning rate of the head (backbone blocks: lr * layer_decay ** depth-from-top).
+        strategy: "freeze", "no_freeze", "freeze_unfreeze" or "unfreeze_milestones"; default no_freeze
+            from a trained head (LP-FT), freeze_unfreeze with a new head.
+        unfreeze_epoch: head-only epochs of freeze_unfreeze.
+        milestones: epochs at which unfreeze_milestones unfreezes each next group, from the top.
+        layer_decay: per-block learning-rate factor (1 = one rate everywhere).
+        freeze_bn: keep BatchNorm running statistics frozen in trainable blocks too (the default: batch
+            statistics of small batches of a new domain wreck a pretrained network's features; see
+            docs/finetune.md); False lets them follow the new data.
+        optimizer: "adamw" or "sgd".
+        weight_decay, warmup, clip_grad, label_smoothing: see `OptimConfig`.
+        batch_size: images per optimizer step, over all DDP ranks.
+        input_size: train (and record for export) at this input size instead of the weights' own.
+        augment: "crop+flip", "crop" or "none".
+        crop_scale: smallest area fraction of the random resized crop.
+        precision: "auto", "fp32", "bf16" or "fp16".
+        device: "auto", "cpu" or "cuda".
+        channels_last: NHWC memory layout for convolutions.
+        seed: seed of the data order, augmentations, dropout and a new head.
+        workers: image decoding processes per rank (default: 0 on small machines).
+        limit: use only the first N images of the data set.
+        checkpoint_every: also checkpoint every N steps within an epoch (0: at epoch ends only).
+        keep: "best" (highest val accuracy, the starting model included unless its head was fitted on
+            train+val) or "last" weights.
+        no_val: when the data has no val split, train on all of train and keep the last epoch instead of
+            holding out te train's val (`core.splits.hold_out`); without it, no val at all is an error.
+    """
+
+    from_run_dir: str | None = None
+    backbone: str | None = None
+    data: str | None = None
+    head: str | None = None
+    weights: str = "DEFAULT"
+    head_options: Mapping[str, Any] = field(default_factory=dict)
+    epochs: int = 2
+    lr: float = 3e-4
+    strategy: str | None = None  # None: no_freeze from a trained head (LP-FT), freeze_unfreeze with a new one
+    unfreeze_epoch: int = 1
+    milestones: tuple[int, ...] = ()
+    layer_decay: float = 0.9
+    freeze_bn: bool = True
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    clip_grad: float = 1.0
+    label_smoothing: float = 0.0
+    batch_size: int = 32
+    input_size: int | None = None
+    augment: str = "crop+flip"
+    crop_scale: float = CROP_SCALE
+    precision: str = "auto"
+    device: str = "auto"
+    channels_last: bool = True
+    seed: int = 0
+    workers: int | None = None
+    limit: int | None = None
+    checkpoint_every: int = 0
+    keep: str = "best"
+    no_val: bool = False
+
+    def __post_init__(self) -> None:
+        if self.from_run_dir is not None:
+            object.__setattr__(self, "from_run_dir", str(self.from_run_dir))
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+        object.__setattr__(self, "head_options", dict(self.head_options or {}))
+        if (self.from_run_dir is None) == (self.backbone is None):
+            raise UsageError("give either --from RUN or --backbone NAME --data SRC --head HEAD")
+        if self.backbone is not None and (not self.data or not self.head):
+            raise UsageError("--backbone needs --data SRC and --head HEAD (or use --from RUN)")
+        for name, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
+                                 ("--unfreeze-epoch", self.unfreeze_epoch, 0),
+                                 ("--checkpoint-every", self.checkpoint_every, 0)):
+            if value < low:
+                raise UsageError(f"{name} must be at least {low}, got {value}")
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        for option, value, allowed in (("--keep", self.keep, KEEP), ("--augment", self.augment, AUGMENTS),
+                                       ("--optimizer", self.optimizer, OPTIMIZERS),
+                                       ("--precision", self.precision, FINETUNE_PRECISIONS),
+                                       ("--device", self.device, DEVICES),
+                                       ("--strategy", self.strategy, (None, *STRATEGIES))):
+            if value not in allowed:
+                shown = ", ".join(a for a in allowed if a is not None)
+                raise UsageError(f"{option} must be one of {shown}, got {value!r}")
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of field `name` (what the CLI shows)."""
+        for f in fields(cls):
+            if f.name == name:
+                return f.default
+        raise KeyError(name)
