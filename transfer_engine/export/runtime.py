@@ -51,12 +51,6 @@ def import_ort() -> "onnxruntime":
     return ort
 
 
-def gpu_providers() -> list[str]:
-    """The GPU providers this onnxruntime build offers (empty for the CPU wheel)."""
-    ort = import_ort()
-    return [p for p in GPU_PROVIDERS if p in ort.get_available_providers()]
-
-
 @dataclass
 class Session:
     """An onnxruntime session and what it really runs on.

@@ -37,9 +37,6 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
 
