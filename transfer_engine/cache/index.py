@@ -15,6 +15,7 @@ that opens a cache then says the same one line.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -91,6 +92,18 @@ def damaged_index_error(path: Path, exc: BaseException) -> CorruptCacheError:
     """The one line every command prints for a damaged index file: what, and the way out."""
     return CorruptCacheError(f"the index {path} is damaged (sqlite: {exc}); run `te cache repair {path.parent}` "
                              "to rebuild it from the shards (it says what cannot be recovered)")
+
+
+# meta key prefix: the SHA-256 of a data set as stored (so verify catches a changed byte in its records)
+DATASET_SHA256 = "dataset_sha256:"
+
+
+def _dataset_hash(name: str, class_names_json: str) -> "hashlib._Hash":
+    return hashlib.sha256(json.dumps([name, class_names_json]).encode("utf-8", "surrogatepass") + b"\n")
+
+
+def _record_bytes(idx: int, path: str, key: bytes, label: int | None, split: str) -> bytes:
+    return json.dumps([idx, path, key.hex(), label, split]).encode("utf-8", "surrogatepass") + b"\n"
 
 
 # sqlite's limit on bound parameters is 32766 since 3.32 (999 before); stay well under both.
@@ -230,9 +243,10 @@ class Index:
         rows = self._q("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
-    def quick_check(self) -> list[str]:
-        """sqlite's own consistency check: ["ok"] when the database file is sound."""
-        return [r[0] for r in self._q("PRAGMA quick_check")]
+    def integrity_check(self) -> list[str]:
+        """sqlite's own full consistency check, indexes against their tables too (quick_check is not:
+        a flipped byte in the records' key index would pass it): ["ok"] when the database file is sound."""
+        return [r[0] for r in self._q("PRAGMA integrity_check")]
 
     # -- spaces -----------------------------------------------------------------------------------------
     def space(self, digest: str) -> SpaceRow | None:
@@ -396,8 +410,33 @@ class Index:
         self.delete_dataset(name)
         dataset_id = self._x("INSERT INTO datasets (name, class_names, created) VALUES (?, ?, ?)",
                              (name, json.dumps(class_names), time.time()))
-        self._many("INSERT INTO records (dataset, idx, path, key, label, split) VALUES (?, ?, ?, ?, ?, ?)",
-                   ((dataset_id, idx, path, _blob(key), label, split) for idx, path, key, label, split in records))
+        digest = _dataset_hash(name, json.dumps(class_names))
+
+        def rows():
+            for idx, path, key, label, split in records:
+                blob = _blob(key)
+                digest.update(_record_bytes(idx, path, blob, label, split))
+                yield dataset_id, idx, path, blob, label, split
+
+        self._many("INSERT INTO records (dataset, idx, path, key, label, split) VALUES (?, ?, ?, ?, ?, ?)", rows())
+        self.set_meta(DATASET_SHA256 + name, digest.hexdigest())
+
+    def dataset_sha256(self, name: str) -> tuple[str | None, str | None]:
+        """(the SHA-256 recorded when data set `name` was stored, the one its stored rows give now): they
+        differ when a byte of its name, class names or records changed (None recorded: an older te wrote it)."""
+        rows = self._q("SELECT id, class_names FROM datasets WHERE name = ?", (name,))
+        if not rows:
+            return self.meta(DATASET_SHA256 + name), None
+        digest = _dataset_hash(name, rows[0][1])
+        with self._lock, self._translated():
+            for record in self._conn.execute("SELECT idx, path, key, label, split FROM records WHERE dataset = ? "
+                                             "ORDER BY idx", (rows[0][0],)):
+                digest.update(_record_bytes(*record))
+        return self.meta(DATASET_SHA256 + name), digest.hexdigest()
+
+    def digested_dataset_names(self) -> list[str]:
+        """Names that a data-set SHA-256 is recorded for (each should be a stored data set)."""
+        return sorted(k[len(DATASET_SHA256):] for k in self.meta_with_prefix(DATASET_SHA256))
 
     def dataset_classes(self, name: str) -> list[str] | None:
         """Class names of data set `name`, or None when there is no such data set."""
@@ -418,6 +457,7 @@ class Index:
         if rows:
             self._x("DELETE FROM records WHERE dataset = ?", (rows[0][0],))
             self._x("DELETE FROM datasets WHERE id = ?", (rows[0][0],))
+        self.delete_meta(DATASET_SHA256 + name)
         return bool(rows)
 
     def records_without_row(self, name: str, limit: int = 3) -> tuple[int, list[str]]:

@@ -33,6 +33,7 @@ from transfer_engine.cache import gc, leases
 from transfer_engine.cache import shards as shardfile
 from transfer_engine.cache.index import Index
 from transfer_engine.cache.space import config_digest
+from transfer_engine.cache.verify import row_runs
 from transfer_engine.cache.writer import KEYS_FROM_SHARD, write_space_file
 from transfer_engine.errors import CorruptCacheError
 
@@ -106,7 +107,7 @@ def _open_sound(path: Path) -> Index | None:
     except CorruptCacheError:
         return None
     try:
-        if index.quick_check() == ["ok"]:
+        if index.integrity_check() == ["ok"]:
             return index
     except CorruptCacheError:
         pass
@@ -144,6 +145,9 @@ def _drop_damage(cache: "FeatureCache", report: RepairReport) -> None:
         gone = gc.rewrite_shards(cache, rewrite)
         report.shards_rewritten = len(rewrite)
     gc.unlink_shard_files(cache, gone)
+    for name in sorted(damage.datasets):  # kept: dropping it would let gc drop its rows
+        report.lost.append(f"data set {name!r}: its records or class names changed on disk and cannot be restored; "
+                           f"run te extract --name {name} on its data to store it anew (its rows are reused)")
     for space_id in damage.space_files:
         space = index.space_by_id(space_id)
         if space is not None and config_digest(space.config) == space.digest:
@@ -176,12 +180,12 @@ def _restore_space_configs(cache: "FeatureCache", damage: "Damage", report: Repa
 
 def _drop_rows(index: Index, spaces: dict, by_id: dict, shard_id: int, rows, why: str,
                report: RepairReport) -> None:
-    rows = sorted(set(rows))
-    dropped = index.delete_rows_at(shard_id, rows)
-    report.entries_dropped += dropped
-    if dropped:
-        report.dropped.append({"shard": _relpath(spaces, by_id, shard_id), "rows": [rows[0], rows[-1]],
-                               "entries": dropped, "why": why})
+    for first, last in row_runs(sorted(set(rows))):
+        dropped = index.delete_rows_at(shard_id, range(first, last + 1))
+        report.entries_dropped += dropped
+        if dropped:
+            report.dropped.append({"shard": _relpath(spaces, by_id, shard_id), "rows": [first, last],
+                                   "entries": dropped, "why": why})
 
 
 def _relpath(spaces: dict, by_id: dict, shard_id: int) -> str:

@@ -60,6 +60,7 @@ class Damage:
         entries: (space id, key) index entries that point at a row written for another key.
         spaces: space ids whose stored config does not hash to their id.
         space_files: space ids whose `space.json` is missing or wrong (rewritten from the index).
+        datasets: names of data sets whose records no longer hash as stored (te extract stores them anew).
     """
 
     rows: dict[int, set[int]] = field(default_factory=dict)
@@ -67,12 +68,13 @@ class Damage:
     entries: set[tuple[int, str]] = field(default_factory=set)
     spaces: set[int] = field(default_factory=set)
     space_files: set[int] = field(default_factory=set)
+    datasets: set[str] = field(default_factory=set)
 
     def drop_rows(self, shard_id: int, rows: Iterable[int]) -> None:
         self.rows.setdefault(shard_id, set()).update(rows)
 
     def __bool__(self) -> bool:
-        return bool(self.rows or self.shards or self.entries or self.spaces or self.space_files)
+        return bool(self.rows or self.shards or self.entries or self.spaces or self.space_files or self.datasets)
 
 
 @dataclass
@@ -113,14 +115,16 @@ def verify_cache(cache: "FeatureCache") -> VerifyReport:
     report = VerifyReport(str(cache.root))
     index = cache.index
     with index.snapshot():
-        check = index.quick_check()
+        check = index.integrity_check()
         spaces = {s.id: s for s in index.spaces()}
         all_shards = index.shards()
         blocks = {s.id: index.blocks(s.id) for s in all_shards}
         bound = {s.id: index.rows_of_shard(s.id) for s in all_shards}
         report.rows = sum(index.count_rows(s) for s in spaces)
         report.problems += [Problem(None, p) for p in index.row_problems()]
-        missing_rows = {name: index.records_without_row(name) for name in index.dataset_names()}
+        names = index.dataset_names()
+        missing_rows = {name: index.records_without_row(name) for name in names}
+        digests = {name: index.dataset_sha256(name) for name in sorted(set(names) | set(index.digested_dataset_names()))}
         keyless = [s.id for s in all_shards if not has_key_file(index, s.id)]
     if check != ["ok"]:
         report.problems.insert(0, Problem(None, "sqlite integrity check failed: " + "; ".join(check[:3])))
@@ -146,10 +150,31 @@ def verify_cache(cache: "FeatureCache") -> VerifyReport:
             report.problems.append(Problem(None, f"data set {name!r}: {count} records name keys that have no row in "
                                                  f"any space (e.g. {', '.join(map(repr, paths))}); `te extract "
                                                  f"--name {name}` on its data extracts them again"))
+    _verify_dataset_digests(digests, report)
     for orphan in shardfile.orphan_files(cache.root, expected):
         report.notes.append(f"{orphan}: not in the index (left by an interrupted writer; te cache gc removes it)")
     _verify_artifacts(cache, report)
     return report
+
+
+def _verify_dataset_digests(digests: dict[str, tuple[str | None, str | None]], report: VerifyReport) -> None:
+    """Each data set must hash to the SHA-256 recorded when it was stored (a changed byte of a path, label,
+    split, key or class name is caught); older data sets without one are a note."""
+    unverified = []
+    for name, (recorded, now) in digests.items():
+        if now is None:
+            report.problems.append(Problem(None, f"data set {name!r} was stored but the index no longer has it "
+                                                 "(its name changed?); run te extract for it again"))
+        elif recorded is None:
+            unverified.append(name)
+        elif recorded != now:
+            report.damage.datasets.add(name)
+            report.problems.append(Problem(None, f"data set {name!r}: its records (paths, keys, labels, splits) or "
+                                                 "class names changed since it was stored; run te extract for it "
+                                                 "again to store it anew"))
+    if unverified:
+        report.notes.append(f"data sets {', '.join(map(repr, unverified))} were stored by an older te: their records "
+                            "cannot be checked")
 
 
 def _verify_space(cache: "FeatureCache", space: "SpaceRow", report: VerifyReport) -> None:
@@ -290,7 +315,7 @@ def _check_block(relpath: str, shard: "ShardRow", block: int, first: int, data: 
         return set(range(first, first + nrows))
     bad = {first + i for i in range(nrows)
            if first + i < len(slots) and not slots[first + i].matches(data[i * width:(i + 1) * width])}
-    for lo, hi in _runs(sorted(bad)):
+    for lo, hi in row_runs(sorted(bad)):
         what = f"checksum mismatch in block {block}: a byte of these rows (or of their key slots) changed on disk" \
             if not block_ok else "their key slots changed on disk (the rows' bytes match their block checksum)"
         report.problems.append(Problem(relpath, what, (lo, hi)))
@@ -320,7 +345,7 @@ def _check_binding(relpath: str, space: "SpaceRow", shard: "ShardRow", bound: li
     report.damage.entries.update((space.id, key) for key, _ in wrong)
 
 
-def _runs(rows: list[int]) -> list[tuple[int, int]]:
+def row_runs(rows: list[int]) -> list[tuple[int, int]]:
     """Sorted row numbers as (first, last) runs of consecutive rows."""
     out: list[tuple[int, int]] = []
     for r in rows:
