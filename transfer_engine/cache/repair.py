@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from transfer_engine.cache import gc, leases
 from transfer_engine.cache import shards as shardfile
-from transfer_engine.cache.index import Index
+from transfer_engine.cache.index import DATASET_SHA256, Index
 from transfer_engine.cache.space import config_digest
 from transfer_engine.cache.verify import row_runs
 from transfer_engine.cache.writer import KEYS_FROM_SHARD, write_space_file
@@ -214,15 +214,27 @@ def _rebuild_index(root: Path, report: RepairReport) -> None:
                 if folder.is_dir():
                     _restore_space(root, index, folder, report)
             for name, (classes, records) in salvaged.datasets.items():
-                index.put_dataset(name, classes, records)
-                report.datasets_restored.append(name)
+                _restore_dataset(index, name, classes, records, salvaged.digests.get(DATASET_SHA256 + name), report)
     finally:
         index.close()
+
+
+def _restore_dataset(index: Index, name: str, classes: list[str], records: list[tuple], recorded: str | None,
+                     report: RepairReport) -> None:
+    """Put back a data set read from the damaged index, unless it no longer hashes as it was stored."""
+    index.put_dataset(name, classes, records)
+    if recorded is not None and index.meta(DATASET_SHA256 + name) != recorded:
+        index.delete_dataset(name)
+        report.lost.append(f"data set {name!r}: its records were damaged in the index; run te extract --name {name} "
+                           "on its data again (the features are kept: only the list is lost)")
+        return
+    report.datasets_restored.append(name)
 
 
 @dataclass
 class _Salvaged:
     meta: dict[str, str] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)   # data-set SHA-256s as recorded
     datasets: dict[str, tuple[list[str], list[tuple]]] = field(default_factory=dict)
 
 
@@ -244,6 +256,8 @@ def _salvage(damaged: Path, report: RepairReport) -> _Salvaged:
         return out
     try:
         out.meta = _read_meta(conn, report)
+        out.digests = dict(_read(conn, "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", report, None,
+                                 (len(DATASET_SHA256), DATASET_SHA256)) or [])
         names = _read(conn, "SELECT id, name, class_names FROM datasets ORDER BY name", report,
                       "every data set (which images, labels and splits; their features are kept): run te extract on "
                       "each data set's images again, it reuses the rows")
@@ -265,7 +279,8 @@ def _salvage(damaged: Path, report: RepairReport) -> _Salvaged:
 def _read_meta(conn: sqlite3.Connection, report: RepairReport) -> dict[str, str]:
     rows = _read(conn, "SELECT key, value FROM meta", report, "the artifact names and provenance (te rebuilds "
                                                                "artifacts when it next needs them)")
-    return {k: v for k, v in rows or [] if k not in _REBUILT_META and not k.startswith(leases.PREFIX)}
+    return {k: v for k, v in rows or []
+            if k not in _REBUILT_META and not k.startswith((leases.PREFIX, DATASET_SHA256))}
 
 
 def _read(conn: sqlite3.Connection, sql: str, report: RepairReport, what: str | None,
