@@ -12,7 +12,8 @@ import sys
 import click
 
 from transfer_engine._version import __version__
-from transfer_engine.cli import backbones, bench, cache, demo, export, extract, finetune, heads, info, plugins, predict, train
+from transfer_engine.cli import (backbones, bench, cache, compare, demo, export, extract, finetune, heads, info, plugins,
+                                 predict, train)
 from transfer_engine.errors import TEError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -34,6 +35,8 @@ def cli() -> None:
       te demo                      the whole path on the built-in real data (offline)
       te extract --backbone NAME --data SRC --cache DIR
                                    features of a data set, once, into the feature cache
+      te compare --data SRC --cache DIR --backbones NAME,NAME,...
+                                   which backbone for my data: LogME, probes, costs
       te train --cache DIR --head all --sweep --out RUNS
                                    heads fitted on the cached features, a leaderboard
       te finetune --from RUN --out FT
@@ -55,6 +58,7 @@ COMMANDS = (
     heads.heads,
     plugins.plugins,
     extract.extract,
+    compare.compare,
     train.train,
     finetune.finetune,
     export.export,

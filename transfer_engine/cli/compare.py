@@ -1,0 +1,51 @@
+"""`te compare`: which backbone for my data? A leaderboard from features extracted once into the cache."""
+
+from __future__ import annotations
+
+import click
+
+from transfer_engine.cli._common import emit_json, json_option
+
+
+@click.command("compare")
+@click.option("--data", required=True, metavar="SRC", help="Image folder, .csv/.jsonl manifest or builtin:digits.")
+@click.option("--cache", "cache_dir", required=True, metavar="DIR", help="The feature cache every backbone shares.")
+@click.option("--backbones", required=True, metavar="NAMES",
+              help="Comma-separated backbone names and shell patterns, e.g. resnet18,efficientnet_lite0 or 'resnet*'.")
+@click.option("--weights", default="DEFAULT", show_default=True, metavar="W",
+              help="Weights of every backbone: DEFAULT (each one's pretrained), none (seeded random) or a name.")
+@click.option("--out", default="compare", show_default=True, metavar="DIR",
+              help="Where compare.json, compare.md, compare.png and the probes' runs go.")
+@click.option("--name", default=None, metavar="NAME", help="The data set's name in the cache (default: as te extract).")
+@click.option("--quick", is_flag=True, help="Rank by LogME alone: no probe is fitted (seconds per backbone).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N", help="Only the first N images.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True,
+              help="Extraction backend, as te extract takes it.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inits and the probes.")
+@json_option
+def compare(data, cache_dir, backbones, weights, out, name, quick, limit, backend, seed, as_json) -> None:
+    """Rank backbones for your images: LogME, a linear and a k-NN probe, and what each costs to run.
+
+    Each backbone's features are extracted once into --cache (rows already there are reused), then
+    scored on the cached features: LogME (no training), te train's linear probe with its sweep and a
+    k-NN probe (val accuracy; test when the data has a test split); plus parameters, feature size and
+    the PyTorch fp32 latency at batch 1 and throughput at batch 32 measured on this machine. Re-run with
+    one more backbone and only that one is extracted and fitted.
+
+    \b
+    Examples:
+      te compare --data photos/ --cache C --backbones resnet18,efficientnet_lite0
+      te compare --data builtin:digits --cache C --backbones 'resnet*' --quick
+    """
+    from transfer_engine.compare.tournament import compare as run_compare
+    from transfer_engine.compare.tournament import table
+
+    result = run_compare(data, cache_dir, backbones, out=out, weights=weights, name=name, quick=quick, limit=limit,
+                         backend=backend, seed=seed, progress=not as_json)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    for line in table(result):
+        click.echo(line)
+    click.echo(f"recommendation: {result.recommendation}")
+    click.echo(f"files: {result.files['md']}, {result.files['png']}, {result.files['json']}")
