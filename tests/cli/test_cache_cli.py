@@ -86,14 +86,15 @@ def test_verify_exits_1_naming_the_shard_and_rows_of_a_flipped_byte(te, cache_di
 
     r = te("cache", "verify", str(cache_dir))
     line = _one_line_error(r, 1)
-    assert line == f"te: error: cache {cache_dir} is damaged: {relpath} rows 0-29: checksum mismatch in block 0: " \
-                   "a byte of these rows changed on disk"
-    assert f"DAMAGED  {relpath} rows 0-29" in r.stdout
+    assert line == f"te: error: cache {cache_dir} is damaged: {relpath} rows 25-25: checksum mismatch in block 0: " \
+                   f"a byte of these rows (or of their key slots) changed on disk; `te cache repair {cache_dir}` " \
+                   "drops what is damaged so that te extract extracts it again"
+    assert f"DAMAGED  {relpath} rows 25-25" in r.stdout
 
     r = te("cache", "verify", str(cache_dir), "--json")
     assert r.code == 1
     report = json.loads(r.stdout)
-    assert report["ok"] is False and [(p["shard"], p["rows"]) for p in report["problems"]] == [(relpath, [0, 29])]
+    assert report["ok"] is False and [(p["shard"], p["rows"]) for p in report["problems"]] == [(relpath, [25, 25])]
     assert shard.read_bytes() == bytes(data)  # verify never repairs
 
 
