@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from transfer_engine.compare.tournament import pareto_front
+from transfer_engine.compare.tournament import kendall_tau, pareto_front
 
 ARGS = ["--data", "builtin:digits", "--weights", "none", "--limit", "60", "--backend", "torch"]
 
@@ -61,3 +61,9 @@ def test_an_unknown_backbone_among_many_is_one_error_before_any_work(te, tmp_pat
 def test_the_pareto_front_keeps_only_points_nothing_beats_on_both():
     points = [(10, 80), (20, 90), (15, 70), (30, 85), (5, 60), (20, 95)]
     assert pareto_front(points) == [(5, 60), (10, 80), (20, 95)]
+
+
+def test_kendall_tau_reads_agreement_of_two_rankings():
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)

@@ -48,4 +48,6 @@ def compare(data, cache_dir, backbones, weights, out, name, quick, limit, backen
     for line in table(result):
         click.echo(line)
     click.echo(f"recommendation: {result.recommendation}")
+    if result.logme_tau is not None:
+        click.echo(f"LogME's ranking against the linear probes' on this data: Kendall's tau {result.logme_tau:+.2f}")
     click.echo(f"files: {result.files['md']}, {result.files['png']}, {result.files['json']}")

@@ -74,10 +74,18 @@ class Comparison:
     recommendation: str
     files: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def logme_tau(self) -> float | None:
+        """Kendall's tau between the LogME and the linear-probe val rankings (None below 3 backbones):
+        how far the no-training score could be trusted on this data."""
+        pairs = [(e.logme, e.linear_val) for e in self.entries
+                 if e.error is None and e.logme is not None and e.linear_val is not None]
+        return kendall_tau([a for a, _ in pairs], [b for _, b in pairs]) if len(pairs) >= 3 else None
+
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "data": self.data, "cache": self.cache, "ranked_by": self.ranked_by,
-                "recommendation": self.recommendation, "entries": [asdict(e) for e in self.entries],
-                "files": self.files}
+                "recommendation": self.recommendation, "logme_tau": self.logme_tau,
+                "entries": [asdict(e) for e in self.entries], "files": self.files}
 
 
 def resolve_backbones(spec: str) -> list[str]:
@@ -294,6 +302,8 @@ def _write(result: Comparison, out: Path) -> None:
     write_text_durably(files["json"], json.dumps(payload, indent=2) + "\n")
     md = [f"# te compare: {result.dataset} ({result.data})", "", f"Ranked by {result.ranked_by}.", "",
           "```", *table(result), "```", "", f"Recommendation: {result.recommendation}", ""]
+    if result.logme_tau is not None:
+        md += [f"Kendall's tau between the LogME and linear-probe rankings here: {result.logme_tau:+.2f}", ""]
     write_text_durably(files["md"], "\n".join(md))
     _plot(result, files["png"])
 
@@ -324,6 +334,26 @@ def _plot(result: Comparison, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall's tau-b of two equally long score lists: +1 same order, -1 reversed (ties count neither)."""
+    concordant = discordant = ties_a = ties_b = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif (da > 0) == (db > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
+    return (concordant - discordant) / denominator if denominator else 0.0
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
