@@ -26,6 +26,10 @@ def prefetched(source: Iterable[T], depth: int = 2, name: str = "te-prefetch") -
     An exception raised by `source` is raised here, in the consumer. Stopping early (break, close,
     an exception in the consumer) stops the producer and closes `source` in its own thread, so a
     generator's `finally`/`with` blocks run (a thread pool inside it is shut down).
+
+    Ctrl-C (KeyboardInterrupt, or SystemExit) while waiting for an item stops at once: the producer is
+    told to stop but not waited for, since it may be blocked in a read that never returns (a file on a
+    stale network mount); it is a daemon thread, so it cannot keep the process alive.
     """
     ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
@@ -55,9 +59,14 @@ def prefetched(source: Iterable[T], depth: int = 2, name: str = "te-prefetch") -
 
     thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()
+    interrupted = False
     try:
         while True:
-            item = ready.get()
+            try:
+                item = ready.get()
+            except (KeyboardInterrupt, SystemExit):
+                interrupted = True
+                raise
             if item is _DONE:
                 return
             if isinstance(item, _Failure):
@@ -65,9 +74,15 @@ def prefetched(source: Iterable[T], depth: int = 2, name: str = "te-prefetch") -
             yield item
     finally:
         stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                ready.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        thread.join()
+        if not interrupted:
+            _wait_for(thread, ready)
+
+
+def _wait_for(thread: threading.Thread, ready: queue.Queue) -> None:
+    """Wait until the producer has stopped, taking items off the queue so that it is never stuck on a put."""
+    while thread.is_alive():
+        try:
+            ready.get(timeout=0.05)
+        except queue.Empty:
+            pass
+    thread.join()

@@ -36,11 +36,14 @@ from transfer_engine.cli._common import emit_json, json_option, warn_skipped
 @click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N", help="Only the first N images.")
 @click.option("--strict", is_flag=True, help="Exit 1 when any file cannot be read or decoded.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of a random initialization.")
+@click.option("--follow-symlinks", is_flag=True,
+              help="In a --data folder, follow symlinks that lead out of it (by default they are skipped, "
+                   "with the reason; links to what te reads anyway are always skipped: no image counts twice).")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes to split the work across (launches torchrun; gloo on CPU, NCCL on GPUs).")
 @json_option
 def extract(backbone, data, cache_dir, weights, name, batch_size, workers, device, precision, backend, store,
-            limit, strict, seed, nproc, as_json) -> None:
+            limit, strict, seed, follow_symlinks, nproc, as_json) -> None:
     """Extract features of a data set into the feature cache, skipping images already there.
 
     Files are hashed first; only images whose content the cache lacks for this backbone, weights,
@@ -59,7 +62,7 @@ def extract(backbone, data, cache_dir, weights, name, batch_size, workers, devic
 
     summary = run_extract(backbone, data, cache_dir, weights=weights, name=name, batch_size=batch_size,
                           workers=workers, device=device, precision=precision, backend=backend, store=store,
-                          limit=limit, strict=strict, seed=seed, progress=True)
+                          limit=limit, strict=strict, seed=seed, follow_symlinks=follow_symlinks, progress=True)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     warn_skipped(summary.failed)

@@ -22,8 +22,11 @@ from transfer_engine.cli._common import emit_json, info, json_option, warn_skipp
               help="Images per onnxruntime call.")
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
               help="How many classes (with probabilities) to give per image.")
+@click.option("--follow-symlinks", is_flag=True,
+              help="In a --data folder, follow symlinks that lead out of it (by default they are skipped, with "
+                   "the reason).")
 @json_option
-def predict(model, data, out, provider, batch_size, top_k, as_json) -> None:
+def predict(model, data, out, provider, batch_size, top_k, follow_symlinks, as_json) -> None:
     """Classify images with an ONNX model written by `te export`.
 
     Class names and preprocessing come from the model's te metadata (or the graph does the
@@ -39,7 +42,7 @@ def predict(model, data, out, provider, batch_size, top_k, as_json) -> None:
     from transfer_engine.predict.runner import predict as run_predict
 
     summary = run_predict(model, data, out=out, provider=provider, batch_size=batch_size, top_k=top_k,
-                          progress=True, log=info)
+                          progress=True, follow_symlinks=follow_symlinks, log=info)
     warn_skipped(summary.failed)
     if as_json:
         emit_json(summary.to_dict())

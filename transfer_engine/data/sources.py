@@ -10,22 +10,28 @@ Layouts understood (as torchvision's ImageFolder, plus split folders):
     manifest.csv  with a header: path,label[,split]   (paths relative to the manifest)
     manifest.jsonl  one {"path": ..., "label": ..., "split": ...} object per line
     builtin:digits                          scikit-learn's 1,797 real handwritten digits
+
+What the files may be is bounded: only regular files are read, at most TE_MAX_FILE_BYTES each
+(`transfer_engine.data.files`); images decode within TE_MAX_IMAGE_PIXELS (`transfer_engine.data.decode`);
+folders are walked by `transfer_engine.data.walk` (unreadable folders and symlinks skipped with a reason,
+loops detected). A source's `skipped()` lists what its last walk left out.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from transfer_engine.cache.records import content_key  # the cache's key: SHA-256 of the bytes
+from transfer_engine.cache.records import content_key, display_path  # the key: SHA-256 of the bytes
+from transfer_engine.data.decode import decode_image
+from transfer_engine.data.files import is_regular_file, read_image_file
+from transfer_engine.data.walk import IMAGE_EXTENSIONS, FolderWalk
 from transfer_engine.errors import UsageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "dev": "val", "test": "test", "testing": "test"}
@@ -70,55 +76,67 @@ class DataSource:
         raise NotImplementedError
 
     def read_bytes(self, sample: Sample) -> bytes:
-        """The file's bytes (OSError when it cannot be read: the caller records it as failed)."""
+        """The file's bytes (OSError when it cannot be read, is not a regular file or is too large: the
+        caller records it as failed)."""
         raise NotImplementedError
 
     def decode(self, sample: Sample, data: bytes):
-        """An RGB PIL image from the bytes (raises on a truncated or non-image file)."""
-        from PIL import Image
+        """An RGB PIL image from the bytes (raises on a truncated or non-image file, or one over the pixel
+        budget, before decoding it)."""
+        return decode_image(data)
 
-        image = Image.open(io.BytesIO(data))
-        image.load()  # decode now: a truncated file fails here, not later in a worker
-        return image.convert("RGB")
+    def skipped(self) -> list[dict[str, str]]:
+        """{"path", "reason"} of the folders and links the last pass over `samples()` left out."""
+        return []
 
     def describe(self) -> str:
         return self.name
 
 
 class FolderSource(DataSource):
-    """ROOT/CLASS/IMAGE or ROOT/SPLIT/CLASS/IMAGE."""
+    """ROOT/CLASS/IMAGE or ROOT/SPLIT/CLASS/IMAGE.
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.name = str(root)
-        top = _subdirs(root)
+    Args:
+        root: the folder (resolved here: symlinks are judged against the real root).
+        follow_symlinks: follow symlinks out of the root (see `transfer_engine.data.walk`).
+    """
+
+    def __init__(self, root: Path, follow_symlinks: bool = False) -> None:
+        self.root = root.resolve()
+        self.name = str(self.root)
+        walk = FolderWalk(self.root, follow_symlinks=follow_symlinks)
+        top = walk.folders()
         split_dirs = {d: SPLIT_ALIASES[d.lower()] for d in top if d.lower() in SPLIT_ALIASES}
         if split_dirs and len(split_dirs) == len(top):
             self.split_dirs = dict(sorted(split_dirs.items(), key=lambda kv: SPLITS.index(kv[1])))
-            classes = sorted({c for d in self.split_dirs for c in _subdirs(root / d)})
+            self._class_dirs = {d: walk.folders(d) for d in self.split_dirs}
         else:
             self.split_dirs = {}
-            classes = top
+            self._class_dirs = {"": top}
+        # A class is named as people read its folder's name (display_path): class names travel into run.json
+        # and ONNX metadata, which take valid text only; the walk keeps each folder's real name.
+        classes = sorted({display_path(c) for names in self._class_dirs.values() for c in names})
         if not classes:
-            raise UsageError(f"--data {root}: no class folders found (expected ROOT/CLASS/IMAGE or "
-                             f"ROOT/train|val|test/CLASS/IMAGE)")
+            raise UsageError(f"--data {display_path(str(root))}: no class folders found (expected ROOT/CLASS/IMAGE "
+                             f"or ROOT/train|val|test/CLASS/IMAGE){_first_skip(walk.skipped)}")
         self.class_names = classes
+        self._listing_skipped = list(walk.skipped)  # class folders left out: reported by every pass
+        self._walk = FolderWalk(self.root, follow_symlinks=follow_symlinks, class_depth=2 if self.split_dirs else 1)
 
     def samples(self) -> Iterator[Sample]:
         index = {c: i for i, c in enumerate(self.class_names)}
-        groups = [(d, s) for d, s in self.split_dirs.items()] or [("", None)]
-        for folder, split in groups:
-            base = self.root / folder if folder else self.root
-            for cls in self.class_names:
-                class_dir = base / cls
-                if not class_dir.is_dir():
-                    continue
-                for rel in _image_files(class_dir):
-                    path = Path(folder, cls, rel).as_posix() if folder else Path(cls, rel).as_posix()
-                    yield Sample(path, index[cls], split)
+        self._walk.reset()
+        for folder, classes in self._class_dirs.items():
+            split = self.split_dirs.get(folder)
+            for cls in classes:
+                for path in self._walk.images(f"{folder}/{cls}" if folder else cls):
+                    yield Sample(path, index[display_path(cls)], split)
 
     def read_bytes(self, sample: Sample) -> bytes:
-        return (self.root / sample.path).read_bytes()
+        return read_image_file(self.root / sample.path)
+
+    def skipped(self) -> list[dict[str, str]]:
+        return self._listing_skipped + self._walk.skipped
 
 
 class ManifestSource(DataSource):
@@ -130,6 +148,9 @@ class ManifestSource(DataSource):
         self.name = str(manifest)
         # One validating pass for the class names (a set: as big as the number of classes); samples()
         # reads the file again, so a manifest of millions of lines never sits in memory.
+        if not is_regular_file(manifest):  # a FIFO would block, and a manifest is read twice
+            raise UsageError(f"--data {display_path(str(manifest))}: not a regular file; te reads a manifest "
+                             "twice, so it must be a file (not a pipe or device)")
         labels: set[str] = set()
         for _, _, label, _ in self._rows():
             labels.add(label)
@@ -142,7 +163,8 @@ class ManifestSource(DataSource):
 
     def _rows(self) -> Iterator[tuple[int, str, str, str | None]]:
         suffix = self.manifest.suffix.lower()
-        with self.manifest.open(newline="", encoding="utf-8") as fh:
+        # surrogateescape: a path that is not UTF-8 (a listing of such files) is kept byte for byte
+        with self.manifest.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
             if suffix == ".csv":
                 reader = csv.DictReader(fh)
                 missing = {"path", "label"} - set(reader.fieldnames or [])
@@ -168,10 +190,12 @@ class ManifestSource(DataSource):
         if not path or not str(path).strip():
             raise UsageError(f"{where} has no path")
         if label is None or str(label).strip() == "":
-            raise UsageError(f"{where} ({path}) has no label")
+            raise UsageError(f"{where} ({display_path(str(path))}) has no label")
+        if not _is_text(str(label)):
+            raise UsageError(f"{where}: the label {display_path(str(label))!r} is not valid UTF-8 text")
         if split is not None and str(split).strip():
             if str(split).strip().lower() not in SPLIT_ALIASES:
-                raise UsageError(f"{where} ({path}) has split {split!r}; use train, val or test")
+                raise UsageError(f"{where} ({display_path(str(path))}) has split {split!r}; use train, val or test")
             split = SPLIT_ALIASES[str(split).strip().lower()]
         else:
             split = None
@@ -189,7 +213,7 @@ class ManifestSource(DataSource):
 
     def read_bytes(self, sample: Sample) -> bytes:
         path = Path(sample.path)
-        return (path if path.is_absolute() else self.root / path).read_bytes()
+        return read_image_file(path if path.is_absolute() else self.root / path)
 
 
 class BuiltinSource(DataSource):
@@ -217,8 +241,12 @@ class BuiltinSource(DataSource):
         return self.data.pil(self._index(sample))
 
 
-def open_source(spec: str) -> DataSource:
+def open_source(spec: str, follow_symlinks: bool = False) -> DataSource:
     """The data source for a `--data` value.
+
+    Args:
+        spec: a folder, a .csv/.jsonl manifest, or builtin:NAME.
+        follow_symlinks: in a folder, follow symlinks that lead out of it.
 
     Raises:
         UsageError: the path does not exist, is an unsupported file, or holds no images/classes.
@@ -227,42 +255,56 @@ def open_source(spec: str) -> DataSource:
         return BuiltinSource(spec)
     path = Path(spec).expanduser()
     if not path.exists():
-        raise UsageError(f"--data {spec}: no such file or folder")
+        raise UsageError(f"--data {display_path(spec)}: no such file or folder")
     if path.is_dir():
-        return FolderSource(path)
+        return FolderSource(path, follow_symlinks)
     if path.suffix.lower() in (".csv", ".jsonl"):
-        return ManifestSource(path)
-    raise UsageError(f"--data {spec}: expected a folder, a .csv or .jsonl manifest, or builtin:NAME")
+        return ManifestSource(path.resolve())
+    raise UsageError(f"--data {display_path(spec)}: expected a folder, a .csv or .jsonl manifest, or builtin:NAME")
 
 
-def _subdirs(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+def recorded_data(spec: str) -> str:
+    """`--data` as te records it (run.json, the cache's provenance): absolute and resolved, so a later
+    command started in another folder finds the same data; builtin:NAME as it is."""
+    if spec.startswith("builtin:"):
+        return spec
+    return str(Path(spec).expanduser().resolve())
 
 
-def _image_files(folder: Path) -> Iterator[str]:
-    """Image files below `folder` (recursively), relative to it, in sorted order, streamed.
+def locate_recorded_data(data: str, *near: str | os.PathLike | None) -> str:
+    """Where recorded data is now: `data` itself when absolute (or builtin:), else the first existing one
+    of `data` relative to the current folder and to the parent of each folder in `near` (caches and runs
+    written before te recorded absolute paths held `--data` as typed: relative to where te extract ran,
+    most often the folder that also holds the cache).
 
-    Sorting needs one folder's names at a time, never the whole tree's: about 70 bytes a file of the
-    largest folder (its names, as str; the few sub-folders go to a set instead of a flag per entry).
+    Raises:
+        UsageError: a relative path found in none of those places (the message lists them).
     """
-    names: list[str] = []
-    folders: set[str] = set()
-    with os.scandir(folder) as it:
-        for entry in it:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                folders.add(entry.name)
-                names.append(entry.name)
-            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                names.append(entry.name)
-    names.sort()
-    for name in names:
-        if name in folders:
-            for rel in _image_files(folder / name):
-                yield f"{name}/{rel}"
-        else:
-            yield name
+    if data.startswith("builtin:") or Path(data).expanduser().is_absolute():
+        return data
+    places = [Path.cwd()] + [Path(p).expanduser().absolute().parent for p in near if p]
+    tried = list(dict.fromkeys(place / data for place in places))
+    for candidate in tried:
+        if candidate.exists():
+            return str(candidate.resolve())
+    raise UsageError(f"the recorded --data {display_path(data)} is a relative path (written by an older te) that is "
+                     f"in none of {', '.join(display_path(str(t)) for t in tried)}; pass the data again "
+                     "(e.g. --data /full/path)")
+
+
+def _first_skip(skipped: list[dict[str, str]]) -> str:
+    if not skipped:
+        return ""
+    return f"; skipped {display_path(skipped[0]['path'])}: {skipped[0]['reason']}"
+
+
+def _is_text(value: str) -> bool:
+    """True when `value` is valid Unicode text (no surrogate escapes of bytes that are not UTF-8)."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _is_int(value: str) -> bool:

@@ -17,44 +17,68 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from transfer_engine.data.sources import (IMAGE_EXTENSIONS, DataSource, Sample, _image_files, content_key,
-                                          derived_split, open_source)
+from transfer_engine.cache.records import display_path, fs_path
+from transfer_engine.data.files import read_image_file
+from transfer_engine.data.sources import (DataSource, Sample, content_key, derived_split, locate_recorded_data,
+                                          open_source)
+from transfer_engine.data.walk import IMAGE_EXTENSIONS, FolderWalk
 from transfer_engine.errors import TEError, UsageError
 
 HELD_OUT = ("test", "val")
 
 
 class ImageFiles(DataSource):
-    """Unlabelled image files: every image below a folder (recursively), or a single file."""
+    """Unlabelled image files: every image below a folder (recursively, walked as `FolderWalk` does), or a
+    single file."""
 
-    def __init__(self, root: Path, files: list[str]) -> None:
+    def __init__(self, root: Path, files: list[str], skipped: list[dict[str, str]] | None = None) -> None:
         self.root = root
         self.name = str(root)
         self.class_names = []
         self.files = files
+        self._skipped = list(skipped or [])
 
     def samples(self) -> Iterator[Sample]:
         for rel in self.files:
             yield Sample(rel, None, None)  # type: ignore[arg-type]  (no label: None)
 
     def read_bytes(self, sample: Sample) -> bytes:
-        return (self.root / sample.path).read_bytes()
+        return read_image_file(self.root / sample.path)
+
+    def skipped(self) -> list[dict[str, str]]:
+        return self._skipped
 
 
-def open_images(spec: str) -> DataSource:
+def open_images(spec: str, follow_symlinks: bool = False) -> DataSource:
     """A source of images: `open_source`'s (folder of CLASS/IMAGE, manifest, builtin:NAME) or unlabelled
     files (a folder with images directly inside it, or one image file).
+
+    Args:
+        spec: what --data names.
+        follow_symlinks: in a folder, follow symlinks that lead out of it.
 
     Raises:
         UsageError: nothing there, or no images in it.
     """
     path = Path(spec).expanduser()
-    if not spec.startswith("builtin:") and path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-        return ImageFiles(path.parent, [path.name])
-    if path.is_dir() and any(e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith(".")
-                             for e in os.scandir(path)):
-        return ImageFiles(path, list(_image_files(path)))
-    return open_source(spec)
+    if not spec.startswith("builtin:") and path.suffix.lower() in IMAGE_EXTENSIONS and path.exists() \
+            and not path.is_dir():
+        return ImageFiles(path.parent.resolve(), [path.name])  # a FIFO or device: reported when read
+    if path.is_dir() and _holds_image_files(path):
+        walk = FolderWalk(path.resolve(), follow_symlinks=follow_symlinks)
+        files = list(walk.images(""))
+        return ImageFiles(walk.root, files, walk.skipped)
+    return open_source(spec, follow_symlinks)
+
+
+def _holds_image_files(folder: Path) -> bool:
+    """True when images sit directly in `folder` (a flat folder to predict on, not CLASS/IMAGE)."""
+    try:
+        with os.scandir(folder) as it:
+            return any(not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
+                       and not e.is_dir() for e in it)
+    except OSError as exc:
+        raise UsageError(f"--data {display_path(str(folder))}: cannot read the folder ({exc.strerror or exc})") from None
 
 
 @dataclass
@@ -94,7 +118,7 @@ class ImageSet:
                 images.append(self.source.decode(sample, data))
                 labels.append(label)
             except Exception as exc:  # unreadable, truncated, not an image: skipped and reported
-                failed.append({"path": sample.path, "reason": f"{type(exc).__name__}: {exc}"[:200]})
+                failed.append({"path": display_path(sample.path), "reason": f"{type(exc).__name__}: {exc}"[:200]})
         return images, labels, failed
 
 
@@ -128,7 +152,7 @@ def held_out_images(run: Any, check_data: str | None, limit: int) -> ImageSet:
             raise UsageError(f"the run's data set {run.info.dataset.get('name')!r} has unlabelled val/test images; "
                              "pass --check-data SRC with labelled images")
         chosen_records = _spread(held_records, limit)
-        samples = [Sample(r.path, r.label, r.split) for r in chosen_records]
+        samples = [Sample(fs_path(r.path), r.label, r.split) for r in chosen_records]
         keys: list[str | None] = [r.key for r in chosen_records]
     else:
         samples = [s for s in _with_splits(source) if s.split in HELD_OUT]
@@ -162,7 +186,7 @@ def train_images(run: Any, calibration_data: str | None, limit: int) -> ImageSet
     source, records = _run_data(run, "--calibration-data SRC with training images")
     if records is not None:
         chosen_records = _spread([r for r in records if r.split == "train"], limit)
-        samples = [Sample(r.path, r.label, r.split) for r in chosen_records]
+        samples = [Sample(fs_path(r.path), r.label, r.split) for r in chosen_records]
         keys: list[str | None] = [r.key for r in chosen_records]
     else:
         samples, keys = _spread([s for s in _with_splits(source) if s.split == "train"], limit), []
@@ -180,7 +204,7 @@ def _run_data(run: Any, alternative: str) -> tuple[DataSource, list | None]:
     if not data:
         raise UsageError(f"run {run.path} does not record where its images are; pass {alternative}")
     try:
-        source = open_source(str(data))
+        source = open_source(locate_recorded_data(str(data), dataset.get("cache"), run.path))
     except UsageError as exc:
         raise UsageError(f"the run's data is not available ({exc}); pass {alternative}") from None
     records = None

@@ -115,8 +115,13 @@ class FeatureExtractor:
             yield self._forward(good_items, tensors, failed)
 
     def _prepared(self, items: Iterable[Item]) -> Iterator[tuple[list, list, list]]:
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="te-decode") as pool:
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="te-decode")
+        try:
             yield from self._batches(items, pool)
+        finally:
+            # Stopped early (Ctrl-C, an error): the decodes not begun are dropped, not run; otherwise the
+            # interpreter's exit would wait for a whole window of them (its atexit joins the workers).
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _forward(self, items: list[Item], tensors: list[torch.Tensor], failed: list[tuple[Item, str]]) -> Batch:
         reasons = [{"path": item.path, "reason": reason} for item, reason in failed]

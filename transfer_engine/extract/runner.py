@@ -17,8 +17,9 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
 
-from transfer_engine.data.sources import DataSource, Sample, content_key, derived_split, open_source
-from transfer_engine.errors import TEError, UsageError
+from transfer_engine.cache.records import display_path
+from transfer_engine.data.sources import DataSource, Sample, content_key, derived_split, open_source, recorded_data
+from transfer_engine.errors import PluginError, TEError, UsageError
 from transfer_engine.extract import distributed as dist
 from transfer_engine.extract.pipeline import FeatureExtractor, Item
 from transfer_engine.extract.backend import calibration_batch, choose
@@ -76,7 +77,8 @@ def resolve_device(device: str) -> torch.device:
 def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str = "DEFAULT",
             name: str | None = None, batch_size: int | None = None, workers: int | None = None,
             device: str = "auto", precision: str = "auto", backend: str = "auto", store: str = "int8",
-            limit: int | None = None, strict: bool = False, seed: int = 0, progress: bool = True) -> ExtractSummary:
+            limit: int | None = None, strict: bool = False, seed: int = 0, follow_symlinks: bool = False,
+            progress: bool = True) -> ExtractSummary:
     """Extract features of `data` with `backbone` into the cache at `cache`.
 
     Args:
@@ -95,6 +97,8 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
         limit: use only the first N images of the data set.
         strict: a file that cannot be read or decoded is an error (exit 1) instead of a warning.
         seed: seed of a random initialization (weights "none").
+        follow_symlinks: in a folder, follow symlinks that lead out of it (te never does by default;
+            see transfer_engine.data.walk for the rule).
         progress: show progress on stderr.
 
     Returns:
@@ -112,7 +116,7 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     if limit is not None and limit <= 0:
         raise UsageError(f"--limit must be positive, got {limit}")
     start = time.perf_counter()
-    source = open_source(data)
+    source = open_source(data, follow_symlinks)
     dataset = name or default_dataset_name(source, data)
     rank, world = dist.rank_and_world()
     # Count first (a listing, no reads), then stream: the sample list is never held in memory.
@@ -128,7 +132,7 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     try:
         how = _choose_backend(backend, precision, bb, target, cache_obj, source, limit, rank, world)
         chosen = how.precision
-        space = cache_obj.space(FeatureSpace.of_backbone(bb, stored=store, precision=chosen))
+        space = _SpaceOnDemand(cache_obj, FeatureSpace.of_backbone(bb, stored=store, precision=chosen), bb)
         batch = batch_size or (128 if target.type == "cuda" else 32)
         threads = workers or min(8, os.cpu_count() or 1)
         meter = Progress(len(range(rank, counted, world)), enabled=progress and rank == 0, label=f"extract {bb.name}")
@@ -147,6 +151,9 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
                 run.in_flight.settle(out.keys + out.failed_keys)  # committed (or failed): no longer in flight
                 meter.update(done=len(out.keys), failed=len(out.failed))
             meter.close()
+            if rank == 0:
+                run.failed.extend(source.skipped())  # folders and links the walk left out, with the reason
+            space.created()  # nothing extracted (all reused or failed): the data set still names its space
             ranks: list[_Tally] = dist.all_gathered(run.tally())
             total, extracted = sum(t.handled for t in ranks), sum(t.extracted for t in ranks)
             if world == 1:
@@ -156,10 +163,13 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
             if rank == 0:
                 earlier = cache_obj.provenance(space.id) or {}
                 backends = sorted({*earlier.get("backends", []), how.backend})
-                cache_obj.set_provenance(space.id, {"backbone": bb.name, "weights": bb.weights, "seed": bb.seed,
-                                                    "plugin": bb.plugin, "data": data, "dataset": dataset,
-                                                    "backends": backends})
+                provenance = {"backbone": bb.name, "weights": bb.weights, "seed": bb.seed, "plugin": bb.plugin,
+                              "data": recorded_data(data), "dataset": dataset, "backends": backends}
+                if follow_symlinks:
+                    provenance["follow_symlinks"] = True
+                cache_obj.set_provenance(space.id, provenance)
         reused, failed, splits = dist.from_rank0(outcome)
+        failed = [{**f, "path": display_path(f["path"])} for f in failed]  # shown as people read names
         dist.barrier()
         seconds = time.perf_counter() - start
         summary = ExtractSummary(
@@ -192,6 +202,50 @@ def _choose_backend(backend: str, precision: str, bb, target: torch.device, cach
     how = decide() if rank == 0 else None
     dist.barrier()
     return how if rank == 0 else decide()
+
+
+class _SpaceOnDemand:
+    """The run's feature space, created in the cache only once a batch of features has the declared size.
+
+    A backbone whose model returns another feature size than its spec declares (a broken plugin) must
+    not leave an empty space behind: until then an absent space is looked up (it holds nothing), never
+    created. The check runs on every batch, before anything is stored.
+    """
+
+    def __init__(self, cache, config, backbone) -> None:
+        self.cache = cache
+        self.config = config
+        self.backbone = backbone
+        self.id = config.id
+        self._space = cache.space(config) if self._exists() else None
+
+    def _exists(self) -> bool:
+        return any(s.id == self.id for s in self.cache.spaces())
+
+    def created(self):
+        """The `CachedSpace`, created now when it does not exist yet."""
+        if self._space is None:
+            self._space = self.cache.space(self.config)
+        return self._space
+
+    def contains(self, keys: list[str]) -> list[bool]:
+        if self._space is None and self._exists():  # another writer created it meanwhile
+            self._space = self.cache.space(self.config)
+        return self._space.contains(keys) if self._space is not None else [False] * len(keys)
+
+    def append(self, keys: list[str], features: torch.Tensor) -> int:
+        """Store a batch once its shape is the backbone's declared [N, feature_dim].
+
+        Raises:
+            PluginError: the model returned another feature size (nothing of this run is stored).
+        """
+        if features.dim() != 2 or features.shape[1] != self.config.dim:
+            bb = self.backbone
+            raise PluginError(f"backbone {bb.name} (plugin {bb.plugin or 'unknown'}) declares feature_dim="
+                              f"{self.config.dim} but its model returned features of shape "
+                              f"{list(features.shape[1:])} per image; nothing was stored (the plugin is broken: "
+                              "`te plugins check` names what is wrong)")
+        return self.created().append(keys, features)
 
 
 class _InFlight:
@@ -309,8 +363,9 @@ def _write_dataset(cache, space, dataset: str, class_names: list[str], records: 
                 continue
             if key in lost:  # counted as reused when it was skipped as a copy of a key in flight
                 reused -= 1
-                failed.append({"path": path, "reason": f"same content as {lost[key]['path']}, which failed: "
-                                                       f"{lost[key]['reason']}"})
+                first = lost[key]
+                failed.append({"path": path, "reason": f"same content as {display_path(first['path'])}, which "
+                                                       f"failed: {first['reason']}"})
                 continue
             splits[split] = splits.get(split, 0) + 1
             yield path, key, label, split

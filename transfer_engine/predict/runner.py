@@ -2,12 +2,18 @@
 
 Everything comes from the model's te metadata: class names, and either the preprocessing (applied here
 with the same PyTorch transform the run used) or the fact that the graph does it (uint8 pixels are fed).
-Unreadable or non-image files are reported and skipped; the output file appears only when complete.
+Unreadable or non-image files are reported and skipped; the output file appears only when complete
+(written through `transfer_engine._durable`: on disk before it is renamed into place, and no temporary
+file left behind by a failure).
+
+File names that are not valid UTF-8 are written as people see them (`display_path`: each byte that is
+not UTF-8 as \\xNN), so --out files and --json are always valid UTF-8; the same rule as te's messages.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import time
@@ -17,6 +23,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from transfer_engine._durable import write_text_durably
+from transfer_engine.cache.records import display_path
 from transfer_engine.errors import UsageError
 from transfer_engine.export.images import open_images
 from transfer_engine.export.metadata import ModelMetadata, read_metadata
@@ -61,7 +69,7 @@ class PredictSummary:
 
 
 def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | None = None, provider: str = "auto",
-            batch_size: int = 32, top_k: int = 1, progress: bool = False,
+            batch_size: int = 32, top_k: int = 1, progress: bool = False, follow_symlinks: bool = False,
             log: Callable[[str], None] | None = None) -> PredictSummary:
     """Classify the images of `data` with an ONNX model written by `te export`.
 
@@ -74,6 +82,7 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
         batch_size: images per onnxruntime call.
         top_k: how many classes to report per image.
         progress: draw a progress line on stderr.
+        follow_symlinks: in a folder, follow symlinks that lead out of it.
         log: where the line about the provider, and any warning, goes (default: nowhere; warnings are
             also in `PredictSummary.warnings`).
 
@@ -95,7 +104,7 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: expected at least 1")
     out_path = _check_out(out)
-    source = open_images(data)
+    source = open_images(data, follow_symlinks)
     samples = list(source.samples())
     if not samples:
         raise UsageError(f"--data {data}: no images found")
@@ -124,7 +133,7 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
             probs = _softmax(logits.astype(np.float64))
             top = np.argsort(-probs, axis=1)[:, :top_k]
             for sample, p, idx in zip(batch_samples, probs, top):
-                row = {"path": sample.path, "prediction": classes[idx[0]], "probability": float(p[idx[0]]),
+                row = {"path": display_path(sample.path), "prediction": classes[idx[0]], "probability": float(p[idx[0]]),
                        "top_k": [{"class": classes[i], "probability": float(p[i])} for i in idx],
                        "label": None if sample.label is None or not source.class_names
                        else source.class_names[sample.label]}
@@ -134,6 +143,7 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
                 rows.append(row)
         bar.update(len(batch_samples), len(batch_failed))
     bar.close()
+    failed.extend({**f, "path": display_path(f["path"])} for f in source.skipped())
     if out_path is not None:
         _write(out_path, rows, top_k)
     seconds = time.perf_counter() - started
@@ -164,7 +174,7 @@ def _batches(source: Any, samples: list, meta: ModelMetadata,
                     arrays.append(prepare(source.decode(sample, source.read_bytes(sample))))
                     ok.append(sample)
                 except Exception as exc:  # unreadable, truncated, not an image: reported and skipped
-                    bad.append({"path": sample.path, "reason": f"{type(exc).__name__}: {exc}"[:200]})
+                    bad.append({"path": display_path(sample.path), "reason": f"{type(exc).__name__}: {exc}"[:200]})
             yield ok, arrays, bad
 
     return prefetched(produce(), depth=2, name="te-predict-decode")
@@ -196,20 +206,23 @@ def _check_out(out: str | os.PathLike | None) -> Path | None:
 
 
 def _write(path: Path, rows: list[dict[str, Any]], top_k: int) -> None:
-    """Write predictions as CSV (one column per top-k class and probability) or JSONL, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        if path.suffix.lower() == ".jsonl":
-            for row in rows:
-                fh.write(json.dumps(row) + "\n")
-        else:
-            header = ["path", "prediction", "probability"]
-            for k in range(2, top_k + 1):
-                header += [f"top{k}", f"top{k}_probability"]
-            writer = csv.writer(fh)
-            writer.writerow(header + ["label"])
-            for row in rows:
-                extra = [v for t in row["top_k"][1:] for v in (t["class"], f"{t['probability']:.6f}")]
-                writer.writerow([row["path"], row["prediction"], f"{row['probability']:.6f}", *extra,
-                                 "" if row["label"] is None else row["label"]])
-    os.replace(tmp, path)
+    """Write predictions as CSV (one column per top-k class and probability) or JSONL, atomically and durably."""
+    write_text_durably(path, _jsonl(rows) if path.suffix.lower() == ".jsonl" else _csv(rows, top_k))
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def _csv(rows: list[dict[str, Any]], top_k: int) -> str:
+    text = io.StringIO(newline="")
+    header = ["path", "prediction", "probability"]
+    for k in range(2, top_k + 1):
+        header += [f"top{k}", f"top{k}_probability"]
+    writer = csv.writer(text)
+    writer.writerow(header + ["label"])
+    for row in rows:
+        extra = [v for t in row["top_k"][1:] for v in (t["class"], f"{t['probability']:.6f}")]
+        writer.writerow([row["path"], row["prediction"], f"{row['probability']:.6f}", *extra,
+                         "" if row["label"] is None else row["label"]])
+    return text.getvalue()
