@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -166,6 +167,19 @@ def test_a_killed_writer_s_lease_goes_stale_and_gc_collects_its_unnamed_rows(tmp
     report = json.loads(gc.stdout)
     assert (report["rows_dropped"], report["stale_leases"], report["spaces_kept_for_writers"]) == (30, 1, {})
     assert verify(cache_dir).ok
+
+
+def test_a_lease_whose_pid_was_given_to_another_process_is_stale(tmp_path):
+    """#16 item 1: a dead writer's pid, reused by a process started later (here pid 1), must not keep its
+    rows from gc forever: the lease records the writer's start time too."""
+    fill(tmp_path / "cache", dataset=False)
+    space_id = FeatureSpace(**SPACE).id
+    sql(tmp_path / "cache", "INSERT INTO meta (key, value) VALUES ('lease:1-x', ?)",
+        (json.dumps({"space": space_id, "pid": 1, "pid_start": "0", "host": socket.gethostname(),
+                     "started": 0.0}),))
+    with FeatureCache.open(tmp_path / "cache", create=False) as cache:
+        report = cache.gc()
+    assert (report.stale_leases, report.rows_dropped, report.spaces_kept_for_writers) == (1, 40, {})
 
 
 def test_gc_of_rows_whose_space_the_index_lost_is_not_a_key_error(cache_copy):

@@ -2,10 +2,11 @@
 
 `te extract` appends rows batch by batch and names them in a data set only at the end; to gc, rows
 no data set names are garbage. So a writer records a lease on each space it writes, in the index's
-meta table (`lease:<token>` -> {space, pid, host, started}), taken in the same transaction as the
-space's creation or its first append and released when the cache is closed. gc drops nothing of a
-space with a live lease: no row, no shard, not the space. A lease whose process is gone (kill -9) is
-stale: gc deletes it. A lease from another host cannot be checked and counts as live for a day.
+meta table (`lease:<token>` -> {space, pid, pid_start, host, started}), taken in the same transaction
+as the space's creation or its first append and released when the cache is closed. gc drops nothing
+of a space with a live lease: no row, no shard, not the space. A lease whose process is gone (kill -9)
+is stale, and so is one whose pid now belongs to a process that started later: gc deletes them. A
+lease from another host cannot be checked and counts as live for a day.
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ PREFIX = "lease:"
 FOREIGN_HOST_LIFETIME = 24 * 3600.0
 
 
+def process_start(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks since boot (Linux /proc), or None where unknown: tells a
+    live writer from an unrelated process that was given its pid later."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
 @dataclass(frozen=True)
 class Lease:
     token: str
@@ -34,20 +45,24 @@ class Lease:
     pid: int
     host: str
     started: float
+    pid_start: str | None = None
 
     @property
     def alive(self) -> bool:
-        """True while the process that took it may still write (checked by pid on this host)."""
+        """True while the process that took it may still write (checked by pid and its start time on this
+        host)."""
         if self.host != socket.gethostname():
             return time.time() - self.started < FOREIGN_HOST_LIFETIME
-        return pid_alive(self.pid)
+        if not pid_alive(self.pid):
+            return False
+        return self.pid_start is None or process_start(self.pid) in (None, self.pid_start)
 
 
 def take(index: "Index", space_digest: str) -> str:
     """Record a lease of this process on a space (inside the caller's write transaction); its token."""
     token = f"{os.getpid()}-{secrets.token_hex(6)}"
     index.set_meta_json(PREFIX + token, {"space": space_digest, "pid": os.getpid(), "host": socket.gethostname(),
-                                          "started": time.time()})
+                                          "started": time.time(), "pid_start": process_start(os.getpid())})
     return token
 
 
@@ -66,7 +81,7 @@ def all_leases(index: "Index") -> list[Lease]:
         try:
             data = json.loads(value)
             out.append(Lease(key[len(PREFIX):], str(data["space"]), int(data["pid"]), str(data["host"]),
-                             float(data["started"])))
+                             float(data["started"]), data.get("pid_start")))
         except (ValueError, KeyError, TypeError):
             out.append(Lease(key[len(PREFIX):], "", 0, "", 0.0))  # unreadable: stale, gc drops it
     return out
