@@ -102,3 +102,20 @@ def test_gc_drops_rows_no_data_set_references_and_keeps_the_rest_intact(new_cach
     assert torch.equal(space.gather([keys_of(1, i)[0] for i in kept]), before)
     assert cache.verify().ok
     assert cache.gc().rows_dropped == 0  # nothing left to drop
+
+
+def test_shards_from_before_key_files_are_a_note_not_a_problem(new_cache, wp):
+    """#16 item 10: a cache written by a te that kept no key files still verifies (blocks are checked);
+    that its key binding cannot be checked is said as a note."""
+    from transfer_engine.cache.writer import KEYS_FROM_SHARD
+
+    cache, _ = filled(new_cache, wp)
+    with cache.lock, cache.index.write():
+        cache.index.set_meta(KEYS_FROM_SHARD, "1000")
+    for keys in cache.root.glob("shards/*/*.keys"):
+        keys.unlink()
+    report = cache.verify()
+    assert report.ok and any("before te kept key files" in note for note in report.notes)
+    flip(shard_files(cache)[0], HEADER_BYTES + 5)
+    (problem,) = cache.verify().problems
+    assert problem.rows == (0, BLOCK_ROWS - 1)  # without key slots, damage is pinned to its block

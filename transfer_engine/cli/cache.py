@@ -118,7 +118,7 @@ def repair(directory: str, as_json: bool) -> None:
     for item in report.lost:
         click.echo(f"lost     {item}")
     if not report.changed:
-        click.echo(f"nothing to repair: cache {report.cache} verifies")
+        click.echo("nothing to repair" + ("" if report.to_extract else f": cache {report.cache} verifies"))
     elif not report.rebuilt_index:
         click.echo(f"dropped {report.entries_dropped} index entries, rewrote {report.shards_rewritten} shards")
     for name, n in report.to_extract.items():
