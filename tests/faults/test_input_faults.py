@@ -307,3 +307,18 @@ def test_predict_writes_names_that_are_not_utf8_and_leaves_no_temporary_file(exp
         paths = [row["path"] for row in csv.DictReader(fh)]
     assert sorted(paths) == ["0.png", "1.png", SHOWN]
     assert sorted(p.name for p in out.parent.iterdir()) == ["predictions.csv"]
+
+
+@pytest.mark.parametrize("setting", ["TE_MAX_IMAGE_PIXELS", "TE_MAX_FILE_BYTES"])
+def test_a_bad_limit_is_one_usage_error_not_a_failure_of_every_file(tmp_path, monkeypatch, capsys, setting):
+    """#16 items 3 and 4: a limit set to something that is not a number must not turn into every file
+    "failing" (read in the decode threads) and an empty data set that looks like success."""
+    from transfer_engine.cli.main import main
+
+    _image(tmp_path / "data" / "a" / "0.png", 0)
+    monkeypatch.setenv(setting, "abc")
+    code = main(["extract", "--backbone", "resnet18", "--weights", "none", "--data", str(tmp_path / "data"),
+                 "--cache", str(tmp_path / "feats")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{setting}='abc': expected a positive whole number" in err
+    assert not (tmp_path / "feats").exists()

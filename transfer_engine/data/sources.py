@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Iterator
 
 from transfer_engine.cache.records import content_key, display_path  # the key: SHA-256 of the bytes
-from transfer_engine.data.decode import decode_image
-from transfer_engine.data.files import is_regular_file, read_image_file
+from transfer_engine.data.decode import decode_image, max_image_pixels
+from transfer_engine.data.files import is_regular_file, max_file_bytes, read_image_file
 from transfer_engine.data.walk import IMAGE_EXTENSIONS, FolderWalk
 from transfer_engine.errors import UsageError
 
@@ -249,8 +249,10 @@ def open_source(spec: str, follow_symlinks: bool = False) -> DataSource:
         follow_symlinks: in a folder, follow symlinks that lead out of it.
 
     Raises:
-        UsageError: the path does not exist, is an unsupported file, or holds no images/classes.
+        UsageError: the path does not exist, is an unsupported file, or holds no images/classes; or
+            TE_MAX_FILE_BYTES / TE_MAX_IMAGE_PIXELS is set to something that is not a positive number.
     """
+    check_read_limits()
     if spec.startswith("builtin:"):
         return BuiltinSource(spec)
     path = Path(spec).expanduser()
@@ -261,6 +263,17 @@ def open_source(spec: str, follow_symlinks: bool = False) -> DataSource:
     if path.suffix.lower() in (".csv", ".jsonl"):
         return ManifestSource(path.resolve())
     raise UsageError(f"--data {display_path(spec)}: expected a folder, a .csv or .jsonl manifest, or builtin:NAME")
+
+
+def check_read_limits() -> None:
+    """Read the limits on files and pixels before any file is: a bad TE_MAX_FILE_BYTES or TE_MAX_IMAGE_PIXELS
+    is one usage error, not a failure of every file (they are read again in the decode threads).
+
+    Raises:
+        UsageError: a limit set to something that is not a positive whole number.
+    """
+    max_file_bytes()
+    max_image_pixels()
 
 
 def recorded_data(spec: str) -> str:

@@ -19,8 +19,8 @@ import numpy as np
 
 from transfer_engine.cache.records import display_path, fs_path
 from transfer_engine.data.files import read_image_file
-from transfer_engine.data.sources import (DataSource, Sample, content_key, derived_split, locate_recorded_data,
-                                          open_source)
+from transfer_engine.data.sources import (DataSource, Sample, check_read_limits, content_key, derived_split,
+                                          locate_recorded_data, open_source)
 from transfer_engine.data.walk import IMAGE_EXTENSIONS, FolderWalk
 from transfer_engine.errors import TEError, UsageError
 
@@ -60,6 +60,7 @@ def open_images(spec: str, follow_symlinks: bool = False) -> DataSource:
     Raises:
         UsageError: nothing there, or no images in it.
     """
+    check_read_limits()
     path = Path(spec).expanduser()
     if not spec.startswith("builtin:") and path.suffix.lower() in IMAGE_EXTENSIONS and path.exists() \
             and not path.is_dir():
