@@ -154,7 +154,8 @@ class Index:
             self._conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None,
                                          check_same_thread=False)
         except sqlite3.OperationalError as exc:  # the marker says "cache", but its index is gone
-            raise CorruptCacheError(f"cannot open the index {self.path} ({exc})") from None
+            raise CorruptCacheError(f"cannot open the index {self.path} ({exc}); run `te cache repair "
+                                    f"{self.path.parent}` to rebuild it from the shards") from None
         self._lock = threading.RLock()
         with self._translated():
             self._conn.execute("PRAGMA synchronous=FULL")

@@ -74,13 +74,23 @@ def repair_cache(directory: str | os.PathLike) -> RepairReport:
         NotACacheError: `directory` is not a cache.
         CacheError: another process holds the writer lock for longer than the lock timeout.
     """
-    from transfer_engine.cache.store import INDEX, LOCK, FeatureCache, check_cache_dir
     from transfer_engine.cache.lock import WriterLock
-    from transfer_engine.cache.writer import DEFAULT_SHARD_BYTES
+    from transfer_engine.cache.store import LOCK, check_cache_dir
 
     root = check_cache_dir(directory)
     report = RepairReport(str(root))
     lock = WriterLock(root / LOCK)
+    try:
+        _repair_locked(root, lock, report)
+    finally:
+        lock.close()
+    return report
+
+
+def _repair_locked(root: Path, lock, report: RepairReport) -> None:
+    from transfer_engine.cache.store import INDEX, FeatureCache
+    from transfer_engine.cache.writer import DEFAULT_SHARD_BYTES
+
     with lock:
         index = _open_sound(root / INDEX)
         if index is None:
@@ -96,8 +106,6 @@ def repair_cache(directory: str | os.PathLike) -> RepairReport:
         finally:
             cache.maps.forget()
             index.close()
-    lock.close()
-    return report
 
 
 def _open_sound(path: Path) -> Index | None:
@@ -201,7 +209,8 @@ def _rebuild_index(root: Path, report: RepairReport) -> None:
     for suffix in ("", "-wal", "-shm"):
         if (root / f"index.sqlite{suffix}").exists():
             os.replace(root / f"index.sqlite{suffix}", Path(f"{damaged}{suffix}"))
-    report.rebuilt_index, report.damaged_copy = True, str(damaged)
+    report.rebuilt_index = True
+    report.damaged_copy = str(damaged) if damaged.exists() else None  # None: there was no index file at all
     salvaged = _salvage(damaged, report)
     index = Index(root / "index.sqlite", create=True)
     try:
@@ -245,6 +254,11 @@ def _salvage(damaged: Path, report: RepairReport) -> _Salvaged:
     """What sqlite can still read of the damaged index (a scratch copy is read: the kept one stays as it was):
     the meta records (artifact names, provenance, backend choices) and the data sets, each whole or not at all."""
     out = _Salvaged()
+    if not damaged.exists():
+        report.lost.append("every data set (which images, labels and splits; their features are kept) and artifact "
+                           "name: the index file was missing; run te extract on each data set's images again, it "
+                           "reuses the rows")
+        return out
     scratch = damaged.with_name(damaged.name + ".scratch")
     try:
         for suffix in ("", "-wal"):

@@ -13,10 +13,9 @@ in flight and never exposes a half-written row.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from transfer_engine._durable import makedirs_durably, replace_durably
+from transfer_engine._durable import makedirs_durably, write_text_durably
 from transfer_engine.cache import shards
 from transfer_engine.cache.index import Index, SpaceRow
 from transfer_engine.errors import CorruptCacheError
@@ -107,6 +106,4 @@ def write_space_file(folder: Path, space: SpaceRow) -> None:
     target = folder / shards.SPACE_FILE
     if target.exists():
         return
-    tmp = folder / f".{shards.SPACE_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"id": space.digest, "config": space.config}, sort_keys=True) + "\n")
-    replace_durably(tmp, target)
+    write_text_durably(target, json.dumps({"id": space.digest, "config": space.config}, sort_keys=True) + "\n")

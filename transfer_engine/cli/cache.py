@@ -110,8 +110,8 @@ def repair(directory: str, as_json: bool) -> None:
         return
     if report.rebuilt_index:
         click.echo(f"rebuilt the index from the shards: {report.spaces_restored} spaces, {report.rows_restored} rows, "
-                   f"data sets {', '.join(report.datasets_restored) or 'none'} read back; the damaged index is kept "
-                   f"as {report.damaged_copy}")
+                   f"data sets {', '.join(report.datasets_restored) or 'none'} read back"
+                   + (f"; the damaged index is kept as {report.damaged_copy}" if report.damaged_copy else ""))
     for item in report.dropped:
         first, last = item["rows"]
         click.echo(f"dropped  {item['shard']} rows {first}-{last}: {item['why']}")
