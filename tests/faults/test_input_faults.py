@@ -29,6 +29,8 @@ from transfer_engine.data.files import DEFAULT_MAX_FILE_BYTES
 
 NON_UTF8 = os.fsdecode(b"caf\xe9.png")  # as Python lists a name that is not UTF-8: lossless surrogate escapes
 SHOWN = "caf\\xe9.png"  # how te shows it to people
+MESSY = os.fsdecode(b"m\xe9ssy")  # the data root's name is not UTF-8 either: it names the data set
+MESSY_SHOWN = "m\\xe9ssy"
 
 
 def _image(path: Path, seed: int) -> None:
@@ -66,7 +68,7 @@ def messy(tmp_path_factory, good_plugin_site):
     """`te extract --json` (relative --data, without root's power to read any folder) of a folder holding
     every fault a walk meets: (result, data root, cache)."""
     work = tmp_path_factory.mktemp("messy-work")
-    root = work / "messy"
+    root = work / MESSY
     for i in range(4):
         _image(root / "cat" / f"{i}.png", i)
         _image(root / "dog" / f"{i}.png", 10 + i)
@@ -84,7 +86,7 @@ def messy(tmp_path_factory, good_plugin_site):
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "transfer_engine", "extract", "--backbone", "tiny_cnn", "--weights", "none",
-             "--backend", "torch", "--workers", "2", "--data", "messy", "--cache", "feats", "--json"],
+             "--backend", "torch", "--workers", "2", "--data", MESSY, "--cache", "feats", "--json"],
             cwd=work, env=env, capture_output=True, text=True, timeout=120, preexec_fn=_without_read_override)
     finally:
         (root / "dog" / "secret").chmod(0o755)  # so that pytest can remove it
@@ -96,14 +98,16 @@ def _reasons(summary: dict) -> dict[str, str]:
 
 
 def test_a_name_that_is_not_utf8_is_extracted_and_stored_losslessly(messy):
-    """#16 item 2: `caf\\xe9.png` was an internal error (UnicodeEncodeError) after all the model work."""
+    """#16 item 2: `caf\\xe9.png` (or a data root named so) was an internal error (UnicodeEncodeError) after
+    all the model work."""
     proc, root, cache = messy
     assert proc.returncode == 0, proc.stderr
     assert "internal error" not in proc.stderr
     with FeatureCache.open(cache, create=False) as fc:
-        records = fc.dataset("messy").records
-        names = {fs_path(r.path): fc.dataset("messy").class_names[r.label] for r in records}
+        dataset = fc.dataset(MESSY_SHOWN)  # named as people read the folder's name
+        names = {fs_path(r.path): dataset.class_names[r.label] for r in dataset.records}
     assert names[f"cat/{NON_UTF8}"] == "cat"  # the very name, byte for byte, under its own class
+    assert json.loads(proc.stdout)["dataset"] == MESSY_SHOWN
     assert (root / f"cat/{NON_UTF8}").is_file()
 
 
@@ -134,7 +138,7 @@ def test_unreadable_folders_loops_and_links_are_skipped_with_a_reason(messy):
     assert "cat/" in reasons["kittens"] and "twice" in reasons["kittens"]
     assert "--follow-symlinks" in reasons["cat/outside.png"]
     with FeatureCache.open(cache, create=False) as fc:
-        ds = fc.dataset("messy")
+        ds = fc.dataset(MESSY_SHOWN)
     assert ds.class_names == ["cat", "dog"]
     assert len(ds.records) == summary["extracted"] == 9  # 5 cats, 4 dogs: each image once
     assert summary["total"] == 11  # the FIFO and the bomb were files te tried, and reports

@@ -59,10 +59,11 @@ class ExtractSummary:
 
 
 def default_dataset_name(source: DataSource, data: str) -> str:
+    """The folder's or manifest's name (a data set name is text: a name that is not UTF-8 as `display_path`)."""
     if data.startswith("builtin:"):
         return data.split(":", 1)[1]
     path = Path(data).expanduser()
-    return path.stem if path.is_file() else path.resolve().name
+    return display_path(path.stem if path.is_file() else path.resolve().name)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -117,6 +118,8 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
         raise UsageError(f"--limit must be positive, got {limit}")
     start = time.perf_counter()
     source = open_source(data, follow_symlinks)
+    if name is not None and display_path(name) != name:
+        raise UsageError(f"--name {display_path(name)}: a data set's name must be valid UTF-8 text")
     dataset = name or default_dataset_name(source, data)
     rank, world = dist.rank_and_world()
     # Count first (a listing, no reads), then stream: the sample list is never held in memory.
