@@ -24,12 +24,17 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from transfer_engine.data.files import env_limit
+from transfer_engine.errors import TEError
 
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS default: the threshold it warns at
 
 
-class ImageTooLargeError(ValueError):
-    """The image declares more pixels than te decodes (TE_MAX_IMAGE_PIXELS)."""
+class ImageTooLargeError(TEError, ValueError):
+    """The image declares more pixels than te decodes (TE_MAX_IMAGE_PIXELS).
+
+    Where files are skipped (te extract, te predict, te export's checks) it is one skipped file; a
+    command that does not skip files (te finetune) ends with this one line, never an internal error.
+    """
 
 
 def max_image_pixels() -> int:
