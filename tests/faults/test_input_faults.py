@@ -326,3 +326,17 @@ def test_a_bad_limit_is_one_usage_error_not_a_failure_of_every_file(tmp_path, mo
     err = capsys.readouterr().err
     assert code == 2 and f"{setting}='abc': expected a positive whole number" in err
     assert not (tmp_path / "feats").exists()
+
+
+def test_every_file_name_has_one_stored_form_that_gives_it_back():
+    """#16 item 2: the index holds UTF-8 text; every name a folder can hold (any byte but / and NUL) must be
+    stored, read back byte for byte, and never taken for another name (a literal backslash included)."""
+    from transfer_engine.cache.records import display_path, stored_path
+
+    names = [os.fsdecode(b"caf" + bytes([b]) + b".png") for b in range(1, 256) if b != ord("/")]
+    names += ["caf\\xe9.png", "caf\\udce9.png", "café.png", "日本.png"]
+    stored = [stored_path(n) for n in names]
+    assert all(s.encode("utf-8") for s in stored)  # the index can hold each one
+    assert [fs_path(s) for s in stored] == names and [stored_path(s) for s in stored] == stored
+    assert len(set(stored)) == len(names)
+    assert display_path(stored_path(NON_UTF8)) == SHOWN and display_path("café.png") == "café.png"
