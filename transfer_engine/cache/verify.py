@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from transfer_engine.cache import artifacts
 from transfer_engine.cache import shards as shardfile
+from transfer_engine.cache.records import display_path
 from transfer_engine.cache.space import config_digest
 from transfer_engine.cache.writer import has_key_file
 from transfer_engine.errors import CorruptCacheError
@@ -146,7 +147,7 @@ def verify_cache(cache: "FeatureCache") -> VerifyReport:
     for name, (count, paths) in missing_rows.items():
         if count:
             report.problems.append(Problem(None, f"data set {name!r}: {count} records name keys that have no row in "
-                                                 f"any space (e.g. {', '.join(map(repr, paths))}); `te extract "
+                                                 f"any space (e.g. {', '.join(display_path(p) for p in paths)}); `te extract "
                                                  f"--name {name}` on its data extracts them again"))
     _verify_dataset_digests(digests, report)
     for orphan in shardfile.orphan_files(cache.root, expected):

@@ -26,11 +26,18 @@ def info(message: str) -> None:
     click.echo(message, err=True)
 
 
+SKIPPED_SHOWN = 20
+
+
 def warn_skipped(failed: Sequence[dict[str, str]]) -> None:
-    """One warning line on stderr for the files a command skipped ({"path", "reason"} each), if any."""
-    if failed:
-        info(f"te: warning: {len(failed)} file(s) skipped (unreadable or not an image), first: "
-             f"{failed[0]['path']}: {failed[0]['reason']}")
+    """A warning on stderr naming each file a command skipped ({"path", "reason"} each; the first 20)."""
+    if not failed:
+        return
+    info(f"te: warning: {len(failed)} file(s) skipped (unreadable, not an image, or left out of the folder walk):")
+    for f in failed[:SKIPPED_SHOWN]:
+        info(f"  {f['path']}: {f['reason']}")
+    if len(failed) > SKIPPED_SHOWN:
+        info(f"  ... and {len(failed) - SKIPPED_SHOWN} more (--json lists them all)")
 
 
 def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], out: Callable[[str], None] = click.echo) -> None:

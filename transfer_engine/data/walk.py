@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from transfer_engine.cache.records import display_path as _shown
 
@@ -88,10 +88,13 @@ class FolderWalk:
             else:
                 yield child
 
-    def _entries(self, rel: str, dirs_only: bool = False) -> list[tuple[str, bool]]:
+    def _entries(self, rel: str, dirs_only: bool = False) -> Iterable[tuple[str, bool]]:
         """(name, is a folder) of the folders (and, unless `dirs_only`, image files) in `rel` that te reads,
         sorted by name."""
-        kept: list[tuple[str, bool]] = []
+        # Names alone, and the (few) folders apart: a (name, flag) tuple per file would add ~56 bytes a file
+        # of the largest folder to what extraction holds (tests/extract/test_memory.py).
+        names: list[str] = []
+        folders: set[str] = set()
         try:
             with os.scandir(self.root / rel if rel else self.root) as it:
                 for entry in it:
@@ -99,10 +102,13 @@ class FolderWalk:
                         continue
                     is_dir = self._kept(rel, entry, dirs_only)
                     if is_dir is not None:
-                        kept.append((entry.name, is_dir))
+                        names.append(entry.name)
+                        if is_dir:
+                            folders.add(entry.name)
         except OSError as exc:
             self._skip((rel or ".") + "/", f"{type(exc).__name__}: cannot read the folder ({exc.strerror or exc})")
-        return sorted(kept)
+        names.sort()
+        return ((name, name in folders) for name in names)
 
     def _kept(self, rel: str, entry: os.DirEntry, dirs_only: bool) -> bool | None:
         """True for a folder to enter, False for an image file to list, None for an entry left out."""

@@ -17,6 +17,7 @@ import torch
 
 from transfer_engine.backbones.spec import PreprocessSpec
 from transfer_engine.data.sources import DataSource, Sample, content_key, derived_split
+from transfer_engine.cache.records import display_path
 from transfer_engine.core.choices import AUGMENTS
 from transfer_engine.core.configs import CROP_SCALE
 from transfer_engine.errors import TEError, UsageError
@@ -90,7 +91,7 @@ def items_from_records(source: DataSource, records: list, limit: int | None = No
     missing = [r for r in records if r.key not in by_key]
     if missing:
         raise TEError(f"{len(missing)} image(s) of the cached data set are no longer in --data (first: "
-                      f"{missing[0].path}); re-run te extract and te train, or fine-tune with --backbone/--data")
+                      f"{display_path(missing[0].path)}); re-run te extract and te train, or fine-tune with --backbone/--data")
     return [Item(by_key[r.key], r.key, int(r.label), r.split) for r in records if r.label is not None]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from transfer_engine.backbones.spec import PreprocessSpec
-from transfer_engine.data.sources import DataSource, open_source
+from transfer_engine.data.sources import DataSource, locate_recorded_data, open_source, recorded_data
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune.data import Item, items_from_records, items_from_source
 from transfer_engine.runs import BackboneRef, Classifier, HeadRef
@@ -68,7 +68,7 @@ def from_run(path: str | os.PathLike, limit: int | None = None) -> Start:
     if not data:
         raise UsageError(f"{run.path} does not record its --data; fine-tune with --backbone NAME --data SRC "
                          "--head HEAD")
-    source = open_source(data)
+    source = open_source(locate_recorded_data(data, dataset.get("cache"), run.path))
     if dataset.get("cache") and dataset.get("name"):
         records = _cached_records(run.path, dataset["cache"], dataset["name"])
         items = items_from_records(source, records, limit)
@@ -122,4 +122,4 @@ def from_backbone(backbone: str, data: str, head: str, *, weights: str = "DEFAUL
     return Start(model=model, items=items, source=source, preprocess=bb.preprocess, class_names=classes,
                  backbone=BackboneRef.of(bb),
                  head=HeadRef(head, bb.feature_dim, len(classes), {**spec.options, **options}, record.distribution),
-                 dataset={"name": default_dataset_name(source, data), "cache": None, "data": data})
+                 dataset={"name": default_dataset_name(source, data), "cache": None, "data": recorded_data(data)})
