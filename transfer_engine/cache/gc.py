@@ -223,9 +223,9 @@ def _remove_orphans_and_tails(cache: "FeatureCache") -> int:
         path = cache.root / relpath
         if path.exists() and path.stat().st_size > end:
             os.truncate(path, end)
-    known = {s.digest[:16] for s in cache.index.spaces()}
+    known = {cache.root / shardfile.space_relfolder(s.digest) for s in cache.index.spaces()}
     for folder in (cache.root / "shards").glob("*"):
-        if folder.is_dir() and folder.name not in known:
+        if folder.is_dir() and folder not in known:
             (folder / shardfile.SPACE_FILE).unlink(missing_ok=True)
             if not any(folder.iterdir()):
                 folder.rmdir()

@@ -33,13 +33,20 @@ def content_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def is_text(value: str) -> bool:
+    """True when `value` is valid Unicode text: no surrogate escapes of bytes that are not UTF-8."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def stored_path(path: str) -> str:
     """The lossless text form of a file name, valid UTF-8 (see the module docstring); idempotent."""
-    try:
-        path.encode("utf-8")
+    if is_text(path):
         return path
-    except UnicodeEncodeError:  # surrogate escapes of bytes that are not UTF-8
-        return _STORED_ESCAPED + path.encode("unicode_escape").decode("ascii")
+    return _STORED_ESCAPED + path.encode("unicode_escape").decode("ascii")  # surrogate escapes of non-UTF-8 bytes
 
 
 def fs_path(path: str) -> str:
@@ -52,12 +59,10 @@ def fs_path(path: str) -> str:
 def display_path(path: str) -> str:
     """A name (or its stored form) for people: valid UTF-8, each byte that is not UTF-8 shown as \\xNN."""
     name = fs_path(path)
-    try:
-        name.encode("utf-8")
+    if is_text(name):
         return name
-    except UnicodeEncodeError:
-        raw = name.encode("utf-8", "surrogateescape") if _only_escapes(name) else name.encode("utf-8", "surrogatepass")
-        return raw.decode("utf-8", "backslashreplace")
+    raw = name.encode("utf-8", "surrogateescape") if _only_escapes(name) else name.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _only_escapes(name: str) -> bool:

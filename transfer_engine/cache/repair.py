@@ -159,8 +159,9 @@ def _drop_damage(cache: "FeatureCache", report: RepairReport) -> None:
     for space_id in damage.space_files:
         space = index.space_by_id(space_id)
         if space is not None and config_digest(space.config) == space.digest:
-            (cache.root / "shards" / space.digest[:16] / shardfile.SPACE_FILE).unlink(missing_ok=True)
-            write_space_file(cache.root / "shards" / space.digest[:16], space)
+            folder = cache.root / shardfile.space_relfolder(space.digest)
+            (folder / shardfile.SPACE_FILE).unlink(missing_ok=True)
+            write_space_file(folder, space)
 
 
 def _restore_space_configs(cache: "FeatureCache", damage: "Damage", report: RepairReport) -> None:
@@ -169,7 +170,7 @@ def _restore_space_configs(cache: "FeatureCache", damage: "Damage", report: Repa
     index = cache.index
     for space_id in sorted(damage.spaces):
         space = index.space_by_id(space_id)
-        saved = shardfile.read_space_file(cache.root / "shards" / space.digest[:16])
+        saved = shardfile.read_space_file(cache.root / shardfile.space_relfolder(space.digest))
         if saved and saved.get("id") == space.digest and config_digest(saved.get("config")) == space.digest:
             index.set_space_config(space_id, saved["config"])
             damage.space_files.discard(space_id)

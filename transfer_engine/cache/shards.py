@@ -91,14 +91,19 @@ _KEY_FIELD = 32
 SPACE_FILE = "space.json"
 
 
+def space_relfolder(space_id: str) -> str:
+    """The folder of a space's shards, key files and `space.json`, relative to the cache directory."""
+    return f"shards/{space_id[:16]}"
+
+
 def shard_relpath(space_id: str, shard_id: int) -> str:
     """Where shard `shard_id` of a space lives, relative to the cache directory."""
-    return f"shards/{space_id[:16]}/{shard_id:06d}.shard"
+    return f"{space_relfolder(space_id)}/{shard_id:06d}.shard"
 
 
 def keys_relpath(space_id: str, shard_id: int) -> str:
     """Where the key file of shard `shard_id` lives, relative to the cache directory."""
-    return f"shards/{space_id[:16]}/{shard_id:06d}.keys"
+    return f"{space_relfolder(space_id)}/{shard_id:06d}.keys"
 
 
 def keys_path(shard_path: Path) -> Path:

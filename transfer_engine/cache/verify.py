@@ -183,13 +183,13 @@ def _verify_space(cache: "FeatureCache", space: "SpaceRow", report: VerifyReport
         report.problems.append(Problem(None, f"{where}: its stored config does not hash to its id (the config was "
                                              "edited or damaged)"))
         report.damage.spaces.add(space.id)
-    folder = cache.root / "shards" / space.digest[:16]
+    folder = cache.root / shardfile.space_relfolder(space.digest)
     if not folder.is_dir():
         return  # no shard yet: written with the first one
     saved = shardfile.read_space_file(folder)
     if saved != {"id": space.digest, "config": space.config}:
         what = "missing" if saved is None else "different from the index's config"
-        report.problems.append(Problem(f"shards/{space.digest[:16]}/{shardfile.SPACE_FILE}", f"{what} ({where})"))
+        report.problems.append(Problem(f"{shardfile.space_relfolder(space.digest)}/{shardfile.SPACE_FILE}", f"{what} ({where})"))
         report.damage.space_files.add(space.id)
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from transfer_engine.cache.records import content_key, display_path  # the key: SHA-256 of the bytes
+from transfer_engine.cache.records import content_key, display_path, is_text  # the key: SHA-256 of the bytes
 from transfer_engine.data.decode import decode_image, max_image_pixels
 from transfer_engine.data.files import is_regular_file, max_file_bytes, read_image_file
 from transfer_engine.data.walk import IMAGE_EXTENSIONS, FolderWalk
@@ -191,7 +191,7 @@ class ManifestSource(DataSource):
             raise UsageError(f"{where} has no path")
         if label is None or str(label).strip() == "":
             raise UsageError(f"{where} ({display_path(str(path))}) has no label")
-        if not _is_text(str(label)):
+        if not is_text(str(label)):
             raise UsageError(f"{where}: the label {display_path(str(label))!r} is not valid UTF-8 text")
         if split is not None and str(split).strip():
             if str(split).strip().lower() not in SPLIT_ALIASES:
@@ -309,16 +309,6 @@ def _first_skip(skipped: list[dict[str, str]]) -> str:
     if not skipped:
         return ""
     return f"; skipped {display_path(skipped[0]['path'])}: {skipped[0]['reason']}"
-
-
-def _is_text(value: str) -> bool:
-    """True when `value` is valid Unicode text (no surrogate escapes of bytes that are not UTF-8)."""
-    try:
-        value.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
 
 def _is_int(value: str) -> bool:
     try:
