@@ -160,7 +160,7 @@ def compare(data: str, cache: str | Path, backbones: str | list[str], *, out: st
         entry.extracted, entry.reused, entry.images = summary.extracted, summary.reused, summary.total
         entry.extract_images_per_second = summary.images_per_second if summary.extracted else None
         try:
-            _score(entry, cache, dataset, quick, previous.get(_reuse_key(entry)), out, seed, say)
+            _score(entry, cache, dataset, quick, previous.get(_reuse_key(entry.space, entry.images)), out, seed, say)
             _costs(entry, backbone, weights, seed)
         except TEError as exc:
             entry.error = first_line(exc)
@@ -173,16 +173,16 @@ def compare(data: str, cache: str | Path, backbones: str | list[str], *, out: st
     return result
 
 
-def _reuse_key(entry: Entry | dict) -> str:
-    e = asdict(entry) if isinstance(entry, Entry) else entry
-    return f"{e.get('space')}:{e.get('images')}"
+def _reuse_key(space: str | None, images: int | None) -> str:
+    """Probes are reused for the same space over the same number of images."""
+    return f"{space}:{images}"
 
 
 def _previous_entries(out: Path) -> dict[str, dict[str, Any]]:
     """{space:images: entry} of the compare.json already in `out` (probes are reused from it)."""
     try:
         old = json.loads((out / COMPARE_JSON).read_text())
-        return {_reuse_key(e): e for e in old["entries"] if e.get("space") and not e.get("error")}
+        return {_reuse_key(e.get("space"), e.get("images")): e for e in old["entries"] if e.get("space") and not e.get("error")}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 

@@ -70,12 +70,12 @@ def read_image_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
     except (ValueError, UnicodeError) as exc:  # an embedded NUL, a lone surrogate from a manifest
         raise OSError(f"not a valid file name ({exc})") from None
     with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotARegularFileError(f"not a regular file ({_kind(mode)}); te reads images from regular files only")
-        size = os.fstat(fd).st_size
-        if size > limit:
-            raise FileTooLargeError(_too_large(size, limit))
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFileError(f"not a regular file ({_kind(st.st_mode)}); te reads images from regular "
+                                       "files only")
+        if st.st_size > limit:
+            raise FileTooLargeError(_too_large(st.st_size, limit))
         data = fh.read(limit + 1)  # a size of 0 proves nothing (/proc files): the read itself is bounded
     if len(data) > limit:
         raise FileTooLargeError(_too_large(None, limit))

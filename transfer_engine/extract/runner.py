@@ -223,7 +223,7 @@ class _SpaceOnDemand:
         self._space = cache.space(config) if self._exists() else None
 
     def _exists(self) -> bool:
-        return any(s.id == self.id for s in self.cache.spaces())
+        return self.cache.index.space(self.id) is not None
 
     def created(self):
         """The `CachedSpace`, created now when it does not exist yet."""
