@@ -232,11 +232,6 @@ class Index:
         rows = self._q("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
         return dict(rows)
 
-    def meta_json(self, key: str) -> Any:
-        """The meta value of `key` parsed as JSON (None when absent)."""
-        text = self.meta(key)
-        return json.loads(text) if text is not None else None
-
     def set_meta_json(self, key: str, value: Any) -> None:
         self.set_meta(key, json.dumps(value, sort_keys=True))
 
