@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, json_option
-from transfer_engine.core.choices import AUGMENTS, DEVICES, FINETUNE_PRECISIONS, KEEP, OPTIMIZERS, STRATEGIES
+from transfer_engine.core.choices import AUGMENTS, DEVICES, FINETUNE_PRECISIONS, KEEP, OPTIMIZERS, RECIPES, STRATEGIES
+from transfer_engine.core.configs import FIXED_EPOCHS, FIXED_LR
 from transfer_engine.core.configs import FinetuneConfig
 
 D = FinetuneConfig.default  # every default comes from the config (torch-free), so the CLI and Python agree
@@ -33,10 +34,19 @@ def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
               help="With --backbone: weights name, 'none' (random init, seeded) or a local state-dict path.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="RUN",
               help="Run directory to write (what `te export` reads); checkpoints go to RUN.ckpt/ meanwhile.")
-@click.option("--epochs", type=click.IntRange(min=1), default=D("epochs"), show_default=True, metavar="N",
-              help="Epochs to train.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=D("lr"), show_default=True, metavar="X",
-              help="Peak learning rate of the head; backbone blocks get X * layer-decay ** depth-from-top.")
+@click.option("--recipe", type=click.Choice(RECIPES), default=D("recipe"), show_default=True,
+              help="search: try peak learning rates, then a longer run at the best, within --budget, and keep what "
+                   "did best on val (the start included); fixed: --epochs at --lr once; auto: search unless "
+                   "--epochs or --lr is given.")
+@click.option("--budget", "budget_minutes", type=click.FloatRange(min=0, min_open=True), default=D("budget_minutes"),
+              show_default=True, metavar="MINUTES", help="Wall-clock bound of a recipe search.")
+@click.option("--epochs", type=click.IntRange(min=1), default=D("epochs"), metavar="N",
+              help=f"Epochs to train [fixed recipe: {FIXED_EPOCHS}; search: the most its long run takes].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=D("lr"), metavar="X",
+              help=f"Peak learning rate of the head [fixed recipe: {FIXED_LR:g}; search: searched]; backbone blocks "
+                   "get X * layer-decay ** depth-from-top.")
+@click.option("--patience", type=click.IntRange(min=0), default=D("patience"), show_default=True, metavar="N",
+              help="Stop when val accuracy has not improved for N epochs (0: never; a search's long run uses 2).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=D("strategy"),
               help="What trains when [default: no_freeze with --from (LP-FT), freeze_unfreeze with --head].")
 @click.option("--unfreeze-epoch", type=click.IntRange(min=0), default=D("unfreeze_epoch"), show_default=True, metavar="K",
@@ -49,6 +59,9 @@ def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
 @click.option("--freeze-bn/--train-bn", default=D("freeze_bn"), show_default=True,
               help="Keep BatchNorm running statistics frozen in trainable blocks too, or let them follow the "
                    "new data (frozen blocks never update them).")
+@click.option("--backbone-dropout/--no-backbone-dropout", default=D("backbone_dropout"), show_default=True,
+              help="Dropout and stochastic depth inside the backbone while training (off: with frozen BatchNorm "
+                   "statistics the backbone computes what te extract computed, so the --from head fits it).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D("optimizer"), show_default=True,
               help="AdamW (decoupled weight decay) or SGD (Nesterov momentum 0.9).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=D("weight_decay"), show_default=True, metavar="X",
@@ -91,8 +104,8 @@ def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes to train with (launches torchrun: DDP, gloo on CPU, NCCL on GPUs).")
 @json_option
-def finetune(from_run, backbone, data, head, weights, out, epochs, lr, strategy, unfreeze_epoch, milestones,
-             layer_decay, freeze_bn, optimizer, weight_decay, warmup, clip_grad, label_smoothing, batch_size,
+def finetune(from_run, backbone, data, head, weights, out, recipe, budget_minutes, epochs, lr, patience, strategy, unfreeze_epoch, milestones,
+             layer_decay, freeze_bn, backbone_dropout, optimizer, weight_decay, warmup, clip_grad, label_smoothing, batch_size,
              input_size, augment, crop_scale, precision, device, channels_last, seed, workers, limit,
              checkpoint_every, keep, no_val, resume, overwrite, nproc, as_json) -> None:
     """Fine-tune backbone and head end to end, from a trained head (LP-FT) or a new one.
@@ -116,9 +129,10 @@ def finetune(from_run, backbone, data, head, weights, out, epochs, lr, strategy,
     from transfer_engine.finetune import finetune as run_finetune
 
     config = FinetuneConfig(
-        from_run_dir=from_run, backbone=backbone, data=data, head=head, weights=weights, epochs=epochs, lr=lr,
+        from_run_dir=from_run, backbone=backbone, data=data, head=head, weights=weights, recipe=recipe,
+        budget_minutes=budget_minutes, epochs=epochs, lr=lr, patience=patience,
         strategy=strategy, unfreeze_epoch=unfreeze_epoch, milestones=milestones, layer_decay=layer_decay,
-        freeze_bn=freeze_bn, optimizer=optimizer, weight_decay=weight_decay, warmup=warmup, clip_grad=clip_grad,
+        freeze_bn=freeze_bn, backbone_dropout=backbone_dropout, optimizer=optimizer, weight_decay=weight_decay, warmup=warmup, clip_grad=clip_grad,
         label_smoothing=label_smoothing, batch_size=batch_size, input_size=input_size, augment=augment,
         crop_scale=crop_scale, precision=precision, device=device, channels_last=channels_last, seed=seed, workers=workers, limit=limit,
         checkpoint_every=checkpoint_every, keep=keep, no_val=no_val)
@@ -132,8 +146,12 @@ def finetune(from_run, backbone, data, head, weights, out, epochs, lr, strategy,
                f"at {summary.input_size}px in {summary.seconds:.1f} s ({summary.images_per_second:.1f} img/s, "
                f"{summary.precision}, {summary.device}" + (f", {summary.world_size} processes" if summary.world_size > 1
                                                            else "") + ")")
+    if summary.search is not None:
+        for trial in summary.search["trials"]:
+            click.echo(_trial_line(trial, summary.search["chosen"]))
+        click.echo(summary.search["verdict"])
     kept = (f"kept the weights of epoch {summary.best_epoch}" if summary.best_epoch else
-            "kept the starting weights: no epoch beat them on val")
+            "kept the starting weights: no epoch beat them on val, fine-tuning did not pay")
     click.echo(f"test accuracy: {_pct(summary.before.get('test_accuracy'))} before -> {_pct(summary.test_accuracy)} "
                f"after (val {_pct(summary.before.get('val_accuracy'))} -> {_pct(summary.val_accuracy)}; {kept})")
     if summary.parent is not None:
@@ -143,3 +161,13 @@ def finetune(from_run, backbone, data, head, weights, out, epochs, lr, strategy,
 
 def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _trial_line(t: dict, chosen: str) -> str:
+    """One row of the search's trials: what it reached on val (and test), what it kept, its time."""
+    if t["best_epoch"] is None:
+        return f"  trial {t['name']:<14} {t['status']}"
+    kept = f"epoch {t['best_epoch']}" if t["best_epoch"] else "the start"
+    return (f"  trial {t['name']:<14} val {_pct(t['val_accuracy'])}  test {_pct(t['test_accuracy'])}  kept {kept}  "
+            f"{t['epochs_run']}/{t['epochs']} epochs  {t['seconds']:.0f} s  {t['status']}"
+            + ("  <- chosen" if t["name"] == chosen else ""))

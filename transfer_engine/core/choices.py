@@ -14,3 +14,5 @@ STRATEGIES = ("freeze", "no_freeze", "freeze_unfreeze", "unfreeze_milestones")
 OPTIMIZERS = ("adamw", "sgd")
 AUGMENTS = ("crop+flip", "crop", "none")
 KEEP = ("best", "last")
+# auto: search when neither --epochs nor --lr is given, else train that one recipe
+RECIPES = ("auto", "search", "fixed")

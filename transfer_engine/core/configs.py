@@ -5,13 +5,17 @@ defaults from `FinetuneConfig`'s fields.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
-from transfer_engine.core.choices import AUGMENTS, DEVICES, FINETUNE_PRECISIONS, KEEP, OPTIMIZERS, STRATEGIES
+from transfer_engine.core.choices import AUGMENTS, DEVICES, FINETUNE_PRECISIONS, KEEP, OPTIMIZERS, RECIPES, STRATEGIES
 from transfer_engine.errors import UsageError
 
 CROP_SCALE = 0.35  # smallest area fraction of a random resized crop; timm's 0.08 is for training from scratch
+# A fixed recipe's epochs and peak lr when one of them is given and the other is not (the search's own
+# grid lives in finetune/search.py).
+FIXED_EPOCHS = 2
+FIXED_LR = 3e-4
 
 
 @dataclass(frozen=True)
@@ -23,8 +27,16 @@ class FinetuneConfig:
         backbone, data, head: instead of from_run_dir: a backbone, a --data source and a new head.
         weights: the backbone's weights (with `backbone`).
         head_options: options of the new head (with `head`).
-        epochs: epochs to train.
-        lr: peak learning rate of the head (backbone blocks: lr * layer_decay ** depth-from-top).
+        recipe: "search" tries peak learning rates and then a longer run at the best one, within
+            `budget_minutes`, and keeps whatever did best on val, the start included (finetune/search.py);
+            "fixed" trains `epochs` at `lr` once; "auto" (the default) searches when neither `epochs` nor
+            `lr` is given and trains that recipe otherwise.
+        budget_minutes: wall-clock bound of a search (trials that would not fit are skipped).
+        epochs: epochs to train (a fixed recipe: default 2; a search: the most its long run may take).
+        lr: peak learning rate of the head (backbone blocks: lr * layer_decay ** depth-from-top); a fixed
+            recipe's default is 3e-4; given to a search, only the run length is searched.
+        patience: stop when val accuracy has not improved for this many epochs (0: never; a search uses 2
+            in its long run); the best epoch is kept either way.
         strategy: "freeze", "no_freeze", "freeze_unfreeze" or "unfreeze_milestones"; default no_freeze
             from a trained head (LP-FT), freeze_unfreeze with a new head.
         unfreeze_epoch: head-only epochs of freeze_unfreeze.
@@ -33,6 +45,10 @@ class FinetuneConfig:
         freeze_bn: keep BatchNorm running statistics frozen in trainable blocks too (the default: batch
             statistics of small batches of a new domain wreck a pretrained network's features; see
             docs/finetune.md); False lets them follow the new data.
+        backbone_dropout: keep the backbone's dropout and stochastic depth on while training (off by
+            default under freeze_bn: the backbone then computes exactly what te extract computed, and the
+            warm-started head fits it; with them on, EfficientNet-Lite0's drop-connect alone raised the
+            start's training loss from 0.1 to 1.6 on blocky digits, see docs/finetune.md).
         optimizer: "adamw" or "sgd".
         weight_decay, warmup, clip_grad, label_smoothing: see `OptimConfig`.
         batch_size: images per optimizer step, over all DDP ranks.
@@ -58,13 +74,17 @@ class FinetuneConfig:
     head: str | None = None
     weights: str = "DEFAULT"
     head_options: Mapping[str, Any] = field(default_factory=dict)
-    epochs: int = 2
-    lr: float = 3e-4
+    recipe: str = "auto"
+    budget_minutes: float = 10.0
+    epochs: int | None = None
+    lr: float | None = None
+    patience: int = 0
     strategy: str | None = None  # None: no_freeze from a trained head (LP-FT), freeze_unfreeze with a new one
     unfreeze_epoch: int = 1
     milestones: tuple[int, ...] = ()
     layer_decay: float = 0.9
     freeze_bn: bool = True
+    backbone_dropout: bool = False
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     warmup: float = 0.1
@@ -93,14 +113,17 @@ class FinetuneConfig:
             raise UsageError("give either --from RUN or --backbone NAME --data SRC --head HEAD")
         if self.backbone is not None and (not self.data or not self.head):
             raise UsageError("--backbone needs --data SRC and --head HEAD (or use --from RUN)")
-        for name, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
+        for name, value, low in (("--epochs", 1 if self.epochs is None else self.epochs, 1), ("--batch-size", self.batch_size, 1),
+                                 ("--patience", self.patience, 0),
                                  ("--unfreeze-epoch", self.unfreeze_epoch, 0),
                                  ("--checkpoint-every", self.checkpoint_every, 0)):
             if value < low:
                 raise UsageError(f"{name} must be at least {low}, got {value}")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
-        for option, value, allowed in (("--keep", self.keep, KEEP), ("--augment", self.augment, AUGMENTS),
+        if not self.budget_minutes > 0:
+            raise UsageError(f"--budget must be a positive number of minutes, got {self.budget_minutes}")
+        for option, value, allowed in (("--recipe", self.recipe, RECIPES), ("--keep", self.keep, KEEP), ("--augment", self.augment, AUGMENTS),
                                        ("--optimizer", self.optimizer, OPTIMIZERS),
                                        ("--precision", self.precision, FINETUNE_PRECISIONS),
                                        ("--device", self.device, DEVICES),
@@ -108,6 +131,16 @@ class FinetuneConfig:
             if value not in allowed:
                 shown = ", ".join(a for a in allowed if a is not None)
                 raise UsageError(f"{option} must be one of {shown}, got {value!r}")
+
+    @property
+    def searches(self) -> bool:
+        """Whether this config asks for a recipe search (see `recipe`)."""
+        return self.recipe == "search" or (self.recipe == "auto" and self.epochs is None and self.lr is None)
+
+    def fixed(self, **changes: Any) -> "FinetuneConfig":
+        """This config as one fixed recipe (the defaults filled in where epochs or lr is missing)."""
+        changes = {"epochs": self.epochs or FIXED_EPOCHS, "lr": self.lr or FIXED_LR, **changes}
+        return replace(self, recipe="fixed", **changes)
 
     @classmethod
     def default(cls, name: str) -> Any:

@@ -106,16 +106,20 @@ class Trainer:
         device: where to train.
         precision: "fp32", "bf16" or "fp16" autocast.
         channels_last: convolutions in NHWC memory layout (faster on CPU and GPU).
+        backbone_dropout: dropout and stochastic depth inside the backbone while training; False (with
+            frozen BatchNorm statistics) trains the backbone in eval mode, so it computes what te extract
+            computed and the warm-started head fits it from the first step.
     """
 
     def __init__(self, model: nn.Module, blocks: list[Block], strategy: Strategy, cfg: OptimConfig,
                  num_classes: int, total_steps: int, device: torch.device, precision: str,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, backbone_dropout: bool = False) -> None:
         self.model = model.to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.blocks, self.strategy, self.cfg, self.num_classes = blocks, strategy, cfg, num_classes
         self.device, self.precision, self.channels_last = device, precision, channels_last
+        self.backbone_dropout = backbone_dropout
         self.replica = Replica(self.model, device)
         groups = param_groups(blocks, model.head, cfg.lr, cfg.layer_decay, cfg.weight_decay)
         self.optimizer = make_optimizer(groups, cfg)
@@ -128,9 +132,13 @@ class Trainer:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def set_phase(self, epoch: int) -> int:
-        """Train mode with the strategy's frozen blocks in eval mode; returns the trainable backbone size."""
+        """Train mode with the strategy's frozen blocks in eval mode (the whole backbone without
+        `backbone_dropout` under frozen BatchNorm statistics); returns the trainable backbone size."""
         self.model.train()
-        return apply_phase(self.model.backbone, self.blocks, self.strategy, epoch)
+        count = apply_phase(self.model.backbone, self.blocks, self.strategy, epoch)
+        if self.strategy.freeze_bn and not self.backbone_dropout:
+            self.model.backbone.eval()  # gradients flow in eval mode; only dropout / drop-path are off
+        return count
 
     def trainable_params(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]

@@ -62,6 +62,9 @@ class FinetuneSummary:
     seconds: float
     images_per_second: float
     history: list = field(default_factory=list)
+    stopped_early: bool = False  # --patience ended training before its last epoch
+    start_candidate: bool = True  # False: the start's head saw val (te train --sweep), so it could not be kept
+    search: dict | None = None   # a recipe search: its trials and what it chose (finetune/search.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,6 +121,11 @@ def finetune(out: str | os.PathLike, config: FinetuneConfig | None = None, *, re
     """
     cfg = replace(config, **options) if config is not None else FinetuneConfig(**options)
     out = Path(out).expanduser().absolute()
+    if cfg.searches:
+        from transfer_engine.finetune.search import search
+
+        return search(out, cfg, resume=resume, overwrite=overwrite, progress=progress)
+    cfg = cfg.fixed()
     check_out(out, overwrite)
     ckpt_dir = ckpt.checkpoint_dir(out)
     if ckpt.exists(ckpt_dir) and not resume and not overwrite:
@@ -155,7 +163,7 @@ def finetune(out: str | os.PathLike, config: FinetuneConfig | None = None, *, re
     optim = OptimConfig(cfg.optimizer, cfg.lr, cfg.layer_decay, cfg.weight_decay, cfg.warmup, cfg.clip_grad,
                         cfg.label_smoothing)
     trainer = Trainer(start.model, blocks, plan, optim, len(start.class_names), cfg.epochs * steps, target, chosen,
-                      cfg.channels_last)
+                      cfg.channels_last, cfg.backbone_dropout)
     job = _Job(cfg, start, trainer, sets, plan, name, chosen, precision_reason, preprocess.crop_size, val_note,
                ckpt_dir, rank, world, _default_workers(world) if cfg.workers is None else cfg.workers)
 
@@ -199,11 +207,12 @@ class _Job:
                 "backbone": start.backbone.name, "weights": start.backbone.weights, "data": start.dataset["data"],
                 "head": start.head.name, "head_options": start.head.options, "epochs": cfg.epochs,
                 "strategy": self.strategy, "start_epochs": self.plan.start_epochs, "freeze_bn": cfg.freeze_bn,
+                "backbone_dropout": cfg.backbone_dropout,
                 **asdict(self.trainer.cfg), "batch_size": cfg.batch_size, "input_size": self.input_size,
                 "augment": cfg.augment, "crop_scale": cfg.crop_scale, "precision": self.precision,
                 "device_type": self.trainer.device.type, "channels_last": cfg.channels_last, "seed": cfg.seed,
                 "limit": cfg.limit, "world_size": self.world, "keep": cfg.keep, "no_val": cfg.no_val,
-                "checkpoint_every": cfg.checkpoint_every}
+                "patience": cfg.patience, "checkpoint_every": cfg.checkpoint_every}
 
 
 def _train_and_write(job: _Job, writer, resume: bool, progress: bool, on_epoch_end) -> FinetuneSummary:
@@ -243,6 +252,7 @@ def _train_and_write(job: _Job, writer, resume: bool, progress: bool, on_epoch_e
         seen_val = start.parent_metrics.get("hyperparameters", {}).get("fitted_on") == FITTED_ON_TRAIN_VAL
         state.best = {"epoch": 0, "val_accuracy": None if seen_val else state.before.get("val_accuracy"),
                       "val_loss": None if seen_val else state.before.get("val_loss")}
+        state.before["start_candidate"] = not seen_val
         best_weights = _copy(model)
         if job.val_note:
             meter.line(job.val_note)
@@ -260,7 +270,15 @@ def _train_and_write(job: _Job, writer, resume: bool, progress: bool, on_epoch_e
     if not resumed:
         save(best_weights)
     steps = meter.steps
+    stopped_early = False
     for epoch in range(state.epoch, epochs):
+        # Checked before each epoch (not after), so a run resumed right after its last useful epoch stops too.
+        if cfg.patience and state.history and state.history[-1]["val_accuracy"] is not None \
+                and epoch - int(state.best.get("epoch", 0)) >= cfg.patience:
+            stopped_early = True
+            meter.line(f"finetune: stopping after epoch {epoch}: val accuracy has not improved for {cfg.patience} "
+                       f"epoch(s) (--patience); the best was epoch {state.best.get('epoch', 0)}")
+            break
         trainer.set_phase(epoch)
         batches = fdata.loader(sets["train"], fdata.TrainBatches(len(sets["train"]), batch, seed, epoch, rank,
                                                                  world, start_step=state.step), workers)
@@ -310,12 +328,13 @@ def _train_and_write(job: _Job, writer, resume: bool, progress: bool, on_epoch_e
         val_accuracy=results["val"].accuracy if "val" in results else None,
         test_accuracy=results["test"].accuracy if "test" in results else None,
         before={k: v for k, v in state.before.items() if k.endswith("accuracy")},
-        parent=_parent(start), best_epoch=int(state.best.get("epoch", epochs)) if cfg.keep == "best" else epochs,
+        parent=_parent(start), best_epoch=int(state.best.get("epoch", epochs)) if cfg.keep == "best" else len(state.history),
         epochs=epochs, strategy=job.strategy, backbone=start.backbone.name, head=start.head.name,
         input_size=job.input_size, precision=job.precision, device=str(trainer.device),
         world_size=world, resumed=resumed, seconds=round(state.seconds, 3),
         images_per_second=round(state.images / state.seconds, 2) if state.seconds > 0 else 0.0,
-        history=state.history)
+        history=state.history, stopped_early=stopped_early,
+        start_candidate=bool(state.before.get("start_candidate", True)))
     if writer is not None:
         write_run(writer, start, sets, summary, results, state, config, model, job.precision_reason)
         writer.commit()

@@ -1,0 +1,325 @@
+"""The recipe search of `te finetune`: what it does when neither --epochs nor --lr is given.
+
+Fine-tuning pays on some data and not on other data, and the peak learning rate decides most of it
+(too low: nothing moves; too high: the pretrained features are wrecked before the head adapts). So te
+does what its `te train --sweep` does for heads: it tries, on val, within a wall-clock budget.
+
+    1. screen  one short run (SCREEN_EPOCHS past the strategy's head-only epochs, its own warmup and
+               cosine) per peak lr of LR_GRID
+    2. long    the best screened lr again for up to LONG_EPOCHS (or --epochs), with early stopping
+               (LONG_PATIENCE epochs without a better val accuracy), as many epochs as the budget allows
+
+Every trial is an ordinary fixed-recipe `finetune()` from the same start, so each keeps its best epoch on
+val with the start itself as a candidate (epoch 0). The search keeps the trial with the best val
+accuracy (the earlier, cheaper one on a tie), so the run never ends below the start on val; when no
+trial beat the start, it says plainly that fine-tuning did not pay and writes the start.
+
+The budget (`--budget MINUTES`) bounds the wall clock of the trials: a trial runs only when its estimate
+(from the trials before it: set-up and evaluation time plus training time per epoch) fits what is left;
+the first trial always runs. Trials live in OUT.search/ (each a run directory, plus trials.json) until
+the chosen one becomes OUT; a killed search continues with `--resume` (finished trials are reused, the
+interrupted one resumes from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from transfer_engine._durable import write_durably
+from transfer_engine.core.configs import FinetuneConfig
+from transfer_engine.errors import UsageError
+from transfer_engine.finetune import distributed as dist
+from transfer_engine.runs import METRICS_JSON, RUN_JSON
+from transfer_engine.runs.writer import check_out
+
+LR_GRID = (1e-5, 3e-5, 1e-4)  # measured: at 224 px one AdamW step at 1e-4 already wrecks a sharp --from head
+SCREEN_EPOCHS = 1
+LONG_EPOCHS = 6
+LONG_PATIENCE = 2
+TRIALS_JSON = "trials.json"
+PLAN_JSON = "plan.json"
+
+
+@dataclass
+class Trial:
+    """One trial of the search, as printed and recorded in metrics.json["search"]["trials"].
+
+    Attributes:
+        name: e.g. "lr0.0003-e1".
+        lr: its peak learning rate.
+        epochs: the epochs it was given.
+        status: "done", "stopped early" (patience), "reused" (from an interrupted search), or
+            "skipped: ..." (did not fit the budget; nothing below is set then).
+        best_epoch: the epoch it kept (0: the start beat every epoch).
+        epochs_run: the epochs it trained.
+        val_accuracy, test_accuracy: of the weights it kept.
+        seconds: its wall clock (set-up, training, evaluation).
+        train_seconds: of which training steps.
+    """
+
+    name: str
+    lr: float
+    epochs: int
+    status: str
+    best_epoch: int | None = None
+    epochs_run: int = 0
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    seconds: float = 0.0
+    train_seconds: float = 0.0
+
+    @property
+    def ran(self) -> bool:
+        return not self.status.startswith("skipped")
+
+
+def search_dir(out: Path) -> Path:
+    """Where the trials of the search for run `out` live: `out` + ".search", beside it."""
+    return out.parent / f"{out.name}.search"
+
+
+def search(out: Path, cfg: FinetuneConfig, *, resume: bool, overwrite: bool, progress: bool):
+    """Run the recipe search for `cfg` (a config whose `searches` is true) and write its choice to `out`.
+
+    Returns:
+        The chosen trial's `FinetuneSummary`, with `out` and `search` (the trials, the choice, the verdict).
+
+    Raises:
+        UsageError: --out holds a run (without --overwrite), OUT.search/ holds another search or an
+            interrupted one without --resume, or a trial's own usage error.
+    """
+    if cfg.no_val or cfg.keep != "best":
+        raise UsageError("a recipe search selects on val: --no-val and --keep last need a fixed recipe (give --epochs "
+                         "and --lr, or --recipe fixed)")
+    check_out(out, overwrite)
+    rank, _ = dist.rank_and_world()
+    work = search_dir(out)
+    plan = {"config": _jsonable(asdict(cfg))}
+    done = _prepare(work, plan, resume, overwrite) if rank == 0 else {}
+    done = dist.all_gather_object(done)[0]
+    dist.barrier()
+    try:
+        return _search(out, work, cfg, done, resume, overwrite, progress, rank)
+    except Exception:
+        # An error before any trial finished (a bad --from, a usage error of the first trial) leaves nothing
+        # behind; once trials have finished they stay for --resume (so does an interrupted search).
+        if rank == 0 and not done and work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _search(out: Path, work: Path, cfg: FinetuneConfig, done: dict, resume: bool, overwrite: bool,
+            progress: bool, rank: int):
+    from transfer_engine.finetune.runner import finetune
+
+    budget = 60.0 * cfg.budget_minutes
+    say = _say(progress and rank == 0)
+    lrs = (cfg.lr,) if cfg.lr is not None else LR_GRID
+    screen_epochs = SCREEN_EPOCHS + _head_only_epochs(cfg)
+    long_epochs = cfg.epochs or LONG_EPOCHS + _head_only_epochs(cfg)
+    say(f"finetune: recipe search within {cfg.budget_minutes:g} min: "
+        + (f"{len(lrs)} peak learning rates for {screen_epochs} epoch(s) each, then " if len(lrs) > 1 else "")
+        + f"up to {long_epochs} epochs at the best one (stops after {cfg.patience or LONG_PATIENCE} epochs without "
+        "a better val accuracy); every trial keeps its best epoch, the start included")
+    trials: list[Trial] = []
+    summaries: dict = {}
+
+    def run(name: str, lr: float, epochs: int, patience: int) -> None:
+        trial_out = work / name
+        if name in done:
+            trial = Trial(**{**done[name], "status": "reused"})
+            summaries[name] = None
+        else:
+            began = time.perf_counter()
+            s = finetune(trial_out, cfg.fixed(epochs=epochs, lr=lr, patience=patience), resume=resume,
+                         progress=progress)
+            trial = Trial(name, lr, epochs, "stopped early" if s.stopped_early else "done", s.best_epoch,
+                          len(s.history), s.val_accuracy, s.test_accuracy,
+                          round(time.perf_counter() - began, 3), s.seconds)
+            summaries[name] = s
+            if rank == 0:
+                done[name] = asdict(trial)
+                _write_json(work / TRIALS_JSON, done)
+        trials.append(trial)
+        say(f"finetune: trial {name}: val accuracy {_pct(trial.val_accuracy)} (kept "
+            + (f"epoch {trial.best_epoch}" if trial.best_epoch else "the start") + f"), {trial.seconds:.0f} s"
+            + (" (reused)" if trial.status == "reused" else ""))
+
+    def skip(name: str, lr: float, epochs: int, why: str) -> None:
+        trials.append(Trial(name, lr, epochs, f"skipped: {why}"))
+        say(f"finetune: trial {name} skipped: {why}")
+
+    if len(lrs) > 1:
+        for lr in lrs:
+            name = _name(lr, screen_epochs)
+            need = _estimate(trials, screen_epochs)
+            left = dist.all_gather_object(budget - _spent(trials))[0]
+            if need is not None and need > left:
+                skip(name, lr, screen_epochs, f"needs about {need:.0f} s, {max(left, 0):.0f} s of the budget left")
+            else:
+                run(name, lr, screen_epochs, 0)
+        lr = max((t for t in trials if t.ran), key=_score).lr
+    else:
+        lr = lrs[0]
+    epochs = _fitting_epochs(trials, long_epochs, dist.all_gather_object(budget - _spent(trials))[0])
+    if epochs > (screen_epochs if len(lrs) > 1 else 0):
+        run(_name(lr, epochs), lr, epochs, cfg.patience or LONG_PATIENCE)
+    else:
+        skip(_name(lr, long_epochs), lr, long_epochs, "no longer run fits the budget left")
+
+    chosen = max((t for t in trials if t.ran), key=_score)
+    return _finish(out, work, chosen, trials, summaries, cfg, overwrite, say, rank)
+
+
+def _finish(out: Path, work: Path, chosen: Trial, trials: list[Trial], summaries: dict, cfg: FinetuneConfig,
+            overwrite: bool, say, rank: int):
+    """Write the chosen trial's run as `out` (with the search in its metrics.json), remove OUT.search/."""
+    source = work / chosen.name
+    files = ({name: json.loads((source / name).read_text()) for name in (METRICS_JSON, RUN_JSON)} if rank == 0
+             else {})
+    files = dist.all_gather_object(files)[0]
+    metrics = files[METRICS_JSON]
+    start_val = (metrics.get("before") or {}).get("val_accuracy")
+    held_out = (metrics.get("parent") or {}).get("val_accuracy")
+    if not metrics.get("start_candidate", True):
+        paid = None
+        verdict = (f"val cannot say whether fine-tuning paid: the --from head was refitted on train+val (te train "
+                   f"--sweep); its held-out val accuracy was {_pct(held_out)}, the chosen trial {chosen.name} reached "
+                   f"{_pct(chosen.val_accuracy)} on a val its head has seen; compare the test accuracies")
+    elif chosen.best_epoch:
+        paid = True
+        verdict = (f"fine-tuning paid: {chosen.name} reached val accuracy {_pct(chosen.val_accuracy)} against "
+                   f"{_pct(start_val)} at the start")
+    else:
+        paid = False
+        verdict = (f"fine-tuning did not pay on this data: no trial beat the start on val ({_pct(start_val)}); "
+                   "the run holds the starting model")
+    total = round(sum(t.seconds for t in trials), 3)
+    record = {"budget_minutes": cfg.budget_minutes, "seconds": total, "chosen": chosen.name, "paid": paid,
+              "start_val_accuracy": start_val, "verdict": verdict, "trials": [asdict(t) for t in trials]}
+    say(f"finetune: search: {verdict} ({len([t for t in trials if t.ran])} trials, {total:.0f} s)")
+    if rank == 0:
+        from transfer_engine.runs import RunWriter
+
+        writer = RunWriter(out, overwrite=overwrite)
+        try:
+            for item in source.iterdir():
+                shutil.move(str(item), str(writer.file(item.name)))
+            writer.write_json(METRICS_JSON, {**metrics, "search": record})
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        shutil.rmtree(work, ignore_errors=True)
+    dist.barrier()
+    summary = summaries.get(chosen.name) or _summary_from_run(files, chosen)
+    return replace(summary, out=str(out), search=record)
+
+
+def _prepare(work: Path, plan: dict, resume: bool, overwrite: bool) -> dict:
+    """Create OUT.search/ (or take it up again under --resume); returns the trials already finished."""
+    if work.exists():
+        try:
+            old = json.loads((work / PLAN_JSON).read_text())
+        except (OSError, ValueError):
+            old = None
+        if overwrite and not resume:
+            shutil.rmtree(work)
+        elif not resume:
+            raise UsageError(f"{work} holds an interrupted recipe search; pass --resume to continue it or --overwrite "
+                             "to start over")
+        elif old != plan:
+            raise UsageError(f"{work} holds a recipe search with other settings; --resume continues a search only "
+                             "with the same options (or pass --overwrite without --resume to start over)")
+        else:
+            try:
+                return json.loads((work / TRIALS_JSON).read_text())
+            except (OSError, ValueError):
+                return {}
+    work.mkdir(parents=True, exist_ok=True)
+    _write_json(work / PLAN_JSON, plan)
+    return {}
+
+
+def _head_only_epochs(cfg: FinetuneConfig) -> int:
+    """Epochs the strategy trains the head alone before any backbone block (a screen must go past them)."""
+    strategy = cfg.strategy or ("no_freeze" if cfg.from_run_dir is not None else "freeze_unfreeze")
+    if strategy == "freeze_unfreeze":
+        return cfg.unfreeze_epoch
+    if strategy == "unfreeze_milestones" and cfg.milestones:
+        return cfg.milestones[0]
+    return 0
+
+
+def _write_json(path: Path, obj) -> None:
+    text = json.dumps(obj, indent=2)
+    write_durably(path, lambda tmp: tmp.write_text(text))
+
+
+def _estimate(trials: list[Trial], epochs: int) -> float | None:
+    """Seconds a trial of `epochs` would take, from the trials that ran (None before the first)."""
+    ran = [t for t in trials if t.ran and t.epochs_run]
+    if not ran:
+        return None
+    fixed = max(t.seconds - t.train_seconds for t in ran)
+    per_epoch = max(t.train_seconds / t.epochs_run for t in ran)
+    return fixed + 1.1 * per_epoch * epochs  # +10%: each epoch's val evaluation is counted in `fixed` once
+
+
+def _fitting_epochs(trials: list[Trial], most: int, left: float) -> int:
+    """The most epochs (up to `most`) whose estimate fits `left` seconds (all of them before any trial)."""
+    if _estimate(trials, 1) is None:
+        return most
+    fits = [e for e in range(1, most + 1) if _estimate(trials, e) <= left]
+    return max(fits, default=0)
+
+
+def _spent(trials: list[Trial]) -> float:
+    return sum(t.seconds for t in trials)
+
+
+def _score(trial: Trial) -> float:
+    """What the search maximizes: val accuracy (max() keeps the first, cheaper trial on a tie)."""
+    return -math.inf if trial.val_accuracy is None else trial.val_accuracy
+
+
+def _name(lr: float, epochs: int) -> str:
+    return f"lr{lr:g}-e{epochs}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _jsonable(value):
+    """The config as JSON would read it back (tuples as lists), so a stored plan compares equal."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _summary_from_run(files: dict, trial: Trial):
+    """The FinetuneSummary of a trial reused from an interrupted search, from its metrics.json and run.json."""
+    from transfer_engine.finetune.runner import FinetuneSummary
+
+    m, info = files[METRICS_JSON], files[RUN_JSON]
+    hp = info["hyperparameters"]
+    return FinetuneSummary(
+        out="", train_accuracy=m["train_accuracy"], val_accuracy=m["val_accuracy"], test_accuracy=m["test_accuracy"],
+        before={k: v for k, v in (m.get("before") or {}).items() if k.endswith("accuracy")}, parent=m.get("parent"),
+        best_epoch=m["best_epoch"], epochs=trial.epochs, strategy=hp["strategy"], backbone=info["backbone"]["name"],
+        head=info["head"]["name"], input_size=hp["input_size"], precision=hp["precision"], device=hp["device_type"],
+        world_size=hp["world_size"], resumed=True, seconds=m["seconds"], images_per_second=m["images_per_second"],
+        history=m["epochs"], stopped_early=m.get("stopped_early", False), start_candidate=m.get("start_candidate", True))
+
+
+def _say(enabled: bool):
+    def say(text: str) -> None:
+        if enabled:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+    return say
