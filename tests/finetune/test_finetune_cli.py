@@ -19,11 +19,11 @@ from transfer_engine.runs import Run
 
 @pytest.fixture(scope="module")
 def linear(tmp_path_factory):
-    """A linear head on random-init ResNet-18 features of 400 real digits at 32 px (cached, L-BFGS)."""
+    """A linear head on random-init ResNet-18 features of 200 real digits at 32 px (cached, L-BFGS)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return make_linear_run(tmp_path_factory.mktemp("lin"), "resnet18", weights="none", input_size=32, limit=400)
+        return make_linear_run(tmp_path_factory.mktemp("lin"), "resnet18", weights="none", input_size=32, limit=200)
     finally:
         torch.set_num_threads(before)
 
