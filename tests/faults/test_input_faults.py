@@ -340,3 +340,31 @@ def test_every_file_name_has_one_stored_form_that_gives_it_back():
     assert [fs_path(s) for s in stored] == names and [stored_path(s) for s in stored] == stored
     assert len(set(stored)) == len(names)
     assert display_path(stored_path(NON_UTF8)) == SHOWN and display_path("café.png") == "café.png"
+
+
+def test_a_file_is_read_whole_without_allocating_the_limit_and_never_past_it(tmp_path, monkeypatch):
+    """read_image_file reads what fstat says (reading its 256 MiB limit up front put 256 MiB per reading
+    thread on the heap for every image); files whose size fstat cannot tell (/proc) or that grow while
+    read are still read to their end, and cut off past the limit."""
+    import io
+    import tracemalloc
+
+    from transfer_engine.data import files
+
+    exact = tmp_path / "exact.bin"
+    exact.write_bytes(b"x" * 1000)
+    tracemalloc.start()
+    try:
+        assert files.read_image_file(exact, limit=1000) == b"x" * 1000  # exactly the limit is allowed
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+    with pytest.raises(files.FileTooLargeError):
+        files.read_image_file(exact, limit=999)
+    # fstat says 0 (as for /proc files) or too little (the file grew since): read on, in chunks, bounded
+    body = bytes(range(256)) * 9000  # 2.3 MB: more than one 1 MiB chunk
+    assert files._read_bounded(io.BytesIO(body), 0, len(body)) == body
+    assert files._read_bounded(io.BytesIO(body), 10, len(body)) == body
+    with pytest.raises(files.FileTooLargeError):
+        files._read_bounded(io.BytesIO(body), 0, len(body) - 1)
