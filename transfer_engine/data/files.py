@@ -83,16 +83,20 @@ def _read_bounded(fh, size: int, limit: int) -> bytes:
     """All of `fh`, refusing more than `limit` bytes. The first read asks for the size fstat gave (+1, to
     see the end), not for `limit`: `read(n)` allocates n bytes up front, and 256 MiB per image made the
     heap peak of an extraction 256 MiB per reading thread. A size of 0 proves nothing (/proc files) and a
-    file may grow while it is read, so reading goes on, in 1 MiB chunks, up to the limit."""
+    file may grow while it is read, so reading goes on, in 1 MiB chunks, up to the limit. A read that
+    returns less than it asked for is the end (a buffered read is short only there): asking again "to see
+    EOF" would allocate another 1 MiB per image, and the heap peak would then depend on how many reading
+    threads overlap."""
     chunks, total, want = [], 0, (size + 1 if size else 1 << 16)
     while True:
-        chunk = fh.read(min(want, limit + 1 - total))
-        if not chunk:
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        ask = min(want, limit + 1 - total)
+        chunk = fh.read(ask)
         chunks.append(chunk)
         total += len(chunk)
         if total > limit:
             raise FileTooLargeError(_too_large(None, limit))
+        if len(chunk) < ask:
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         want = 1 << 20
 
 
