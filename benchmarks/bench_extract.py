@@ -138,7 +138,7 @@ def compute_rates(backbone: str, batch: int, tmp: Path, eager: bool = True) -> d
     from transfer_engine.backbones import create_backbone
     from transfer_engine.export.onnx_export import export_backbone
     from transfer_engine.extract.engines import OrtEngine, TorchEngine, ort_available
-    from transfer_engine.extract.pipeline import cpu_has_native_bf16
+    from transfer_engine.core.runtime import cpu_has_native_bf16
 
     cpu = torch.device("cpu")
     bb = create_backbone(backbone, weights=weights_for(backbone))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import click
@@ -57,7 +56,9 @@ def extract(backbone, data, cache_dir, weights, name, batch_size, workers, devic
       te extract --backbone resnet50 --data photos/ --cache feats/ --nproc 2
     """
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        raise SystemExit(_relaunch(nproc))
+        from transfer_engine.core.runtime import relaunch_under_torchrun
+
+        raise SystemExit(relaunch_under_torchrun(nproc))
     from transfer_engine.extract.runner import extract as run_extract
 
     summary = run_extract(backbone, data, cache_dir, weights=weights, name=name, batch_size=batch_size,
@@ -79,23 +80,3 @@ def extract(backbone, data, cache_dir, weights, name, batch_size, workers, devic
                    f"stored {summary.store})")
     click.echo(f"cache {summary.cache}, space {summary.space[:12]} ({summary.backbone}, {summary.weights} weights)")
     click.echo(f"backend {summary.backend} {summary.precision}: {summary.precision_reason}")
-
-
-def _relaunch(nproc: int) -> int:
-    """Run this same command under torchrun with `nproc` processes; returns its exit code."""
-    import subprocess
-
-    cleaned, skip = [], False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        cleaned.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "transfer_engine", *cleaned]
-    return subprocess.call(cmd)

@@ -123,9 +123,9 @@ def finetune(from_run, backbone, data, head, weights, out, recipe, budget_minute
       te finetune --from runs/linear --out runs/ft --nproc 2         # DDP through torchrun
     """
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from transfer_engine.cli.extract import _relaunch
+        from transfer_engine.core.runtime import relaunch_under_torchrun
 
-        raise SystemExit(_relaunch(nproc))
+        raise SystemExit(relaunch_under_torchrun(nproc))
     from transfer_engine.finetune import finetune as run_finetune
 
     config = FinetuneConfig(

@@ -241,6 +241,14 @@ class BuiltinSource(DataSource):
         return self.data.pil(self._index(sample))
 
 
+def default_dataset_name(source: DataSource, data: str) -> str:
+    """The folder's or manifest's name (a data set name is text: a name that is not UTF-8 as `display_path`)."""
+    if data.startswith("builtin:"):
+        return data.split(":", 1)[1]
+    path = Path(data).expanduser()
+    return display_path(path.stem if path.is_file() else path.resolve().name)
+
+
 def open_source(spec: str, follow_symlinks: bool = False) -> DataSource:
     """The data source for a `--data` value.
 

@@ -35,7 +35,8 @@ import torch
 
 from transfer_engine.errors import TEError, UsageError, first_line
 from transfer_engine.extract.engines import BACKEND_CHOICES, OrtEngine, TorchEngine, ort_available
-from transfer_engine.extract.pipeline import PRECISIONS, cpu_has_native_bf16
+from transfer_engine.core.runtime import cpu_has_native_bf16
+from transfer_engine.extract.pipeline import PRECISIONS
 
 PRECISION_BOUND = 0.999
 SAME_SPACE_BOUND = 0.99999

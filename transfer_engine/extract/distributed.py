@@ -9,27 +9,13 @@ torchrun (WORLD_SIZE unset or 1) every function works on the one process's own d
 from __future__ import annotations
 
 import heapq
-import os
 from typing import Any, Iterable, Iterator
 
 import torch.distributed as torch_dist
 
+from transfer_engine.core.runtime import rank_and_world  # noqa: F401  (this module's API, used as dist.rank_and_world)
+
 MERGE_WINDOW = 8192  # data-set positions merged per exchange: ~1 MB of records on the wire
-
-
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the world size, initializing the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not torch_dist.is_initialized():
-        import torch
-
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":  # object collectives run on the current device: one GPU per rank
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        torch_dist.init_process_group(backend)
-    return torch_dist.get_rank(), torch_dist.get_world_size()
 
 
 def barrier() -> None:

@@ -10,23 +10,15 @@ run uses is decided by `transfer_engine.extract.backend`.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
 
 from transfer_engine.backbones.spec import Backbone
+from transfer_engine.core.runtime import autocast_context
 
 BACKENDS = ("torch", "onnxruntime")
 BACKEND_CHOICES = ("auto", *BACKENDS)
-
-
-def autocast_context(device: torch.device, precision: str):
-    """The autocast context for a compute precision ("fp32" is a no-op)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:

@@ -40,12 +40,6 @@ class Batch:
     failed_keys: list[str] = field(default_factory=list)  # the content key of each failed item
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast pays off."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
 class FeatureExtractor:
     """Runs a backbone over a stream of `Item`s in batches.
 

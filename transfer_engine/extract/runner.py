@@ -12,13 +12,14 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
 
 from transfer_engine.cache.records import display_path
-from transfer_engine.data.sources import DataSource, Sample, content_key, derived_split, open_source, recorded_data
+from transfer_engine.core.runtime import device_of_this_rank, resolve_device
+from transfer_engine.data.sources import (DataSource, Sample, content_key, default_dataset_name, derived_split, open_source,
+                                          recorded_data)
 from transfer_engine.errors import PluginError, TEError, UsageError
 from transfer_engine.extract import distributed as dist
 from transfer_engine.extract.pipeline import FeatureExtractor, Item
@@ -56,23 +57,6 @@ class ExtractSummary:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def default_dataset_name(source: DataSource, data: str) -> str:
-    """The folder's or manifest's name (a data set name is text: a name that is not UTF-8 as `display_path`)."""
-    if data.startswith("builtin:"):
-        return data.split(":", 1)[1]
-    path = Path(data).expanduser()
-    return display_path(path.stem if path.is_file() else path.resolve().name)
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" picks CUDA when a GPU is visible; "cuda" without one is a usage error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False); use --device cpu")
-    return torch.device(device)
 
 
 def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str = "DEFAULT",
@@ -127,9 +111,7 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     if not counted:
         raise UsageError(f"--data {data}: the data set holds no images")
 
-    target = resolve_device(device)
-    if target.type == "cuda" and world > 1:
-        target = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    target = device_of_this_rank(resolve_device(device), world)
     bb = create_backbone(backbone, weights=weights, seed=seed)
     cache_obj = FeatureCache.open(cache)
     try:

@@ -18,7 +18,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from transfer_engine.errors import TEError
-from transfer_engine.extract.distributed import rank_and_world
+from transfer_engine.core.runtime import rank_and_world
 
 __all__ = ["Replica", "all_gather_object", "barrier", "check_in_sync", "rank_and_world", "sum_tensor"]
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from transfer_engine.core.choices import OPTIMIZERS
 from transfer_engine.errors import TEError, UsageError
-from transfer_engine.extract.engines import autocast_context
+from transfer_engine.core.runtime import autocast_context
 from transfer_engine.finetune import data as fdata
 from transfer_engine.finetune.distributed import Replica, sum_tensor
 from transfer_engine.finetune.strategies import Block, Strategy, apply_phase, param_groups

@@ -20,10 +20,9 @@ import torch
 from transfer_engine.core.choices import FINETUNE_PRECISIONS as PRECISIONS
 from transfer_engine.core.choices import KEEP
 from transfer_engine.core.configs import FinetuneConfig
+from transfer_engine.core.runtime import cpu_has_native_bf16, device_of_this_rank, resolve_device
 from transfer_engine.core.splits import HOLDOUT_FRACTION, hold_out
 from transfer_engine.errors import UsageError
-from transfer_engine.extract.pipeline import cpu_has_native_bf16
-from transfer_engine.extract.runner import resolve_device
 from transfer_engine.finetune import checkpoint as ckpt
 from transfer_engine.finetune import data as fdata
 from transfer_engine.finetune import distributed as dist
@@ -134,9 +133,8 @@ def finetune(out: str | os.PathLike, config: FinetuneConfig | None = None, *, re
     rank, world = dist.rank_and_world()
     if cfg.batch_size % world:
         raise UsageError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
-    target = resolve_device(cfg.device)
+    target = device_of_this_rank(resolve_device(cfg.device), world)
     if target.type == "cuda" and world > 1:
-        target = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(target)
     chosen, precision_reason = choose_precision(cfg.precision, target)
 

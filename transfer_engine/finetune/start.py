@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from transfer_engine.backbones.spec import PreprocessSpec
-from transfer_engine.data.sources import DataSource, locate_recorded_data, open_source, recorded_data
+from transfer_engine.data.sources import DataSource, default_dataset_name, locate_recorded_data, open_source, recorded_data
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune.data import Item, items_from_records, items_from_source
 from transfer_engine.runs import BackboneRef, Classifier, HeadRef
@@ -107,7 +107,6 @@ def from_backbone(backbone: str, data: str, head: str, *, weights: str = "DEFAUL
         limit: use only the first N images.
     """
     from transfer_engine.backbones import create_backbone
-    from transfer_engine.extract.runner import default_dataset_name
     from transfer_engine.heads import check_options, create_head
     from transfer_engine.heads import registry as head_registry
 

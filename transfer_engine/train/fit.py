@@ -301,6 +301,6 @@ def _fit_minibatch(module: nn.Module, solver: str, data: "TrainingData", split: 
 
 
 def _cpu_has_native_bf16() -> bool:
-    from transfer_engine.extract.pipeline import cpu_has_native_bf16
+    from transfer_engine.core.runtime import cpu_has_native_bf16
 
     return cpu_has_native_bf16()

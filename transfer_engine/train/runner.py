@@ -118,7 +118,7 @@ def train(cache: str | os.PathLike, head: str = "linear", out: str | os.PathLike
         UsageError: unknown head, bad options, a bad --out, and the data problems `load_training_data` names.
         TEError: NaN/inf features (CacheError), training that diverged.
     """
-    from transfer_engine.extract.runner import resolve_device
+    from transfer_engine.core.runtime import resolve_device
     from transfer_engine.heads import get_head_spec, list_heads
 
     started = time.perf_counter()

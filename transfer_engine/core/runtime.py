@@ -1,0 +1,88 @@
+"""Where and how a command computes: device, precision, autocast, and the torchrun process group.
+
+Every command that runs a model (extract, train, finetune) resolves these the same way, so they live
+here rather than in one command's package. torch is imported inside the functions: the CLI imports this
+module (for `relaunch_under_torchrun`) before it knows whether torch will be needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+
+from transfer_engine.errors import UsageError
+
+
+def resolve_device(device: str):
+    """"auto" picks CUDA when a GPU is visible; "cuda" without one is a usage error."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False); use --device cpu")
+    return torch.device(device)
+
+
+def device_of_this_rank(device, world: int):
+    """`device`, or under torchrun with CUDA, this process's own GPU (LOCAL_RANK): one GPU per rank."""
+    import torch
+
+    if device.type == "cuda" and world > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def autocast_context(device, precision: str):
+    """The autocast context for a compute precision ("fp32" is a no-op)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size, initializing the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as torch_dist
+
+    if not torch_dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":  # object collectives run on the current device: one GPU per rank
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch_dist.init_process_group(backend)
+    return torch_dist.get_rank(), torch_dist.get_world_size()
+
+
+def relaunch_under_torchrun(nproc: int, argv: list[str] | None = None) -> int:
+    """Run this same command (`argv`, default sys.argv[1:], less --nproc) under torchrun with `nproc`
+    processes on this machine; returns its exit code."""
+    cleaned, skip = [], False
+    for a in sys.argv[1:] if argv is None else argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        cleaned.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "transfer_engine", *cleaned]
+    return subprocess.call(cmd)
