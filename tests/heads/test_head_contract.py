@@ -74,3 +74,45 @@ def test_head_spec_rejects_inconsistent_fitting_fields():
         HeadSpec("h", build, train_defaults={"momentum": 0.9})
     plain = HeadSpec("h", build)  # what a plugin written before these fields declares still works
     assert plain.fit is None and plain.solver == "adamw" and plain.search == {} and plain.train_defaults == {}
+
+
+# -- input_scale: whether te may train the head on features / s ------------------------------------------------
+def test_input_scale_is_declared_in_the_spec_and_checked():
+    with pytest.raises(ValueError, match="input_scale must be one of"):
+        HeadSpec("h", lambda d, c: torch.nn.Linear(d, c), input_scale="scaled")
+    assert get_head_spec("cosine").input_scale == get_head_spec("knn").input_scale == "invariant"
+
+
+def _check_input_scale(spec: HeadSpec):
+    from transfer_engine.plugins_check.heads import check_head
+    from transfer_engine.plugins_check.results import CheckReport, Recorder
+
+    report = CheckReport(target="t")
+    check_head(spec, Recorder(report, "t"), onnx=False)
+    return {r.check: r for r in report.results}["input_scale"]
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_every_builtin_head_is_what_its_input_scale_says(name):
+    assert _check_input_scale(get_head_spec(name)).status == "pass"
+
+
+def test_a_head_wrongly_declared_invariant_fails_te_plugins_check():
+    """A linear head changes with the features' scale: trained on features / s as 'invariant', te would
+    save a head that is wrong on raw features. The check catches the false declaration."""
+    lying = HeadSpec("lying", lambda d, c: torch.nn.Linear(d, c), input_scale="invariant")
+    result = _check_input_scale(lying)
+    assert result.status == "fail" and "change the logits" in result.detail
+    folding_mlp = HeadSpec("fold_mlp", lambda d, c: torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(d, c)),
+                           input_scale="fold")
+    assert _check_input_scale(folding_mlp).status == "fail"
+    assert _check_input_scale(HeadSpec("auto_mlp", folding_mlp.build)).detail.startswith("auto -> raw")
+
+
+def test_auto_resolves_on_the_built_head_and_a_declaration_wins():
+    from transfer_engine.heads.spec import input_scale_of
+
+    linear, mlp = torch.nn.Linear(4, 2), torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    assert input_scale_of(HeadSpec("a", lambda d, c: linear), linear) == "fold"
+    assert input_scale_of(HeadSpec("m", lambda d, c: mlp), mlp) == "raw"
+    assert input_scale_of(HeadSpec("r", lambda d, c: linear, input_scale="raw"), linear) == "raw"

@@ -29,9 +29,6 @@ class CosineClassifier(nn.Module):
     """Logits are cosine similarities between the feature and one prototype per class, times a
     learned temperature (as in cosine-softmax few-shot classifiers). Robust to feature scale."""
 
-    # A global scale of the features does not change the logits: te may fit it on rescaled features.
-    input_scale_invariant = True
-
     def __init__(self, in_features: int, num_classes: int, init_scale: float = 10.0) -> None:
         super().__init__()
         self.prototypes = nn.Parameter(torch.empty(num_classes, in_features))
@@ -55,9 +52,10 @@ def heads() -> list[HeadSpec]:
                  train_defaults={"weight_decay": 1e-2, "lr": 1e-3, "epochs": 30}),
         HeadSpec("cosine", CosineClassifier, options={"init_scale": Option(10.0, float, min=0, min_open=True)},
                  description="cosine similarity to learned class prototypes, learned temperature",
+                 input_scale="invariant",
                  train_defaults={"weight_decay": 1e-4, "lr": 3e-2, "epochs": 30}),
         HeadSpec("knn", KNNClassifier, options={"k": Option(20, int, min=1), "temperature": Option(0.07, float, min=0, min_open=True)},
-                 trainable=False, fit=fit_knn,
+                 trainable=False, fit=fit_knn, input_scale="invariant",
                  search={"k": (1, 3, 5, 10, 20, 50)},
                  description="k nearest training features by cosine similarity, weighted vote (no training)"),
     ]

@@ -37,9 +37,6 @@ class KNNClassifier(nn.Module):
         bank_labels: int64 [N], their labels.
     """
 
-    # Cosine similarity ignores a global scale of the features: te may fit it on rescaled features.
-    input_scale_invariant = True
-
     def __init__(self, in_features: int, num_classes: int, k: int = 20, temperature: float = 0.07) -> None:
         super().__init__()
         if int(k) < 1:

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 # How `te train` fits a trainable head (see HeadSpec.solver).
 SOLVERS = ("adamw", "lbfgs")
+# How a head takes features divided by one global scale, which te trains on for a better-conditioned fit
+# (see HeadSpec.input_scale).
+INPUT_SCALES = ("auto", "fold", "invariant", "raw")
 OPTION_TYPES = (int, float, bool, str)
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a text"}
 
@@ -121,8 +124,15 @@ class HeadSpec:
         search: options `te train --sweep` tries, e.g. {"k": (1, 5, 20)}, chosen on the val split.
         train_defaults: training hyper-parameters this head prefers over te's defaults
             (keys among "lr", "epochs", "weight_decay", "batch_size").
+        input_scale: whether `te train` may fit the head on features divided by one global scale (their
+            typical norm; better conditioned) and still save a head that takes raw features:
+            "invariant": a global scale of the features does not change the logits (cosine, k-NN);
+            "fold": the first layer is an `nn.Linear` (or the first of an `nn.Sequential`), whose weight te
+            divides by the scale after training (W x / s = (W / s) x); "raw": train on the raw features;
+            "auto" (the default): "fold" when the built head starts with an `nn.Linear`, else "raw".
+            `te plugins check` tests the declaration.
 
-    The last four are optional: a plugin that declares only name, build and options trains with AdamW.
+    All but name and build are optional: a plugin declaring only name, build and options trains with AdamW.
     """
 
     name: str
@@ -134,6 +144,7 @@ class HeadSpec:
     solver: str = "adamw"
     search: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     train_defaults: Mapping[str, Any] = field(default_factory=dict)
+    input_scale: str = "auto"
     option_specs: Mapping[str, Option] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -145,6 +156,9 @@ class HeadSpec:
             raise ValueError(f"head {self.name!r}: fit must be callable")
         if self.solver not in SOLVERS:
             raise ValueError(f"head {self.name!r}: solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if self.input_scale not in INPUT_SCALES:
+            raise ValueError(f"head {self.name!r}: input_scale must be one of {', '.join(INPUT_SCALES)}, got "
+                             f"{self.input_scale!r}")
         unknown = sorted(set(self.search) - set(self.options))
         if unknown:
             raise ValueError(f"head {self.name!r}: search names option(s) it does not declare: {', '.join(unknown)}")
@@ -187,3 +201,21 @@ class HeadSpec:
                 raise UsageError(f"head {self.name!r} option {name}={value!r}: expected {option.describe()} "
                                  f"(default {option.default!r})") from None
         return checked
+
+
+def first_linear(module: "nn.Module") -> "nn.Linear | None":
+    """The head's first layer when it is an `nn.Linear` (the module itself, or an `nn.Sequential`'s first)."""
+    from torch import nn
+
+    if isinstance(module, nn.Linear):
+        return module
+    if isinstance(module, nn.Sequential) and len(module) and isinstance(module[0], nn.Linear):
+        return module[0]
+    return None
+
+
+def input_scale_of(spec: HeadSpec, module: "nn.Module") -> str:
+    """The spec's `input_scale` with "auto" resolved on the built module: "fold", "invariant" or "raw"."""
+    if spec.input_scale != "auto":
+        return spec.input_scale
+    return "fold" if first_linear(module) is not None else "raw"

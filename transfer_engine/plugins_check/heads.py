@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from transfer_engine.heads.spec import HeadSpec
+from transfer_engine.heads.spec import HeadSpec, first_linear, input_scale_of
 from transfer_engine.plugins_check.onnx_check import check_onnx
 from transfer_engine.plugins_check.results import FAIL, PASS, SKIP, Recorder
 
@@ -61,8 +61,29 @@ def _fit(fit, head: torch.nn.Module) -> tuple[str, str]:
     return PASS, f"fit(module, features [{rows}, {IN_FEATURES}], labels [{rows}]) ran"
 
 
+def _input_scale(spec: HeadSpec, head: torch.nn.Module, features: torch.Tensor,
+                 logits: torch.Tensor) -> tuple[str, str]:
+    """Whether the head is what its `input_scale` says: te trains on features / s and relies on it."""
+    how = input_scale_of(spec, head)
+    declared = spec.input_scale if spec.input_scale == how else f"{spec.input_scale} -> {how}"
+    if how == "raw":
+        return PASS, f"{declared}: trained on raw features"
+    if how == "fold":
+        if first_linear(head) is None:
+            return FAIL, ("input_scale='fold' but the first layer is not an nn.Linear (or the first of an "
+                          "nn.Sequential): te could not fold the scale back in; declare 'raw'")
+        return PASS, f"{declared}: the first nn.Linear takes the scale back after training"
+    with torch.inference_mode():
+        scaled = head(features * 7.0)
+    if not torch.allclose(scaled, logits, rtol=1e-4, atol=1e-5):
+        diff = (scaled - logits).abs().max().item()
+        return FAIL, (f"input_scale='invariant' but features x 7 change the logits by up to {diff:.3g}: the saved "
+                      "head would be wrong on raw features; declare 'fold' or 'raw'")
+    return PASS, f"{declared}: features x 7 give the same logits"
+
+
 def check_head(spec: HeadSpec, rec: Recorder, *, onnx: bool = True) -> None:
-    """Run the head checks on `spec`: build, fit (when it declares one), forward, safetensors, onnx.
+    """Run the head checks on `spec`: build, fit (when it declares one), forward, input_scale, safetensors, onnx.
 
     Args:
         spec: the head's declaration.
@@ -109,6 +130,8 @@ def check_head(spec: HeadSpec, rec: Recorder, *, onnx: bool = True) -> None:
         for check in later[1:]:
             rec.add("head", spec.name, check, SKIP, "the forward check failed")
         return
+    rec.run("head", spec.name, "input_scale", lambda: _input_scale(spec, head, features, built["logits"]),
+            hint="HeadSpec.input_scale: 'invariant', 'fold' or 'raw' (see docs/plugins.md)")
     rec.run("head", spec.name, "safetensors", lambda: _round_trip(spec, head, features, built["logits"]))
     if onnx:
         rec.run("head", spec.name, "onnx", lambda: check_onnx(head, features, built["logits"]),

@@ -7,9 +7,9 @@
   (decoupled weight decay) and a cosine learning-rate schedule; lbfgs heads keep their objective there
   (Adam on loss + weight_decay / 2 * ||W||^2), so a streamed linear head solves the same problem.
 
-Heads are trained on features divided by one global scale (`TrainingData.scale`) when te can fold that
-scale back in afterwards (the first layer is an `nn.Linear`, or the head declares
-`input_scale_invariant = True`); the saved head always takes raw features.
+Heads are trained on features divided by one global scale (`TrainingData.scale`) when their
+`HeadSpec.input_scale` lets te undo it ("fold": the first `nn.Linear`'s weight is divided by the scale
+afterwards; "invariant": nothing to undo); the saved head always takes raw features.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transfer_engine.errors import TEError, UsageError
+from transfer_engine.heads.spec import first_linear, input_scale_of
 from transfer_engine.train import lbfgs
 from transfer_engine.train.metrics import evaluate
 
@@ -157,14 +158,15 @@ def fit_head(spec: "HeadSpec", data: "TrainingData", split: "Split", hp: HyperPa
         _, record = registry.lookup(spec.name)
         call_hook("head", spec.name, record, lambda: spec.fit(module, features, split.labels), "fit")
         return Fitted(module.eval(), "fit", [], time.perf_counter() - start, {"rows": len(split)})
-    scaled = _scale_foldable(module)
+    how = input_scale_of(spec, module)
+    scaled = how in ("fold", "invariant")
     if spec.solver == "lbfgs" and data.in_memory and type(module) is nn.Linear:
         fitted = _fit_linear_lbfgs(module, data, split, hp, device, val, warm, seed)
     elif spec.solver == "lbfgs" and data.in_memory:
         fitted = _fit_full_batch(module, data, split, hp, device, val, scaled)
     else:
         fitted = _fit_minibatch(module, spec.solver, data, split, hp, seed, device, val, scaled, log)
-    if scaled and fitted.solver != "lbfgs":
+    if how == "fold" and fitted.solver != "lbfgs":
         _fold_scale(fitted.module, data.scale)
     fitted.module = fitted.module.to("cpu").eval()
     fitted.seconds = time.perf_counter() - start
@@ -172,25 +174,14 @@ def fit_head(spec: "HeadSpec", data: "TrainingData", split: "Split", hp: HyperPa
 
 
 # -- the scale ------------------------------------------------------------------------------------------------
-def _first_linear(module: nn.Module) -> nn.Linear | None:
-    if isinstance(module, nn.Linear):
-        return module
-    if isinstance(module, nn.Sequential) and len(module) and isinstance(module[0], nn.Linear):
-        return module[0]
-    return None
-
-
-def _scale_foldable(module: nn.Module) -> bool:
-    """Whether a head trained on features / s can be made to take raw features afterwards."""
-    return bool(getattr(module, "input_scale_invariant", False)) or _first_linear(module) is not None
-
-
 @torch.no_grad()
 def _fold_scale(module: nn.Module, scale: float) -> None:
     """Turn a head trained on features / scale into one taking raw features (W x / s = (W / s) x)."""
-    first = _first_linear(module)
-    if first is not None and not getattr(module, "input_scale_invariant", False):
-        first.weight.div_(scale)
+    first = first_linear(module)
+    if first is None:
+        raise TEError("the head declares input_scale='fold' but its first layer is not an nn.Linear; declare "
+                      "'raw' (or 'invariant') in its HeadSpec")
+    first.weight.div_(scale)
 
 
 # -- solvers ---------------------------------------------------------------------------------------------------
