@@ -5,8 +5,6 @@ autocast, channels_last, gradient clipping, DDP through `Replica`.
 from __future__ import annotations
 
 import math
-import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from transfer_engine.core.choices import OPTIMIZERS
-from transfer_engine.errors import TEError, UsageError
+from transfer_engine.core.progress import ProgressLine
 from transfer_engine.core.runtime import autocast_context
+from transfer_engine.errors import TEError, UsageError
 from transfer_engine.finetune import data as fdata
 from transfer_engine.finetune.distributed import Replica, sum_tensor
 from transfer_engine.finetune.strategies import Block, Strategy, apply_phase, param_groups
@@ -212,29 +211,20 @@ class Trainer:
 
 
 class StepProgress:
-    """A progress line on stderr for the training steps: epoch, step, images/s, loss, ETA."""
+    """te finetune's progress line on stderr (drawn by `core.progress.ProgressLine`): epoch, step, images/s,
+    loss; `line()` prints an epoch's summary on a line of its own."""
 
     def __init__(self, enabled: bool, epochs: int, steps: int, every: float = 5.0) -> None:
         self.enabled, self.epochs, self.steps = enabled, epochs, steps
-        self.tty = sys.stderr.isatty()
-        self.every = 0.2 if self.tty else every
-        self.last = time.perf_counter()
+        self.out = ProgressLine(enabled=enabled, every=every)
 
     def update(self, epoch: int, step: int, images_per_second: float, loss: float) -> None:
-        now = time.perf_counter()
-        if not self.enabled or now - self.last < self.every:
+        if not self.out.due():
             return
-        self.last = now
         left = self.steps - step
-        line = (f"finetune: epoch {epoch + 1}/{self.epochs} step {step}/{self.steps} "
-                f"{images_per_second:.1f} img/s loss {loss:.4f}")
-        if self.tty:
-            sys.stderr.write("\r" + line.ljust(100))
-        else:
-            sys.stderr.write(line + (f" ({left} steps left in the epoch)" if left else "") + "\n")
-        sys.stderr.flush()
+        self.out.draw(f"finetune: epoch {epoch + 1}/{self.epochs} step {step}/{self.steps} "
+                      f"{images_per_second:.1f} img/s loss {loss:.4f}",
+                      plain_suffix=f" ({left} steps left in the epoch)" if left else "")
 
     def line(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write(("\r" + " " * 100 + "\r" if self.tty else "") + text + "\n")
-            sys.stderr.flush()
+        self.out.message(text)
