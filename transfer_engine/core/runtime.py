@@ -27,11 +27,13 @@ def resolve_device(device: str):
 
 
 def device_of_this_rank(device, world: int):
-    """`device`, or under torchrun with CUDA, this process's own GPU (LOCAL_RANK): one GPU per rank."""
+    """`device`, or under torchrun with CUDA, this process's own GPU (LOCAL_RANK), made the current
+    device: one GPU per rank."""
     import torch
 
     if device.type == "cuda" and world > 1:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     return device
 
 
@@ -69,11 +71,11 @@ def rank_and_world() -> tuple[int, int]:
     return torch_dist.get_rank(), torch_dist.get_world_size()
 
 
-def relaunch_under_torchrun(nproc: int, argv: list[str] | None = None) -> int:
-    """Run this same command (`argv`, default sys.argv[1:], less --nproc) under torchrun with `nproc`
-    processes on this machine; returns its exit code."""
+def relaunch_under_torchrun(nproc: int) -> int:
+    """Run this same command (sys.argv, less --nproc) under torchrun with `nproc` processes on this
+    machine; returns its exit code."""
     cleaned, skip = [], False
-    for a in sys.argv[1:] if argv is None else argv:
+    for a in sys.argv[1:]:
         if skip:
             skip = False
             continue

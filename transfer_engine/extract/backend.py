@@ -33,9 +33,9 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from transfer_engine.core.runtime import cpu_has_native_bf16
 from transfer_engine.errors import TEError, UsageError, first_line
 from transfer_engine.extract.engines import BACKEND_CHOICES, OrtEngine, TorchEngine, ort_available
-from transfer_engine.core.runtime import cpu_has_native_bf16
 from transfer_engine.extract.pipeline import PRECISIONS
 
 PRECISION_BOUND = 0.999

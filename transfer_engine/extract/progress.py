@@ -9,7 +9,6 @@ from transfer_engine.core.progress import ProgressLine
 class Progress:
     def __init__(self, total: int, *, enabled: bool = True, label: str = "", every: float = 5.0) -> None:
         self.total = total
-        self.enabled = enabled
         self.label = label
         self.done = self.reused = self.failed = 0
         self.out = ProgressLine(enabled=enabled, every=every)
@@ -31,5 +30,5 @@ class Progress:
                       f"failed {self.failed}) {rate:.1f} img/s {eta}".rstrip(), final=final)
 
     def close(self) -> None:
-        if self.enabled:
+        if self.out.enabled:
             self._draw(final=True)

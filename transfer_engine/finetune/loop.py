@@ -215,7 +215,7 @@ class StepProgress:
     loss; `line()` prints an epoch's summary on a line of its own."""
 
     def __init__(self, enabled: bool, epochs: int, steps: int, every: float = 5.0) -> None:
-        self.enabled, self.epochs, self.steps = enabled, epochs, steps
+        self.epochs, self.steps = epochs, steps
         self.out = ProgressLine(enabled=enabled, every=every)
 
     def update(self, epoch: int, step: int, images_per_second: float, loss: float) -> None:

@@ -134,8 +134,6 @@ def finetune(out: str | os.PathLike, config: FinetuneConfig | None = None, *, re
     if cfg.batch_size % world:
         raise UsageError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
     target = device_of_this_rank(resolve_device(cfg.device), world)
-    if target.type == "cuda" and world > 1:
-        torch.cuda.set_device(target)
     chosen, precision_reason = choose_precision(cfg.precision, target)
 
     torch.manual_seed(cfg.seed)

@@ -17,7 +17,7 @@ class Progress:
     """
 
     def __init__(self, total: int, *, enabled: bool = True, label: str = "", every: float = 5.0) -> None:
-        self.total, self.enabled, self.label = total, enabled, label
+        self.total, self.label = total, label
         self.done = self.failed = 0
         self.out = ProgressLine(enabled=enabled, every=every)
 
@@ -29,7 +29,7 @@ class Progress:
             self._draw(final=False)
 
     def close(self) -> None:
-        if self.enabled:
+        if self.out.enabled:
             self._draw(final=True)
 
     def _draw(self, final: bool) -> None:

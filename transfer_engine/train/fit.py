@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transfer_engine.core.runtime import cpu_has_native_bf16
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.heads.spec import first_linear, input_scale_of
 from transfer_engine.train import lbfgs
@@ -192,7 +193,7 @@ def _fit_linear_lbfgs(module: nn.Linear, data: "TrainingData", split: "Split", h
                          "no finite optimum on separable data)")
     x = split.features.to(device)
     y = split.labels.to(device)
-    low = device.type == "cpu" and _cpu_has_native_bf16()
+    low = device.type == "cpu" and cpu_has_native_bf16()
     problem = lbfgs.LinearProblem(x, y, data.num_classes, hp.weight_decay, scale=data.scale, low_precision=low,
                                   seed=seed)
     val_x = val.features.to(device) if val is not None else None
@@ -290,8 +291,3 @@ def _fit_minibatch(module: nn.Module, solver: str, data: "TrainingData", split: 
             log(f"  epoch {epoch + 1}/{hp.epochs}: train loss {train_loss:.4f}{extra}")
     return Fitted(module, "adam+l2" if penalized else "adamw", curve, 0.0, {"steps": steps})
 
-
-def _cpu_has_native_bf16() -> bool:
-    from transfer_engine.core.runtime import cpu_has_native_bf16
-
-    return cpu_has_native_bf16()

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from transfer_engine._durable import write_text_durably
+from transfer_engine.core.runtime import resolve_device
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.runs import HEAD_WEIGHTS, METRICS_JSON, RUN_JSON, BackboneRef, HeadRef, RunInfo, RunWriter
 from transfer_engine.runs.format import FITTED_ON_TRAIN_VAL, UNRECORDED_WEIGHTS
@@ -118,7 +119,6 @@ def train(cache: str | os.PathLike, head: str = "linear", out: str | os.PathLike
         UsageError: unknown head, bad options, a bad --out, and the data problems `load_training_data` names.
         TEError: NaN/inf features (CacheError), training that diverged.
     """
-    from transfer_engine.core.runtime import resolve_device
     from transfer_engine.heads import get_head_spec, list_heads
 
     started = time.perf_counter()
