@@ -12,7 +12,6 @@ from transfer_engine.cache.index import SpaceRow
 from transfer_engine.cache.records import check_keys
 from transfer_engine.cache.shards import shard_relpath
 from transfer_engine.cache.space import FeatureSpace
-from transfer_engine.cache.writer import ShardWriter
 from transfer_engine.errors import CacheError, UsageError
 
 if TYPE_CHECKING:
@@ -148,32 +147,8 @@ class CachedSpace:
         # Encoded before taking the lock, so a second writer's quantization overlaps this one's I/O.
         # Callers check `contains` before extracting, so rows that turn out present are rare waste.
         encoded = ops.encode_rows(chosen, self.stored).cpu().contiguous()
-        with self.cache.lock, self.cache.index.write():
-            self._keep_space_row()
-            self.cache.lease(self.id)
-            present = self.cache.index.locations(self._row.id, [keys[i] for i in first])
-            keep = [j for j, i in enumerate(first) if keys[i] not in present]
-            if not keep:
-                return 0
-            if len(keep) != len(first):
-                encoded = encoded[keep].contiguous()
-            kept_keys = [keys[first[j]] for j in keep]
-            writer = ShardWriter(self.cache.root, self.cache.index, self._row, self.cache.max_shard_bytes)
-            placed = writer.append(encoded.numpy().data, kept_keys)
-            self.cache.index.insert_rows(self._row.id, ((k, s, r) for k, (s, r) in zip(kept_keys, placed)))
-        return len(kept_keys)
-
-    def _keep_space_row(self) -> None:
-        """Put this space's row back when it is gone (a gc of an older te dropped it while this writer held
-        it): rows must never be written under a space the index does not have."""
-        index = self.cache.index
-        if index.space_by_id(self._row.id) is not None:
-            return
-        other = index.space(self.id)
-        if other is not None:  # re-created by someone else under a new id: write there
-            self._row = other
-            return
-        index.insert_space(self.id, self.dim, self.stored, self.row_bytes, self._row.config, space_id=self._row.id)
+        self._row, added = self.cache.append_encoded(self._row, [keys[i] for i in first], encoded.numpy().data)
+        return added
 
     def _check_features(self, keys: list[str], features: torch.Tensor) -> None:
         if not isinstance(features, torch.Tensor) or not features.is_floating_point():

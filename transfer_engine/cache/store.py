@@ -27,7 +27,7 @@ from transfer_engine.cache.lock import WriterLock
 from transfer_engine.cache.records import Dataset, Record, checked_records
 from transfer_engine.cache.shards import ShardMaps, shard_relpath
 from transfer_engine.cache.space import FORMAT_VERSION, FeatureSpace
-from transfer_engine.cache.writer import DEFAULT_SHARD_BYTES
+from transfer_engine.cache.writer import DEFAULT_SHARD_BYTES, ShardWriter
 from transfer_engine.errors import NotACacheError, TEError, UsageError
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ INDEX = "index.sqlite"
 LOCK = "writer.lock"
 FORMAT_NAME = "te-feature-cache"
 _OWN_ENTRIES = {MARKER, MARKER + ".tmp", INDEX, INDEX + "-wal", INDEX + "-shm", INDEX + "-journal", LOCK, "shards",
-                "artifacts"}
+                "artifacts", "nodes"}  # nodes/: the delta caches of a multi-machine te extract
 
 
 class FeatureCache:
@@ -163,16 +163,59 @@ class FeatureCache:
             space = FeatureSpace(**fields)
         elif fields:
             raise UsageError("give either a FeatureSpace or its fields, not both")
+        row = self.space_row(space, row_bytes(space.dim, space.stored))
+        return CachedSpace(self, row, space)
+
+    def space_row(self, space: FeatureSpace, row_bytes: int) -> SpaceRow:
+        """The index row of `space`, created (with a writer lease) when missing; needs no torch.
+
+        `row_bytes` is the width of one stored row (`ops.row_bytes(dim, stored)`), given by the caller
+        because computing it is the ops' business."""
         row = self.index.space(space.id)
         if row is None:
             with self.lock, self.index.write():
                 row = self.index.space(space.id)
                 if row is None:
-                    width = row_bytes(space.dim, space.stored)
-                    sid = self.index.insert_space(space.id, space.dim, space.stored, width, space.to_dict())
-                    row = SpaceRow(sid, space.id, space.dim, space.stored, width, space.to_dict())
+                    sid = self.index.insert_space(space.id, space.dim, space.stored, row_bytes, space.to_dict())
+                    row = SpaceRow(sid, space.id, space.dim, space.stored, row_bytes, space.to_dict())
                     self.lease(space.id)  # gc keeps the new, still empty space for this writer
-        return CachedSpace(self, row, space)
+        return row
+
+    def append_encoded(self, space: SpaceRow, keys: list[str], rows: bytes | memoryview) -> tuple[SpaceRow, int]:
+        """Store already encoded rows (`rows`: one whole row per key, back to back; keys distinct) of the
+        keys the space lacks, durably, in one transaction under the writer lock; needs no torch.
+
+        Returns:
+            (the space's index row, which is `space` unless a gc of an older te had dropped it and it was
+            put back; how many rows were added).
+        """
+        view = memoryview(rows).cast("B")
+        width = space.row_bytes
+        with self.lock, self.index.write():
+            space = self._keep_space_row(space)
+            self.lease(space.digest)
+            present = self.index.locations(space.id, keys)
+            keep = [i for i, k in enumerate(keys) if k not in present]
+            if not keep:
+                return space, 0
+            if len(keep) != len(keys):
+                view = memoryview(b"".join(view[i * width:(i + 1) * width] for i in keep))
+                keys = [keys[i] for i in keep]
+            placed = ShardWriter(self.root, self.index, space, self.max_shard_bytes).append(view, keys)
+            self.index.insert_rows(space.id, ((k, s, r) for k, (s, r) in zip(keys, placed)))
+        return space, len(keys)
+
+    def _keep_space_row(self, space: SpaceRow) -> SpaceRow:
+        """`space`, put back when it is gone (a gc of an older te dropped it while this writer held it):
+        rows must never be written under a space the index does not have."""
+        if self.index.space_by_id(space.id) is not None:
+            return space
+        other = self.index.space(space.digest)
+        if other is not None:  # re-created by someone else under a new id: write there
+            return other
+        self.index.insert_space(space.digest, space.dim, space.stored, space.row_bytes, space.config,
+                                space_id=space.id)
+        return space
 
     def spaces(self) -> list[FeatureSpace]:
         """Every space the cache holds, oldest first."""

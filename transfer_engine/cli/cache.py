@@ -1,6 +1,11 @@
-"""`te cache info|verify|repair|gc`: look inside a feature cache, check it, repair it, and clean it up."""
+"""`te cache info|verify|repair|gc|merge`: look inside a feature cache, check it, repair it, clean it up, and
+merge caches built apart."""
 
 from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
 
 import click
 
@@ -35,6 +40,7 @@ def cache() -> None:
       te cache verify features/ --json
       te cache repair features/
       te cache gc features/ --dry-run
+      te cache merge features/ laptop-features/ gpu-box-features/
     """
 
 
@@ -152,3 +158,61 @@ def gc(directory: str, dry_run: bool, as_json: bool) -> None:
     for space, pids in report.spaces_kept_for_writers.items():
         click.echo(f"  kept space {space[:12]} whole: a writer is still adding rows to it "
                    f"(pid {', '.join(map(str, pids))}); run gc again once it has finished")
+
+
+@cache.command("merge")
+@click.argument("dest", metavar="DEST", type=click.Path(file_okay=True, dir_okay=True))
+@click.argument("sources", metavar="SRC...", nargs=-1, required=True, type=click.Path(file_okay=True, dir_okay=True))
+@click.option("--rename", "on_conflict", flag_value="rename",
+              help="A source data set whose name DEST uses for other records is stored as NAME-2, NAME-3, ...")
+@click.option("--replace", "on_conflict", flag_value="replace",
+              help="A source data set whose name DEST uses for other records replaces DEST's.")
+@click.option("--dry-run", is_flag=True, help="Read and verify the sources; report what would be copied, write nothing.")
+@json_option
+def merge(dest: str, sources: tuple[str, ...], on_conflict: str | None, dry_run: bool, as_json: bool) -> None:
+    """Copy into DEST the rows, data sets and artifacts of each SRC cache that DEST lacks.
+
+    Rows are matched by content (same space, same key = same features), so nothing is copied twice and
+    running it again after an interruption copies only the rest. Source rows are verified while read: a
+    damaged one is reported and skipped, never copied. DEST is created when missing. A data set name that
+    DEST already uses for other records is an error unless --rename or --replace is given.
+    """
+    from transfer_engine.cache import FeatureCache
+    from transfer_engine.cache.merge import merge_caches
+
+    opened = []
+    stack = contextlib.ExitStack()
+    try:
+        for src in sources:
+            opened.append(_open(src))
+        if dry_run and not Path(dest).expanduser().exists():  # a dry run creates nothing: compare with empty
+            scratch = tempfile.TemporaryDirectory(prefix="te-merge-dry-run-")
+            stack.callback(scratch.cleanup)
+            target = FeatureCache.open(Path(scratch.name) / "cache")
+        else:
+            target = FeatureCache.open(dest)
+        opened.append(target)
+        say = None if as_json else (lambda line: click.echo(line, err=True))
+        report = merge_caches(target, opened[:-1], on_conflict=on_conflict or "error", dry_run=dry_run, progress=say)
+    finally:
+        for c in opened:
+            c.close()
+        stack.close()
+    report.dest = str(Path(dest).expanduser().absolute())
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    for d in report.datasets:
+        click.echo(f"data set {d.name!r} of {d.source}: {d.action} ({d.records} records)")
+    for s in report.spaces:
+        for problem in s.problems:
+            click.echo(f"DAMAGED  {problem}")
+    verb = "would copy" if dry_run else "copied"
+    rate = report.bytes_copied / report.seconds / 1e6 if report.seconds > 0 else 0.0
+    click.echo(f"{verb} {report.copied} rows ({_human(report.bytes_copied)}, {rate:.0f} MB/s), "
+               f"{sum(s.reused for s in report.spaces)} already in DEST, {report.skipped} damaged rows skipped, "
+               f"{report.artifacts_copied} artifacts, in {report.seconds:.1f} s")
+    if report.skipped:  # like cp: everything else was copied, and the exit status says what was not
+        raise CorruptCacheError(f"{report.skipped} damaged source rows were not copied (everything else was); "
+                                "`te cache verify` on the source names them, `te extract` into DEST extracts "
+                                "those images again")
