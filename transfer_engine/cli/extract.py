@@ -40,9 +40,12 @@ from transfer_engine.cli._common import emit_json, json_option, warn_skipped
                    "with the reason; links to what te reads anyway are always skipped: no image counts twice).")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes to split the work across (launches torchrun; gloo on CPU, NCCL on GPUs).")
+@click.option("--node-cache", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Under torchrun on several machines: where nodes 1..N-1 keep their delta caches until node 0 "
+                   "merges them (default: CACHE/nodes; node 0 must be able to read it). See docs/scale.md.")
 @json_option
 def extract(backbone, data, cache_dir, weights, name, batch_size, workers, device, precision, backend, store,
-            limit, strict, seed, follow_symlinks, nproc, as_json) -> None:
+            limit, strict, seed, follow_symlinks, nproc, node_cache, as_json) -> None:
     """Extract features of a data set into the feature cache, skipping images already there.
 
     Files are hashed first; only images whose content the cache lacks for this backbone, weights,
@@ -54,6 +57,7 @@ def extract(backbone, data, cache_dir, weights, name, batch_size, workers, devic
       te extract --backbone efficientnet_lite0 --data builtin:digits --cache feats/
       te extract --backbone resnet50 --data photos/ --cache feats/ --weights none --json
       te extract --backbone resnet50 --data photos/ --cache feats/ --nproc 2
+      torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --master-addr HOST0 -m transfer_engine extract ...
     """
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         from transfer_engine.core.runtime import relaunch_under_torchrun
@@ -63,7 +67,8 @@ def extract(backbone, data, cache_dir, weights, name, batch_size, workers, devic
 
     summary = run_extract(backbone, data, cache_dir, weights=weights, name=name, batch_size=batch_size,
                           workers=workers, device=device, precision=precision, backend=backend, store=store,
-                          limit=limit, strict=strict, seed=seed, follow_symlinks=follow_symlinks, progress=True)
+                          limit=limit, strict=strict, seed=seed, follow_symlinks=follow_symlinks,
+                          node_cache=node_cache, progress=True)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     warn_skipped(summary.failed)

@@ -81,6 +81,10 @@ class Choice:
     measured: dict[str, dict[str, Any]] = field(default_factory=dict)
     onnx: Path | None = None
 
+    def fields(self) -> dict[str, Any]:
+        """The decision as plain data (what the cache remembers, and what rank 0 sends the other nodes)."""
+        return {k: v for k, v in asdict(self).items() if k != "onnx"}
+
     def engine(self, backbone, device: torch.device, threads: int | None = None):
         """The engine that computes features this way."""
         if self.backend == "onnxruntime":
@@ -162,9 +166,17 @@ def choose(backend: str, precision: str, backbone, device: torch.device, cache, 
     choice = _calibrate(options, backbone, device, cache, batch, threads)
     if backend == "onnxruntime" and choice.backend != "onnxruntime":
         raise TEError(f"--backend onnxruntime: {choice.measured['onnxruntime fp32']['note']}; use --backend torch")
-    stored = {k: v for k, v in asdict(choice).items() if k != "onnx"}
     with cache.lock, cache.index.write():
-        cache.index.set_meta(key, json.dumps(stored, sort_keys=True))
+        cache.index.set_meta(key, json.dumps(choice.fields(), sort_keys=True))
+    return choice
+
+
+def adopt(fields: dict[str, Any], backbone, cache) -> Choice:
+    """Another process's decision (`Choice.fields()`), ready to run here: the exported model, when it
+    is onnxruntime, is taken from (or exported into) `cache`."""
+    choice = Choice(**fields)
+    if choice.backend == "onnxruntime":
+        choice.onnx = _exported(backbone, cache)
     return choice
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, NamedTuple
@@ -22,8 +23,9 @@ from transfer_engine.data.sources import (DataSource, Sample, content_key, defau
                                           recorded_data)
 from transfer_engine.errors import PluginError, TEError, UsageError
 from transfer_engine.extract import distributed as dist
+from transfer_engine.extract import nodes
 from transfer_engine.extract.pipeline import FeatureExtractor, Item
-from transfer_engine.extract.backend import calibration_batch, choose
+from transfer_engine.extract.backend import adopt, calibration_batch, choose
 from transfer_engine.extract.progress import Progress
 from transfer_engine.extract.spool import RecordSpool
 
@@ -63,7 +65,7 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
             name: str | None = None, batch_size: int | None = None, workers: int | None = None,
             device: str = "auto", precision: str = "auto", backend: str = "auto", store: str = "int8",
             limit: int | None = None, strict: bool = False, seed: int = 0, follow_symlinks: bool = False,
-            progress: bool = True) -> ExtractSummary:
+            node_cache: str | os.PathLike | None = None, progress: bool = True) -> ExtractSummary:
     """Extract features of `data` with `backbone` into the cache at `cache`.
 
     Args:
@@ -84,6 +86,8 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
         seed: seed of a random initialization (weights "none").
         follow_symlinks: in a folder, follow symlinks that lead out of it (te never does by default;
             see transfer_engine.data.walk for the rule).
+        node_cache: under torchrun across several machines, the folder of the nodes' delta caches (default
+            CACHE/nodes; it must be readable from node 0); see `transfer_engine.extract.nodes`.
         progress: show progress on stderr.
 
     Returns:
@@ -106,6 +110,7 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
         raise UsageError(f"--name {display_path(name)}: a data set's name must be valid UTF-8 text")
     dataset = name or default_dataset_name(source, data)
     rank, world = dist.rank_and_world()
+    layout = nodes.node_layout(world)
     # Count first (a listing, no reads), then stream: the sample list is never held in memory.
     counted = sum(1 for _ in _limited(source.samples(), limit))
     if not counted:
@@ -113,11 +118,15 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
 
     target = device_of_this_rank(resolve_device(device), world)
     bb = create_backbone(backbone, weights=weights, seed=seed)
-    cache_obj = FeatureCache.open(cache)
+    # Across machines, node k >= 1 writes its own delta cache: no index is ever opened from two hosts.
+    delta = nodes.delta_path(Path(cache), node_cache, layout) if layout.writes_delta else None
+    cache_obj = FeatureCache.open(delta or cache)
     try:
-        how = _choose_backend(backend, precision, bb, target, cache_obj, source, limit, rank, world)
+        how = _choose_backend(backend, precision, bb, target, cache_obj, source, limit, rank, world, layout)
         chosen = how.precision
-        space = _SpaceOnDemand(cache_obj, FeatureSpace.of_backbone(bb, stored=store, precision=chosen), bb)
+        config = FeatureSpace.of_backbone(bb, stored=store, precision=chosen)
+        present = nodes.shared_present_keys(cache_obj, config.id, rank) if layout.multi else None
+        space = _SpaceOnDemand(cache_obj, config, bb, also_present=present if delta else None)
         batch = batch_size or (128 if target.type == "cuda" else 32)
         threads = workers or min(8, os.cpu_count() or 1)
         meter = Progress(len(range(rank, counted, world)), enabled=progress and rank == 0, label=f"extract {bb.name}")
@@ -141,6 +150,8 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
             space.created()  # nothing extracted (all reused or failed): the data set still names its space
             ranks: list[_Tally] = dist.all_gathered(run.tally())
             total, extracted = sum(t.handled for t in ranks), sum(t.extracted for t in ranks)
+            if layout.multi:
+                _gather_node_deltas(cache_obj, layout, rank, config.id, present, delta)
             if world == 1:
                 outcome = _write_dataset(cache_obj, space, dataset, source.class_names, spool, ranks)
             else:
@@ -175,8 +186,9 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
 
 
 def _choose_backend(backend: str, precision: str, bb, target: torch.device, cache, source: DataSource,
-                    limit: int | None, rank: int, world: int):
-    """The backend decision; under torchrun rank 0 makes (or finds) it first and the others then find it."""
+                    limit: int | None, rank: int, world: int, layout: nodes.NodeLayout):
+    """The backend decision; under torchrun rank 0 makes (or finds) it first and the others then find it
+    (across machines they take rank 0's, so that every node computes features in the same space)."""
     def decide():
         return choose(backend, precision, bb, target, cache,
                       lambda: calibration_batch(bb, source, _limited(source.samples(), limit)),
@@ -184,6 +196,10 @@ def _choose_backend(backend: str, precision: str, bb, target: torch.device, cach
 
     if world == 1:
         return decide()
+    if layout.multi:
+        how = decide() if rank == 0 else None
+        decided = dist.from_rank0(how.fields() if how is not None else None)
+        return how if rank == 0 else adopt(decided, bb, cache)
     how = decide() if rank == 0 else None
     dist.barrier()
     return how if rank == 0 else decide()
@@ -197,11 +213,12 @@ class _SpaceOnDemand:
     created. The check runs on every batch, before anything is stored.
     """
 
-    def __init__(self, cache, config, backbone) -> None:
+    def __init__(self, cache, config, backbone, also_present=None) -> None:
         self.cache = cache
         self.config = config
         self.backbone = backbone
         self.id = config.id
+        self.also_present = also_present  # across machines: what the main cache held at the start
         self._space = cache.space(config) if self._exists() else None
 
     def _exists(self) -> bool:
@@ -216,7 +233,10 @@ class _SpaceOnDemand:
     def contains(self, keys: list[str]) -> list[bool]:
         if self._space is None and self._exists():  # another writer created it meanwhile
             self._space = self.cache.space(self.config)
-        return self._space.contains(keys) if self._space is not None else [False] * len(keys)
+        here = self._space.contains(keys) if self._space is not None else [False] * len(keys)
+        if self.also_present is None:
+            return here
+        return [a or b for a, b in zip(here, self.also_present.contains(keys))]
 
     def append(self, keys: list[str], features: torch.Tensor) -> int:
         """Store a batch once its shape is the backbone's declared [N, feature_dim].
@@ -366,12 +386,26 @@ def _merge_and_write(cache, space, dataset: str, class_names: list[str], spool: 
     The merge goes to a second spool first, so no collective runs while rank 0 holds the cache's
     write transaction (a rank that stalls then cannot keep the cache locked).
     """
+    records = dist.records_in_order(spool, spool.last_index)
+    if rank != 0:
+        for _ in records:  # takes part in the exchange; yields nothing here
+            pass
+        return None
     with RecordSpool(cache.root) as merged:
-        for record in dist.records_in_order(spool, spool.last_index):
+        for record in records:
             merged.write(*record)
-        if rank != 0:
-            return None
         return _write_dataset(cache, space, dataset, class_names, merged, ranks)
+
+
+def _gather_node_deltas(cache, layout: nodes.NodeLayout, rank: int, space_id: str, present, delta: Path | None) -> None:
+    """Across machines, once every rank has extracted: each node's rows go to rank 0, which commits them
+    to the main cache (before the data set that names them is written); then the nodes drop their deltas."""
+    nodes.stream_deltas(cache, layout, rank, space_id, present)
+    if delta is not None:
+        cache.close()
+    dist.barrier()  # no process of the node has the delta open any more
+    if delta is not None and layout.local_rank == 0:
+        nodes.remove_delta(delta)
 
 
 def _loader(source: DataSource, sample: Sample, key: str) -> Callable:
