@@ -14,7 +14,7 @@ import torch
 from transfer_engine.cache import FeatureCache, Record
 from transfer_engine.cache import merge as merge_module
 from transfer_engine.cache.merge import merge_caches
-from transfer_engine.cache.shards import HEADER_BYTES
+from transfer_engine.cache.shards import HEADER_BYTES, KEYS_HEADER_BYTES, SLOT_BYTES
 from transfer_engine.errors import UsageError
 
 from .conftest import WRITER_SCRIPT, keys_of, start_writer, wait_ready
@@ -79,6 +79,21 @@ def test_a_damaged_source_row_is_reported_and_never_copied(new_cache, wp):
     # to get it back
     (problem,) = dest.verify().problems
     assert "1 records name keys that have no row" in str(problem) and "te extract --name d" in str(problem)
+
+
+def test_a_damaged_key_slot_costs_no_row_when_its_block_proves_the_bytes(new_cache, wp):
+    src, dest = new_cache(), new_cache()
+    _fill(src, wp, range(600), dataset="d")
+    keys_file = sorted((src.root / "shards").glob("*/*.keys"))[0]
+    data = bytearray(keys_file.read_bytes())
+    data[KEYS_HEADER_BYTES + 10 * SLOT_BYTES + 37] ^= 0x01  # row 10's slot CRC
+    keys_file.write_bytes(bytes(data))
+
+    report = merge_caches(dest, [src])
+
+    assert (report.copied, report.skipped) == (600, 0)
+    assert dest.verify().ok  # row 10 went in with a fresh, correct slot
+    assert torch.equal(_rows(dest, wp, range(600)), _rows(src, wp, range(600)))
 
 
 def test_a_conflicting_data_set_name_is_refused_before_anything_is_written(new_cache, wp):

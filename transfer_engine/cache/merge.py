@@ -204,12 +204,12 @@ def _merge_space(dest: "FeatureCache", src: "FeatureCache", space: "SpaceRow", d
             found = dest.index.locations(existing.id, keys)
             return [k in found for k in keys]
     target = None
-    for keys, raw in read_space(src, space, done, skip=in_dest):
+    for keys, raw, slots in read_space(src, space, done, skip=in_dest):
         if dry_run:
             continue
         if target is None:
             target = dest.space_row(FeatureSpace.from_dict(space.config), space.row_bytes)
-        target, added = dest.append_encoded(target, keys, raw)
+        target, added = dest.append_encoded(target, keys, raw, slots)
         _count_stored(done, len(keys), added, space.row_bytes)
     return done
 
@@ -224,7 +224,8 @@ def _count_stored(done: SpaceMerge, offered: int, added: int, row_bytes: int) ->
 
 def read_space(src: "FeatureCache", space: "SpaceRow", done: SpaceMerge,
                skip: Callable[[list[str]], list[bool]] | None = None):
-    """Batches (keys, raw rows) of a source space's rows, each proven intact (see `_verified_rows`),
+    """Batches (keys, raw rows, key-file slots or None) of a source space's rows, each proven intact
+    (see `_verified_rows`),
     leaving out the keys for which `skip` says True (counted as reused); damaged rows are counted and
     named in `done`, the rows yielded counted as copied. Needs no torch: te extract's nodes use it to
     send their rows to rank 0."""
@@ -240,17 +241,23 @@ def read_space(src: "FeatureCache", space: "SpaceRow", done: SpaceMerge,
             wanted = [w for w, have in zip(wanted, flags) if not have]
         if not wanted:
             continue
-        for keys, raw in _verified_rows(src, space, shard, wanted, blocks[shard.id], done):
+        for keys, raw, slots in _verified_rows(src, space, shard, wanted, blocks[shard.id], done):
             done.copied += len(keys)
             done.bytes_copied += len(raw)
-            yield keys, raw
+            yield keys, raw, slots
 
 
 def _verified_rows(src: "FeatureCache", space: "SpaceRow", shard: "ShardRow", wanted: list[tuple[str, int]],
                    blocks: dict[int, tuple[int, int]], done: SpaceMerge):
-    """Batches (keys, raw rows) of the rows `wanted` ((key, row), by row) of one source shard, each row
-    proven intact: its block's CRC32 matches the index and its key-file slot names its key (a block
-    that fails is checked row by row against the key file's per-row CRC, so only damaged rows are lost)."""
+    """Batches (keys, raw rows, key-file slots or None) of the rows `wanted` ((key, row), by row) of one
+    source shard, each row proven intact and bound to its key.
+
+    With a key file (every shard te writes), a row's slot proves it alone: the slot names the key and its
+    CRC32 covers the slot and the row's bytes, so the slot is copied with the row. A row whose slot does
+    not check out is copied only when its block's CRC32 (from the source's index) proves its bytes, with
+    a fresh slot; shards from before key files are proven by blocks alone (fresh slots). Damaged rows
+    are counted and named in `done`, never yielded.
+    """
     width = space.row_bytes
     path = src.shard_path(space.digest, shard.id)
     rel = shardfile.shard_relpath(space.digest, shard.id)
@@ -259,54 +266,77 @@ def _verified_rows(src: "FeatureCache", space: "SpaceRow", shard: "ShardRow", wa
         _skip(done, f"{rel} rows {beyond[0]}-{beyond[-1]}: beyond its {shard.rows} committed rows; not copied",
               len(beyond))
         wanted = [(k, r) for k, r in wanted if r < shard.rows]
-    slots = _key_slots(src, shard, path, done)
+    slots = _key_slot_bytes(src, shard, path, done)
+    slot_bytes = shardfile.SLOT_BYTES
     per_batch = max(shardfile.BLOCK_ROWS, (BATCH_BYTES // width) // shardfile.BLOCK_ROWS * shardfile.BLOCK_ROWS)
-    i = 0
     try:
         fh = open(path, "rb")
     except OSError as exc:
         _skip(done, f"{rel}: {exc.strerror or exc}; its {len(wanted)} rows were not copied", len(wanted))
         return
+    i = 0
     with fh:
         while i < len(wanted):
-            first_block = wanted[i][1] // shardfile.BLOCK_ROWS
-            lo = first_block * shardfile.BLOCK_ROWS
+            lo = wanted[i][1] // shardfile.BLOCK_ROWS * shardfile.BLOCK_ROWS
             hi = min(lo + per_batch, shard.rows)
             fh.seek(shardfile.HEADER_BYTES + lo * width)
             data = memoryview(fh.read((hi - lo) * width))
             keys: list[str] = []
             out = bytearray()
+            out_slots: bytearray | None = bytearray() if slots is not None else None
             good_blocks: dict[int, bool] = {}
-            while i < len(wanted) and wanted[i][1] < hi:
-                key, row = wanted[i]
-                i += 1
+
+            def block_ok(row: int) -> bool:
                 block = row // shardfile.BLOCK_ROWS
                 if block not in good_blocks:
                     good_blocks[block] = _block_ok(data, lo, block, blocks.get(block), width, shard.rows)
+                return good_blocks[block]
+
+            while i < len(wanted) and wanted[i][1] < hi:
+                key, row = wanted[i]
+                i += 1
                 offset = (row - lo) * width
                 piece = data[offset:offset + width]
-                slot = slots[row] if slots is not None and row < len(slots) else None
-                why = _row_problem(key, piece, width, good_blocks[block], slot, slots is not None)
-                if why:
-                    _skip(done, f"{rel} row {row}: {why}; not copied", 1)
+                if len(piece) != width:
+                    _skip(done, f"{rel} row {row}: the shard file ends before it; not copied", 1)
                     continue
+                if slots is None:  # a shard from before key files: its block proves the bytes
+                    if not block_ok(row):
+                        _skip(done, f"{rel} row {row}: its block's checksum does not match (no key file to "
+                                    "check the row alone); not copied", 1)
+                        continue
+                else:
+                    slot = slots[row * slot_bytes:(row + 1) * slot_bytes]
+                    field, length = shardfile.key_field(key)
+                    if len(slot) == slot_bytes and slot[32] == length and slot[:32] != field:
+                        _skip(done, f"{rel} row {row}: the index names it for another key than the row was "
+                                    "written for; not copied", 1)
+                        continue
+                    if (len(slot) == slot_bytes and slot[:32] == field and slot[32] == length
+                            and zlib.crc32(piece, zlib.crc32(slot[:36])) == int.from_bytes(slot[36:], "little")):
+                        out_slots += slot
+                    elif block_ok(row):  # the bytes are sound, their slot is not: a fresh one goes with them
+                        out_slots += shardfile.key_slots([key], piece, width)
+                    else:
+                        _skip(done, f"{rel} row {row}: its bytes do not match their checksum; not copied", 1)
+                        continue
                 keys.append(key)
                 out += piece
             if keys:
-                yield keys, bytes(out)
+                yield keys, bytes(out), (bytes(out_slots) if out_slots is not None else None)
 
 
-def _key_slots(src: "FeatureCache", shard: "ShardRow", path: Path, done: SpaceMerge):
-    """The shard's key-file slots, or None for a shard written before te kept key files (its rows are
-    then proven by their block CRCs alone); a lost or damaged key file is reported and proves nothing."""
+def _key_slot_bytes(src: "FeatureCache", shard: "ShardRow", path: Path, done: SpaceMerge) -> bytes | None:
+    """The slot area of the shard's key file, or None for a shard written before te kept key files; a
+    lost or damaged key file is reported and proves nothing (b"": every row then needs its block)."""
     if not has_key_file(src.index, shard.id):
         return None
     try:
-        return shardfile.read_key_slots(shardfile.keys_path(path), shard.rows)
+        return shardfile.read_key_slot_bytes(shardfile.keys_path(path), shard.rows)
     except (OSError, CorruptCacheError) as exc:
         done.problems.append(f"{shardfile.keys_relpath(done.space, shard.id)}: unreadable ({exc}); "
                              "its rows are copied only where their block checksums hold")
-        return []
+        return b""
 
 
 def _block_ok(data: memoryview, lo: int, block: int, recorded: tuple[int, int] | None, width: int,
@@ -318,21 +348,6 @@ def _block_ok(data: memoryview, lo: int, block: int, recorded: tuple[int, int] |
     count = min(rows, committed - block * shardfile.BLOCK_ROWS)
     piece = data[start:start + count * width]
     return len(piece) == count * width == rows * width and zlib.crc32(piece) == crc
-
-
-def _row_problem(key: str, piece: memoryview, width: int, block_ok: bool, slot, keyed: bool) -> str | None:
-    """Why a row may not be copied, or None when it is proven intact and bound to `key`."""
-    if len(piece) != width:
-        return "the shard file ends before it"
-    if keyed:
-        if slot is None:
-            return "its key-file slot is missing" if not block_ok else None
-        if not slot.holds(key):
-            return "the index names it for another key than the row was written for"
-        if not block_ok and not slot.matches(piece):
-            return "its bytes do not match their checksum"
-        return None
-    return None if block_ok else "its block's checksum does not match (no key file to check the row alone)"
 
 
 def _skip(done: SpaceMerge, problem: str, rows: int) -> None:

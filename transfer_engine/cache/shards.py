@@ -205,12 +205,19 @@ def read_key_slots(path: Path, rows: int) -> list[KeySlot]:
         FileNotFoundError: there is no key file (a shard written before te kept them, or a lost one).
         CorruptCacheError: the file's header is not a key file's.
     """
+    data = read_key_slot_bytes(path, rows)
+    return [KeySlot(*_SLOT.unpack_from(data, i * SLOT_BYTES)) for i in range(len(data) // SLOT_BYTES)]
+
+
+def read_key_slot_bytes(path: Path, rows: int) -> bytes:
+    """The raw slot area of a key file's first `rows` rows (shorter when the file is), header checked;
+    what a merge copies, slot by slot, once each checks out against its row (`read_key_slots` parses)."""
     with open(path, "rb") as f:
         head = f.read(KEYS_HEADER_BYTES)
         data = f.read(rows * SLOT_BYTES)
     if len(head) < KEYS_HEADER_BYTES or _KEYS_HEADER.unpack(head) != (KEYS_MAGIC, KEYS_VERSION, SLOT_BYTES):
         raise CorruptCacheError(f"{path.name}: not a te key file (bad header)")
-    return [KeySlot(*_SLOT.unpack_from(data, i * SLOT_BYTES)) for i in range(len(data) // SLOT_BYTES)]
+    return data
 
 
 def read_space_file(folder: Path) -> dict | None:

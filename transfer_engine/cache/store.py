@@ -25,7 +25,7 @@ from transfer_engine.cache import artifacts, leases
 from transfer_engine.cache.index import Index, SpaceRow
 from transfer_engine.cache.lock import WriterLock
 from transfer_engine.cache.records import Dataset, Record, checked_records
-from transfer_engine.cache.shards import ShardMaps, shard_relpath
+from transfer_engine.cache.shards import SLOT_BYTES, ShardMaps, shard_relpath
 from transfer_engine.cache.space import FORMAT_VERSION, FeatureSpace
 from transfer_engine.cache.writer import DEFAULT_SHARD_BYTES, ShardWriter
 from transfer_engine.errors import NotACacheError, TEError, UsageError
@@ -181,9 +181,11 @@ class FeatureCache:
                     self.lease(space.id)  # gc keeps the new, still empty space for this writer
         return row
 
-    def append_encoded(self, space: SpaceRow, keys: list[str], rows: bytes | memoryview) -> tuple[SpaceRow, int]:
+    def append_encoded(self, space: SpaceRow, keys: list[str], rows: bytes | memoryview,
+                       slots: bytes | None = None) -> tuple[SpaceRow, int]:
         """Store already encoded rows (`rows`: one whole row per key, back to back; keys distinct) of the
         keys the space lacks, durably, in one transaction under the writer lock; needs no torch.
+        `slots`: their key-file slots, when the caller has checked ones (see `ShardWriter.append`).
 
         Returns:
             (the space's index row, which is `space` unless a gc of an older te had dropped it and it was
@@ -201,8 +203,11 @@ class FeatureCache:
             if len(keep) != len(keys):
                 view = memoryview(b"".join(view[i * width:(i + 1) * width] for i in keep))
                 keys = [keys[i] for i in keep]
-            placed = ShardWriter(self.root, self.index, space, self.max_shard_bytes).append(view, keys)
-            self.index.insert_rows(space.id, ((k, s, r) for k, (s, r) in zip(keys, placed)))
+                if slots is not None:
+                    slots = b"".join(slots[i * SLOT_BYTES:(i + 1) * SLOT_BYTES] for i in keep)
+            placed = ShardWriter(self.root, self.index, space, self.max_shard_bytes).append(view, keys, slots)
+            # by key: sqlite's b-tree takes sorted inserts several times faster than random ones
+            self.index.insert_rows(space.id, sorted(zip(keys, (s for s, _ in placed), (r for _, r in placed))))
         return space, len(keys)
 
     def _keep_space_row(self, space: SpaceRow) -> SpaceRow:

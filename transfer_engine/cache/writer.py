@@ -48,10 +48,12 @@ class ShardWriter:
         self.space = space
         self.capacity = max(1, int(max_shard_bytes) // space.row_bytes)
 
-    def append(self, raw: bytes | memoryview, keys: list[str]) -> list[tuple[int, int]]:
+    def append(self, raw: bytes | memoryview, keys: list[str], slots: bytes | None = None) -> list[tuple[int, int]]:
         """Write rows (`raw` holds whole rows back to back, one per key) durably; return (shard, row) of each.
 
-        The index is updated in the open transaction; nothing is visible to readers until it commits.
+        `slots`: the rows' key-file slots when the caller has them already, checked (a merge copies them
+        from its source); computed from keys and rows otherwise. The index is updated in the open
+        transaction; nothing is visible to readers until it commits.
         """
         width = self.space.row_bytes
         view = memoryview(raw).cast("B")
@@ -67,9 +69,12 @@ class ShardWriter:
             take = min(len(view) // width, capacity - committed)
             chunk, view = view[: take * width], view[take * width:]
             chunk_keys, keys = keys[:take], keys[take:]
+            chunk_slots = None
+            if slots is not None:
+                chunk_slots, slots = slots[:take * shards.SLOT_BYTES], slots[take * shards.SLOT_BYTES:]
             path = self.root / shards.shard_relpath(self.space.digest, shard_id)
             shards.write_rows(path, committed, chunk, width)
-            self._write_keys(shard_id, path, committed, chunk_keys, chunk)
+            self._write_keys(shard_id, path, committed, chunk_keys, chunk, chunk_slots)
             partial = self.index.partial_block(shard_id, committed, shards.BLOCK_ROWS)
             self.index.put_blocks(shard_id, shards.extend_block_checksums(committed, chunk, width, partial))
             total = committed + take
@@ -79,14 +84,17 @@ class ShardWriter:
             placed.extend((shard_id, row) for row in range(committed, total))
         return placed
 
-    def _write_keys(self, shard_id: int, path: Path, first_row: int, keys: list[str], chunk: memoryview) -> None:
+    def _write_keys(self, shard_id: int, path: Path, first_row: int, keys: list[str], chunk: memoryview,
+                    slots: bytes | None = None) -> None:
         if not has_key_file(self.index, shard_id):
             return  # a shard begun before te kept key files: its rows' binding stays unverifiable
         target = shards.keys_path(path)
         if not target.exists():
             raise CorruptCacheError(f"{target.relative_to(self.root)} is missing; run `te cache verify {self.root}` "
                                     f"and `te cache repair {self.root}`")
-        shards.write_key_slots(target, first_row, shards.key_slots(keys, chunk, self.space.row_bytes))
+        if slots is None:
+            slots = shards.key_slots(keys, chunk, self.space.row_bytes)
+        shards.write_key_slots(target, first_row, slots)
 
     def _new_shard(self) -> int:
         shard_id = self.index.insert_shard(self.space.id, self.capacity)

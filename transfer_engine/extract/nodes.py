@@ -146,18 +146,18 @@ def stream_deltas(cache: "FeatureCache", layout: NodeLayout, rank: int, space_id
                 if kind == "done":
                     reports.extend(payload[0])
                     break
-                digest, config, row_bytes, keys, raw = payload
+                digest, config, row_bytes, keys, raw, slots = payload
                 if digest not in rows:
                     rows[digest] = cache.space_row(FeatureSpace.from_dict(config), row_bytes)
-                rows[digest], _ = cache.append_encoded(rows[digest], keys, raw)
+                rows[digest], _ = cache.append_encoded(rows[digest], keys, raw, slots)
     elif rank in senders:
         done_spaces = []
         for space in cache.index.spaces():
             done = SpaceMerge(f"{layout.host}-node{layout.node}", space.digest, str(space.config.get("backbone")))
             skip = present.contains if space.digest == space_id else None
-            for keys, raw in read_space(cache, space, done, skip=skip):
-                torch_dist.send_object_list([("rows", space.digest, space.config, space.row_bytes, keys, raw)],
-                                            dst=0)
+            for keys, raw, slots in read_space(cache, space, done, skip=skip):
+                torch_dist.send_object_list([("rows", space.digest, space.config, space.row_bytes, keys, raw,
+                                              slots)], dst=0)
             done_spaces.append(asdict(done))
         torch_dist.send_object_list([("done", done_spaces)], dst=0)
     dist.barrier()  # CACHE has committed every row: the deltas may go
