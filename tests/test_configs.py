@@ -1,5 +1,6 @@
-"""#17: te finetune's settings are one typed, frozen config. Its defaults are the CLI's (nothing is spelt
-twice), its choice lists are the CLI's, and a wrong value is one usage line before any model work."""
+"""#17: te finetune's and te train's settings are typed, frozen configs. Their defaults are the CLI's
+(nothing is spelt twice), their choice lists are the CLI's, and a wrong value is one usage line before
+any model work."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 
 from transfer_engine.cli.finetune import finetune as finetune_command
 from transfer_engine.core import choices
-from transfer_engine.core.configs import FinetuneConfig
+from transfer_engine.cli.train import train as train_command
+from transfer_engine.core.configs import FinetuneConfig, TrainConfig
 from transfer_engine.errors import UsageError
 
 
@@ -70,3 +72,39 @@ def test_the_config_is_frozen_and_needs_no_torch():
     code = ("import sys; from transfer_engine.core.configs import FinetuneConfig; "
             "FinetuneConfig(from_run_dir='r'); assert 'torch' not in sys.modules")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_every_train_config_field_is_a_te_train_option_with_the_same_default():
+    params = {p.name: p for p in train_command.params}
+    for f in dataclasses.fields(TrainConfig):
+        name = {"cache": "cache_dir", "options": "option_pairs"}.get(f.name, f.name)
+        assert name in params, f"--{f.name.replace('_', '-')} missing from te train"
+        if f.name in ("cache", "head"):
+            assert params[name].required  # no default on the command line
+        elif f.name == "options":
+            assert params[name].multiple  # --option KEY=VALUE, repeatable; none by default
+        elif getattr(params[name], "is_flag", False):
+            assert f.default is False, f.name  # a flag is off unless given
+        else:
+            assert params[name].default == f.default, f.name
+    assert tuple(params["device"].type.choices) == choices.DEVICES
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"sweep": True, "weight_decay": 1e-3}, "exclude each other"),
+    ({"head": "all", "options": {"hidden": 8}}, "head options apply to one head"),
+    ({"device": "tpu"}, "--device must be one of auto, cpu, cuda"),
+    ({"epochs": 0}, "--epochs must be at least 1"),
+    ({"lr": -1.0}, "--lr must be positive"),
+])
+def test_a_wrong_train_setting_is_one_usage_error_when_the_config_is_made(fields, message):
+    with pytest.raises(UsageError, match=message):
+        TrainConfig(cache="feats", **fields)
+
+
+def test_train_fits_one_head_and_train_all_returns_the_leaderboard(tmp_path):
+    from transfer_engine.train import train
+
+    with pytest.raises(UsageError, match="train_all"):  # one return type each; refused before any work
+        train(TrainConfig(cache=str(tmp_path / "none"), head="all"), out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -113,7 +113,7 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
     from transfer_engine.finetune import finetune
     from transfer_engine.heads import list_heads
     from transfer_engine.predict.runner import predict
-    from transfer_engine.train import train
+    from transfer_engine.train import train_all
 
     started = time.perf_counter()
     steps: list[str] = []
@@ -145,8 +145,8 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
     step(2, f"te extract {chosen} ({summary.weights} weights) on builtin:digits ({summary.total} real handwritten "
             f"digits, {summary.classes} classes): {how}")
 
-    board = train(cache_dir, head="all", out=runs / "heads", dataset="digits", sweep=True, overwrite=True,
-                  progress=progress)
+    board = train_all(cache_dir, out=runs / "heads", dataset="digits", sweep=True, overwrite=True,
+                      progress=progress)
     rows = board.to_dict()["leaderboard"]
     table = ", ".join(f"{r['head']} {_pct(r['val_accuracy'])}/{_pct(r['test_accuracy'])}" for r in rows)
     best = board.best

@@ -11,7 +11,7 @@ import torch
 from transfer_engine.cache import FeatureCache
 from transfer_engine.errors import WeightsError
 from transfer_engine.runs import HEAD_WEIGHTS, METRICS_JSON, RUN_JSON, Run
-from transfer_engine.train import LEADERBOARD_JSON, train
+from transfer_engine.train import LEADERBOARD_JSON, train, train_all
 
 from .conftest import FIXTURE, fill_cache
 
@@ -85,7 +85,7 @@ def test_the_run_rebuilds_backbone_and_head_into_one_model_for_images(digit_cach
 
 
 def test_every_head_and_a_leaderboard(digit_cache, tmp_path):
-    board = train(digit_cache, head="all", out=tmp_path / "all", epochs=3, progress=False)
+    board = train_all(digit_cache, out=tmp_path / "all", epochs=3, progress=False)
     heads = [r.head for r in board]
     assert {"linear", "mlp", "cosine", "knn"} <= set(heads)
     accuracies = [r.metrics["val_accuracy"] for r in board]

@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, json_option, table
+from transfer_engine.core.choices import DEVICES
+from transfer_engine.core.configs import TrainConfig
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict:
@@ -48,9 +50,9 @@ def _parse_options(pairs: tuple[str, ...]) -> dict:
               help="Rows per minibatch (default 256).")
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
               help="A head option, e.g. --option hidden=1024 (repeatable; te heads lists them).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default=TrainConfig.default("device"), show_default=True,
               help="Where to train.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=int, default=TrainConfig.default("seed"), show_default=True,
               help="Seeds initialization, dropout and batch order: the same seed repeats a run exactly (CPU).")
 @click.option("--memory-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="GB",
               help="GiB of float32 features to hold in memory (default: a quarter of RAM); beyond it they "
@@ -72,23 +74,28 @@ def train(cache_dir, dataset, backbone, space, head, out, epochs, lr, weight_dec
       te train --cache feats/ --backbone resnet50 --head all --sweep --out runs/all
     """
     from transfer_engine.train import train as run_train
+    from transfer_engine.train import train_all
 
-    result = run_train(cache_dir, head=head, out=out, dataset=dataset, backbone=backbone, space=space, epochs=epochs,
-                       lr=lr, weight_decay=weight_decay, sweep=sweep, batch_size=batch_size,
-                       options=_parse_options(option_pairs), device=device, seed=seed,
-                       memory_budget=int(memory_budget * 2**30) if memory_budget else None, overwrite=overwrite,
-                       progress=True)
-    if as_json:
-        emit_json(result.to_dict())
-        return
-    if isinstance(result, list):  # the leaderboard of --head all
-        board = result.to_dict()
+    cfg = TrainConfig(cache=cache_dir, head=head, dataset=dataset, backbone=backbone, space=space, epochs=epochs,
+                      lr=lr, weight_decay=weight_decay, sweep=sweep, batch_size=batch_size,
+                      options=_parse_options(option_pairs), device=device, seed=seed,
+                      memory_budget=int(memory_budget * 2**30) if memory_budget else None)
+    if cfg.every_head:
+        board_result = train_all(cfg, out=out, overwrite=overwrite, progress=True)
+        if as_json:
+            emit_json(board_result.to_dict())
+            return
+        board = board_result.to_dict()
         table([(r["rank"], r["head"], _pct(r["val_accuracy"]), _pct(r["test_accuracy"]), _pct(r["train_accuracy"]),
                 f"{r['seconds']:.1f}") for r in board["leaderboard"]],
               ["rank", "head", "val acc", "test acc", "train acc", "seconds"])
         for failure in board["failed"]:
             click.echo(f"{failure['head']}: failed: {failure['error']}")
-        click.echo(f"best: {board['best']}; runs and leaderboard.json in {result.out}")
+        click.echo(f"best: {board['best']}; runs and leaderboard.json in {board_result.out}")
+        return
+    result = run_train(cfg, out=out, overwrite=overwrite, progress=True)
+    if as_json:
+        emit_json(result.to_dict())
         return
     m = result.metrics
     click.echo(f"{m['head']} on {m['dataset']} ({m['backbone']} features): train {_pct(m['train_accuracy'])}, "

@@ -1,6 +1,6 @@
 """Typed, frozen run configurations (no torch): built once (from the CLI, or from keywords in Python),
 validated in `__post_init__`, passed whole. Defaults live here and nowhere else: the CLI reads its
-defaults from `FinetuneConfig`'s fields.
+defaults from the configs' fields (`TrainConfig` for te train, `FinetuneConfig` for te finetune).
 """
 
 from __future__ import annotations
@@ -18,8 +18,82 @@ FIXED_EPOCHS = 2
 FIXED_LR = 3e-4
 
 
+ALL_HEADS = "all"  # te train --head all: every installed head, and a leaderboard
+
+
+class _Defaults:
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of field `name` (what the CLI shows)."""
+        for f in fields(cls):
+            if f.name == name:
+                return f.default
+        raise KeyError(name)
+
+
 @dataclass(frozen=True)
-class FinetuneConfig:
+class TrainConfig(_Defaults):
+    """What `te train` is asked to do: which cached features, which head(s), how to fit them.
+
+    Attributes:
+        cache: the feature cache directory (`te extract --cache DIR`).
+        head: a head name (`te heads`), or "all" for every installed head (`train_all`).
+        dataset: the data set in the cache (None: its only one).
+        backbone: use this backbone's space (None: the one space holding the data set).
+        space: a space id or prefix (`te cache info`), when several spaces hold the data set.
+        epochs: passes of minibatch training (None: per head).
+        lr: learning rate of minibatch training (None: per head).
+        weight_decay: L2 penalty / AdamW weight decay (None: per head); not with `sweep`.
+        sweep: search weight decay (and lr, and the head's declared options) on val, then refit on
+            train+val.
+        batch_size: rows per minibatch (None: 256).
+        options: the head's build options, e.g. {"hidden": 1024} for mlp (not with "all").
+        device: "auto", "cpu" or "cuda".
+        seed: seeds initialization, dropout and minibatch order; the same seed gives the same run.
+        memory_budget: bytes of float32 features to hold in memory (None: a quarter of RAM); beyond it,
+            features stream from the cache through the gather loader.
+    """
+
+    cache: str
+    head: str = "linear"
+    dataset: str | None = None
+    backbone: str | None = None
+    space: str | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    sweep: bool = False
+    batch_size: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    seed: int = 0
+    memory_budget: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cache", str(self.cache))
+        object.__setattr__(self, "options", dict(self.options or {}))
+        if self.sweep and self.weight_decay is not None:
+            raise UsageError("--weight-decay and --sweep exclude each other: the sweep chooses the weight decay")
+        if self.head == ALL_HEADS and self.options:
+            raise UsageError("head options apply to one head; with --head all every head uses its defaults")
+        for name, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be at least 1, got {value}")
+        for name, value in (("--lr", self.lr), ("--memory-budget", self.memory_budget)):
+            if value is not None and not value > 0:
+                raise UsageError(f"{name} must be positive, got {value}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise UsageError(f"--weight-decay must be at least 0, got {self.weight_decay}")
+        if self.device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+    @property
+    def every_head(self) -> bool:
+        return self.head == ALL_HEADS
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(_Defaults):
     """What `te finetune` is asked to do: either `from_run_dir` or `backbone` + `data` + `head`.
 
     Attributes:
@@ -141,11 +215,3 @@ class FinetuneConfig:
         """This config as one fixed recipe (the defaults filled in where epochs or lr is missing)."""
         changes = {"epochs": self.epochs or FIXED_EPOCHS, "lr": self.lr or FIXED_LR, **changes}
         return replace(self, recipe="fixed", **changes)
-
-    @classmethod
-    def default(cls, name: str) -> Any:
-        """The default of field `name` (what the CLI shows)."""
-        for f in fields(cls):
-            if f.name == name:
-                return f.default
-        raise KeyError(name)

@@ -3,12 +3,16 @@
     >>> from transfer_engine.train import train                                   # doctest: +SKIP
     >>> result = train("feats/", head="linear", out="runs/linear", sweep=True)    # doctest: +SKIP
     >>> result.metrics["test_accuracy"], result.run                               # doctest: +SKIP
-    >>> board = train("feats/", head="all", out="runs/all")                       # best first  # doctest: +SKIP
+    >>> board = train_all("feats/", out="runs/all")                               # best first  # doctest: +SKIP
+    >>> cfg = TrainConfig(cache="feats/", head="mlp", sweep=True)                 # doctest: +SKIP
+    >>> train(cfg, out="runs/mlp"), train(cfg, seed=1, out="runs/mlp-seed1")      # doctest: +SKIP
 
 Modules: data (splits from the cache, in memory or streamed), fit (one fit of one head), lbfgs (the
-linear head's full-batch solver), sweep (hyper-parameter search on val), metrics, plots, runner (`train`).
+linear head's full-batch solver), sweep (hyper-parameter search on val), metrics, plots, runner (`train`,
+`train_all`). The configuration is `transfer_engine.core.configs.TrainConfig`.
 """
 
-from transfer_engine.train.runner import ALL, LEADERBOARD_JSON, Leaderboard, TrainResult, train
+from transfer_engine.core.configs import TrainConfig
+from transfer_engine.train.runner import ALL, LEADERBOARD_JSON, Leaderboard, TrainResult, train, train_all
 
-__all__ = ["ALL", "LEADERBOARD_JSON", "Leaderboard", "TrainResult", "train"]
+__all__ = ["ALL", "LEADERBOARD_JSON", "Leaderboard", "TrainConfig", "TrainResult", "train", "train_all"]

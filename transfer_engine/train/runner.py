@@ -15,13 +15,15 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from transfer_engine._durable import write_text_durably
+from transfer_engine.core.configs import ALL_HEADS as ALL
+from transfer_engine.core.configs import TrainConfig
 from transfer_engine.core.runtime import resolve_device
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.runs import HEAD_WEIGHTS, METRICS_JSON, RUN_JSON, BackboneRef, HeadRef, RunInfo, RunWriter
@@ -34,7 +36,6 @@ from transfer_engine.train.metrics import Evaluation, evaluate
 from transfer_engine.train.sweep import SweepResult, run_sweep
 
 LEADERBOARD_JSON = "leaderboard.json"
-ALL = "all"
 
 
 @dataclass
@@ -81,79 +82,101 @@ class Leaderboard(list):
                 "out": str(self.out)}
 
 
-def train(cache: str | os.PathLike, head: str = "linear", out: str | os.PathLike = "run", *,
-          dataset: str | None = None, backbone: str | None = None, space: str | None = None,
-          epochs: int | None = None, lr: float | None = None, weight_decay: float | None = None,
-          sweep: bool = False, batch_size: int | None = None, options: dict[str, Any] | None = None,
-          device: str = "auto", seed: int = 0, memory_budget: int | None = None, overwrite: bool = False,
-          progress: bool = True) -> TrainResult | Leaderboard:
-    """Fit head `head` on the cached features of a data set and write the run directory `out`.
+def train(cache: "str | os.PathLike | TrainConfig", head: str | None = None, out: str | os.PathLike = "run", *,
+          overwrite: bool = False, progress: bool = True, **fields: Any) -> TrainResult:
+    """Fit one head on the cached features of a data set and write the run directory `out`.
 
     Trains on the train split, selects on val, reports test when the data set has one.
 
     Args:
-        cache: the feature cache directory (`te extract --cache DIR`).
-        head: a head name (`te heads`), or "all" for every installed head and a leaderboard.
-        out: the run directory to create (with "all": a directory for one run per head).
-        dataset: the data set in the cache (None: its only one).
-        backbone: use this backbone's space (None: the one space holding the data set).
-        space: a space id or prefix (`te cache info`), when several spaces hold the data set.
-        epochs: passes of minibatch training (default per head).
-        lr: learning rate of minibatch training (default per head).
-        weight_decay: L2 penalty / AdamW weight decay (default per head); not with `sweep`.
-        sweep: search weight decay (and lr, and the head's declared options) on val, then refit on
-            train+val.
-        batch_size: rows per minibatch (default 256).
-        options: the head's build options, e.g. {"hidden": 1024} for mlp (not with "all").
-        device: "auto", "cpu" or "cuda".
-        seed: seeds initialization, dropout and minibatch order; the same seed gives the same run.
-        memory_budget: bytes of float32 features to hold in memory (None: a quarter of RAM); beyond
-            it, features stream from the cache through the gather loader.
+        cache: the feature cache directory, or a whole `core.configs.TrainConfig` (whose docstring
+            describes every field: dataset, backbone, space, epochs, lr, weight_decay, sweep, batch_size,
+            options, device, seed, memory_budget, given here as keywords `fields`, which also override
+            those of a config given).
+        head: a head name (`te heads`); every head and a leaderboard: `train_all`.
+        out: the run directory to create.
         overwrite: replace a run already at `out`.
         progress: progress lines on stderr.
 
     Returns:
-        A `TrainResult`, or a `Leaderboard` (a list of them, best first) for head="all".
+        The `TrainResult`.
 
     Raises:
-        UsageError: unknown head, bad options, a bad --out, and the data problems `load_training_data` names.
+        UsageError: unknown head (or "all": use `train_all`), bad options, a bad --out, and the data
+            problems `load_training_data` names.
         TEError: NaN/inf features (CacheError), training that diverged.
     """
-    from transfer_engine.heads import get_head_spec, list_heads
+    cfg = _config(cache, head, fields)
+    if cfg.every_head:
+        raise UsageError("train() fits one head; train_all() fits every head and returns their leaderboard")
+    results, _ = _train_heads(cfg, [cfg.head], Path(out), many=False, overwrite=overwrite, progress=progress)
+    return results[0]
+
+
+def train_all(cache: "str | os.PathLike | TrainConfig", out: str | os.PathLike = "run", *, overwrite: bool = False,
+              progress: bool = True, **fields: Any) -> Leaderboard:
+    """Fit every installed head (`te train --head all`): OUT/<head>/ per head, then OUT/leaderboard.json.
+
+    Arguments as for `train` (no `head`, no head `options`). A head that fails is listed in the
+    leaderboard's `failed` with its error, and the others go on.
+
+    Returns:
+        The `Leaderboard`: the `TrainResult`s, best first by val accuracy (then val loss).
+    """
+    from transfer_engine.heads import list_heads
+
+    cfg = _config(cache, ALL, fields)
+    out_path = Path(out).expanduser().absolute()
+    results, failed = _train_heads(cfg, list_heads(), out_path, many=True, overwrite=overwrite, progress=progress)
+    board = Leaderboard(sorted(results, key=lambda r: (-r.metrics["val_accuracy"], r.metrics["val_loss"])),
+                        out_path, failed)
+    # Last, and durably: its presence says every head was tried.
+    write_text_durably(out_path / LEADERBOARD_JSON, json.dumps(board.to_dict(), indent=2) + "\n")
+    return board
+
+
+def _config(cache, head: str | None, fields: dict[str, Any]) -> TrainConfig:
+    if isinstance(cache, TrainConfig):
+        changes = {**fields, **({"head": head} if head is not None else {})}
+        return replace(cache, **changes) if changes else cache
+    return TrainConfig(cache=cache, **({"head": head} if head is not None else {}), **fields)
+
+
+def _train_heads(cfg: TrainConfig, names: list[str], out_path: Path, *, many: bool, overwrite: bool,
+                 progress: bool) -> tuple[list[TrainResult], list[dict[str, str]]]:
+    """Train each head of `names` into its run; returns (results, failures). With `many`, a head's failure
+    is recorded and the next head goes on; otherwise it propagates."""
+    from transfer_engine.heads import get_head_spec
 
     started = time.perf_counter()
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
-    if sweep and weight_decay is not None:
-        raise UsageError("--weight-decay and --sweep exclude each other: the sweep chooses the weight decay")
-    names = list_heads() if head == ALL else [head]
-    if head == ALL and options:
-        raise UsageError("head options apply to one head; with --head all every head uses its defaults")
     specs = [get_head_spec(name) for name in names]
     for spec in specs:  # checked for every head before any work: a typo must not cost the heads before it
-        default_hyperparameters(spec, lr=lr, epochs=epochs, weight_decay=weight_decay, batch_size=batch_size,
-                                options=options)
-    target = resolve_device(device)
-    out_path = Path(out).expanduser().absolute()
-    writers = _prepare_out(out_path, names, head == ALL, overwrite)
+        default_hyperparameters(spec, lr=cfg.lr, epochs=cfg.epochs, weight_decay=cfg.weight_decay,
+                                batch_size=cfg.batch_size, options=cfg.options)
+    target = resolve_device(cfg.device)
+    out_path = out_path.expanduser().absolute()
+    writers = _prepare_out(out_path, names, many, overwrite)
     try:
-        data = load_training_data(cache, dataset=dataset, backbone=backbone, space=space,
-                                  memory_budget=memory_budget, log=log)
+        data = load_training_data(cfg.cache, dataset=cfg.dataset, backbone=cfg.backbone, space=cfg.space,
+                                  memory_budget=cfg.memory_budget, log=log)
     except BaseException:
         for w in writers.values():
             w.abort()
         raise
+    results, failed = [], []
     try:
-        results, failed = [], []
         for spec in specs:
             writer = writers[spec.name]
-            hp = default_hyperparameters(spec, lr=lr, epochs=epochs, weight_decay=weight_decay, batch_size=batch_size,
-                                         options=options, train_rows=len(data.splits["train"]))
+            hp = default_hyperparameters(spec, lr=cfg.lr, epochs=cfg.epochs, weight_decay=cfg.weight_decay,
+                                         batch_size=cfg.batch_size, options=cfg.options,
+                                         train_rows=len(data.splits["train"]))
             try:
                 with writer:
-                    results.append(_train_one(spec, data, hp, writer, sweep=sweep, fixed_lr=lr is not None,
-                                              seed=seed, device=target, log=log, started=started))
+                    results.append(_train_one(spec, data, hp, writer, sweep=cfg.sweep, fixed_lr=cfg.lr is not None,
+                                              seed=cfg.seed, device=target, log=log, started=started))
             except TEError as exc:
-                if head != ALL:
+                if not many:
                     raise
                 failed.append({"head": spec.name, "error": str(exc)})
                 log(f"te: warning: head {spec.name} failed: {exc}")
@@ -163,13 +186,7 @@ def train(cache: str | os.PathLike, head: str = "linear", out: str | os.PathLike
         for w in writers.values():
             if not w.committed:
                 w.abort()
-    if head != ALL:
-        return results[0]
-    board = Leaderboard(sorted(results, key=lambda r: (-r.metrics["val_accuracy"], r.metrics["val_loss"])),
-                        out_path, failed)
-    # Last, and durably: its presence says every head was tried.
-    write_text_durably(out_path / LEADERBOARD_JSON, json.dumps(board.to_dict(), indent=2) + "\n")
-    return board
+    return results, failed
 
 
 def _prepare_out(out: Path, names: list[str], many: bool, overwrite: bool) -> dict[str, RunWriter]:
