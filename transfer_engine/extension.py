@@ -12,6 +12,7 @@ import sys
 import threading
 from types import ModuleType
 
+from transfer_engine.core.env import env_flag
 from transfer_engine.errors import ExtensionError
 
 BUILD_HINT = (
@@ -27,7 +28,7 @@ _warned = False
 
 
 def _require() -> bool:
-    return os.environ.get("TE_REQUIRE_EXT", "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag("TE_REQUIRE_EXT")
 
 
 def load() -> ModuleType | None:

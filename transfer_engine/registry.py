@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
+from transfer_engine.core.env import env_flag
 from transfer_engine.errors import DuplicateNameError, PluginError, TEError, UnknownNameError, UsageError
 
 OWN_DISTRIBUTION = "transfer-engine"
@@ -85,7 +86,7 @@ class PluginRecord:
 
 
 def _autoload_disabled() -> bool:
-    return os.environ.get("TE_DISABLE_PLUGIN_AUTOLOAD", "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag("TE_DISABLE_PLUGIN_AUTOLOAD")
 
 
 def _forced_plugins() -> set[str]:

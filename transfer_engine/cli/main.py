@@ -14,6 +14,7 @@ import click
 from transfer_engine._version import __version__
 from transfer_engine.cli import (backbones, bench, cache, compare, demo, export, extract, finetune, heads, info, plugins,
                                  predict, train)
+from transfer_engine.core.env import env_flag
 from transfer_engine.errors import TEError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -73,7 +74,7 @@ for command in COMMANDS:
 
 
 def _debug() -> bool:
-    return os.environ.get("TE_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag("TE_DEBUG")
 
 
 def main(argv: list[str] | None = None) -> int:

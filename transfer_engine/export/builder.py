@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from transfer_engine.errors import UsageError
+from transfer_engine.errors import UsageError, first_line
 from transfer_engine.export import parity
 from transfer_engine.export.images import ImageSet
 from transfer_engine.export.metadata import InputSpec, input_spec, metadata_for, write_with_metadata
@@ -207,7 +207,7 @@ class Builder:
                 failure = (None if diff <= ref.logit_tolerance else
                            f"logits differ by up to {diff:.3g} > tolerance {ref.logit_tolerance:.3g}")
             except Exception as exc:  # e.g. a graph that only accepts its example's batch size
-                diff, failure = None, f"onnxruntime failed: {str(exc).strip().splitlines()[0][:200]}"
+                diff, failure = None, f"onnxruntime failed: {first_line(exc, 200)}"
             out[str(b)] = self._judge(f"fp32 at batch size {b} on {provider}", {"max_abs_diff": diff}, failure)
         return out
 

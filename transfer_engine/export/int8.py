@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from transfer_engine.core import cpu
-from transfer_engine.errors import TEError
+from transfer_engine.errors import TEError, first_line
 from transfer_engine.export.quantize import QuantizationError
 from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP, Int8Recipe
 from transfer_engine.export.runtime import CPU, import_ort, open_session, quiet_stdout, run_grouped
@@ -340,9 +340,7 @@ class _tool_errors:
     def __exit__(self, kind, exc, tb) -> bool:
         if exc is None or isinstance(exc, TEError) or not isinstance(exc, Exception):
             return False
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise QuantizationError(f"onnxruntime could not quantize the model ({self.what}): {first[:300]}") from exc
+        raise QuantizationError(f"onnxruntime could not quantize the model ({self.what}): {first_line(exc)}") from exc
 
 
 __all__ = ["Int8Outcome", "QuantizationError", "quantize_within_budget"]

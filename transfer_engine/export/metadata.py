@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transfer_engine.errors import UsageError
+from transfer_engine.errors import UsageError, first_line
 
 if TYPE_CHECKING:
     import onnx
@@ -165,8 +165,7 @@ def load_model(path: str | os.PathLike, what: str = "model") -> "onnx.ModelProto
     try:
         model = onnx.load(str(p))
     except Exception as exc:  # protobuf DecodeError, or an external-data file that is missing
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{p} is not an ONNX model ({first[:200]})") from None
+        raise UsageError(f"{p} is not an ONNX model ({first_line(exc, 200)})") from None
     # Protobuf parses many byte strings without complaint; a real model has a version and a graph.
     if model.ir_version <= 0 or not model.graph.node or not model.graph.input:
         raise UsageError(f"{p} is not an ONNX model (no graph in it)")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from transfer_engine.errors import TEError, UsageError
+from transfer_engine.errors import TEError, UsageError, first_line
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -98,9 +98,8 @@ def open_session(model: str, provider: str, threads: int | None = None) -> Sessi
             session = ort.InferenceSession(model, sess_options=options,
                                            providers=[(p, _OPTIONS.get(p, {})) for p in chain])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RuntimeUnavailableError(f"onnxruntime {ort.__version__} cannot load {model} on {provider}: "
-                                      f"{first[:300]}") from None
+                                      f"{first_line(exc)}") from None
     got = session.get_providers()[0]
     note = "" if got == provider else f"{provider} did not start (no usable GPU or CUDA libraries); fell back to {got}"
     return Session(session, got, note, [i.name for i in session.get_inputs()],

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from transfer_engine.errors import first_line
 from transfer_engine.export.onnx_export import DEFAULT_OPSET
 from transfer_engine.plugins_check.results import PASS
 
@@ -89,6 +90,5 @@ def check_onnx(model: nn.Module, example: torch.Tensor, expected: torch.Tensor) 
 
 
 def _line(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = text.split("  [Caused by", 1)[0]  # the TorchScript exporter appends a graph excerpt
+    text = first_line(exc, limit=10_000).split("  [Caused by", 1)[0]  # the TorchScript exporter appends a graph excerpt
     return text if len(text) <= limit else text[: limit - 3] + "..."

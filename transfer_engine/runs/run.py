@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from transfer_engine.errors import UsageError, WeightsError
+from transfer_engine.errors import UsageError, WeightsError, first_line
 from transfer_engine.runs.format import (
     HEAD_WEIGHTS,
     METRICS_JSON,
@@ -165,5 +165,4 @@ def _load(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UsageError(f"{what}: the saved weights do not fit the model ({first})") from None
+        raise UsageError(f"{what}: the saved weights do not fit the model ({first_line(exc)})") from None
