@@ -108,3 +108,21 @@ def test_train_fits_one_head_and_train_all_returns_the_leaderboard(tmp_path):
     with pytest.raises(UsageError, match="train_all"):  # one return type each; refused before any work
         train(TrainConfig(cache=str(tmp_path / "none"), head="all"), out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_every_choice_the_cli_offers_is_a_list_from_core_choices():
+    from transfer_engine.cli.main import cli as te_main
+
+    from transfer_engine.export.recipes import INT8_TARGETS  # the keys of the int8 recipe table itself
+
+    lists = {tuple(v) for k, v in vars(choices).items() if k.isupper() and isinstance(v, tuple)} | {INT8_TARGETS}
+
+    def commands(group):
+        for command in group.commands.values():
+            yield from commands(command) if isinstance(command, click.Group) else [command]
+
+    offered = [(command.name, p.name, tuple(p.type.choices)) for command in commands(te_main)
+               for p in command.params if isinstance(p.type, click.Choice)]
+    assert len(offered) >= 12  # device, precision, backend, store, strategy, layout, provider, ...
+    stray = [o for o in offered if o[2] not in lists]
+    assert not stray, f"choice lists spelt outside transfer_engine/core/choices.py: {stray}"

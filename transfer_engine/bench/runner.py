@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from transfer_engine.core.choices import BENCH_SUITES
 from transfer_engine.errors import UsageError
 
-SUITES = ("quick", "full")
+SUITES = BENCH_SUITES
 SCRIPT_PREFIX = "bench_"
 # Extra rows that derive a figure from a benchmark's row and a ceiling measured in the same run.
 FLOP_KEY = "gflop_per_unit"

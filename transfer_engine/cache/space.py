@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
+from transfer_engine.core.choices import COMPUTE_PRECISIONS, STORED_DTYPES
 from transfer_engine.errors import UsageError
 
 if TYPE_CHECKING:
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
 # matching new ones instead of being read wrongly.
 FORMAT_VERSION = 1
 
-# Kept here (not imported from transfer_engine.ops) so that `te cache --help` needs no torch.
-STORED_DTYPES = ("fp32", "fp16", "int8")
-COMPUTE_PRECISIONS = ("fp32", "fp16", "bf16", "tf32")
 
 
 def canonical_json(obj: Any) -> str:

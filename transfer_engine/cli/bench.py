@@ -7,10 +7,11 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, info, json_option
+from transfer_engine.core.choices import BENCH_SUITES
 
 
 @click.command("bench")
-@click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
+@click.option("--suite", type=click.Choice(BENCH_SUITES), default="quick", show_default=True,
               help="quick: small sizes, minutes on a 2-core CPU; full: the sizes the targets name (ResNet-50).")
 @click.option("--only", metavar="NAME,...", default=None,
               help="Run only these benchmarks (names of benchmarks/bench_NAME.py, comma-separated).")

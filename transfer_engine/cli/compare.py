@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from transfer_engine.cli._common import emit_json, json_option
+from transfer_engine.core.choices import BACKEND_CHOICES
 
 
 @click.command("compare")
@@ -19,7 +20,7 @@ from transfer_engine.cli._common import emit_json, json_option
 @click.option("--name", default=None, metavar="NAME", help="The data set's name in the cache (default: as te extract).")
 @click.option("--quick", is_flag=True, help="Rank by LogME alone: no probe is fitted (seconds per backbone).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N", help="Only the first N images.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="Extraction backend, as te extract takes it.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inits and the probes.")
 @json_option

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, info, json_option, table
+from transfer_engine.core.choices import EXPORTERS, LAYOUTS, QUANTIZE
 from transfer_engine.export.recipes import DEFAULT_INT8_TARGET, DEFAULT_MIN_SPEEDUP, INT8_TARGETS
 
 
@@ -26,11 +27,11 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="FILE.onnx",
               help="The model to write (the quantized one with --quantize; fp32 goes beside it as FILE.fp32.onnx).")
 @click.option("--opset", type=int, default=18, show_default=True, metavar="N", help="ONNX opset to write.")
-@click.option("--quantize", type=click.Choice(["int8", "fp16"]), default=None,
+@click.option("--quantize", type=click.Choice(QUANTIZE), default=None,
               help="int8: static QDQ, per-channel, calibrated on train images (CPU); fp16: for GPUs.")
 @click.option("--preprocess", is_flag=True,
               help="Bake resize/crop/normalize into the graph: the model takes uint8 RGB images of any size.")
-@click.option("--layout", type=click.Choice(["nhwc", "nchw"]), default="nhwc", show_default=True,
+@click.option("--layout", type=click.Choice(LAYOUTS), default=LAYOUTS[0], show_default=True,
               help="Layout of the uint8 input with --preprocess.")
 @click.option("--split", is_flag=True,
               help="Also write FILE.backbone.onnx (images -> features) and FILE.head.onnx (features -> logits).")
@@ -52,7 +53,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @click.option("--min-int8-speedup", type=click.FloatRange(0.0, 100.0, max_open=True), default=DEFAULT_MIN_SPEEDUP,
               show_default=True, metavar="R",
               help="Refuse int8 that is not R times as fast as fp32 at batch 32 on this CPU (0: no speed rule).")
-@click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
+@click.option("--exporter", type=click.Choice(EXPORTERS), default="auto", show_default=True,
               help="torch.onnx exporter; auto: TorchScript for opsets <= 20 (3-25x faster here), else dynamo.")
 @click.option("--overwrite", is_flag=True, help="Replace files already at --out.")
 @json_option

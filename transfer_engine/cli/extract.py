@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, json_option, warn_skipped
+from transfer_engine.core.choices import BACKEND_CHOICES, DEFAULT_STORE, DEVICES, PRECISION_CHOICES, STORED_DTYPES
 
 
 @click.command("extract")
@@ -24,13 +25,13 @@ from transfer_engine.cli._common import emit_json, json_option, warn_skipped
               help="Images per forward pass (default: 32 on CPU, 128 on CUDA).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
               help="Decode/transform threads (default: CPU count, at most 8).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
               help="Compute precision; auto = fastest that keeps every feature within cosine 0.999 of fp32.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="What computes the features; auto = fastest measured on 8 of your images whose features "
                    "stay within bound of PyTorch fp32 (remembered in the cache).")
-@click.option("--store", type=click.Choice(["int8", "fp16", "fp32"]), default="int8", show_default=True,
+@click.option("--store", type=click.Choice(STORED_DTYPES), default=DEFAULT_STORE, show_default=True,
               help="How rows are stored: int8 with a per-row scale (4x smaller), fp16 or fp32.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N", help="Only the first N images.")
 @click.option("--strict", is_flag=True, help="Exit 1 when any file cannot be read or decoded.")

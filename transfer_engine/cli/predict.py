@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, info, json_option, warn_skipped
+from transfer_engine.core.choices import PREDICT_PROVIDERS
 
 
 @click.command("predict")
@@ -16,7 +17,7 @@ from transfer_engine.cli._common import emit_json, info, json_option, warn_skipp
                    "manifest, or builtin:digits.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, metavar="FILE.csv|FILE.jsonl",
               help="Write the predictions there (default: print them).")
-@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+@click.option("--provider", type=click.Choice(PREDICT_PROVIDERS), default="auto", show_default=True,
               help="onnxruntime provider; auto = CUDA when onnxruntime-gpu and a GPU are present, else CPU.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, metavar="N",
               help="Images per onnxruntime call.")

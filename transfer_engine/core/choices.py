@@ -1,15 +1,30 @@
 """Every fixed list of choices a command offers, once (no torch): the CLI builds its click.Choice from
 these and the code checks against the same tuples, so adding a value is one edit.
-
-Lists owned by the extract/cache/export layers still live beside their code; they move here as those
-modules are touched (issue #17).
 """
 
 from __future__ import annotations
 
 DEVICES = ("auto", "cpu", "cuda")
+# How cache rows are stored. The position is the code the compiled ops take (csrc/stored_rows.h): append
+# only, never reorder.
+STORED_DTYPES = ("fp32", "fp16", "int8")
+DEFAULT_STORE = "int8"
+# The compute precision of a forward pass, as a feature space records it (tf32: CUDA matmuls).
+COMPUTE_PRECISIONS = ("fp32", "fp16", "bf16", "tf32")
+# te extract / te compare
+EXTRACT_BACKENDS = ("torch", "onnxruntime")
+BACKEND_CHOICES = ("auto", *EXTRACT_BACKENDS)
+EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISION_CHOICES = ("auto", *EXTRACT_PRECISIONS)  # te extract, te compare, te finetune
+# te export / te predict
+QUANTIZE = ("int8", "fp16")
+LAYOUTS = ("nhwc", "nchw")  # of the uint8 image input; nhwc (numpy/PIL/OpenCV arrays) is the default
+EXPORTERS = ("auto", "torchscript", "dynamo")
+PREDICT_PROVIDERS = ("auto", "cuda", "cpu")
 # te finetune
-FINETUNE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FINETUNE_PRECISIONS = PRECISION_CHOICES
+# te bench
+BENCH_SUITES = ("quick", "full")
 STRATEGIES = ("freeze", "no_freeze", "freeze_unfreeze", "unfreeze_milestones")
 OPTIMIZERS = ("adamw", "sgd")
 AUGMENTS = ("crop+flip", "crop", "none")

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from transfer_engine._durable import makedirs_durably, replace_durably, write_text_durably
+from transfer_engine.core.choices import LAYOUTS, QUANTIZE
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.export import parity
 from transfer_engine.export.builder import Builder
@@ -209,10 +210,10 @@ def _check_arguments(out: Path, quantize: str | None, layout: str, batch_sizes: 
         raise UsageError(f"--out {out}: expected a file name ending in .onnx")
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; expected a file name ending in .onnx")
-    if quantize not in (None, "int8", "fp16"):
-        raise UsageError(f"--quantize {quantize!r}: expected int8 or fp16")
-    if layout not in ("nhwc", "nchw"):
-        raise UsageError(f"--layout {layout!r}: expected nhwc or nchw")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise UsageError(f"--quantize {quantize!r}: expected {' or '.join(QUANTIZE)}")
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout {layout!r}: expected {' or '.join(LAYOUTS)}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise UsageError(f"--batch-sizes {','.join(map(str, batch_sizes))}: expected positive integers, e.g. 1,8")
     if check_size < 1 or calibration_size < 1:

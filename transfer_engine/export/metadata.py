@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from transfer_engine.core.choices import LAYOUTS  # noqa: F401  (the module's API)
 from transfer_engine.errors import UsageError, first_line
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ VERSION = 1
 PREFIX = "te."
 PARTS = ("model", "backbone", "head")
 VARIANTS = ("fp32", "int8", "fp16")
-LAYOUTS = ("nchw", "nhwc")
 
 
 @dataclass

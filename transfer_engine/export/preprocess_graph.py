@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from transfer_engine.core.choices import LAYOUTS
 from transfer_engine.errors import UsageError
 
 if TYPE_CHECKING:
@@ -86,8 +87,8 @@ def preprocess_model(spec: "PreprocessSpec", layout: str, opset: int, ir_version
 
     if opset < MIN_OPSET:
         raise UsageError(f"--preprocess needs --opset {MIN_OPSET} or later (antialiased Resize), got {opset}")
-    if layout not in ("nhwc", "nchw"):
-        raise UsageError(f"--layout {layout!r}: expected nhwc or nchw")
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout {layout!r}: expected {' or '.join(LAYOUTS)}")
     g = _Graph()
     x = g.node("Cast", [input_name], "float", to=TensorProto.FLOAT)
     if layout == "nhwc":

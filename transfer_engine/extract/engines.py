@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 
 from transfer_engine.backbones.spec import Backbone
+from transfer_engine.core.choices import BACKEND_CHOICES, EXTRACT_BACKENDS as BACKENDS  # noqa: F401  (the module's API)
 from transfer_engine.core.runtime import autocast_context
 
-BACKENDS = ("torch", "onnxruntime")
-BACKEND_CHOICES = ("auto", *BACKENDS)
 
 
 def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:

@@ -15,9 +15,9 @@ import torch
 
 from transfer_engine._prefetch import prefetched
 from transfer_engine.backbones.spec import Backbone
+from transfer_engine.core.choices import EXTRACT_PRECISIONS as PRECISIONS
 from transfer_engine.extract.engines import TorchEngine
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass

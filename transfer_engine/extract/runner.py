@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import torch
 
 from transfer_engine.cache.records import display_path
+from transfer_engine.core.choices import STORED_DTYPES
 from transfer_engine.core.runtime import device_of_this_rank, resolve_device
 from transfer_engine.data.sources import (DataSource, Sample, content_key, default_dataset_name, derived_split, open_source,
                                           recorded_data)
@@ -29,7 +30,7 @@ from transfer_engine.extract.backend import adopt, calibration_batch, choose
 from transfer_engine.extract.progress import Progress
 from transfer_engine.extract.spool import RecordSpool
 
-STORES = ("int8", "fp16", "fp32")
+STORES = STORED_DTYPES
 CHUNK = 512  # keys asked of the cache at once
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from transfer_engine.core.choices import STORED_DTYPES  # positions are the compiled ops' codes
+
 
 def _check_rows(x: torch.Tensor, op: str) -> None:
     if x.dim() != 2:
@@ -38,7 +40,6 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # fp32: D little-endian float32 | fp16: D float16 | int8: D int8 codes, then the row's float32 scale.
 # Fixed width per (D, stored dtype), so row r of a shard starts at r * row_bytes: no index per row.
 
-STORED_DTYPES = ("fp32", "fp16", "int8")
 
 
 def row_bytes(dim: int, stored: str) -> int:
