@@ -90,3 +90,23 @@ def test_changed_backbone_weights_are_detected(tmp_path, backbone):
     (tmp_path / "run" / RUN_JSON).write_text(json.dumps(info))
     with pytest.raises(WeightsError, match="other weights"):
         Run.open(tmp_path / "run").build_backbone()
+
+
+def test_a_run_reads_back_the_records_it_was_trained_on_or_says_why_not(tmp_path, backbone):
+    import dataclasses
+    import shutil
+
+    from transfer_engine.cache import FeatureCache, Record
+
+    with FeatureCache.open(tmp_path / "feats") as cache:
+        cache.put_dataset("d", [Record(f"img{i}.png", f"{i:064x}", i % 3, "train") for i in range(5)],
+                          ["a", "b", "c"])
+        stored = cache.dataset("d").records
+    _write(tmp_path / "run", backbone)
+    run = Run.open(tmp_path / "run")
+    run.info = dataclasses.replace(run.info, dataset={"cache": str(tmp_path / "feats"), "name": "d", "data": "x"})
+    assert run.cached_records() == (stored, "")
+
+    shutil.rmtree(tmp_path / "feats")  # moved away: te finetune refuses, te export derives splits and says so
+    records, why = run.cached_records()
+    assert records is None and "data set 'd' of the cache" in why and "does not exist" in why

@@ -22,7 +22,7 @@ from transfer_engine.data.files import read_image_file
 from transfer_engine.data.sources import (DataSource, Sample, check_read_limits, content_key, derived_split,
                                           locate_recorded_data, open_source)
 from transfer_engine.data.walk import IMAGE_EXTENSIONS, FolderWalk
-from transfer_engine.errors import TEError, UsageError
+from transfer_engine.errors import UsageError
 
 HELD_OUT = ("test", "val")
 
@@ -146,7 +146,7 @@ def held_out_images(run: Any, check_data: str | None, limit: int) -> ImageSet:
         labels = _map_labels(source.class_names, run.class_names, [s.label for s in chosen], f"--check-data {check_data}")
         where = "its val/test split" if held is not samples else "all its images"
         return ImageSet(f"{len(chosen)} images of {check_data} ({where})", source, chosen, labels, [])
-    source, records = _run_data(run, "--check-data SRC with labelled held-out images")
+    source, records, note = _run_data(run, "--check-data SRC with labelled held-out images")
     if records is not None:
         held_records = sorted((r for r in records if r.split in HELD_OUT), key=lambda r: HELD_OUT.index(r.split))
         if any(r.label is None for r in held_records):
@@ -164,7 +164,8 @@ def held_out_images(run: Any, check_data: str | None, limit: int) -> ImageSet:
     labels = _map_labels(source.class_names, run.class_names, [s.label for s in samples],
                          f"the run's data {run.info.dataset.get('data')}")
     data = run.info.dataset.get("data")
-    return ImageSet(f"{len(samples)} val/test images of {data} (the run's data set)", source, samples, labels, keys)
+    return ImageSet(f"{len(samples)} val/test images of {data} (the run's data set{note})", source, samples, labels,
+                    keys)
 
 
 def train_images(run: Any, calibration_data: str | None, limit: int) -> ImageSet:
@@ -184,7 +185,7 @@ def train_images(run: Any, calibration_data: str | None, limit: int) -> ImageSet
         if not chosen:
             raise UsageError(f"--calibration-data {calibration_data} holds no images")
         return ImageSet(f"{len(chosen)} images of {calibration_data}", source, chosen, [None] * len(chosen), [])
-    source, records = _run_data(run, "--calibration-data SRC with training images")
+    source, records, note = _run_data(run, "--calibration-data SRC with training images")
     if records is not None:
         chosen_records = _spread([r for r in records if r.split == "train"], limit)
         samples = [Sample(fs_path(r.path), r.label, r.split) for r in chosen_records]
@@ -194,12 +195,13 @@ def train_images(run: Any, calibration_data: str | None, limit: int) -> ImageSet
     if not samples:
         raise UsageError(f"the run's data {run.info.dataset.get('data')!r} has no train images to calibrate on; "
                          "pass --calibration-data SRC")
-    return ImageSet(f"{len(samples)} train images of {run.info.dataset.get('data')} (the run's data set)", source,
-                    samples, [None] * len(samples), keys)
+    return ImageSet(f"{len(samples)} train images of {run.info.dataset.get('data')} (the run's data set{note})",
+                    source, samples, [None] * len(samples), keys)
 
 
-def _run_data(run: Any, alternative: str) -> tuple[DataSource, list | None]:
-    """The run's data source, and its data set's records from the feature cache (None without a cache)."""
+def _run_data(run: Any, alternative: str) -> tuple[DataSource, list | None, str]:
+    """The run's data source, its data set's records from the feature cache (None when they cannot be
+    read), and a note for the report when they could not."""
     dataset = run.info.dataset or {}
     data = dataset.get("data")
     if not data:
@@ -208,17 +210,10 @@ def _run_data(run: Any, alternative: str) -> tuple[DataSource, list | None]:
         source = open_source(locate_recorded_data(str(data), dataset.get("cache"), run.path))
     except UsageError as exc:
         raise UsageError(f"the run's data is not available ({exc}); pass {alternative}") from None
-    records = None
-    cache, name = dataset.get("cache"), dataset.get("name")
-    if cache and name and Path(cache).is_dir():
-        from transfer_engine.cache import FeatureCache
-
-        try:
-            with FeatureCache.open(cache, create=False) as c:
-                records = c.dataset(name).records
-        except TEError:
-            records = None  # the cache moved or lost the data set: derive the splits from the bytes instead
-    return source, records
+    records, why = run.cached_records()
+    # the cache moved or lost the data set: the splits are derived from the bytes instead, and the report says so
+    note = f"; splits derived from the image bytes ({why})" if records is None else ""
+    return source, records, note
 
 
 def _with_splits(source: DataSource) -> Iterator[Sample]:

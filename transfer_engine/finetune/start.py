@@ -70,7 +70,9 @@ def from_run(path: str | os.PathLike, limit: int | None = None) -> Start:
                          "--head HEAD")
     source = open_source(locate_recorded_data(data, dataset.get("cache"), run.path))
     if dataset.get("cache") and dataset.get("name"):
-        records = _cached_records(run.path, dataset["cache"], dataset["name"])
+        records, why = run.cached_records()
+        if records is None:  # te train's splits cannot be rebuilt: fine-tuning would select on other images
+            raise UsageError(f"the run {run.path} needs the records of the data set it was trained on: {why}")
         items = items_from_records(source, records, limit)
     else:  # a run fine-tuned from --backbone/--data: splits as te extract derives them
         items = items_from_source(source, limit)
@@ -80,17 +82,6 @@ def from_run(path: str | os.PathLike, limit: int | None = None) -> Start:
                  class_names=run.class_names, backbone=info.backbone, head=info.head,
                  dataset={"name": dataset.get("name"), "cache": dataset.get("cache"), "data": data},
                  parent=str(run.path), parent_metrics=dict(run.metrics))
-
-
-def _cached_records(run_path, cache: str, name: str) -> list:
-    from transfer_engine.cache import FeatureCache
-
-    try:
-        with FeatureCache.open(cache, create=False) as fc:
-            return list(fc.dataset(name).records)
-    except UsageError as exc:
-        raise UsageError(f"the run {run_path} was trained on data set {name!r} of the cache {cache}, which cannot "
-                         f"be read now ({exc})") from None
 
 
 def from_backbone(backbone: str, data: str, head: str, *, weights: str = "DEFAULT", seed: int = 0,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from transfer_engine.errors import UsageError, WeightsError, first_line
+from transfer_engine.errors import TEError, UsageError, WeightsError, first_line
 from transfer_engine.runs.format import (
     HEAD_WEIGHTS,
     METRICS_JSON,
@@ -148,6 +148,22 @@ class Run:
                 "file or the plugin changed since")
         bb.model.eval()
         return bb
+
+    def cached_records(self) -> tuple[list | None, str]:
+        """The records of the data set the run was trained on, read from its feature cache (the splits
+        and keys te train used), or (None, why they cannot be read). The one reader of them: te finetune
+        cannot go on without them, te export falls back to splits derived from the bytes and says so."""
+        from transfer_engine.cache import FeatureCache
+
+        dataset = self.info.dataset or {}
+        cache, name = dataset.get("cache"), dataset.get("name")
+        if not cache or not name:
+            return None, "the run records no feature cache"
+        try:
+            with FeatureCache.open(cache, create=False) as fc:
+                return list(fc.dataset(name).records), ""
+        except TEError as exc:
+            return None, f"data set {name!r} of the cache {cache} cannot be read now: {first_line(exc)}"
 
     def build_model(self) -> Classifier:
         """Backbone and head as one `Classifier` in eval mode (what `te export` exports)."""
