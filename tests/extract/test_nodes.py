@@ -5,6 +5,7 @@ node-local folder, meeting on 127.0.0.1."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -13,7 +14,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -36,13 +36,19 @@ if os.environ.get("TE_TEST_INDEX_LOG"):
 '''
 
 
-def test_present_keys_answer_membership_like_a_set():
-    keys = [f"{i:064x}" for i in range(0, 2000, 2)]
-    cache = SimpleNamespace(index=SimpleNamespace(space=lambda digest: SimpleNamespace(id=1),
-                                                  keys_of_space=lambda space_id: keys))
-    present = nodes.shared_present_keys(cache, "space", rank=0)  # one process: no collective
-    asked = [f"{i:064x}" for i in range(0, 40)] + [f"{1998:064x}", f"{5000:064x}"]
-    assert present.contains(asked) == [int(k, 16) % 2 == 0 and int(k, 16) < 2000 for k in asked]
+def test_present_keys_answer_membership_like_a_set(tmp_path):
+    import torch
+
+    from transfer_engine.cache import FeatureCache, FeatureSpace
+
+    keys = [hashlib.sha256(f"img{i}".encode()).hexdigest() for i in range(0, 2000, 2)]
+    with FeatureCache.open(tmp_path / "cache") as cache:
+        space = cache.space(FeatureSpace(backbone="b", weights_digest="0" * 64, transform={}, dim=4))
+        space.append(keys, torch.randn(len(keys), 4))
+        present = nodes.shared_present_keys(cache, space.id, rank=0)  # one process: no collective
+    asked = [hashlib.sha256(f"img{i}".encode()).hexdigest() for i in range(0, 60)] + ["ab" * 32]
+    assert present.contains(asked) == [i % 2 == 0 for i in range(60)] + [False]
+    assert len(present) == 1000
     assert nodes.PresentKeys(present._keys[:0]).contains(asked[:3]) == [False] * 3
 
 

@@ -365,6 +365,17 @@ class Index:
     def keys_of_space(self, space_id: int) -> list[str]:
         return [k.hex() for (k,) in self._q("SELECT key FROM rows WHERE space = ?", (space_id,))]
 
+    def key_blobs_of_space(self, space_id: int, chunk: int = 1 << 16) -> Iterator[list[bytes]]:
+        """The space's keys as raw bytes, `chunk` at a time, in key order (for millions of keys: no str
+        per key, no list of them all)."""
+        with self._lock, self._translated():
+            cursor = self._conn.execute("SELECT key FROM rows WHERE space = ? ORDER BY key", (space_id,))
+            while True:
+                rows = cursor.fetchmany(chunk)
+                if not rows:
+                    return
+                yield [k for (k,) in rows]
+
     def rows_per_shard(self) -> dict[int, int]:
         """{shard id: how many index rows point into it}."""
         return dict(self._q("SELECT shard, count(*) FROM rows GROUP BY shard"))

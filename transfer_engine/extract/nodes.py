@@ -105,9 +105,10 @@ def shared_present_keys(cache: "FeatureCache", space_id: str, rank: int) -> Pres
     """
     if rank == 0:
         row = cache.index.space(space_id)
-        keys = [bytes.fromhex(k) for k in cache.index.keys_of_space(row.id)] if row is not None else []
-        packed = np.sort(np.array([k for k in keys if len(k) == KEY_BYTES], dtype=f"S{KEY_BYTES}"))
-        del keys
+        chunks = [np.array([k for k in blobs if len(k) == KEY_BYTES], dtype=f"S{KEY_BYTES}")
+                  for blobs in (cache.index.key_blobs_of_space(row.id) if row is not None else ())]
+        # sqlite orders BLOBs by memcmp, as numpy orders S32: the concatenation is sorted already
+        packed = np.concatenate(chunks) if chunks else np.empty(0, dtype=f"S{KEY_BYTES}")
     else:
         packed = None
     count = dist.from_rank0(len(packed) if packed is not None else None)
