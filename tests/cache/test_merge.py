@@ -96,6 +96,21 @@ def test_a_damaged_key_slot_costs_no_row_when_its_block_proves_the_bytes(new_cac
     assert torch.equal(_rows(dest, wp, range(600)), _rows(src, wp, range(600)))
 
 
+def test_rows_the_index_binds_to_the_wrong_key_are_never_copied(new_cache, wp):
+    src, dest = new_cache(), new_cache()
+    space = _fill(src, wp, range(100))
+    (a, b) = (wp.key_of(3), wp.key_of(7))
+    at = src.index.locations(space._row.id, [a, b])
+    with src.lock, src.index.write():  # the index swaps two keys: each names the other's row
+        src.index.move_rows(space._row.id, [(a, *at[b]), (b, *at[a])])
+
+    report = merge_caches(dest, [src])
+
+    assert (report.copied, report.skipped) == (98, 2)
+    assert dest.space(wp.space_config()).contains([a, b, wp.key_of(4)]) == [False, False, True]
+    assert dest.verify().ok
+
+
 def test_a_conflicting_data_set_name_is_refused_before_anything_is_written(new_cache, wp):
     src, dest = new_cache(), new_cache()
     _fill(src, wp, range(0, 200), dataset="photos")

@@ -308,12 +308,13 @@ def _verified_rows(src: "FeatureCache", space: "SpaceRow", shard: "ShardRow", wa
                 else:
                     slot = slots[row * slot_bytes:(row + 1) * slot_bytes]
                     field, length = shardfile.key_field(key)
-                    if len(slot) == slot_bytes and slot[32] == length and slot[:32] != field:
+                    intact = (len(slot) == slot_bytes and  # the slot's CRC covers its key and the row's bytes
+                              zlib.crc32(piece, zlib.crc32(slot[:36])) == int.from_bytes(slot[36:], "little"))
+                    if intact and (slot[:32] != field or slot[32] != length):
                         _skip(done, f"{rel} row {row}: the index names it for another key than the row was "
                                     "written for; not copied", 1)
                         continue
-                    if (len(slot) == slot_bytes and slot[:32] == field and slot[32] == length
-                            and zlib.crc32(piece, zlib.crc32(slot[:36])) == int.from_bytes(slot[36:], "little")):
+                    if intact:
                         out_slots += slot
                     elif block_ok(row):  # the bytes are sound, their slot is not: a fresh one goes with them
                         out_slots += shardfile.key_slots([key], piece, width)
