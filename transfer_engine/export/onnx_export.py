@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import torch
@@ -149,11 +150,37 @@ def _export_with_fallback(module: nn.Module, path: str, crop_size: int, opset: i
                 raise ExportError(f"torch.onnx could not export the model: {first_line(exc2)}") from exc2
         else:
             raise ExportError(f"torch.onnx could not export the model ({exporter}): {first_line(exc)}") from exc
-    graph = onnx.load(str(path), load_external_data=False).graph
+    graph = _inline_external_data(path).graph
     batch = graph.input[0].type.tensor_type.shape.dim[0]
     if batch.dim_value:  # a number instead of a name: the batch size would be fixed
         raise ExportError(f"the exported graph has a fixed batch size {batch.dim_value} ({exporter} exporter)")
     return exporter
+
+
+def _inline_external_data(path: str) -> "onnx.ModelProto":
+    """Make the exported file hold its weights itself. torch.onnx's dynamo exporter writes them to a
+    PATH.data file beside it, which a copy, a rename or a cache artifact (one content-addressed file)
+    leaves behind or breaks. Returns the graph (without weights loaded when there were none to move).
+
+    Raises:
+        ExportError: the weights exceed the 2 GB a single protobuf file can hold.
+    """
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(path, load_external_data=False)
+    locations = {e.value for t in model.graph.initializer if uses_external_data(t) for e in t.external_data
+                 if e.key == "location"}
+    if not locations:
+        return model
+    model = onnx.load(path)  # the weights read in and marked as inline
+    try:
+        onnx.save(model, path)
+    except ValueError as exc:  # protobuf's 2 GB limit
+        raise ExportError(f"the model's weights do not fit in one ONNX file ({first_line(exc)})") from exc
+    for location in locations:
+        (Path(path).parent / location).unlink(missing_ok=True)
+    return model
 
 
 def _export(module: nn.Module, path: str, crop_size: int, opset: int, exporter: str,
