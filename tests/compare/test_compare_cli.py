@@ -15,18 +15,29 @@ ARGS = ["--data", "builtin:digits", "--weights", "none", "--limit", "60", "--bac
 
 def _first_run(te, tmp_path, faulty_env):
     cache, out = str(tmp_path / "cache"), str(tmp_path / "out")
-    r = te("compare", *ARGS, "--cache", cache, "--out", out, "--backbones", "tiny_cnn,faulty_raises", env=faulty_env)
+    r = te("compare", *ARGS, "--cache", cache, "--out", out, "--backbones", "tiny_cnn,faulty_raises", "--int8",
+           env=faulty_env)
     assert r.code == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].split()[:4] == ["rank", "backbone", "LogME", "linear"]
     assert lines[1].split()[:2] == ["1", "tiny_cnn"]
     assert "faulty_raises" in lines[2] and "failed" in lines[2] and "te-test-faulty" in lines[2]
+    assert lines[0].endswith("int8 img/s@32  int8 cos")  # the int8 columns
     assert lines[3].startswith("recommendation: tiny_cnn: the most accurate on val")
+    assert lines[4].startswith("note: int8: every node in int8 (portable recipe")
     board = json.loads((tmp_path / "out" / "compare.json").read_text())
     first = board["entries"][0]
     assert first["backbone"] == "tiny_cnn" and first["extracted"] == 60 and first["reused"] == 0
     assert 0 < first["linear_val"] <= 1 and 0 < first["knn_val"] <= 1 and first["logme"] is not None
     assert first["latency_ms_batch1"] > 0 and first["parameters"] > 0 and first["feature_dim"] > 0
+    # onnxruntime fp32 runs the backbone's ONNX graph, a cache artifact of the size a user would ship
+    assert first["ort_latency_ms_batch1"] > 0 and first["ort_images_per_second_batch32"] > 0
+    artifacts = list((tmp_path / "cache" / "artifacts").iterdir())
+    assert [p.stat().st_size for p in artifacts] == [first["onnx_bytes"]]
+    int8 = first["int8"]
+    assert int8["recipe"] == "portable" and int8["calibration_images"] > 0 and int8["check_split"] == "val"
+    assert 0.9 < int8["min_cosine"] <= int8["mean_cosine"] <= 1 + 1e-9 and int8["images_per_second_batch32"] > 0
+    assert int8["bytes"] > 0  # (smaller than fp32 for real backbones; Q/DQ nodes outweigh tiny_cnn's weights)
     assert (tmp_path / "out" / "compare.png").stat().st_size > 1000
     assert "Recommendation: tiny_cnn" in (tmp_path / "out" / "compare.md").read_text()
     return cache, out, first

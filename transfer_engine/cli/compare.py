@@ -23,15 +23,18 @@ from transfer_engine.core.choices import BACKEND_CHOICES
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="Extraction backend, as te extract takes it.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inits and the probes.")
+@click.option("--int8", is_flag=True,
+              help="Also quantize each backbone's ONNX graph (portable recipe) and report its speed and feature cosine.")
 @json_option
-def compare(data, cache_dir, backbones, weights, out, name, quick, limit, backend, seed, as_json) -> None:
+def compare(data, cache_dir, backbones, weights, out, name, quick, limit, backend, seed, int8, as_json) -> None:
     """Rank backbones for your images: LogME, a linear and a k-NN probe, and what each costs to run.
 
     Each backbone's features are extracted once into --cache (rows already there are reused), then
     scored on the cached features: LogME (no training), te train's linear probe with its sweep and a
-    k-NN probe (val accuracy; test when the data has a test split); plus parameters, feature size and
-    the PyTorch fp32 latency at batch 1 and throughput at batch 32 measured on this machine. Re-run with
-    one more backbone and only that one is extracted and fitted.
+    k-NN probe (val accuracy; test when the data has a test split); plus parameters, feature size, the
+    ONNX file's size, and latency at batch 1 and throughput at batch 32 measured on this machine for
+    PyTorch and onnxruntime fp32 (and int8 with --int8). Re-run with one more backbone and only that one
+    is extracted and fitted.
 
     \b
     Examples:
@@ -39,16 +42,18 @@ def compare(data, cache_dir, backbones, weights, out, name, quick, limit, backen
       te compare --data builtin:digits --cache C --backbones 'resnet*' --quick
     """
     from transfer_engine.compare.tournament import compare as run_compare
-    from transfer_engine.compare.tournament import table
+    from transfer_engine.compare.tournament import notes, table
 
     result = run_compare(data, cache_dir, backbones, out=out, weights=weights, name=name, quick=quick, limit=limit,
-                         backend=backend, seed=seed, progress=not as_json)
+                         backend=backend, seed=seed, int8=int8, progress=not as_json)
     if as_json:
         emit_json(result.to_dict())
         return
     for line in table(result):
         click.echo(line)
     click.echo(f"recommendation: {result.recommendation}")
+    for line in notes(result):
+        click.echo(f"note: {line}")
     if result.logme_tau is not None:
         click.echo(f"LogME's ranking against the linear probes' on this data: Kendall's tau {result.logme_tau:+.2f}")
     click.echo(f"files: {result.files['md']}, {result.files['png']}, {result.files['json']}")

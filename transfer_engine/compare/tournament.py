@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -50,11 +48,27 @@ class Entry:
     extracted: int = 0
     reused: int = 0
     extract_images_per_second: float | None = None
-    latency_ms_batch1: float | None = None
+    latency_ms_batch1: float | None = None          # PyTorch fp32, channels_last
     images_per_second_batch32: float | None = None
+    ort_latency_ms_batch1: float | None = None      # onnxruntime fp32, the backbone's ONNX graph
+    ort_images_per_second_batch32: float | None = None
+    onnx_bytes: int | None = None                   # that graph's file: the fp32 model a user ships
+    int8: dict[str, Any] | None = None              # with --int8: costs.int8_costs' figures
+    costs_note: str | None = None                   # why a runtime's figures are missing
     probes_reused: bool = False
     runs: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+
+    @property
+    def fp32_images_per_second(self) -> float:
+        """The faster fp32 runtime's throughput at batch 32 (what the recommendation compares)."""
+        return max(self.images_per_second_batch32 or 0.0, self.ort_images_per_second_batch32 or 0.0)
+
+    @property
+    def fp32_latency_ms(self) -> float | None:
+        """The faster fp32 runtime's latency at batch 1 (the plot's x axis)."""
+        found = [v for v in (self.latency_ms_batch1, self.ort_latency_ms_batch1) if v is not None]
+        return min(found) if found else None
 
     @property
     def rank_value(self) -> float:
@@ -112,7 +126,7 @@ def resolve_backbones(spec: str) -> list[str]:
 
 def compare(data: str, cache: str | Path, backbones: str | list[str], *, out: str | Path = "compare",
             weights: str = "DEFAULT", name: str | None = None, quick: bool = False, limit: int | None = None,
-            backend: str = "auto", seed: int = 0, progress: bool = True) -> Comparison:
+            backend: str = "auto", seed: int = 0, int8: bool = False, progress: bool = True) -> Comparison:
     """Rank `backbones` for the images of `data`, from features extracted once into `cache`.
 
     Args:
@@ -125,6 +139,8 @@ def compare(data: str, cache: str | Path, backbones: str | list[str], *, out: st
         quick: rank by LogME alone (no probe is fitted).
         limit: only the first N images.
         backend, seed: as te extract takes them.
+        int8: also quantize each backbone's graph (te export's portable recipe) and report its speed, size
+            and feature cosine to fp32 on held-out images.
         progress: progress lines on stderr.
 
     Returns:
@@ -161,7 +177,7 @@ def compare(data: str, cache: str | Path, backbones: str | list[str], *, out: st
         entry.extract_images_per_second = summary.images_per_second if summary.extracted else None
         try:
             _score(entry, cache, dataset, quick, previous.get(_reuse_key(entry.space, entry.images)), out, seed, say)
-            _costs(entry, backbone, weights, seed)
+            _costs(entry, backbone, weights, seed, data, cache, dataset, int8)
         except TEError as exc:
             entry.error = first_line(exc)
         entries.append(entry)
@@ -217,32 +233,46 @@ def _score(entry: Entry, cache, dataset: str, quick: bool, old: dict[str, Any] |
         entry.runs[probe] = str(run_dir)
 
 
-@torch.inference_mode()
-def _costs(entry: Entry, backbone: str, weights: str, seed: int) -> None:
-    """Parameters, and PyTorch fp32 latency at batch 1 (median of 5) and throughput at batch 32 (best of 2),
-    measured here after a warm-up: what serving this backbone costs on this machine."""
+def _costs(entry: Entry, backbone: str, weights: str, seed: int, data: str, cache, dataset: str,
+           int8: bool) -> None:
+    """Parameters, and what serving the backbone costs here (`costs`): PyTorch fp32, onnxruntime fp32 and
+    the ONNX file's size, int8 when asked. A runtime that cannot run it leaves its columns empty and says
+    why in `costs_note`; the PyTorch figures are always measured."""
     from transfer_engine.backbones import create_backbone
+    from transfer_engine.cache import FeatureCache
+    from transfer_engine.compare import costs
+    from transfer_engine.extract.backend import exported_backbone
+    from transfer_engine.extract.engines import ort_available
 
     bb = create_backbone(backbone, weights, seed=seed)
-    model = bb.model.eval().to(memory_format=torch.channels_last)
     size = bb.preprocess.crop_size
-    entry.parameters = sum(p.numel() for p in model.parameters())
-    one = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)
-    model(one)
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        model(one)
-        times.append(time.perf_counter() - t)
-    entry.latency_ms_batch1 = 1000 * statistics.median(times)
-    batch = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
-    model(batch)
-    best = math.inf
-    for _ in range(2):
-        t = time.perf_counter()
-        model(batch)
-        best = min(best, time.perf_counter() - t)
-    entry.images_per_second_batch32 = 32 / best
+    entry.parameters = sum(p.numel() for p in bb.model.parameters())
+    onnx, timing = None, None
+    if not ort_available(torch.device("cpu")):
+        entry.costs_note = "onnxruntime is not installed: no onnxruntime or int8 figures"
+    else:
+        try:  # before PyTorch's timing, which converts the model to channels_last
+            with FeatureCache.open(cache, create=False) as fc:
+                onnx = exported_backbone(bb, fc)
+            timing = costs.ort_timing(onnx, size)
+        except Exception as exc:  # cannot export or run: the row keeps its PyTorch figures
+            entry.costs_note = f"onnxruntime: {first_line(exc, 200)}"
+    pt = costs.torch_timing(bb.model, size)
+    entry.latency_ms_batch1, entry.images_per_second_batch32 = pt.latency_ms_batch1, pt.images_per_second_batch32
+    if onnx is None or timing is None:
+        return
+    entry.onnx_bytes = onnx.stat().st_size
+    entry.ort_latency_ms_batch1, entry.ort_images_per_second_batch32 = (timing.latency_ms_batch1,
+                                                                        timing.images_per_second_batch32)
+    if not int8:
+        return
+    try:
+        calibration, _ = costs.split_images(bb, data, cache, dataset, ("train",), costs.INT8_CALIBRATION_IMAGES)
+        check, split = costs.split_images(bb, data, cache, dataset, ("val", "test", "train"),
+                                          costs.INT8_CHECK_IMAGES)
+        entry.int8 = costs.int8_costs(onnx, calibration, check, size) | {"check_split": split}
+    except Exception as exc:
+        entry.costs_note = f"int8: {first_line(exc, 200)}"
 
 
 def _recommend(ranked: list[Entry], quick: bool) -> str:
@@ -254,11 +284,11 @@ def _recommend(ranked: list[Entry], quick: bool) -> str:
         return (f"{best.backbone}: the highest LogME ({best.logme:.3f}); fit probes (without --quick) before "
                 "choosing: LogME ranks, it does not promise an accuracy")
     close = [e for e in good if e.linear_val is not None and e.linear_val >= best.linear_val - WITHIN]
-    fastest = max(close, key=lambda e: e.images_per_second_batch32 or 0.0)
+    fastest = max(close, key=lambda e: e.fp32_images_per_second)
     line = f"{best.backbone}: the most accurate on val ({100 * best.linear_val:.1f}% with a linear probe)"
     if fastest is not best:
         line += (f"; {fastest.backbone} is within 1 point ({100 * fastest.linear_val:.1f}%) and runs "
-                 f"{fastest.images_per_second_batch32 / best.images_per_second_batch32:.1f}x faster at batch 32")
+                 f"{fastest.fp32_images_per_second / best.fp32_images_per_second:.1f}x faster at batch 32 (fp32)")
     return line
 
 
@@ -269,28 +299,56 @@ def _progress_line(e: Entry) -> str:
               f", linear val {_pct(e.linear_val)}, knn val {_pct(e.knn_val)}" + (" (probes reused)" if e.probes_reused
                                                                                  else ""))
     return (f"compare: {e.backbone}: {e.extracted} extracted, {e.reused} reused; LogME {e.logme:.3f}{probes}; "
-            f"{e.latency_ms_batch1:.1f} ms at batch 1")
+            f"{e.latency_ms_batch1:.1f} ms at batch 1 (PyTorch)"
+            + ("" if e.ort_latency_ms_batch1 is None else f", {e.ort_latency_ms_batch1:.1f} (onnxruntime)")
+            + ("" if e.int8 is None else f", int8 {e.int8['images_per_second_batch32']:.1f} img/s at batch 32")
+            + ("" if not e.costs_note else f"; {e.costs_note}"))
 
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
+def _num(v: float | None, fmt: str = ".1f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
 def table(result: Comparison) -> list[str]:
-    """The leaderboard as aligned text lines (what te compare prints)."""
-    head = ("rank", "backbone", "LogME", "linear val", "linear test", "knn val", "knn test", "ms@1", "img/s@32",
-            "params", "dim")
+    """The leaderboard as aligned text lines (what te compare prints). Costs: ms per image at batch 1 and
+    images/s at batch 32 for PyTorch fp32 (pt) and onnxruntime fp32 (ort), the ONNX file's MB, and with
+    --int8 the int8 graph's images/s and its features' least cosine to fp32."""
+    with_int8 = any(e.int8 for e in result.entries)
+    head = ("rank", "backbone", "LogME", "linear val", "linear test", "knn val", "knn test", "pt ms@1", "ort ms@1",
+            "pt img/s@32", "ort img/s@32", "MB", "params", "dim") + (("int8 img/s@32", "int8 cos") if with_int8 else ())
     rows = [head]
     for i, e in enumerate(result.entries, 1):
         if e.error:
-            rows.append((str(i), e.backbone, "failed: " + e.error, "", "", "", "", "", "", "", ""))
+            rows.append((str(i), e.backbone, "failed: " + e.error))
             continue
-        rows.append((str(i), e.backbone, f"{e.logme:.3f}", _pct(e.linear_val), _pct(e.linear_test), _pct(e.knn_val),
-                     _pct(e.knn_test), f"{e.latency_ms_batch1:.1f}", f"{e.images_per_second_batch32:.1f}",
-                     f"{e.parameters / 1e6:.1f}M", str(e.feature_dim)))
+        row = (str(i), e.backbone, f"{e.logme:.3f}", _pct(e.linear_val), _pct(e.linear_test), _pct(e.knn_val),
+               _pct(e.knn_test), _num(e.latency_ms_batch1), _num(e.ort_latency_ms_batch1),
+               _num(e.images_per_second_batch32), _num(e.ort_images_per_second_batch32),
+               _num(None if e.onnx_bytes is None else e.onnx_bytes / 2**20), f"{e.parameters / 1e6:.1f}M",
+               str(e.feature_dim))
+        if with_int8:
+            row += ((_num(e.int8["images_per_second_batch32"]), f"{e.int8['min_cosine']:.3f}") if e.int8
+                    else ("-", "-"))
+        rows.append(row)
     widths = [max(len(r[c]) for r in rows if len(r) > c and not r[c].startswith("failed")) for c in range(len(head))]
     return ["  ".join(cell.ljust(widths[c]) if c < len(widths) else cell for c, cell in enumerate(r)).rstrip()
             for r in rows]
+
+
+def notes(result: Comparison) -> list[str]:
+    """One line per backbone whose costs are incomplete, and what the int8 columns mean (with --int8)."""
+    lines = [f"{e.backbone}: {e.costs_note}" for e in result.entries if e.costs_note]
+    done = [e.int8 for e in result.entries if e.int8]
+    if done:
+        lines.append(f"int8: every node in int8 ({done[0]['recipe']} recipe, calibrated on "
+                     f"{done[0]['calibration_images']} train images), cosine to fp32 features on "
+                     f"{done[0]['check_images']} {done[0]['check_split']} images; te export --quantize int8 keeps "
+                     "sensitive nodes in float to meet its accuracy gate")
+    return lines
 
 
 def _write(result: Comparison, out: Path) -> None:
@@ -304,6 +362,7 @@ def _write(result: Comparison, out: Path) -> None:
           "```", *table(result), "```", "", f"Recommendation: {result.recommendation}", ""]
     if result.logme_tau is not None:
         md += [f"Kendall's tau between the LogME and linear-probe rankings here: {result.logme_tau:+.2f}", ""]
+    md += [f"- {line}" for line in notes(result)] + ([""] if notes(result) else [])
     write_text_durably(files["md"], "\n".join(md))
     _plot(result, files["png"])
 
@@ -317,8 +376,8 @@ def _plot(result: Comparison, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     quick = result.ranked_by == "LogME"
-    points = [(e.latency_ms_batch1, 100 * e.linear_val if not quick else e.logme, e.backbone)
-              for e in result.entries if e.error is None and e.latency_ms_batch1 is not None
+    points = [(e.fp32_latency_ms, 100 * e.linear_val if not quick else e.logme, e.backbone)
+              for e in result.entries if e.error is None and e.fp32_latency_ms is not None
               and (e.logme if quick else e.linear_val) is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     front = pareto_front([(x, y) for x, y, _ in points])
@@ -328,7 +387,7 @@ def _plot(result: Comparison, path: Path) -> None:
     if front:
         ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:orange", label="Pareto front")
         ax.legend()
-    ax.set_xlabel("latency at batch 1 (ms, PyTorch fp32, this machine)")
+    ax.set_xlabel("latency at batch 1 (ms, the faster of PyTorch and onnxruntime fp32, this machine)")
     ax.set_ylabel("LogME" if quick else "linear probe val accuracy (%)")
     ax.set_title(f"te compare: {result.dataset}")
     fig.tight_layout()

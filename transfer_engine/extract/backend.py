@@ -155,7 +155,7 @@ def choose(backend: str, precision: str, backbone, device: torch.device, cache, 
         choice = Choice(**json.loads(remembered))
         choice.reason += " (remembered)"
         if choice.backend == "onnxruntime":
-            choice.onnx = _exported(backbone, cache)
+            choice.onnx = exported_backbone(backbone, cache)
         return choice
     batch = images()
     if batch is None:
@@ -176,7 +176,7 @@ def adopt(fields: dict[str, Any], backbone, cache) -> Choice:
     is onnxruntime, is taken from (or exported into) `cache`."""
     choice = Choice(**fields)
     if choice.backend == "onnxruntime":
-        choice.onnx = _exported(backbone, cache)
+        choice.onnx = exported_backbone(backbone, cache)
     return choice
 
 
@@ -197,7 +197,7 @@ def _calibrate(options: list[Candidate], backbone, device: torch.device, cache, 
         measured[candidate.label] = entry
         try:
             if candidate.backend == "onnxruntime":
-                onnx = _exported(backbone, cache)
+                onnx = exported_backbone(backbone, cache)
                 engine = OrtEngine(onnx, device, threads)
             else:  # a reduced precision: PyTorch fp32 is the reference itself
                 engine = TorchEngine(backbone, device, candidate.precision)
@@ -264,7 +264,7 @@ def artifact_name(backbone) -> str:
     return f"onnx-backbone:{backbone.name}:{digest}"
 
 
-def _exported(backbone, cache) -> Path:
+def exported_backbone(backbone, cache) -> Path:
     """The backbone's ONNX file from the cache, exported (once) when missing or damaged."""
     from transfer_engine.export.onnx_export import export_backbone
 

@@ -1,0 +1,142 @@
+"""What serving a backbone costs on this machine, as `te compare` reports it.
+
+Every runtime is timed the same way, after a warm-up: latency at batch 1 (median of 5 calls) and
+throughput at batch 32 (best of 2 calls), on the CPU (or the GPU te extract used). Runtimes:
+- PyTorch fp32, channels_last (what te extract's torch backend runs);
+- onnxruntime fp32, the backbone's ONNX graph (the same file te extract's onnxruntime backend runs,
+  kept as a cache artifact, so it is exported once per backbone and weights); its size is the model
+  file a user would ship;
+- with `int8=True`, that graph quantized with te export's portable recipe (every node in int8,
+  calibrated on train images of the data set), and how far its features are from fp32 on held-out
+  images (cosine per image: te export's accuracy-budgeted search is what makes a deployable int8 model;
+  this column says what int8 would buy and what it costs before anyone trains a head).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+LATENCY_CALLS = 5
+THROUGHPUT_CALLS = 2
+BATCH = 32
+INT8_CALIBRATION_IMAGES = 128  # as te export's own minimum: ranges from fewer images mean little
+INT8_CHECK_IMAGES = 64
+
+
+@dataclass
+class Timing:
+    """One runtime's figures: ms per image at batch 1, images/s at batch 32."""
+
+    latency_ms_batch1: float
+    images_per_second_batch32: float
+
+
+def time_runtime(run: Callable[[Any], Any], one: Any, batch: Any) -> Timing:
+    """Time `run` on a batch of 1 (median of LATENCY_CALLS) and of BATCH (best of THROUGHPUT_CALLS),
+    each after one warm-up call."""
+    run(one)
+    times = []
+    for _ in range(LATENCY_CALLS):
+        t = time.perf_counter()
+        run(one)
+        times.append(time.perf_counter() - t)
+    run(batch)
+    best = math.inf
+    for _ in range(THROUGHPUT_CALLS):
+        t = time.perf_counter()
+        run(batch)
+        best = min(best, time.perf_counter() - t)
+    return Timing(1000 * statistics.median(times), BATCH / best)
+
+
+@torch.no_grad()  # not inference_mode: .to() there would make the weights inference tensors, which
+def torch_timing(model: torch.nn.Module, size: int) -> Timing:  # torch.onnx's tracer then cannot use
+    """PyTorch fp32, channels_last, on the CPU (the model is converted in place)."""
+    model = model.eval().to(memory_format=torch.channels_last)
+    one = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)
+    batch = torch.randn(BATCH, 3, size, size).contiguous(memory_format=torch.channels_last)
+    return time_runtime(model, one, batch)
+
+
+def ort_timing(onnx_path: str | Path, size: int) -> Timing:
+    """onnxruntime fp32 (or whatever the graph holds) on its CPU provider."""
+    from transfer_engine.export.onnx_export import INPUT
+    from transfer_engine.export.runtime import CPU, open_session
+
+    session = open_session(str(onnx_path), CPU).session
+    rng = np.random.default_rng(0)
+    one = rng.standard_normal((1, 3, size, size), dtype=np.float32)
+    batch = rng.standard_normal((BATCH, 3, size, size), dtype=np.float32)
+    return time_runtime(lambda x: session.run(None, {INPUT: x}), one, batch)
+
+
+def int8_costs(onnx_path: str | Path, calibration: np.ndarray, check: np.ndarray, size: int) -> dict[str, Any]:
+    """The backbone's graph in full int8 (te export's portable recipe, calibrated on `calibration`):
+    its timing, file size, and the cosine of its features to fp32's on the `check` images.
+
+    Returns:
+        {recipe, calibration_images, check_images, bytes, latency_ms_batch1, images_per_second_batch32,
+        min_cosine, mean_cosine}.
+
+    Raises:
+        QuantizationError: onnxruntime's tools failed; RuntimeUnavailableError: no onnxruntime.
+    """
+    from transfer_engine.export.int8 import _Quantizer
+    from transfer_engine.export.onnx_export import FEATURES, INPUT
+    from transfer_engine.export.recipes import DEFAULT_INT8_TARGET, RECIPES
+    from transfer_engine.export.runtime import CPU, open_session, run_grouped
+
+    recipe = RECIPES[DEFAULT_INT8_TARGET]
+    with tempfile.TemporaryDirectory(prefix="te-compare-int8-") as tmp:
+        work = Path(tmp)
+        quantizer = _Quantizer(Path(onnx_path), calibration, recipe, work, INPUT)
+        int8_model = work / "int8.onnx"
+        quantizer.quantize(int8_model, [])
+        sessions = [open_session(str(m), CPU) for m in (onnx_path, int8_model)]
+        fp32, int8 = (run_grouped(s, list(check), BATCH, outputs=[FEATURES])[0].astype(np.float64)
+                      for s in sessions)
+        cosine = (fp32 * int8).sum(1) / np.maximum(np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1),
+                                                   np.finfo(np.float64).tiny)
+        timing = ort_timing(int8_model, size)
+        return {"recipe": recipe.name, "calibration_images": len(calibration), "check_images": len(check),
+                "bytes": int8_model.stat().st_size, "latency_ms_batch1": timing.latency_ms_batch1,
+                "images_per_second_batch32": timing.images_per_second_batch32,
+                "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
+
+
+def split_images(backbone, data: str, cache: str | Path, dataset: str, splits: tuple[str, ...],
+                 limit: int) -> tuple[np.ndarray, str]:
+    """Up to `limit` images of the first of `splits` the cached data set has, decoded and preprocessed
+    as te extract does, spread evenly over the split.
+
+    Returns:
+        (float32 [N, 3, S, S], the split's name; "" with no images when the data set has none of them).
+    """
+    from transfer_engine.cache import FeatureCache
+    from transfer_engine.data.sources import Sample, open_source
+
+    with FeatureCache.open(cache, create=False) as fc:
+        ds = fc.dataset(dataset)
+        split, records = next(((s, ds.select(s)) for s in splits if ds.select(s)), ("", []))
+    if len(records) > limit:
+        step = len(records) / limit
+        records = [records[int(i * step)] for i in range(limit)]
+    source, transform = open_source(data), backbone.transform()
+    images = []
+    for r in records:
+        sample = Sample(r.path, r.label, r.split)
+        try:
+            images.append(transform(source.decode(sample, source.read_bytes(sample))).numpy())
+        except Exception:  # an undecodable file: te extract has reported it already
+            continue
+    size = backbone.preprocess.crop_size
+    return (np.stack(images).astype(np.float32) if images else np.zeros((0, 3, size, size), np.float32)), split
