@@ -387,6 +387,7 @@ def _plot(result: Comparison, path: Path) -> None:
     if front:
         ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:orange", label="Pareto front")
         ax.legend()
+    ax.margins(x=0.2, y=0.1)  # room for the labels of the outermost points
     ax.set_xlabel("latency at batch 1 (ms, the faster of PyTorch and onnxruntime fp32, this machine)")
     ax.set_ylabel("LogME" if quick else "linear probe val accuracy (%)")
     ax.set_title(f"te compare: {result.dataset}")
