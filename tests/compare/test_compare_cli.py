@@ -78,3 +78,19 @@ def test_kendall_tau_reads_agreement_of_two_rankings():
     assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
     assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
     assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+
+
+def test_the_recommendation_says_when_val_cannot_tell_the_leaders_apart():
+    from transfer_engine.compare.tournament import Entry, _recommend, val_noise
+
+    def entry(name, val, n, speed):
+        return Entry(name, "w", logme=0.0, linear_val=val, val_images=n, images_per_second_batch32=speed)
+
+    # 285 val images (the digits): 96.5% vs 94.4% is 6 images, within the noise of that split
+    assert 0.03 < val_noise(0.965, 0.944, 285) < 0.035
+    small = _recommend([entry("alpha", 0.965, 285, 10.0), entry("beta", 0.944, 285, 30.0),
+                        entry("gamma", 0.80, 285, 50.0)], quick=False)
+    assert small.startswith("alpha: the most accurate on val (96.5%")
+    assert "; beta is within the noise of 285 val images" in small and "gamma" not in small
+    # the same accuracies on 10,000 val images are told apart: nothing is said
+    assert "noise" not in _recommend([entry("a", 0.965, 10_000, 10.0), entry("b", 0.944, 10_000, 30.0)], quick=False)
