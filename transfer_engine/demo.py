@@ -149,8 +149,9 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
     step(2, f"te extract {chosen} ({summary.weights} weights) on builtin:digits ({summary.total} real handwritten "
             f"digits, {summary.classes} classes): {how}")
 
-    board = train_all(cache_dir, out=runs / "heads", dataset="digits", sweep=True, overwrite=True,
-                      progress=progress)
+    # space: step 7 puts other backbones' features of the same digits into this cache
+    board = train_all(cache_dir, out=runs / "heads", dataset="digits", space=summary.space, sweep=True,
+                      overwrite=True, progress=progress)
     rows = board.to_dict()["leaderboard"]
     table = ", ".join(f"{r['head']} {_pct(r['val_accuracy'])}/{_pct(r['test_accuracy'])}" for r in rows)
     best = board.best
