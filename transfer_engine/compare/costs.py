@@ -90,7 +90,7 @@ def int8_costs(onnx_path: str | Path, calibration: np.ndarray, check: np.ndarray
     Raises:
         QuantizationError: onnxruntime's tools failed; RuntimeUnavailableError: no onnxruntime.
     """
-    from transfer_engine.export.int8 import _Quantizer
+    from transfer_engine.export.int8 import quantize_fully
     from transfer_engine.export.onnx_export import FEATURES, INPUT
     from transfer_engine.export.recipes import DEFAULT_INT8_TARGET, RECIPES
     from transfer_engine.export.runtime import CPU, open_session, run_grouped
@@ -98,9 +98,8 @@ def int8_costs(onnx_path: str | Path, calibration: np.ndarray, check: np.ndarray
     recipe = RECIPES[DEFAULT_INT8_TARGET]
     with tempfile.TemporaryDirectory(prefix="te-compare-int8-") as tmp:
         work = Path(tmp)
-        quantizer = _Quantizer(Path(onnx_path), calibration, recipe, work, INPUT)
         int8_model = work / "int8.onnx"
-        quantizer.quantize(int8_model, [])
+        quantize_fully(Path(onnx_path), int8_model, calibration, recipe=recipe, workdir=work, input_name=INPUT)
         sessions = [open_session(str(m), CPU) for m in (onnx_path, int8_model)]
         fp32, int8 = (run_grouped(s, list(check), BATCH, outputs=[FEATURES])[0].astype(np.float64)
                       for s in sessions)

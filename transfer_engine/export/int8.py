@@ -156,6 +156,18 @@ def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray,
     return outcome
 
 
+def quantize_fully(fp32_model: Path, out: Path, calibration: np.ndarray, *, recipe: Int8Recipe, workdir: Path,
+                   input_name: str = "images") -> None:
+    """Quantize every node of `fp32_model` to int8 with `recipe`, calibrated on `calibration` (what te
+    compare's --int8 column measures; no gate, no float nodes).
+
+    Raises:
+        QuantizationError: onnxruntime's tools failed.
+    """
+    import_ort()
+    _Quantizer(fp32_model, calibration, recipe, workdir, input_name).quantize(out, [])
+
+
 def _int8_nodes(model: Path) -> int:
     """How many nodes of a QDQ model compute in int8 (Q/DQ themselves not counted): a Conv, Gemm or MatMul
     whose weights are dequantized, any other node whose every non-constant input is. (A node left in
@@ -367,4 +379,4 @@ class _tool_errors:
         raise QuantizationError(f"onnxruntime could not quantize the model ({self.what}): {first_line(exc)}") from exc
 
 
-__all__ = ["Int8Outcome", "QuantizationError", "quantize_within_budget"]
+__all__ = ["Int8Outcome", "QuantizationError", "quantize_fully", "quantize_within_budget"]
