@@ -94,6 +94,7 @@ def int8_costs(onnx_path: str | Path, calibration: np.ndarray, check: np.ndarray
     from transfer_engine.export.onnx_export import FEATURES, INPUT
     from transfer_engine.export.recipes import DEFAULT_INT8_TARGET, RECIPES
     from transfer_engine.export.runtime import CPU, open_session, run_grouped
+    from transfer_engine.extract.backend import row_cosines
 
     recipe = RECIPES[DEFAULT_INT8_TARGET]
     with tempfile.TemporaryDirectory(prefix="te-compare-int8-") as tmp:
@@ -101,10 +102,8 @@ def int8_costs(onnx_path: str | Path, calibration: np.ndarray, check: np.ndarray
         int8_model = work / "int8.onnx"
         quantize_fully(Path(onnx_path), int8_model, calibration, recipe=recipe, workdir=work, input_name=INPUT)
         sessions = [open_session(str(m), CPU) for m in (onnx_path, int8_model)]
-        fp32, int8 = (run_grouped(s, list(check), BATCH, outputs=[FEATURES])[0].astype(np.float64)
-                      for s in sessions)
-        cosine = (fp32 * int8).sum(1) / np.maximum(np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1),
-                                                   np.finfo(np.float64).tiny)
+        fp32, int8 = (run_grouped(s, list(check), BATCH, outputs=[FEATURES])[0] for s in sessions)
+        cosine = row_cosines(torch.from_numpy(fp32), torch.from_numpy(int8)).numpy()
         timing = ort_timing(int8_model, size)
         return {"recipe": recipe.name, "calibration_images": len(calibration), "check_images": len(check),
                 "bytes": int8_model.stat().st_size, "latency_ms_batch1": timing.latency_ms_batch1,
@@ -112,30 +111,22 @@ def int8_costs(onnx_path: str | Path, calibration: np.ndarray, check: np.ndarray
                 "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
 
 
-def split_images(backbone, data: str, cache: str | Path, dataset: str, splits: tuple[str, ...],
+def split_images(backbone, data: str, records_by_split: dict[str, list], splits: tuple[str, ...],
                  limit: int) -> tuple[np.ndarray, str]:
-    """Up to `limit` images of the first of `splits` the cached data set has, decoded and preprocessed
-    as te extract does, spread evenly over the split.
+    """Up to `limit` images of the first of `splits` that has records, spread evenly over it, decoded and
+    preprocessed as te extract does (`extract.backend.calibration_batch`).
 
     Returns:
-        (float32 [N, 3, S, S], the split's name; "" with no images when the data set has none of them).
+        (float32 [N, 3, S, S], the split's name; "" with no images when none of `splits` has records).
     """
-    from transfer_engine.cache import FeatureCache
     from transfer_engine.data.sources import Sample, open_source
+    from transfer_engine.extract.backend import calibration_batch
 
-    with FeatureCache.open(cache, create=False) as fc:
-        ds = fc.dataset(dataset)
-        split, records = next(((s, ds.select(s)) for s in splits if ds.select(s)), ("", []))
+    split, records = next(((s, records_by_split[s]) for s in splits if records_by_split.get(s)), ("", []))
     if len(records) > limit:
         step = len(records) / limit
         records = [records[int(i * step)] for i in range(limit)]
-    source, transform = open_source(data), backbone.transform()
-    images = []
-    for r in records:
-        sample = Sample(r.path, r.label, r.split)
-        try:
-            images.append(transform(source.decode(sample, source.read_bytes(sample))).numpy())
-        except Exception:  # an undecodable file: te extract has reported it already
-            continue
+    batch = calibration_batch(backbone, open_source(data), (Sample(r.path, r.label, r.split) for r in records),
+                              limit)
     size = backbone.preprocess.crop_size
-    return (np.stack(images).astype(np.float32) if images else np.zeros((0, 3, size, size), np.float32)), split
+    return (np.zeros((0, 3, size, size), np.float32) if batch is None else batch.numpy().astype(np.float32)), split

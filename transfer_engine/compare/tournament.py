@@ -257,6 +257,9 @@ def _costs(entry: Entry, backbone: str, weights: str, seed: int, data: str, cach
         try:  # before PyTorch's timing, which converts the model to channels_last
             with FeatureCache.open(cache, create=False) as fc:
                 onnx = exported_backbone(bb, fc)
+                if int8:  # the images it is calibrated and checked on
+                    ds = fc.dataset(dataset)
+                    by_split = {split: ds.select(split) for split in ("train", "val", "test")}
             timing = costs.ort_timing(onnx, size)
         except Exception as exc:  # cannot export or run: the row keeps its PyTorch figures
             entry.costs_note = f"onnxruntime: {first_line(exc, 200)}"
@@ -270,9 +273,8 @@ def _costs(entry: Entry, backbone: str, weights: str, seed: int, data: str, cach
     if not int8:
         return
     try:
-        calibration, _ = costs.split_images(bb, data, cache, dataset, ("train",), costs.INT8_CALIBRATION_IMAGES)
-        check, split = costs.split_images(bb, data, cache, dataset, ("val", "test", "train"),
-                                          costs.INT8_CHECK_IMAGES)
+        calibration, _ = costs.split_images(bb, data, by_split, ("train",), costs.INT8_CALIBRATION_IMAGES)
+        check, split = costs.split_images(bb, data, by_split, ("val", "test", "train"), costs.INT8_CHECK_IMAGES)
         entry.int8 = costs.int8_costs(onnx, calibration, check, size) | {"check_split": split}
     except Exception as exc:
         entry.costs_note = f"int8: {first_line(exc, 200)}"

@@ -228,14 +228,20 @@ def _calibrate(options: list[Candidate], backbone, device: torch.device, cache, 
     return choice
 
 
-def min_row_cosine(reference: torch.Tensor, candidate: torch.Tensor) -> float:
-    """The lowest cosine between matching rows, in float64 with no norm floor: features of some randomly
+def row_cosines(reference: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+    """The cosine between matching rows, in float64 with no norm floor: features of some randomly
     initialized nets are ~1e-13 (EfficientNet-B0), where torch's eps=1e-8 floor would report 0; two
     all-zero rows agree."""
     a, b = reference.double(), candidate.double()
     na, nb = a.norm(dim=1), b.norm(dim=1)
     cos = (a * b).sum(dim=1) / (na * nb).clamp_min(torch.finfo(torch.float64).tiny)
     cos[(na == 0) & (nb == 0)] = 1.0
+    return cos
+
+
+def min_row_cosine(reference: torch.Tensor, candidate: torch.Tensor) -> float:
+    """The lowest of `row_cosines` (1.0 for no rows)."""
+    cos = row_cosines(reference, candidate)
     return float(cos.min()) if len(cos) else 1.0
 
 
@@ -311,8 +317,8 @@ def machine_fingerprint(device: torch.device) -> dict[str, Any]:
     return out
 
 
-def calibration_batch(backbone, source, samples: Iterable) -> torch.Tensor | None:
-    """The first CALIBRATION_IMAGES decodable images of the data set (its order, not the cache's)."""
+def calibration_batch(backbone, source, samples: Iterable, limit: int = CALIBRATION_IMAGES) -> torch.Tensor | None:
+    """The first `limit` decodable images of `samples`, preprocessed for `backbone` (None: none decodes)."""
     transform = backbone.transform()
     tensors = []
     for sample in samples:
@@ -320,7 +326,7 @@ def calibration_batch(backbone, source, samples: Iterable) -> torch.Tensor | Non
             tensors.append(transform(source.decode(sample, source.read_bytes(sample))))
         except Exception:  # a bad file is reported by the extraction itself
             continue
-        if len(tensors) == CALIBRATION_IMAGES:
+        if len(tensors) == limit:
             break
     return torch.stack(tensors) if tensors else None
 
