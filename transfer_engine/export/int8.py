@@ -114,9 +114,7 @@ def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray,
     chosen: list[dict[str, Any]] | None = [] if attempt([]) else None
     outcome.quantized_nodes = _int8_nodes(out)
     if chosen is None:
-        ranked = quantizer.rank_groups(out)
-        quantizer.isolated_errors(ranked, output_name, reference)
-        ranked.sort(key=lambda g: -g["isolated_error"])
+        ranked = quantizer.rank_groups(out, output_name, reference)
         outcome.sensitivity = [{k: g[k] for k in ("node", "op", "isolated_error", "rounding_error", "writes_output")}
                                | {"nodes": len(g["nodes"])}
                                for g in ranked[:10]]
@@ -258,25 +256,28 @@ class _Quantizer:
 
         return Reader()
 
-    def logits(self, model: Path, output_name: str) -> np.ndarray:
+    def logits(self, model: Path, output_name: str, limit: int | None = None) -> np.ndarray:
+        """`output_name` of `model` on the (first `limit`) calibration images."""
         session = open_session(str(model), CPU)
-        (logits,) = run_grouped(session, list(self.calibration), 32, outputs=[output_name])
+        (logits,) = run_grouped(session, list(self.calibration[:limit]), 32, outputs=[output_name])
         return logits
 
     def fp32_logits(self, output_name: str) -> np.ndarray:
         return self.logits(self.fp32, output_name)
 
-    def rank_groups(self, qdq_model: Path) -> list[dict[str, Any]]:
-        """The quantized nodes in groups, most sensitive first.
+    def rank_groups(self, qdq_model: Path, output_name: str, reference: np.ndarray) -> list[dict[str, Any]]:
+        """The quantized nodes in groups, the most costly end to end first (`isolated_errors`; `reference`:
+        the fp32 model's `output_name` on the calibration images).
 
         A group is a weighted node (Conv, Gemm, MatMul) with the nodes that follow it on its first input
         until the next weighted one (its activation, a residual Add, a pool): kept in float together, so
         that no int8 tensor is left between a float node and its float activation (measured on
         EfficientNet-Lite0: excluding nodes one by one made agreement fall from 88% to 32% on the way).
-        A group's sensitivity is the worst rounding error of its outputs, |after - before| / |before| of
+        Each group also reports "rounding_error", the worst of its outputs, |after - before| / |before| of
         each tensor in the QDQ model (fake quantization, graph optimizations off, a few calibration
-        images): a local measure, blind to the error upstream tensors already carry (ranking by the error
-        accumulated against the float model kept the wrong nodes float)."""
+        images), and "writes_output". Those two ranked the groups before: a local measure, blind to how
+        later layers amplify a group's error (see `isolated_errors`); ranking by the error accumulated
+        against the float model kept the wrong nodes float too."""
         import onnx
         from onnxruntime.quantization.qdq_loss_debug import (collect_activations, create_activation_matching,
                                                              modify_model_output_intermediate_tensors)
@@ -319,14 +320,13 @@ class _Quantizer:
             if node.output[0] in rounding:  # an activation, Add, pool... whose output int8 rounds
                 group["nodes"].append(node.name)
                 group["rounding_error"] = max(group["rounding_error"], rounding[node.output[0]])
-        # A group that writes a graph output (the logits, the features) comes first: agreement is measured
-        # on those outputs, where rounding is never averaged out downstream (measured on a 1,000-class
-        # head: its 8-bit logits alone held top-1 agreement at 72%).
         outputs = {o.name for o in graph.output}
         nodes = {n.name: n for n in graph.node}
         for group in groups.values():
             group["writes_output"] = any(o in outputs for n in group["nodes"] for o in nodes[n].output)
-        return sorted(groups.values(), key=lambda g: (not g["writes_output"], -g["rounding_error"]))
+        ranked = list(groups.values())
+        self.isolated_errors(ranked, output_name, reference)
+        return sorted(ranked, key=lambda g: -g["isolated_error"])
 
     def isolated_errors(self, groups: list[dict[str, Any]], output_name: str, reference: np.ndarray) -> None:
         """Set each group's "isolated_error": the mean |output - fp32 output| / mean |fp32 output| on the
@@ -339,15 +339,13 @@ class _Quantizer:
         this, 4 groups in float agreed 100% on the calibration digits. One quantization per group."""
         every = [n for g in groups for n in g["nodes"]]
         scratch = self.workdir / "isolated.onnx"
-        n = min(ISOLATED_IMAGES, len(self.calibration))
-        ref = reference[:n].astype(np.float64)
+        ref = reference[:ISOLATED_IMAGES].astype(np.float64)
         scale = max(float(np.abs(ref).mean()), 1e-30)
         for group in groups:
             own = set(group["nodes"])
             self.quantize(scratch, [node for node in every if node not in own])
-            session = open_session(str(scratch), CPU)
-            (out,) = run_grouped(session, list(self.calibration[:n]), 32, outputs=[output_name])
-            group["isolated_error"] = float(np.abs(out.astype(np.float64) - ref).mean() / scale)
+            out = self.logits(scratch, output_name, ISOLATED_IMAGES).astype(np.float64)
+            group["isolated_error"] = float(np.abs(out - ref).mean() / scale)
 
     def speed(self, int8_model: Path, min_speedup: float) -> dict[str, Any]:
         """fp32 and int8 images/s at batch 32 on the CPU provider, timed alternately in this process."""
