@@ -246,9 +246,12 @@ def _compare(cache_dir: Path, out: Path, limit: int | None, backbones: list[str]
         return {"line": f"te compare: skipped (needs 2 of {', '.join(COMPARE_BACKBONES)} installed; "
                         f"found {', '.join(backbones) or 'none'})", "backbones": backbones, "entries": []}
     result = compare("builtin:digits", cache_dir, backbones, out=out, name="digits", limit=limit, progress=progress)
-    ranked = ", ".join(f"{e.backbone} {_pct(e.linear_val)}" + (f" ({e.reused} reused)" if e.reused and not e.extracted
-                                                               else "")
-                       if e.error is None else f"{e.backbone} failed: {e.error}" for e in result.entries)
+    def row(e) -> str:
+        if e.error is not None:
+            return f"{e.backbone} failed: {e.error}"
+        return f"{e.backbone} {_pct(e.linear_val)}" + (f" ({e.reused} reused)" if e.reused and not e.extracted else "")
+
+    ranked = ", ".join(row(e) for e in result.entries)
     tau = "" if result.logme_tau is None else f"; LogME ranks them with Kendall's tau {result.logme_tau:+.2f}"
     return {"line": f"te compare {','.join(backbones)} (linear probe val accuracy): {ranked}{tau}; "
                     f"recommendation: {result.recommendation} ({Path(result.files['png']).name})",
