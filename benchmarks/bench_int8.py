@@ -1,8 +1,10 @@
 """int8 recipes on this CPU: top-1 agreement with fp32 on real images, and speed against fp32 (same run).
 
 For each model (EfficientNet-Lite0 with its real ImageNet weights, ResNet-50 seeded random init: no real
-ResNet weights install offline) and each onnxruntime recipe, quantized with te's own quantizer
-(`transfer_engine.export.int8`, MinMax on 128 calibration images of the same kind as the check images):
+ResNet weights install offline) and each onnxruntime recipe, fully int8 (MinMax on 128 calibration images
+of the same kind as the check images; te's two recipes through te's own quantizer,
+`transfer_engine.export.int8`), then te's accuracy budget (`quantize_within_budget`, portable recipe, gate
+99% on the check images: the float groups it keeps and the speed of that mix):
 
     agreement   top-1 agreement of the 1,000 ImageNet logits with the fp32 ONNX model, on held-out digits
                 (8x8 scans upscaled, as te's demo sees them) and on crops of real photos (skimage.data)
@@ -33,14 +35,23 @@ from transfer_engine.core import cpu
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import result_row, write_results  # noqa: E402
 
-RECIPES = [  # name, activations, weights, per_channel, reduce_range, format
+RECIPES = [  # name, activations, weights, per_channel, reduce_range, format (te's recipes: `te_recipe`)
     ("U8S8 per-channel (te vnni)", "QUInt8", "QInt8", True, False, "QDQ"),
-    ("U8S8 per-channel reduce_range (te portable)", "QUInt8", "QInt8", True, True, "QDQ"),
+    ("U8S8 per-channel reduce_range, 8-bit depthwise (te portable)", "QUInt8", "QInt8", True, True, "QDQ"),
+    ("U8S8 per-channel reduce_range", "QUInt8", "QInt8", True, True, "QDQ"),
     ("U8S8 per-tensor", "QUInt8", "QInt8", False, False, "QDQ"),
     ("U8S8 per-tensor reduce_range", "QUInt8", "QInt8", False, True, "QDQ"),
     ("S8S8 per-channel", "QInt8", "QInt8", True, False, "QDQ"),
     ("U8S8 per-channel reduce_range QOperator", "QUInt8", "QInt8", True, True, "QOperator"),
 ]
+BUDGET = "te budget: portable, fewest float groups for 99% (te export's default)"
+
+
+def te_recipe(label: str):
+    """te's `Int8Recipe` a row names ("(te NAME)"), or None for onnxruntime's plain settings."""
+    from transfer_engine.export.recipes import RECIPES as TE_RECIPES
+
+    return TE_RECIPES[label.split("(te ")[1].rstrip(")")] if "(te " in label else None
 
 
 def _model(name: str) -> tuple[torch.nn.Module, list[float], list[float]]:
@@ -110,10 +121,55 @@ def _speed(paths: dict[str, Path], x: np.ndarray) -> dict[str, float]:
     return {k: len(x) / v for k, v in best.items()}
 
 
+def _reader(cal: np.ndarray):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([cal[i:i + 16] for i in range(0, len(cal), 16)])
+
+        def get_next(self):
+            b = next(self.items, None)
+            return None if b is None else {"images": b}
+
+    return Reader()
+
+
+def _scratch(work: Path) -> Path:
+    return Path(tempfile.mkdtemp(dir=work))
+
+
+def _agreement(logits: np.ndarray, reference: np.ndarray) -> float:
+    return float((logits.argmax(1) == reference.argmax(1)).mean())
+
+
+def _measure(row: dict, domain: str, int8: Path, check: np.ndarray, reference: np.ndarray, fp32: Path,
+             batch: np.ndarray) -> None:
+    """Agreement of `int8` on the check images with this CPU's kernels and exact, and (photos) speed and size."""
+    for exact in (False, True):
+        row[f"{domain}_{'exact' if exact else 'here'}"] = _agreement(_logits(_session(int8, exact), check), reference)
+    if domain != "photos":
+        return
+    speeds = _speed({"fp32": fp32, "int8": int8}, batch)
+    row.update(fp32_img_s=speeds["fp32"], int8_img_s=speeds["int8"], speedup=speeds["int8"] / speeds["fp32"],
+               mb=int8.stat().st_size / 2**20, fp32_mb=fp32.stat().st_size / 2**20)
+
+
+def _print(row: dict) -> None:
+    groups = (f"  float groups: digits {row['float_groups']['digits']}, photos {row['float_groups']['photos']}"
+              if "float_groups" in row else "")
+    print(f"{row['model']:9} {row['recipe']:45} digits {row['digits_here']:.1%} (exact {row['digits_exact']:.1%})  "
+          f"photos {row['photos_here']:.1%} (exact {row['photos_exact']:.1%})  {row['int8_img_s']:.1f} vs "
+          f"{row['fp32_img_s']:.1f} img/s = {row['speedup']:.2f}x  {row['mb']:.1f} MB{groups}", flush=True)
+
+
 def bench(model_name: str, quick: bool, work: Path) -> list[dict]:
     recipes = [r for r in RECIPES if "(te " in r[0]] if quick else RECIPES
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from transfer_engine.export.int8 import quantize_fully, quantize_within_budget
+    from transfer_engine.export.recipes import RECIPES as TE_RECIPES
 
     model, mean, std = _model(model_name)
     sets = _images(128, 48 if quick else 100, mean, std)
@@ -129,32 +185,32 @@ def bench(model_name: str, quick: bool, work: Path) -> list[dict]:
     for label, act, wt, per_channel, reduce_range, fmt in recipes:
         row = {"model": model_name, "recipe": label}
         for domain, (cal, check) in sets.items():
-            class Reader(CalibrationDataReader):
-                def __init__(self) -> None:
-                    self.items = iter([cal[i:i + 16] for i in range(0, len(cal), 16)])
-
-                def get_next(self):
-                    b = next(self.items, None)
-                    return None if b is None else {"images": b}
-
             out = work / f"{model_name}.{domain}.q.onnx"
-            quantize_static(str(prepared), str(out), Reader(), quant_format=getattr(QuantFormat, fmt),
-                            per_channel=per_channel, reduce_range=reduce_range,
-                            activation_type=getattr(QuantType, act), weight_type=getattr(QuantType, wt),
-                            calibrate_method=CalibrationMethod.MinMax)
-            for exact in (False, True):
-                logits = _logits(_session(out, exact), check)
-                key = f"{domain}_{'exact' if exact else 'here'}"
-                row[key] = float((logits.argmax(1) == reference[domain].argmax(1)).mean())
-            if domain == "photos":
-                speeds = _speed({"fp32": fp32, "int8": out}, batch)
-                row.update(fp32_img_s=speeds["fp32"], int8_img_s=speeds["int8"],
-                           speedup=speeds["int8"] / speeds["fp32"], mb=out.stat().st_size / 2**20,
-                           fp32_mb=fp32.stat().st_size / 2**20)
+            recipe = te_recipe(label)
+            if recipe is not None:
+                quantize_fully(fp32, out, cal, recipe=recipe, workdir=_scratch(work))
+            else:
+                quantize_static(str(prepared), str(out), _reader(cal), quant_format=getattr(QuantFormat, fmt),
+                                per_channel=per_channel, reduce_range=reduce_range,
+                                activation_type=getattr(QuantType, act), weight_type=getattr(QuantType, wt),
+                                calibrate_method=CalibrationMethod.MinMax)
+            _measure(row, domain, out, check, reference[domain], fp32, batch)
         rows.append(row)
-        print(f"{model_name:9} {label:45} digits {row['digits_here']:.1%} (exact {row['digits_exact']:.1%})  photos "
-              f"{row['photos_here']:.1%} (exact {row['photos_exact']:.1%})  {row['int8_img_s']:.1f} vs "
-              f"{row['fp32_img_s']:.1f} img/s = {row['speedup']:.2f}x  {row['mb']:.1f} MB", flush=True)
+        _print(row)
+    row = {"model": model_name, "recipe": BUDGET, "float_groups": {}}
+    for domain, (cal, check) in sets.items():  # the mix te export would deploy, judged on the check images
+        out = work / f"{model_name}.{domain}.budget.onnx"
+
+        def judge(candidate: Path, check=check, domain=domain) -> tuple[float, bool]:
+            a = _agreement(_logits(_session(candidate, False), check), reference[domain])
+            return a, a >= 0.99
+
+        outcome = quantize_within_budget(fp32, out, cal, recipe=TE_RECIPES["portable"], check=judge,
+                                         min_agreement=0.99, min_speedup=0, workdir=_scratch(work))
+        row["float_groups"][domain] = outcome.float_groups if outcome.failure is None else None
+        _measure(row, domain, out, check, reference[domain], fp32, batch)
+    rows.append(row)
+    _print(row)
     return rows
 
 

@@ -59,9 +59,11 @@ def test_int8_is_really_quantized_and_says_how_far_it_is(lite, report):
     ops = {n.op_type for n in onnx.load(str(lite / "out" / "lite.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert int8["bytes"] < 0.5 * report["variants"]["fp32"]["bytes"]  # int8 weights: about 4x smaller
-    # the portable recipe (7-bit weights, exact with and without VNNI), and the CPU it was checked on
+    # the portable recipe (7-bit weights, 8-bit in depthwise convs: exact with and without VNNI), and the
+    # CPU it was checked on
     search = report["calibration"]["int8"]
     assert report["calibration"]["reduce_range"] and search["recipe"]["name"] == "portable"
+    assert report["calibration"]["depthwise_full_range"] and search["recipe"]["depthwise_full_range"]
     assert search["checked_on"] == cpu.describe() and search["steps"][0]["float_nodes"] == 0
 
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from transfer_engine.export.int8 import _int8_nodes, quantize_within_budget
+from transfer_engine.export.int8 import _int8_nodes, quantize_fully, quantize_within_budget
 from transfer_engine.export.recipes import RECIPES
 
 
@@ -99,3 +99,40 @@ def test_a_relu_folded_into_its_conv_output_is_not_counted_as_rounding_error(tin
     # ranking followed ReLUs, not rounding. 8-bit rounding of one tensor costs about 1%.
     outcome, _ = _quantize(tiny, tmp_path)
     assert max(g["rounding_error"] for g in outcome.sensitivity) < 0.1
+
+
+def _weight_codes(path) -> dict[str, int]:
+    """{conv node: the largest |int8 code| of its weights} of a QDQ model."""
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    dequantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name: int(np.abs(constants[dequantized[n.input[1]]].astype(np.int32)).max())
+            for n in graph.node if n.op_type == "Conv" and dequantized.get(n.input[1]) in constants}
+
+
+def test_the_portable_recipe_keeps_8_bit_weights_only_where_every_cpu_computes_them_exactly(tiny, tmp_path):
+    # 7-bit weights in the GEMM convs (a u8 x s8 pair sum fits vpmaddubsw's int16 without VNNI); the
+    # depthwise conv keeps 8 bits: onnxruntime's depthwise kernels widen to 16 bits before multiplying
+    path, images = tiny
+    out = tmp_path / "portable.onnx"
+    quantize_fully(path, out, images[:64], recipe=RECIPES["portable"], workdir=tmp_path)
+    codes = _weight_codes(out)
+    depthwise = [name for name in codes if "body.2" in name]
+    assert len(codes) == 3 and len(depthwise) == 1
+    assert codes[depthwise[0]] > 64 and all(c <= 64 for name, c in codes.items() if name not in depthwise)
+    # on this CPU, whichever family it is, the integer kernels compute what exact int32 accumulation gives
+    # (onnxruntime with graph optimizations off runs the Q/DQ graph as float arithmetic)
+    import onnxruntime as ort
+
+    def logits(exact: bool) -> np.ndarray:
+        options = ort.SessionOptions()
+        if exact:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+        return session.run(None, {"images": images[64:128]})[0]
+
+    fast, exact = logits(False), logits(True)
+    assert np.abs(fast - exact).mean() < 0.02 * np.abs(exact).mean()
+    assert (fast.argmax(1) == exact.argmax(1)).mean() >= 0.95

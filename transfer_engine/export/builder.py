@@ -132,7 +132,7 @@ class Builder:
         assert cal_set is not None
         recipe = RECIPES[int8_target]
         self.say(f"quantizing to int8 ({recipe.name} recipe: QDQ, per-channel, "
-                 f"{'7' if recipe.reduce_range else '8'}-bit weights), calibrated on {cal_set.description}")
+                 f"{_weight_bits(recipe)} weights), calibrated on {cal_set.description}")
         images, _, failed = cal_set.load()
         if not images:
             raise UsageError(f"none of the {len(cal_set)} calibration images could be read")
@@ -155,7 +155,8 @@ class Builder:
         self.quantization = {k: v for k, v in outcome.to_dict().items() if k in ("recipe", "checked_on", "float_nodes")}
         return {"images": len(images), "source": cal_set.description, "failed": failed, "method": recipe.calibration,
                 "format": recipe.format, "per_channel": recipe.per_channel, "activations": recipe.activations,
-                "weights": recipe.weights, "reduce_range": recipe.reduce_range, "int8": outcome.to_dict()}
+                "weights": recipe.weights, "reduce_range": recipe.reduce_range,
+                "depthwise_full_range": recipe.depthwise_full_range, "int8": outcome.to_dict()}
 
     def _measure(self, path: Path, inputs: list[np.ndarray], ref: parity.Reference, batch: int,
                  feed: Callable[[Session, list[np.ndarray], int], dict[str, np.ndarray]] | None = None
@@ -281,6 +282,12 @@ class Builder:
             info["input"] = {"name": INPUT, "dtype": "uint8" if preprocess else "float32",
                              "layout": self.layout if preprocess else "nchw"}
         return info
+
+
+def _weight_bits(recipe: Any) -> str:
+    if not recipe.reduce_range:
+        return "8-bit"
+    return "7-bit" + (" (8-bit in depthwise convolutions)" if recipe.depthwise_full_range else "")
 
 
 def _outputs_by_name(session: Session, items: list[np.ndarray], batch: int) -> dict[str, np.ndarray]:

@@ -185,6 +185,23 @@ def _int8_nodes(model: Path) -> int:
     return sum(1 for n in graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and int8(n))
 
 
+def _depthwise_weights(model: Path) -> list[str]:
+    """The weight initializers of `model`'s depthwise convolutions (a Conv with one input channel per group
+    and more than one group)."""
+    import onnx
+
+    graph = onnx.load(str(model)).graph
+    weights = {t.name: t for t in graph.initializer}
+    found = []
+    for node in graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        group = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+        if group > 1 and weights[node.input[1]].dims[1] == 1:
+            found.append(node.input[1])
+    return found
+
+
 def _quantized_ranges(qdq_model: Path) -> dict[str, tuple[float, float]]:
     """{tensor: (lowest, highest) value its QuantizeLinear can represent} of a QDQ model's activations."""
     import onnx
@@ -226,6 +243,7 @@ class _Quantizer:
         self.cache = workdir / "calibration.json"
         with _tool_errors("int8"), quiet_stdout():
             quant_pre_process(str(self.fp32), str(self.prepared))
+        self.depthwise_weights = _depthwise_weights(self.prepared)
 
     def quantize(self, out: Path, float_nodes: Sequence[str]) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -234,6 +252,10 @@ class _Quantizer:
         # Calibrate once: onnxruntime >= 1.23 keeps the ranges in a file; older ones recalibrate each time.
         if "calibration_cache_path" in inspect.signature(quantize_static).parameters:
             kwargs["calibration_cache_path"] = str(self.cache)
+        if self.recipe.reduce_range and self.recipe.depthwise_full_range:
+            axis = {"axis": 0} if self.recipe.per_channel else {}
+            kwargs["extra_options"] = {"TensorQuantOverrides": {w: [{"reduce_range": False, **axis}]
+                                                                for w in self.depthwise_weights}}
         with _tool_errors("int8"), quiet_stdout():
             quantize_static(str(self.prepared), str(out), self._reader(), quant_format=QuantFormat.QDQ,
                             per_channel=self.recipe.per_channel, reduce_range=self.recipe.reduce_range,

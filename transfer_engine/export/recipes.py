@@ -1,9 +1,15 @@
 """The int8 recipes `te export --int8-target` offers, and what te predict says about them (no numpy, no torch).
 
     portable  QDQ, uint8 activations, int8 weights per output channel, 7-bit weights (onnxruntime's
-              `reduce_range`). Every u8 x s8 pair sum fits in int16, so the integer kernels of CPUs without
-              VNNI (vpmaddubsw saturates at 32,767) compute exactly what VNNI CPUs compute: a model checked
-              on one x86 family gives the same integer results on the other. The default.
+              `reduce_range`) in the GEMM-based convolutions (pointwise, dense, the stem) and 8-bit ones in
+              the depthwise convolutions. In a GEMM every u8 x s8 pair sum then fits in int16, so the
+              integer kernels of CPUs without VNNI (vpmaddubsw saturates at 32,767) compute exactly what
+              VNNI CPUs compute. onnxruntime's depthwise kernels widen both operands to 16 bits before they
+              multiply (MLAS `MlasConvDepthwiseKernelAvx2`; no pair sum in int16), so 8-bit depthwise
+              weights are exact on both families too (measured on AVX2: its outputs match the float
+              emulation of exact int32 accumulation as closely as the 7-bit ones; 8-bit weights in the stem
+              do not: 2.1x the mean logit off). A model checked on one x86 family gives the same integer
+              results on the other. The default.
     vnni      the same with full 8-bit weights: slightly finer weights, exact only on VNNI CPUs (AVX512-VNNI,
               AVX-VNNI); on AVX2 its products saturate (measured: top-1 agreement 53% on the digits).
 """
@@ -25,6 +31,8 @@ class Int8Recipe:
     Attributes:
         name: the recipe's name (`te export --int8-target`).
         reduce_range: 7-bit weights (exact on CPUs without VNNI) instead of 8-bit.
+        depthwise_full_range: with reduce_range, the depthwise convolutions' weights keep 8 bits (their
+            kernels are exact with them on every x86 family): finer weights where they cost nothing.
         exact_on: the `core.cpu` int8 families whose kernels compute this recipe's products exactly.
         format / activations / weights / per_channel / calibration: onnxruntime's settings, as recorded.
     """
@@ -37,13 +45,15 @@ class Int8Recipe:
     weights: str = "int8"
     per_channel: bool = True
     calibration: str = "minmax"
+    depthwise_full_range: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 RECIPES = {
-    "portable": Int8Recipe("portable", reduce_range=True, exact_on=(cpu.X86_VNNI, cpu.X86_NO_VNNI)),
+    "portable": Int8Recipe("portable", reduce_range=True, exact_on=(cpu.X86_VNNI, cpu.X86_NO_VNNI),
+                           depthwise_full_range=True),
     "vnni": Int8Recipe("vnni", reduce_range=False, exact_on=(cpu.X86_VNNI,)),
 }
 INT8_TARGETS = tuple(RECIPES)
