@@ -48,8 +48,8 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @click.option("--min-agreement", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.99, show_default=True,
               metavar="F", help="Refuse a quantized model whose top-1 agrees with PyTorch on less than this fraction.")
 @click.option("--int8-target", type=click.Choice(list(INT8_TARGETS)), default=DEFAULT_INT8_TARGET, show_default=True,
-              help="int8 recipe. portable: 7-bit weights, the same integer results on x86 CPUs with and without "
-                   "VNNI; vnni: 8-bit weights, exact only on VNNI CPUs (saturates on AVX2).")
+              help="int8 recipe. portable: 7-bit weights (8-bit in depthwise convolutions), the same integer "
+                   "results on x86 CPUs with and without VNNI; vnni: 8-bit weights, exact only on VNNI CPUs (saturates on AVX2).")
 @click.option("--min-int8-speedup", type=click.FloatRange(0.0, 100.0, max_open=True), default=DEFAULT_MIN_SPEEDUP,
               show_default=True, metavar="R",
               help="Refuse int8 that is not R times as fast as fp32 at batch 32 on this CPU (0: no speed rule).")

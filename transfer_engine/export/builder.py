@@ -132,7 +132,7 @@ class Builder:
         assert cal_set is not None
         recipe = RECIPES[int8_target]
         self.say(f"quantizing to int8 ({recipe.name} recipe: QDQ, per-channel, "
-                 f"{_weight_bits(recipe)} weights), calibrated on {cal_set.description}")
+                 f"{recipe.weight_bits()} weights), calibrated on {cal_set.description}")
         images, _, failed = cal_set.load()
         if not images:
             raise UsageError(f"none of the {len(cal_set)} calibration images could be read")
@@ -282,12 +282,6 @@ class Builder:
             info["input"] = {"name": INPUT, "dtype": "uint8" if preprocess else "float32",
                              "layout": self.layout if preprocess else "nchw"}
         return info
-
-
-def _weight_bits(recipe: Any) -> str:
-    if not recipe.reduce_range:
-        return "8-bit"
-    return "7-bit" + (" (8-bit in depthwise convolutions)" if recipe.depthwise_full_range else "")
 
 
 def _outputs_by_name(session: Session, items: list[np.ndarray], batch: int) -> dict[str, np.ndarray]:

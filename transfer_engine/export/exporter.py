@@ -93,8 +93,8 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
         exporter: "auto", "torchscript" or "dynamo" (see `transfer_engine.export.onnx_export`).
         overwrite: replace existing files at `out` (otherwise that is a UsageError, before any work).
         providers: onnxruntime providers to check on (default: every one available: TensorRT, CUDA, CPU).
-        int8_target: the int8 recipe (`transfer_engine.export.recipes.RECIPES`): "portable" (7-bit weights, the
-            same integer results on CPUs with and without VNNI) or "vnni" (8-bit weights, VNNI CPUs only).
+        int8_target: the int8 recipe (`transfer_engine.export.recipes.RECIPES`): "portable" (7-bit weights, 8-bit
+            in depthwise convolutions: the same integer results on CPUs with and without VNNI) or "vnni" (8-bit weights, VNNI CPUs only).
         min_int8_speedup: int8 must run at least this many times as fast as fp32 at batch 32 on the CPU
             (after keeping sensitive nodes in float to meet `min_agreement`); 0 turns the rule off.
         log: where progress lines go (default: nowhere).

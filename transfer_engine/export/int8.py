@@ -243,7 +243,11 @@ class _Quantizer:
         self.cache = workdir / "calibration.json"
         with _tool_errors("int8"), quiet_stdout():
             quant_pre_process(str(self.fp32), str(self.prepared))
-        self.depthwise_weights = _depthwise_weights(self.prepared)
+        # onnxruntime's per-tensor exceptions to the recipe's weight range (computed once, used by every quantize)
+        self.weight_overrides: dict[str, list[dict[str, Any]]] = {}
+        if recipe.reduce_range and recipe.depthwise_full_range:
+            axis = {"axis": 0} if recipe.per_channel else {}
+            self.weight_overrides = {w: [{"reduce_range": False, **axis}] for w in _depthwise_weights(self.prepared)}
 
     def quantize(self, out: Path, float_nodes: Sequence[str]) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -252,10 +256,8 @@ class _Quantizer:
         # Calibrate once: onnxruntime >= 1.23 keeps the ranges in a file; older ones recalibrate each time.
         if "calibration_cache_path" in inspect.signature(quantize_static).parameters:
             kwargs["calibration_cache_path"] = str(self.cache)
-        if self.recipe.reduce_range and self.recipe.depthwise_full_range:
-            axis = {"axis": 0} if self.recipe.per_channel else {}
-            kwargs["extra_options"] = {"TensorQuantOverrides": {w: [{"reduce_range": False, **axis}]
-                                                                for w in self.depthwise_weights}}
+        if self.weight_overrides:
+            kwargs["extra_options"] = {"TensorQuantOverrides": self.weight_overrides}
         with _tool_errors("int8"), quiet_stdout():
             quantize_static(str(self.prepared), str(out), self._reader(), quant_format=QuantFormat.QDQ,
                             per_channel=self.recipe.per_channel, reduce_range=self.recipe.reduce_range,

@@ -50,6 +50,12 @@ class Int8Recipe:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def weight_bits(self) -> str:
+        """The weights' width in words: "8-bit", "7-bit" or "7-bit (8-bit in depthwise convolutions)"."""
+        if not self.reduce_range:
+            return "8-bit"
+        return "7-bit" + (" (8-bit in depthwise convolutions)" if self.depthwise_full_range else "")
+
 
 RECIPES = {
     "portable": Int8Recipe("portable", reduce_range=True, exact_on=(cpu.X86_VNNI, cpu.X86_NO_VNNI),
