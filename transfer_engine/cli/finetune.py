@@ -35,18 +35,19 @@ def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="RUN",
               help="Run directory to write (what `te export` reads); checkpoints go to RUN.ckpt/ meanwhile.")
 @click.option("--recipe", type=click.Choice(RECIPES), default=D("recipe"), show_default=True,
-              help="search: try peak learning rates, then a longer run at the best, within --budget, and keep what "
+              help="search: a run per peak learning rate (3e-4, 1e-4, 3e-5 in turn) within --budget, and keep what "
                    "did best on val (the start included); fixed: --epochs at --lr once; auto: search unless "
                    "--epochs or --lr is given.")
 @click.option("--budget", "budget_minutes", type=click.FloatRange(min=0, min_open=True), default=D("budget_minutes"),
               show_default=True, metavar="MINUTES", help="Wall-clock bound of a recipe search.")
 @click.option("--epochs", type=click.IntRange(min=1), default=D("epochs"), metavar="N",
-              help=f"Epochs to train [fixed recipe: {FIXED_EPOCHS}; search: the most its long run takes].")
+              help=f"Epochs to train [fixed recipe: {FIXED_EPOCHS}; search: the most a trial takes].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=D("lr"), metavar="X",
               help=f"Peak learning rate of the head [fixed recipe: {FIXED_LR:g}; search: searched]; backbone blocks "
                    "get X * layer-decay ** depth-from-top.")
 @click.option("--patience", type=click.IntRange(min=0), default=D("patience"), show_default=True, metavar="N",
-              help="Stop when val accuracy has not improved for N epochs (0: never; a search's long run uses 2).")
+              help="Stop when val (accuracy, then loss) has not improved on the best trained epoch for N epochs "
+                   "(0: never; a search's trials use 2).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=D("strategy"),
               help="What trains when [default: no_freeze with --from (LP-FT), freeze_unfreeze with --head].")
 @click.option("--unfreeze-epoch", type=click.IntRange(min=0), default=D("unfreeze_epoch"), show_default=True, metavar="K",

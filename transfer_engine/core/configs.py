@@ -101,16 +101,16 @@ class FinetuneConfig(_Defaults):
         backbone, data, head: instead of from_run_dir: a backbone, a --data source and a new head.
         weights: the backbone's weights (with `backbone`).
         head_options: options of the new head (with `head`).
-        recipe: "search" tries peak learning rates and then a longer run at the best one, within
+        recipe: "search" trains one run per peak learning rate (highest first) within
             `budget_minutes`, and keeps whatever did best on val, the start included (finetune/search.py);
             "fixed" trains `epochs` at `lr` once; "auto" (the default) searches when neither `epochs` nor
             `lr` is given and trains that recipe otherwise.
         budget_minutes: wall-clock bound of a search (trials that would not fit are skipped).
-        epochs: epochs to train (a fixed recipe: default 2; a search: the most its long run may take).
+        epochs: epochs to train (a fixed recipe: default 2; a search: the most a trial may take).
         lr: peak learning rate of the head (backbone blocks: lr * layer_decay ** depth-from-top); a fixed
             recipe's default is 3e-4; given to a search, only the run length is searched.
-        patience: stop when val accuracy has not improved for this many epochs (0: never; a search uses 2
-            in its long run); the best epoch is kept either way.
+        patience: stop when val (accuracy, then loss) has not improved on the best trained epoch for this
+            many epochs (0: never; a search's trials use 2); the best epoch is kept either way.
         strategy: "freeze", "no_freeze", "freeze_unfreeze" or "unfreeze_milestones"; default no_freeze
             from a trained head (LP-FT), freeze_unfreeze with a new head.
         unfreeze_epoch: head-only epochs of freeze_unfreeze.
