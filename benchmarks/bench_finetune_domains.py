@@ -37,13 +37,13 @@ BACKBONE = "efficientnet_lite0"
 def frozen_and_linear(data: Path, root: Path) -> dict:
     """te extract, then every head swept (the frozen row) and a linear head on train only (LP-FT's start)."""
     from transfer_engine.extract import extract
-    from transfer_engine.train import train
+    from transfer_engine.train import train, train_all
 
     t0 = time.perf_counter()
     extract(BACKBONE, str(data), root / "cache", weights="DEFAULT", name="d", progress=False)
     extracted = time.perf_counter() - t0
     t1 = time.perf_counter()
-    board = train(root / "cache", head="all", out=root / "heads", dataset="d", sweep=True, progress=False)
+    board = train_all(root / "cache", out=root / "heads", dataset="d", sweep=True, progress=False)
     swept = time.perf_counter() - t1
     t2 = time.perf_counter()
     linear = train(root / "cache", head="linear", out=root / "linear", dataset="d", progress=False)
