@@ -79,7 +79,9 @@ def main() -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6, help="training steps per variant (the first is not timed)")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated; the first is the baseline of the ratios (default: nchw)")
+    parser.add_argument("--weights", default="DEFAULT", help="DEFAULT (pretrained) or none (random init, offline)")
     parser.add_argument("--json", metavar="PATH", default=None)
     args = parser.parse_args()
 
@@ -87,7 +89,7 @@ def main() -> None:
     from transfer_engine.runs import Classifier
 
     torch.manual_seed(0)
-    bb = create_backbone(args.backbone, weights="DEFAULT")
+    bb = create_backbone(args.backbone, weights=args.weights)
     model = Classifier(bb.model, torch.nn.Linear(bb.feature_dim, 10))
     batches = digits_batches(bb.preprocess, args.batch, args.steps)
     results = {}
@@ -96,13 +98,14 @@ def main() -> None:
         r = results[name]
         print(f"{name}: {r['images_per_second']:.2f} img/s, first step {r['first_step_seconds']:.1f} s, "
               f"losses {' '.join(f'{v:.4f}' for v in r['losses'])}", file=sys.stderr, flush=True)
-    base = results.get("nchw")
+    base_name = next(iter(results))
+    base = results[base_name]
     rows = []
     for name, r in results.items():
-        if base is None or name == "nchw":
+        if name == base_name:
             continue
         drift = abs(r["losses"][-1] - base["losses"][-1]) / max(abs(base["losses"][-1]), 1e-12)
-        rows.append(result_row(f"training step {name} vs nchw fp32 ({args.backbone} @{bb.preprocess.crop_size}px, "
+        rows.append(result_row(f"training step {name} vs {base_name} ({args.backbone} @{bb.preprocess.crop_size}px, "
                                f"batch {args.batch})", r["images_per_second"], base["images_per_second"], "img/s",
                                r["images_per_second"] / base["images_per_second"], None,
                                note=f"last loss {r['losses'][-1]:.4f} vs {base['losses'][-1]:.4f} ({100 * drift:.1f}% apart); "

@@ -83,7 +83,7 @@ def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
 @click.option("--crop-scale", type=click.FloatRange(min=0, max=1, min_open=True), default=D("crop_scale"), show_default=True,
               metavar="F", help="Smallest area fraction of the random resized crop.")
 @click.option("--precision", type=click.Choice(FINETUNE_PRECISIONS), default=D("precision"), show_default=True,
-              help="Autocast precision; auto = bf16 on GPUs that have it (fp16 + loss scaling otherwise), fp32 on CPU.")
+              help="Autocast precision; auto = bf16 where the GPU or CPU has it natively (fp16 + loss scaling on older GPUs), fp32 otherwise.")
 @click.option("--device", type=click.Choice(DEVICES), default=D("device"), show_default=True,
               help="Where to train.")
 @click.option("--channels-last/--no-channels-last", default=D("channels_last"), show_default=True,
