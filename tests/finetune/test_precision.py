@@ -10,6 +10,7 @@ import torch
 
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import runner
+from transfer_engine.runs import Run
 
 CPU = torch.device("cpu")
 
@@ -26,3 +27,21 @@ def test_bf16_asked_for_on_a_cpu_without_it_is_refused(monkeypatch):
     with pytest.raises(UsageError, match="no native bf16"):
         runner.choose_precision("bf16", CPU)
     assert runner.choose_precision("fp32", CPU) == ("fp32", "asked for")
+
+
+def test_bf16_training_is_evaluated_in_fp32_so_the_start_and_the_selection_see_what_is_shipped(monkeypatch, tmp_path):
+    # Allowed on any CPU for this test (emulated bf16 is slow, but this model is tiny at 32 px).
+    monkeypatch.setattr(runner, "cpu_has_native_bf16", lambda: True)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        runner.finetune(tmp_path / precision, backbone="mobilenet_v3_small", weights="none", data="builtin:digits",
+                        head="linear", input_size=32, limit=120, batch_size=16, epochs=1, lr=1e-3, augment="none",
+                        precision=precision, progress=False)
+        runs[precision] = Run.open(tmp_path / precision)
+    fp32, bf16 = (runs[p].metrics for p in ("fp32", "bf16"))
+    assert runs["bf16"].info.hyperparameters["precision"] == "bf16"
+    # The same start evaluated bit for bit alike: an autocast evaluation would round its logits to bf16.
+    assert bf16["before"] == fp32["before"]
+    # and training did run in bf16: the epoch differs, but not by more than bf16's rounding would explain.
+    assert bf16["epochs"][0]["train_loss"] != fp32["epochs"][0]["train_loss"]
+    assert abs(bf16["epochs"][0]["train_loss"] - fp32["epochs"][0]["train_loss"]) < 0.1 * fp32["epochs"][0]["train_loss"]
