@@ -10,8 +10,9 @@ its bound wins:
   >= PRECISION_BOUND (the cache's int8 storage bound);
 - onnxruntime fp32 claims the *same* space as PyTorch fp32 (the backend is provenance, not identity:
   a cache filled on one machine with onnxruntime and on another with PyTorch stays one space), so it
-  must agree far tighter: cosine >= SAME_SPACE_BOUND on every row (measured 0.999999+ on real images for
-  every built-in family, tests/extract/test_backend_parity.py), or it is not used.
+  must agree far tighter: cosine >= SAME_SPACE_BOUND on every row (what it reaches on real images for
+  every built-in family: docs/extract.md, "Execution backend"; tests/extract/test_backend_parity.py), or
+  it is not used.
 
 The backbone is exported to ONNX once per (backbone, weights digest, input size, opset) and kept in the
 cache as an artifact (content-addressed, checked when loaded and by `te cache verify`). A backbone that
@@ -70,7 +71,7 @@ class Choice:
     Attributes:
         backend: "torch" or "onnxruntime".
         precision: the compute precision (part of the feature space).
-        reason: one line for the user ("auto: onnxruntime fp32 41.0 img/s, torch fp32 8.2 ...").
+        reason: one line for the user ("auto: onnxruntime fp32 <rate> img/s, torch fp32 <rate> ...").
         measured: per candidate label: {"images_per_second", "min_cosine", "bound", "ok", "note"}.
         onnx: the exported backbone (an artifact of the cache) when backend is onnxruntime.
     """

@@ -4,8 +4,9 @@
 
 `TorchEngine` runs the backbone eagerly (channels_last, autocast for bf16/fp16). `OrtEngine` runs the
 same backbone exported to ONNX (`export_backbone`) through onnxruntime: on CPUs without native bf16 its
-fp32 kernels are 1.7-5x faster than PyTorch's for the same features (docs/extract.md). Which engine a
-run uses is decided by `transfer_engine.extract.backend`.
+fp32 kernels can be much faster than PyTorch's for the same features, by how much depends on the CPU and
+the backbone (docs/extract.md, "Execution backend"). Which engine a run uses is therefore measured, not
+assumed: `transfer_engine.extract.backend`.
 """
 
 from __future__ import annotations

@@ -64,10 +64,11 @@ class FeatureExtractor:
         self.workers = max(1, workers)
         self.prefetch = max(1, prefetch)
         # PIL decodes and resizes, as torchvision's weights transforms do. torchvision.io.decode_jpeg gives the
-        # same pixels (both are libjpeg-turbo) and is no faster on its own; its speed-up (2x at 256 px, 3x on
-        # large photos) comes from resizing with torch instead of PIL, which moves features (cosine 0.99995)
-        # and so would need a new feature space and the same resizer wherever features are computed (predict,
-        # finetune). PIL's JPEG draft mode fails the cosine bound (0.967). Figures: docs/extract.md.
+        # same pixels (both are libjpeg-turbo) and is no faster on its own; its speed-up comes from resizing
+        # with torch instead of PIL, which moves features slightly (within the cache's bound, but not the same
+        # features) and so would need a new feature space and the same resizer wherever features are computed
+        # (predict, finetune). PIL's JPEG draft mode fails the cosine bound. Figures: docs/extract.md,
+        # "Decoding: PIL, not torchvision.io".
         self.transform = backbone.transform()
         self.engine = engine if engine is not None else TorchEngine(backbone, device, precision)
 
