@@ -105,8 +105,8 @@ class Trainer:
         device: where to train.
         precision: "fp32", "bf16" or "fp16" autocast of the training steps. Evaluation always runs in
             fp32, the precision te export writes: a sharp warm-start head turns bf16's feature error into
-            changed answers (blocky digits: val 86.2% in fp32, 83.8% in bf16, same weights), so selecting on a
-            bf16 evaluation would select on what is not shipped and would not reproduce the start.
+            changed answers (docs/finetune.md, "Precision and speed"), so selecting on a bf16 evaluation
+            would select on what is not shipped and would not reproduce the start.
         channels_last: convolutions in NHWC memory layout (faster on CPU and GPU).
         backbone_dropout: dropout and stochastic depth inside the backbone while training; False (with
             frozen BatchNorm statistics) trains the backbone in eval mode, so it computes what te extract

@@ -84,9 +84,8 @@ def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
         if torch.cuda.is_bf16_supported():
             return "bf16", "auto: bf16 autocast (the GPU supports it; no loss scaling needed)"
         return "fp16", "auto: fp16 autocast with loss scaling (the GPU has no bf16)"
-    # Measured on Zen 4 (torch 2.14, channels_last training steps, benchmarks/bench_train_step.py): bf16
-    # autocast ran EfficientNet-Lite0 1.63x as fast as fp32 on 2 threads (1.16x on one) and ResNet-18 2.14x
-    # (one thread), with the same loss curve; on CPUs without native bf16 it is emulated and ~6x slower.
+    # bf16 autocast trains faster than fp32 with the same loss curve where the CPU has native bf16, and is
+    # emulated and several times slower where it has not (docs/finetune.md, "Precision and speed").
     if device.type == "cpu" and cpu_has_native_bf16():
         return "bf16", "auto: bf16 autocast (this CPU has native bf16: faster, same loss curve)"
     return "fp32", "auto: fp32 (this CPU has no native bf16; emulated bf16 is several times slower)"
@@ -273,8 +272,8 @@ def _train_and_write(job: _Job, writer, resume: bool, progress: bool, on_epoch_e
     for epoch in range(state.epoch, epochs):
         # Checked before each epoch (not after), so a run resumed right after its last useful epoch stops too.
         # Patience counts from the best *trained* epoch, not from the start: the first epochs of fine-tuning
-        # often fall below a sharp warm-start head on val and then pass it (glyphs, LP-FT at 3e-4: val 75.0,
-        # 87.5, 95.2, 98.1% against 98.1% at the start); counting from the start would stop them at the dip.
+        # often fall below a sharp warm-start head on val and then pass it (docs/finetune.md, "The recipe:
+        # searched on val, within a budget"); counting from the start would stop them at the dip.
         since = _epochs_since_best_trained(state.history)
         if cfg.patience and since is not None and since >= cfg.patience:
             stopped_early = True
@@ -352,9 +351,9 @@ def better_on_val(candidate: dict, best: dict) -> bool:
     """Whether `candidate` beats `best` on val: higher accuracy, or the same accuracy at a lower val loss.
 
     Both are dicts with `val_accuracy` and `val_loss` (None: not measured; anything beats a None best).
-    The loss breaks ties because a small val saturates: 104 held-out glyphs were 98.1% (2 wrong) at the
-    start and after epochs 4-6 of LP-FT alike, while the val loss fell 0.114 -> 0.097 and test accuracy
-    rose 88.5 -> 92.3% (AVX2 run of #20); keeping the earlier on every tie threw that away. A tie on both
+    The loss breaks ties because a small val saturates: its accuracy can stay put over several epochs
+    while the val loss falls and test accuracy rises, and keeping the earlier on every tie threw that away
+    (the run: docs/finetune.md, "The recipe: searched on val, within a budget"). A tie on both
     keeps the earlier, cheaper one; so does a loss lower by less than VAL_LOSS_MIN_DELTA (rounding, not
     progress: lr 1e-12 moves a zero BatchNorm shift and the loss's last bits, nothing else).
     """

@@ -9,12 +9,12 @@ does what its `te train --sweep` does for heads: it tries, on val, within a wall
             stopping (PATIENCE epochs without a better val, counted from its best trained epoch)
 
 Why whole runs and not short screens: the first epochs of fine-tuning at a rate that pays often fall
-below a sharp warm-start head on val before they pass it (glyphs, LP-FT at 3e-4: 75.0, 87.5, 95.2,
-98.1% val against 98.1% at the start, test 88.5 -> 92.3%), so a one-epoch screen rewards the rate that
-moves least (the earlier search picked 1e-5 there and ended at the start). Why highest first: the rate
-that paid on the shifted sets measured (glyphs from te's linear head and from a new head) was 3e-4, so
-a budget that fits one trial spends it there; the lower rates are the fallback for data where 3e-4
-wrecks the head, and the start stays a candidate either way.
+below a sharp warm-start head on val before they pass it, so a one-epoch screen rewards the rate that
+moves least (an earlier search that screened did exactly that and ended at the start). Why highest
+first: the highest rate of the grid is the one that paid on the shifted data sets tried, so a budget
+that fits one trial spends it there; the lower rates are the fallback for data where it wrecks the
+head, and the start stays a candidate either way. The runs behind both: docs/finetune.md, "The recipe:
+searched on val, within a budget".
 
 Every trial is an ordinary fixed-recipe `finetune()` from the same start, so each keeps its best epoch on
 val (`runner.better_on_val`: accuracy, then val loss) with the start itself as a candidate (epoch 0). The
