@@ -121,8 +121,8 @@ class FinetuneConfig(_Defaults):
             docs/finetune.md); False lets them follow the new data.
         backbone_dropout: keep the backbone's dropout and stochastic depth on while training (off by
             default under freeze_bn: the backbone then computes exactly what te extract computed, and the
-            warm-started head fits it; with them on, EfficientNet-Lite0's drop-connect alone raised the
-            loss of 32 blocky training digits from 0.12 to 1.65 before any update, see docs/finetune.md).
+            warm-started head fits it; with them on, drop-connect alone moves the features enough to
+            wreck the head's loss before any update, see docs/finetune.md).
         optimizer: "adamw" or "sgd".
         weight_decay, warmup, clip_grad, label_smoothing: see `OptimConfig`.
         batch_size: images per optimizer step, over all DDP ranks.

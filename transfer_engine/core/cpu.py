@@ -8,7 +8,8 @@ Two things differ between the x86 machines te runs on and change results, not on
   products into int16 with saturation: 2 x 255 x 127 = 64,770 does not fit, so 8-bit weights can
   saturate and the model's outputs change. 7-bit weights (onnxruntime's `reduce_range`) keep every
   pair within 2 x 255 x 64 = 32,640 < 32,767: exact on both families.
-- bf16. Native on AVX512-BF16 / AMX, emulated (about 10x slower) elsewhere.
+- bf16. Native on AVX512-BF16 / AMX, emulated (many times slower) elsewhere (docs/finetune.md,
+  "Precision and speed").
 
 `int8_family()` names the class of machines on which an int8 model gives the same integer results;
 te export records it with every int8 model and te predict compares it with the machine it runs on.
