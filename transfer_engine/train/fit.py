@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 DEFAULTS = {"lr": 1e-3, "epochs": 30, "weight_decay": 1e-4, "batch_size": 256}
 # A default batch is shrunk until an epoch has this many steps: on a few hundred rows, 256-row batches
-# leave Adam too few updates (on the digits, linear scored 90% with 256, 92% with 39).
+# leave Adam too few updates (the run behind this: docs/train.md, "Measurements").
 MIN_STEPS_PER_EPOCH = 16
 # Largest number of L-BFGS iterations of the full-batch solvers.
 MAX_LBFGS_ITERATIONS = 500

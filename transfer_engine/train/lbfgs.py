@@ -12,9 +12,9 @@ What makes it fast, each exact in the sense that the optimum does not change:
   approximated by the top `rank` eigenpairs of the feature covariance (randomized range finder on a
   subsample, a few passes) and c, the softmax's share of the curvature, is re-estimated from the
   predictions a few times during the fit. Directions of large feature variance no longer dominate the
-  curvature: on the benchmark's Gaussian mixture it cut the evaluations four-fold.
+  curvature, and L-BFGS needs far fewer evaluations (docs/train.md, "Measurements").
   Applying A^(-1/2) to V costs O(C D rank), nothing next to the O(N D C) products.
-- bf16 products on CPUs with native bf16 (2x fp32 there): the solver runs in bf16 until it stops
+- bf16 products on CPUs with native bf16 (faster than fp32 there): the solver runs in bf16 until it stops
   improving, then polishes in float32 until the gradient test passes, so the answer is float32's.
 - Gradients by hand (two products per evaluation, no autograd graph); the line search is PyTorch's
   strong-Wolfe search.
@@ -101,8 +101,8 @@ def covariance_preconditioner(x: torch.Tensor, mean: torch.Tensor, num_classes: 
     eig, vec = torch.linalg.eigh((b.t() @ b) / sample.shape[0])
     eig, vec = eig.flip(0)[:r].clamp_min(0), vec.flip(1)[:, :r]
     # Directions beyond the top r get the r-th eigenvalue, not the mean of the rest: real features have a
-    # long decaying tail, whose mean under-weights the tail's head (on efficientnet features of digits
-    # the mean made L-BFGS twice slower than no preconditioner; the r-th eigenvalue did not).
+    # long decaying tail, whose mean under-weights the tail's head (the mean made L-BFGS slower than no
+    # preconditioner on real features; the r-th eigenvalue did not: docs/train.md, "Measurements").
     rest = float(eig[-1])
     return Preconditioner((q @ vec).contiguous(), eig, rest, weight_decay, 1.0 / num_classes)
 
