@@ -54,7 +54,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
               show_default=True, metavar="R",
               help="Refuse int8 that is not R times as fast as fp32 at batch 32 on this CPU (0: no speed rule).")
 @click.option("--exporter", type=click.Choice(EXPORTERS), default="auto", show_default=True,
-              help="torch.onnx exporter; auto: TorchScript for opsets <= 20 (3-25x faster here), else dynamo.")
+              help="torch.onnx exporter; auto: TorchScript for opsets <= 20 (faster), else dynamo.")
 @click.option("--overwrite", is_flag=True, help="Replace files already at --out.")
 @json_option
 def export(run, to_onnx, out, opset, quantize, preprocess, layout, split, check_data, calibration_data, batch_sizes,

@@ -295,8 +295,8 @@ class _Quantizer:
 
         A group is a weighted node (Conv, Gemm, MatMul) with the nodes that follow it on its first input
         until the next weighted one (its activation, a residual Add, a pool): kept in float together, so
-        that no int8 tensor is left between a float node and its float activation (measured on
-        EfficientNet-Lite0: excluding nodes one by one made agreement fall from 88% to 32% on the way).
+        that no int8 tensor is left between a float node and its float activation (excluding nodes one
+        by one made agreement fall on the way: docs/export.md, "The accuracy budget").
         Each group also reports "rounding_error", the worst of its outputs, |after - before| / |before| of
         each tensor in the QDQ model (fake quantization, graph optimizations off, a few calibration
         images), and "writes_output". Those two ranked the groups before: a local measure, blind to how
@@ -318,7 +318,7 @@ class _Quantizer:
             post = np.concatenate([a.ravel() for a in match["post_qdq"]]).astype(np.float64)
             # A ReLU/Clip the quantizer folded into its input's quantization leaves that tensor unclipped
             # before Q and clipped after it: the clip is the float model's own, not rounding error
-            # (unclipped, every ReLU6 of EfficientNet-Lite0 measured ~0.95 and ranked first).
+            # (unclipped, every ReLU6 of EfficientNet-Lite0 came out as the worst and ranked first).
             low, high = ranges.get(tensor, (-np.inf, np.inf))
             pre = np.clip(pre, low, high)
             rounding[tensor] = float(np.linalg.norm(post - pre) / max(np.linalg.norm(pre), 1e-30))
@@ -357,10 +357,10 @@ class _Quantizer:
         first ISOLATED_IMAGES calibration images of the model in which that group alone is int8.
 
         What a group's int8 costs the output, with the amplification of every layer after it. The local
-        rounding error of `rank_groups` is blind to that: measured on EfficientNet-Lite0 (digits, AVX2), the
-        stem and first blocks round least (0.2% each) yet, int8 alone, cost the most (15% mean logit
-        error); ranked by rounding error, 50 of 51 groups in float still agreed only 97.7%, ranked by
-        this, 4 groups in float agreed 100% on the calibration digits. One quantization per group."""
+        rounding error of `rank_groups` is blind to that: on EfficientNet-Lite0 the stem and first blocks
+        round least yet, int8 alone, cost the most, so ranking by rounding error kept nearly every group
+        float without meeting the gate, while ranking by this met it with a few (docs/export.md, "The
+        accuracy budget"). One quantization per group."""
         every = [n for g in groups for n in g["nodes"]]
         scratch = self.workdir / "isolated.onnx"
         ref = reference[:ISOLATED_IMAGES].astype(np.float64)

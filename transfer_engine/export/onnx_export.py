@@ -1,21 +1,9 @@
 """PyTorch -> ONNX: one graph, images -> (logits, features), with a dynamic batch axis.
 
-Which exporter (measured here on torch 2.14.1, onnxscript 0.7.2, 2 CPU cores; parity on 3 random
-images, max |ONNX - PyTorch| over max |PyTorch| of the logits):
-
-    backbone             torchscript (dynamo=False)    dynamo=True
-    mobilenet_v3_small   0.4 s   9e-8                  8.1 s   9e-8
-    convnext_tiny        1.2 s   9e-7                  8.2 s   7e-7
-    vit_b_16             5.0 s   2e-6                 11.3 s   3e-6
-    swin_t               2.8 s   4e-7                 69.0 s   3e-7
-    regnet_y_800mf       0.7 s   4e-7                 10.1 s   3e-7
-    efficientnet_b0      0.9 s   <1e-7                11.2 s   <1e-7
-    efficientnet_lite0   5.2 s   1e-6                 15.5 s   2e-6
-
-Both export every backbone we tried with a dynamic batch axis and agree with PyTorch equally well; the
-TorchScript exporter is 3-25x faster. So `exporter="auto"` uses it for opsets it supports (7-20) and
-the dynamo exporter otherwise (18-23), and whenever the TorchScript one is gone (it is deprecated) or
-fails on a model. Parity is checked on the file written, whichever exporter wrote it.
+Which exporter: both export every backbone we tried with a dynamic batch axis and agree with PyTorch
+equally well, and the TorchScript exporter is several times faster (the timings: docs/export.md, "Which
+exporter, and why"). So `exporter="auto"` uses it for opsets it supports (7-20) and the dynamo exporter
+otherwise (18-23), and whenever the TorchScript one is gone (it is deprecated) or fails on a model. Parity is checked on the file written, whichever exporter wrote it.
 """
 
 from __future__ import annotations
@@ -188,8 +176,8 @@ def _export(module: nn.Module, path: str, crop_size: int, opset: int, exporter: 
     example = (torch.zeros(2, 3, crop_size, crop_size),)  # 2, not 1: tracing never specializes it
     # Traced with autograd on: under no_grad, nn.MultiheadAttention takes its fused fast path
     # (aten::_native_multi_head_attention), which the TorchScript exporter cannot write, and a ViT then
-    # falls back to the dynamo exporter (ViT-B/32: 24.3 s instead of 6.3). The C++ side prints the whole graph on a
-    # failed export to the process's stdout: discarded, since the error itself is raised.
+    # falls back to the slower dynamo exporter (docs/extract.md, "The exported model"). The C++ side prints
+    # the whole graph on a failed export to the process's stdout: discarded, since the error itself is raised.
     grad = torch.enable_grad() if exporter == "torchscript" else torch.no_grad()
     with warnings.catch_warnings(), quiet_stdout(), _native_output_discarded(), grad:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings

@@ -11,10 +11,10 @@ It reproduces `PreprocessSpec.transform()` (torchvision on a PIL image) step by 
     crop       top = round((h - crop) / 2) with ties to even, as Python's round() (ONNX Round does that)
     normalize  x * (1/255), minus mean, divided by std, in that order (torchvision's float operations)
 
-Measured on skimage's photos, odd-sized crops of them and the digits: bilinear and bicubic give the same
-uint8 pixels as PIL except at most 1 level on under 0.3% of them (PIL's fixed-point weights); nearest
-gives PIL's pixels exactly. The parity report measures this on the check images, and `te export`
-fails when it is worse.
+Bilinear and bicubic give PIL's uint8 pixels up to 1 level on a small fraction of them (PIL's
+fixed-point weights); nearest gives PIL's pixels exactly (docs/export.md, "What is checked, and the
+tolerances"). The parity report measures this on the check images, and `te export` fails when it is
+worse.
 
 All images of one batch must have the same height and width (a tensor); any size works.
 """

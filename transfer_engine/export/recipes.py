@@ -6,12 +6,13 @@
               integer kernels of CPUs without VNNI (vpmaddubsw saturates at 32,767) compute exactly what
               VNNI CPUs compute. onnxruntime's depthwise kernels widen both operands to 16 bits before they
               multiply (MLAS `MlasConvDepthwiseKernelAvx2`; no pair sum in int16), so 8-bit depthwise
-              weights are exact on both families too (measured on AVX2: its outputs match the float
-              emulation of exact int32 accumulation as closely as the 7-bit ones; 8-bit weights in the stem
-              do not: 2.1x the mean logit off). A model checked on one x86 family gives the same integer
-              results on the other. The default.
+              weights are exact on both families too (on AVX2 their outputs match the float emulation of
+              exact int32 accumulation as closely as the 7-bit ones; 8-bit weights in the stem do not).
+              A model checked on one x86 family gives the same integer results on the other. The default.
     vnni      the same with full 8-bit weights: slightly finer weights, exact only on VNNI CPUs (AVX512-VNNI,
-              AVX-VNNI); on AVX2 its products saturate (measured: top-1 agreement 53% on the digits).
+              AVX-VNNI); on AVX2 its products saturate and top-1 agreement falls far below the gate.
+
+The measurements behind both: docs/export.md, "int8 and CPU families: the recipe".
 """
 
 from __future__ import annotations

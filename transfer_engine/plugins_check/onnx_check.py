@@ -2,7 +2,7 @@
 backbones and heads).
 
 The exporter policy is `te export`'s (transfer_engine.export.onnx_export): its default opset, the
-TorchScript exporter first (3-25x faster), the dynamo exporter when that one fails on the model. So a
+TorchScript exporter first (much faster: docs/export.md, "Which exporter, and why"), the dynamo exporter when that one fails on the model. So a
 plugin that passes here exports with `te export` too.
 """
 
