@@ -188,7 +188,7 @@ class Backbone:
         """SHA-256 over the model's parameters and buffers (names, dtypes, shapes, bytes).
 
         Content-addressed: two builds with the same weights give the same digest, whatever the file
-        they came from. Computed once, on first use (about 0.2 s for ResNet-50).
+        they came from. Computed once, on first use (it hashes every weight byte).
         """
         if self._digest is None:
             import torch
