@@ -9,8 +9,8 @@ w ~ N(0, 1/alpha I) and noise ~ N(0, 1/beta I). The log evidence of (alpha, beta
 is maximized over alpha and beta by the paper's fixed-point iteration (MacKay's updates):
 gamma = sum_i beta s_i / (alpha + beta s_i) over the eigenvalues s_i of F'F, alpha = gamma / m'm,
 beta = (n - gamma) / ||F m - y||^2. One SVD of F serves every class and every iteration, so the cost
-is that of the SVD: seconds for 10^4 x 2048 features. LogME is the mean over classes of max L / n;
-higher is better, and values are comparable across backbones on the same data set.
+is that of the one SVD. LogME is the mean over classes of max L / n; higher is better, and values are
+comparable across backbones on the same data set.
 
 Everything is float64: the evidence is a sum of terms of order n that cancel to order 1.
 """
