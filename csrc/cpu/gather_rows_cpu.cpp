@@ -24,10 +24,9 @@ inline float* out_row(const GatherJob& job, int64_t i) {
 
 // Rows are scattered over the shard, so the hardware prefetcher, which follows a stream within a page,
 // cannot see the next row coming. Asking for the rows about 8 KB ahead (4 int8 rows of D=2048, at
-// least 2 rows) into L2 keeps enough loads in flight. Measured on the 2-core Zen 4 of
-// benchmarks/bench_cache_gather.py (4096 random int8 rows of a 410 MB shard, 2 threads): ~2.1 ms
-// without, ~1.4 ms with; 2 rows ahead or into L1 was a little slower. Sorting the indices first
-// gained nothing once the prefetch was in.
+// least 2 rows) into L2 keeps enough loads in flight; 2 rows ahead or into L1 was slower, and sorting the
+// indices first gained nothing once the prefetch was in (benchmarks/bench_cache_gather.py; the figures:
+// docs/cache.md, "Gathering rows").
 constexpr int64_t kPrefetchBytesAhead = 8192;
 
 inline int64_t prefetch_rows_ahead(int64_t width) {
@@ -102,7 +101,7 @@ void gather_fp32_rows(const GatherJob& job, int64_t begin, int64_t end) {
 // Non-temporal stores skip both. There is no portable way to ask the compiler for them, so this int8
 // decoder is written with AVX-512 intrinsics and chosen at run time (the CPU must support AVX-512F);
 // it computes exactly what decode_int8 computes (int8 -> int32 -> float32, one IEEE multiply).
-// Measured on the benchmark's 4096 x 2048 gather with the output cold in cache: ~15% faster.
+// It pays on the benchmark's gather with the output cold in cache (docs/cache.md, "Gathering rows").
 constexpr int64_t kStreamingOutputBytes = int64_t{8} << 20;
 
 bool streaming_stores_supported() {
