@@ -19,8 +19,8 @@ STAMP_TORCH := $(VENV)/.te-torch
 STAMP_INSTALL := $(VENV)/.te-install
 PYTEST_ARGS ?=
 # Two pytest workers (pytest-xdist): most of the suite's time is `te` processes starting (importing
-# torch and torchvision, one core each); measured on the AVX2 family: 19.0 min serial before this
-# session's cuts, 11.1 min with two workers after them.
+# torch and torchvision, one core each), so a second worker uses the second core instead of waiting
+# (the suite's times on each CPU family: README, "CPU families: what differs, measured").
 PYTEST_WORKERS ?= 2
 
 .PHONY: help setup test test-all demo bench clean
