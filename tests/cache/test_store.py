@@ -29,8 +29,7 @@ def test_int8_rows_come_back_within_half_a_step_with_a_quarter_of_the_bytes(new_
     cache = new_cache()
     int8 = cache.space(wp.space_config(dim=2048, stored="int8"))
     fp32 = cache.space(wp.space_config(dim=2048, stored="fp32"))
-    g = torch.Generator().manual_seed(0)  # unseeded, it failed once in 600+ runs (a fresh-clone CI): see the note
-    x = torch.randn(64, 2048, generator=g) * torch.rand(64, 1, generator=g) * 10
+    x = torch.randn(64, 2048) * (1 - torch.rand(64, 1)) * 10  # row scales in (0, 10]: no all-zero row
     int8.append(keys_of(64), x)
     fp32.append(keys_of(64), x)
     got = int8.gather(keys_of(64))
@@ -38,6 +37,21 @@ def test_int8_rows_come_back_within_half_a_step_with_a_quarter_of_the_bytes(new_
     assert torch.nn.functional.cosine_similarity(got, x, dim=1).min() >= 0.999
     sizes = {s["stored"]: s["bytes"] for s in cache.info()["spaces"]}
     assert 3.9 < sizes["fp32"] / sizes["int8"] < 4.0
+
+
+def test_an_int8_value_near_a_tie_comes_back_within_the_promise_not_within_a_fixed_1e6(new_cache, wp):
+    # Found by running the test above unseeded (it failed 0.4-0.7% of draws): x / step is -71.4999947
+    # (step = amax / 127), but x * fl(127 / amax) rounds to -71.5 in float32 and half-to-even takes -72,
+    # so the value comes back 2e-6 past half a step. The quantizer's promise allows that (INT8_ROUNDING).
+    space = new_cache().space(wp.space_config(dim=2048, stored="int8"))
+    x = torch.zeros(1, 2048)
+    x[0, :2] = torch.tensor([float.fromhex("0x1.caa968p+4"), float.fromhex("-0x1.023912p+4")])  # 28.67, -16.14
+    space.append(keys_of(1), x)
+    got = space.gather(keys_of(1))
+    step = x.abs().max() / 127
+    assert got[0, 1] == -72 * step  # the farther code: -71 * step is nearer x
+    assert abs(float(got[0, 1]) - float(x[0, 1])) > float(step) / 2 + 1e-6
+    assert int8_close(got, x)
 
 
 def test_append_skips_keys_already_present_and_repeated_in_the_batch(new_cache, wp):

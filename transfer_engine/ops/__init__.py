@@ -20,7 +20,9 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x: [N, D] float32, float16 or bfloat16 rows, on the CPU or a CUDA device.
 
     Returns:
-        (q, scale): q is [N, D] int8, scale is [N] float32; q * scale[:, None] approximates x.
+        (q, scale): q is [N, D] int8, scale is [N] float32; back = q * scale[:, None] is within half a
+        step of x, up to float32's rounding: |back - x| <= amax / 254 + INT8_ROUNDING * (|x| + |back|)
+        for every value, amax being its row's largest |x| (see INT8_ROUNDING).
 
     Raises:
         RuntimeError: x is not 2-D floating point, or holds NaN or inf.
@@ -29,6 +31,14 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.ops.te.quantize_rows_int8(x)
     return reference.quantize_rows_int8(x)
 
+
+# The float32 rounding in quantize_rows_int8's promise. With u = 2^-24 (float32's unit roundoff) and
+# step = amax / 127 exactly: scale = fl(amax / 127), the code is round(fl(x * fl(127 / amax))) and the
+# value comes back as fl(q * scale), four roundings of relative error <= u each. The reciprocal and the
+# product put x / step off by <= (2u + u^2)|x / step|, so a value within that of a tie k + 1/2 can get
+# the farther code; scale and the decode put the level off by <= (2u + u^2)|q| step. Together
+# |back - x| <= step / 2 + (2u + u^2)(|x| + |q| step) <= step / 2 + 3u (|x| + |back|).
+INT8_ROUNDING = 3 * 2.0 ** -24
 
 STORED_DTYPES = reference.STORED_DTYPES
 row_bytes = reference.row_bytes
@@ -106,6 +116,7 @@ def dequantize_rows_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "INT8_ROUNDING",
     "STORED_CODES",
     "STORED_DTYPES",
     "dequantize_rows_int8",
