@@ -58,17 +58,29 @@ def score(row: dict[str, Any]) -> float | None:
 
 
 def to_markdown(doc: dict[str, Any]) -> str:
-    """results.md: the machine, the ceilings, then one table row per benchmark row."""
+    """results.md, the format benchmarks/RESULTS.md is committed in: the run (date, command, total time), the
+    machine, the versions and the ceilings at the top, then one table row per benchmark row (a headline
+    row's measure in bold: README.md quotes those), then the notes."""
     m = doc["machine"]
     gpu = m["gpu"]["name"] if m.get("gpu") else "none"
+    versions = ", ".join(f"{k if k != 'transfer_engine' else 'te'} {v}" for k, v in m["versions"].items() if v)
+    smoke = " at smoke sizes (TE_BENCH_SMOKE=1: the figures mean nothing)" if doc.get("smoke") else ""
     lines = [
-        f"# te bench ({doc['suite']} suite)",
+        f"# te bench results ({doc['suite']} suite)",
+        "",
+        f"Run: {doc.get('date', 'date not recorded')}, `{doc.get('command', 'te bench --suite ' + doc['suite'])}`"
+        f"{smoke}, {doc['seconds']:.0f} s in all.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['flags']) or 'no special flags'}), "
-        f"{m.get('memory_gib')} GiB, GPU: {gpu}. torch {m['versions']['torch']}, onnxruntime "
-        f"{m['versions'].get('onnxruntime')}, te {m['versions']['transfer_engine']}.",
+        f"{m.get('memory_gib')} GiB, GPU: {gpu}.",
+        "",
+        f"Versions: {versions}, Python {m.get('python')}.",
         "",
         "Ceilings measured in this run: " + ", ".join(f"{k} = {v}" for k, v in doc["ceilings"].items()) + ".",
+        "",
+        "Each ratio compares te with the baseline its row names, both measured in this run; rows marked "
+        "informational keep an earlier, less fair baseline for comparison. Rows in bold are the ones README.md "
+        "quotes. Regenerate this file and README's rows with `te bench --suite quick --publish`.",
         "",
         "| benchmark | measure | te | baseline | unit | ratio | target | met |",
         "|---|---|---|---|---|---|---|---|",
@@ -83,7 +95,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
             if row.get("note"):
                 notes.append(row["note"])
                 note = f" ({len(notes)})"
-            lines.append(f"| {bench['name']} | {row['name']}{note} | {_fmt(row.get('te'))} | "
+            measure = f"**{row['name']}**" if row.get("headline") else row["name"]
+            lines.append(f"| {bench['name']} | {measure}{note} | {_fmt(row.get('te'))} | "
                          f"{_fmt(row.get('baseline'))} | {row.get('unit') or '-'} | {_ratio_text(row)} | "
                          f"{_fmt(row.get('target'))} | {_met(row)} |")
     if notes:

@@ -5,6 +5,16 @@ The contract a script in benchmarks/ follows (so `te bench` can run it):
 writes {"benchmark": NAME, "rows": [{"name", "te", "baseline", "unit", "ratio", "target", "met", "note"}],
 "config": {...}} to PATH and prints its own human-readable table on stdout. `--quick` uses small sizes
 (the quick suite must finish in minutes on a 2-core CPU); without it the script runs its full sizes.
+Every script accepts both: `te bench --suite quick` and `--suite full` run every script they list.
+
+Each row's name says what its baseline is, and the baseline is the best a user would reasonably do
+instead on the same data, precision and threads; a cheaper, less fair baseline may stay as a row of its
+own marked "informational". A row may carry `headline: true`: te bench --publish quotes those rows in
+README.md (transfer_engine/bench/publish.py).
+
+With TE_BENCH_SMOKE=1 in the environment a script ignores the suite's sizes and runs the smallest ones
+that still take every code path and write the JSON (seconds; the figures mean nothing): how
+tests/bench/test_scripts.py keeps every script runnable. te bench marks such a run and will not publish it.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +36,7 @@ from transfer_engine.errors import UsageError
 
 SUITES = BENCH_SUITES
 SCRIPT_PREFIX = "bench_"
+SMOKE_ENV = "TE_BENCH_SMOKE"
 # Extra rows that derive a figure from a benchmark's row and a ceiling measured in the same run.
 FLOP_KEY = "gflop_per_unit"
 
@@ -156,13 +168,17 @@ def run_bench(suite: str = "quick", only: list[str] | None = None, directory: Pa
         say: where progress lines go.
 
     Returns:
-        {"suite", "machine", "ceilings", "benchmarks": [BenchResult dicts], "seconds"}.
+        {"suite", "command", "date", "smoke", "machine", "ceilings", "benchmarks": [BenchResult dicts],
+        "seconds"}.
     """
     from transfer_engine.bench.machine import describe_machine, measure_ceilings
 
     if suite not in SUITES:
         raise UsageError(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
     scripts = find_benchmarks(directory, only)
+    command = f"te bench --suite {suite}" + (f" --only {','.join(only)}" if only else "")
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    smoke = os.environ.get(SMOKE_ENV) == "1"
     started = time.perf_counter()
     machine = describe_machine()
     say(f"machine: {machine['cpu']}, {machine['cores']} cores, flags {' '.join(machine['flags']) or '-'}, "
@@ -177,5 +193,5 @@ def run_bench(suite: str = "quick", only: list[str] | None = None, directory: Pa
         if result.error:
             say(f"  [{name}] FAILED: {result.error}")
         results.append(result)
-    return {"suite": suite, "machine": machine, "ceilings": ceilings,
+    return {"suite": suite, "command": command, "date": date, "smoke": smoke, "machine": machine, "ceilings": ceilings,
             "benchmarks": [r.to_dict() for r in results], "seconds": round(time.perf_counter() - started, 1)}

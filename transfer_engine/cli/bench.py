@@ -21,20 +21,26 @@ from transfer_engine.core.choices import BENCH_SUITES
               metavar="DIR", help="The benchmark scripts (default: benchmarks/ of te's source checkout).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True, metavar="S",
               help="Seconds one benchmark script may run before it is stopped and reported as failed.")
+@click.option("--publish", is_flag=True,
+              help="After a complete run: copy results.md to benchmarks/RESULTS.md (and the chart to "
+                   "benchmarks/ratios.png) and regenerate README.md's benchmark rows from it.")
 @json_option
-def bench(suite, only, out, bench_dir, timeout, as_json) -> None:
+def bench(suite, only, out, bench_dir, timeout, publish, as_json) -> None:
     """Measure te against its baselines (each in the same process) and report ratios and targets.
 
     Runs the scripts in benchmarks/ one at a time (cache gather and append, extract, train, export),
     adds the machine description and this machine's ceilings (matmul GFLOP/s, memcpy GB/s, measured
-    in the same run), and writes DIR/results.json, DIR/results.md and DIR/ratios.png. Exit code 1 when
-    a benchmark failed to run; a target not met is reported, not an error.
+    in the same run), and writes DIR/results.json, DIR/results.md and DIR/ratios.png. Exit code 0 when
+    every benchmark ran, 1 when one failed to run; a target not met is reported, not an error.
+    --publish makes the run the published one: benchmarks/RESULTS.md is its results.md and README.md's
+    rows are generated from it (refused for a run with a failure, --only or smoke sizes).
 
     \b
     Examples:
       te bench                          the quick suite into te-bench/
       te bench --suite full --out bench-full
       te bench --only extract,train --json
+      te bench --suite quick --publish  the published figures (benchmarks/RESULTS.md, README.md)
     """
     from transfer_engine.bench.report import summary_counts, write_report
     from transfer_engine.bench.runner import run_bench
@@ -52,3 +58,7 @@ def bench(suite, only, out, bench_dir, timeout, as_json) -> None:
                    f"failed; wrote {', '.join(paths.values())}")
     if counts["failed"]:
         raise TEError(f"{counts['failed']} benchmark(s) failed to run; see {paths['markdown']}")
+    if publish:
+        from transfer_engine.bench.publish import publish as publish_run
+
+        info("published: " + ", ".join(publish_run(doc, paths)))
