@@ -26,7 +26,11 @@ process (imports done before any timing):
                epochs), not L-BFGS. A second pair, the mlp head for a few epochs in memory and streamed
                (the same batches, bit-identical heads), isolates what streaming itself costs.
 
-Targets (issue 5): te >= 10x faster than scikit-learn end to end; te's val accuracy at most 0.5 points
+scikit-learn gets float64 arrays (--sklearn-dtype): its lbfgs works in float64 and converts anything else
+inside the timed fit. The speed target counts as met only when te's final objective is within
+OBJECTIVE_TOLERANCE (0.1%) of scikit-learn's: a solver that stops early is not faster at the same job.
+
+Targets: te >= 10x faster than scikit-learn end to end; te's val accuracy at most 0.5 points
 below scikit-learn's (the row's ratio is te / (scikit-learn - 0.5 points), so >= 1 meets it). The
 targets are for the full size: at --quick sizes te's fixed costs (reading the cache, evaluating, two PNGs)
 weigh more than its solver. The streamed rows are informational (no target).
@@ -46,13 +50,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _results import print_rows, result_row, write_results
+from _results import add_suite_options, pick_sizes, print_rows, result_row, write_results
 
 # Separations that leave a linear head near 90% val accuracy at each size (te, measured: quick, separation
 # 4: 90.9% at weight decay 1e-3; full: 4.5: 87.8% at 1e-3, and with te's sweep 4: 77.8%, 5: 95.3%).
 # Much easier mixtures score 100%; much harder ones (2.5 at quick) overfit to ~50% val at 100% train.
 QUICK = {"train_rows": 5_000, "val_rows": 1_000, "dim": 512, "classes": 20, "separation": 4.0}
 FULL = {"train_rows": 50_000, "val_rows": 10_000, "dim": 2048, "classes": 100, "separation": 4.5}
+SMOKE = {"train_rows": 400, "val_rows": 100, "dim": 32, "classes": 4, "separation": 4.0, "streamed_epochs": 2,
+         "mlp_epochs": 1}
+# How much higher than scikit-learn's te's final objective may be for the speed row to count as met: both
+# must have solved the same problem to the same point, or a faster te only stopped earlier (relative).
+OBJECTIVE_TOLERANCE = 1e-3
 # Accuracy the issue allows te to lose against scikit-learn, as a fraction (0.5 points).
 ACCURACY_SLACK = 0.005
 # Rows generated and appended to the cache at a time (keeps the generator's memory flat).
@@ -80,22 +89,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "mixture at both sizes)")
     parser.add_argument("--stored", choices=("int8", "fp16", "fp32"), default="int8",
                         help="how the cache stores the rows (default int8, as te extract)")
-    parser.add_argument("--sklearn-dtype", choices=("float32", "float64"), default="float32",
-                        help="dtype of the arrays scikit-learn gets (default float32: the features as they are)")
+    parser.add_argument("--sklearn-dtype", choices=("float32", "float64"), default="float64",
+                        help="dtype of the arrays scikit-learn gets (default float64: lbfgs converts anything else "
+                             "to float64 inside fit, so float32 would time a copy te does not make)")
     parser.add_argument("--max-iter", type=int, default=5000, help="scikit-learn's max_iter (default 5000)")
-    parser.add_argument("--mlp-epochs", type=int, default=2, metavar="E",
-                        help="epochs of the mlp pair that isolates the cost of streaming (0 skips it)")
+    parser.add_argument("--mlp-epochs", type=int, default=None, metavar="E",
+                        help="epochs of the mlp pair that isolates the cost of streaming (default 2; 0 skips it)")
+    parser.add_argument("--streamed-epochs", type=int, default=None, metavar="E",
+                        help="epochs of the streamed linear fit (default: the head's own)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mixture and of te")
     parser.add_argument("--threads", type=int, default=None, metavar="T",
                         help="intra-op threads for torch (default: torch's choice, one per core)")
     parser.add_argument("--tmpdir", default=None, metavar="DIR", help="where the temporary cache goes")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"small sizes ({', '.join(f'{k} {v}' for k, v in QUICK.items())}) unless given")
-    parser.add_argument("--json", metavar="PATH", default=None, help="write the results for te bench to PATH")
+    add_suite_options(parser, f"small sizes ({', '.join(f'{k} {v}' for k, v in QUICK.items())}) unless given")
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    pick_sizes(args, full=FULL, quick=QUICK, smoke=SMOKE)
+    args.mlp_epochs = 2 if args.mlp_epochs is None else args.mlp_epochs
     if args.classes < 2 or args.train_rows < args.classes or args.val_rows < args.classes:
         parser.error("need at least 2 classes and at least one train and one val row per class")
     return args
@@ -266,7 +275,8 @@ def run(args: argparse.Namespace) -> dict:
         budget = feature_bytes // 4
         say(f"te train, linear head, streamed (memory_budget {budget / 2**20:.0f} MiB < "
             f"{feature_bytes / 2**20:.0f} MiB of float32 features) ...")
-        streamed_seconds, streamed = time_te(cache, root / "linear-streamed", memory_budget=budget, **common)
+        epochs = {} if args.streamed_epochs is None else {"epochs": args.streamed_epochs}
+        streamed_seconds, streamed = time_te(cache, root / "linear-streamed", memory_budget=budget, **common, **epochs)
         say(f"streamed: {streamed_seconds:.2f} s, val accuracy {100 * streamed['val_accuracy']:.2f}%")
 
         mlp = None
@@ -290,15 +300,31 @@ def result_rows(r: dict, args: argparse.Namespace) -> list[dict]:
     solver = te["solver"]
     sk_note = f"scikit-learn: {sk['iterations']} iterations" + (f" ({'; '.join(sk['warnings'])})" if sk["warnings"]
                                                                  else "")
+    obj = r["objectives"]
+    gap = obj["te"] / obj["sklearn"] - 1.0
+    same_point = gap <= OBJECTIVE_TOLERANCE
+    speed = result_row(f"te train linear vs scikit-learn LogisticRegression lbfgs on {args.sklearn_dtype} arrays, "
+                       f"end to end, same objective ({what})",
+                       r["te_seconds"], sk["seconds"], "s", sk["seconds"] / r["te_seconds"], ">= 10x",
+                       note=f"te's solver alone: {te['fit_seconds']:.2f} s ({sk['seconds'] / te['fit_seconds']:.1f}x), "
+                            f"{solver.get('iterations')} L-BFGS iterations, {solver.get('evaluations')} evaluations, "
+                            f"{solver.get('precision')}; the rest is reading the cache, evaluating and writing the "
+                            f"run; {sk_note}; final objective (float64) te {obj['te']:.6f}, scikit-learn "
+                            f"{obj['sklearn']:.6f} ({100 * gap:+.3f}%): met only when te's is at most "
+                            f"{100 * OBJECTIVE_TOLERANCE:g}% above" + ("" if same_point else
+                                                                      ", so NOT met whatever the speed"),
+                       headline=True)
+    if speed["met"] is not None:
+        speed["met"] = bool(speed["met"] and same_point)
     rows = [
-        result_row(f"te train linear vs scikit-learn LogisticRegression lbfgs, end to end ({what})",
-                   r["te_seconds"], sk["seconds"], "s", sk["seconds"] / r["te_seconds"], ">= 10x",
-                   note=f"te's solver alone: {te['fit_seconds']:.2f} s ({sk['seconds'] / te['fit_seconds']:.1f}x), "
-                        f"{solver.get('iterations')} L-BFGS iterations, {solver.get('evaluations')} evaluations, "
-                        f"{solver.get('precision')}; the rest is reading the cache, evaluating and writing the run; "
-                        f"{sk_note}"),
+        speed,
+        result_row(f"te train linear vs scikit-learn, final training objective ({what})", obj["te"], obj["sklearn"],
+                   "loss", obj["te"] / obj["sklearn"], None,
+                   note="mean cross-entropy + the weight penalty on the train rows, both heads scored in float64; "
+                        "below 1 means te went further"),
         result_row(f"te train linear vs scikit-learn, val accuracy ({what})", te["val_accuracy"],
                    sk["val_accuracy"], "acc", te["val_accuracy"] / (sk["val_accuracy"] - ACCURACY_SLACK), ">= 1x",
+                   headline=True,
                    note=f"te - scikit-learn = {100 * (te['val_accuracy'] - sk['val_accuracy']):+.2f} points; the "
                         "ratio is te / (scikit-learn - 0.5 points), so >= 1 means at most 0.5 points below; the "
                         f"objective both minimize, in float64: te {r['objectives']['te']:.6f}, scikit-learn "
