@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train_step.py                          # EfficientNet-Lite0 at 224 px, batch 32
     python benchmarks/bench_train_step.py --steps 4 --json results.json
+    python benchmarks/bench_train_step.py --quick       # batch 16, 3 steps, no torch.compile (minutes of compiling)
 
 te finetune's training step (its `Trainer`: AdamW, warmup + cosine, gradient clipping, the backbone in eval
 mode under frozen BatchNorm statistics, the default) over the same real images (the digits at the
@@ -25,9 +26,17 @@ import time
 
 import torch
 
-from _results import print_rows, result_row, write_results
+from _results import add_suite_options, pick_sizes, print_rows, result_row, write_results
 
 VARIANTS = ("nchw", "channels_last", "compiled", "bf16")
+# bf16 only where it is native in the quick suite: emulated, one step takes minutes. The smoke size runs every
+# variant but `compiled`, whose compile alone takes minutes on 2 cores (the full suite runs it).
+SIZES = {"full": {"backbone": "efficientnet_lite0", "weights": "DEFAULT", "batch": 32, "steps": 6,
+                  "variants": ",".join(VARIANTS)},
+         "quick": {"backbone": "efficientnet_lite0", "weights": "DEFAULT", "batch": 16, "steps": 3,
+                   "variants": "nchw,channels_last,bf16"},
+         "smoke": {"backbone": "mobilenet_v3_small", "weights": "none", "batch": 2, "steps": 2,
+                   "variants": "nchw,channels_last,bf16"}}
 
 
 def digits_batches(preprocess, batch: int, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -76,14 +85,21 @@ def run_variant(name: str, model: torch.nn.Module, batches, total_steps: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=6, help="training steps per variant (the first is not timed)")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="comma-separated; the first is the baseline of the ratios (default: nchw)")
-    parser.add_argument("--weights", default="DEFAULT", help="DEFAULT (pretrained) or none (random init, offline)")
-    parser.add_argument("--json", metavar="PATH", default=None)
+    parser.add_argument("--backbone", default=None, help="default efficientnet_lite0")
+    parser.add_argument("--batch", type=int, default=None, help="default 32; 16 with --quick")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per variant (the first is not timed; default 6, 3 with --quick)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated; the first is the baseline of the ratios (default: " + ",".join(VARIANTS) +
+                             "; with --quick no compiled, and bf16 only where native)")
+    parser.add_argument("--weights", default=None, help="DEFAULT (pretrained, the default) or none (random init)")
+    add_suite_options(parser, "batch 16, 3 steps, no torch.compile")
     args = parser.parse_args()
+    suite = pick_sizes(args, **{k: dict(v) for k, v in SIZES.items()})
+    from transfer_engine.core.cpu import has_native_bf16
+
+    if suite == "quick" and not has_native_bf16():
+        args.variants = ",".join(v for v in args.variants.split(",") if v != "bf16")
 
     from transfer_engine.backbones import create_backbone
     from transfer_engine.runs import Classifier
@@ -112,7 +128,7 @@ def main() -> None:
                                     f"first step {r['first_step_seconds']:.0f} s"))
     print_rows(rows)
     if args.json:
-        write_results(args.json, "train_step", rows, {"backbone": args.backbone, "batch": args.batch,
+        write_results(args.json, "train_step", rows, {"suite": suite, "quick": args.quick, "backbone": args.backbone, "batch": args.batch,
                                                       "steps": args.steps, "threads": torch.get_num_threads(),
                                                       "cpu": platform.processor() or platform.machine(),
                                                       "torch": torch.__version__, "results": results})
