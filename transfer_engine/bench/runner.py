@@ -37,6 +37,9 @@ from transfer_engine.errors import UsageError
 SUITES = BENCH_SUITES
 SCRIPT_PREFIX = "bench_"
 SMOKE_ENV = "TE_BENCH_SMOKE"
+# Seconds one script may run by default, per suite: the full suite's fine-tuning benchmarks train for tens
+# of minutes per data set on a 2-core CPU, so its limit only catches a hang.
+DEFAULT_TIMEOUTS = {"quick": 1800.0, "full": 4 * 3600.0}
 # Extra rows that derive a figure from a benchmark's row and a ceiling measured in the same run.
 FLOP_KEY = "gflop_per_unit"
 
@@ -157,14 +160,14 @@ def derive_ceiling_rows(result: BenchResult, ceilings: dict[str, float]) -> None
 
 
 def run_bench(suite: str = "quick", only: list[str] | None = None, directory: Path | None = None,
-              timeout: float = 1800.0, say: Callable[[str], None] = print) -> dict[str, Any]:
+              timeout: float | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark suite and return the results document (what results.json holds).
 
     Args:
         suite: "quick" (small sizes, minutes) or "full" (the sizes the issues name, ResNet-50).
         only: names of the benchmarks to run (default: all).
         directory: the benchmarks folder (default: the checkout's).
-        timeout: seconds one script may run.
+        timeout: seconds one script may run (default: DEFAULT_TIMEOUTS of the suite).
         say: where progress lines go.
 
     Returns:
@@ -176,6 +179,7 @@ def run_bench(suite: str = "quick", only: list[str] | None = None, directory: Pa
     if suite not in SUITES:
         raise UsageError(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
     scripts = find_benchmarks(directory, only)
+    timeout = timeout or DEFAULT_TIMEOUTS.get(suite, DEFAULT_TIMEOUTS["quick"])
     command = f"te bench --suite {suite}" + (f" --only {','.join(only)}" if only else "")
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     smoke = os.environ.get(SMOKE_ENV) == "1"

@@ -19,8 +19,9 @@ from transfer_engine.core.choices import BENCH_SUITES
               show_default=True, metavar="DIR", help="Where results.json, results.md and ratios.png go.")
 @click.option("--benchmarks", "bench_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               metavar="DIR", help="The benchmark scripts (default: benchmarks/ of te's source checkout).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True, metavar="S",
-              help="Seconds one benchmark script may run before it is stopped and reported as failed.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=None, metavar="S",
+              help="Seconds one benchmark script may run before it is stopped and reported as failed "
+                   "[default: 1800 for quick, 14400 for full].")
 @click.option("--publish", is_flag=True,
               help="After a complete run: copy results.md to benchmarks/RESULTS.md (and the chart to "
                    "benchmarks/ratios.png) and regenerate README.md's benchmark rows from it.")
