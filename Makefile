@@ -62,10 +62,12 @@ demo: setup
 	$(VENV)/bin/te demo --out te-demo
 
 # te bench runs each script in benchmarks/ (te and its baseline in the same process), one at a time,
-# and writes te-bench/results.{json,md} and ratios.png. BENCH_SUITE=full for the issues' full sizes.
+# and writes te-bench/results.{json,md} and ratios.png. BENCH_SUITE=full for the issues' full sizes;
+# BENCH_ARGS=--publish makes the run the published one (benchmarks/RESULTS.md and README's rows).
 BENCH_SUITE ?= quick
+BENCH_ARGS ?=
 bench: setup
-	$(VENV)/bin/te bench --suite $(BENCH_SUITE) --out te-bench
+	$(VENV)/bin/te bench --suite $(BENCH_SUITE) --out te-bench $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info transfer_engine/_C*.so te-demo te-bench
