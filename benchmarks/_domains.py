@@ -1,4 +1,4 @@
-"""Real image sets, built offline, on which frozen ImageNet features leave room (issue #20's evidence).
+"""Real image sets, built offline, on which frozen ImageNet features leave room.
 
 Each is written as the most common layout, root/train/CLASS/*.png + root/test/CLASS/*.png (no val: te
 holds one out of train, te train and te finetune alike).

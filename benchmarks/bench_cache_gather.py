@@ -92,7 +92,7 @@ def warm(mapped: np.ndarray) -> None:
 
 
 def numpy_gather(shard: np.ndarray, index: np.ndarray, dim: int) -> np.ndarray:
-    """The NumPy way of the issue: fancy index the memmap, astype float32, multiply by the scales."""
+    """The usual NumPy way: fancy index the memmap, astype float32, multiply by the scales."""
     rows = shard[index]
     codes = rows[:, :dim].view(np.int8).astype(np.float32)
     scales = np.ascontiguousarray(rows[:, dim:]).view(np.float32)
@@ -254,7 +254,7 @@ def print_table(result: dict) -> None:
 
 
 def result_rows(result: dict) -> list[dict]:
-    """The figures te bench reports, with the issue's targets."""
+    """The figures te bench reports, with their targets."""
     ms, gbs = result["median_ms"], result["compressed_gb_per_s"]
     memcpy = max(gbs["memcpy"], gbs["memcpy 1T"])
     what = f"{result['batch']} random rows of {result['rows']:,} int8, D={result['dim']}"

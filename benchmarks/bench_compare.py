@@ -21,7 +21,7 @@ them) with the same splits (te's data set records: train / val / test), in this 
          others' .npy files. The re-run row compares te's re-run with this; the no-cache re-run stays as an
          informational row (the earlier comparison, which by definition redid every backbone).
 
-Rows: seconds of each (ratio = plain / te: te's speedup, no target in the issue; the speed is the
+Rows: seconds of each (ratio = plain / te: te's speedup, no target; the speed is the
 extraction backend's, which on CPUs is mostly onnxruntime's), and per backbone the val accuracy of te's
 linear probe and scikit-learn's (informational: both select on val). te does more work than the plain way
 (LogME, the k-NN probe, timing each runtime); none of it is left out of its time.

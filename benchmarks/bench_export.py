@@ -15,7 +15,7 @@ model is then timed four ways on real digit images:
                             is turned off here (it would keep groups in float below 99% agreement), so the
                             int8 rows say "full int8" and the agreement row shows what the gate would judge
 Latency: median over --repeat calls at batch 1. Throughput: images/s over --repeat calls at batch 32.
-Targets (issue #7): ORT fp32 >= 1.5x torch eager fp32 at batch 1; ORT int8 >= 1.5x ORT fp32 (batch 1
+Targets: ORT fp32 >= 1.5x torch eager fp32 at batch 1; ORT int8 >= 1.5x ORT fp32 (batch 1
 and batch 32) with top-1 agreement >= 99%. ResNet-50 runs with seeded random weights (no download here):
 its timings are those of the real network; its agreement is that of a probe on random features.
 """

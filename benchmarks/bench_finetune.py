@@ -17,7 +17,7 @@ for input sizes te extract does not offer):
              timed over one epoch of steps, against te's training time of the lp-ft run (te: channels_last,
              frozen BatchNorm statistics, per-image seeded order, a checkpoint per epoch). When bf16 is the
              faster, the fp32 loop stays as an informational row (the earlier comparison)
-Targets: LP-FT >= the linear run and >= fine-tuning from a random head (the issue's quality claim);
+Targets: LP-FT >= the linear run and >= fine-tuning from a random head (LP-FT's quality claim);
 the speed row has no target (informational: what te's bookkeeping costs or saves).
 """
 

@@ -1,5 +1,5 @@
 """Does te finetune pay? Frozen heads, te's LP-FT recipe search and a plain PyTorch loop, on real image sets
-far from ImageNet photos (issue #20, item 3), at the backbone's full resolution, in one process.
+far from ImageNet photos, at the backbone's full resolution, in one process.
 
     python benchmarks/bench_finetune_domains.py                        # glyphs, digits-blocky, digits-smooth
     python benchmarks/bench_finetune_domains.py --domains glyphs --json results.json
@@ -15,7 +15,7 @@ real ImageNet weights at 224 px, each row timed on the wall clock from the image
            backbone with a new Linear head, model.train(), AdamW lr 1e-4 (weight decay 0.01), batch 32,
            10 epochs, the last epoch's weights, at the precision te's fine-tuning chose (bf16 autocast
            where te trained in bf16, else fp32: the same arithmetic on both sides of the time row)
-Targets (issue #20): LP-FT >= the best frozen head + 3 points on at least one domain-shifted set and never
+Targets: LP-FT >= the best frozen head + 3 points on at least one domain-shifted set and never
 more than 0.5 point below it; LP-FT >= the plain loop's accuracy at <= its wall time.
 """
 

@@ -52,9 +52,8 @@ import torch
 
 from _results import add_suite_options, pick_sizes, print_rows, result_row, write_results
 
-# Separations that leave a linear head near 90% val accuracy at each size (te, measured: quick, separation
-# 4: 90.9% at weight decay 1e-3; full: 4.5: 87.8% at 1e-3, and with te's sweep 4: 77.8%, 5: 95.3%).
-# Much easier mixtures score 100%; much harder ones (2.5 at quick) overfit to ~50% val at 100% train.
+# Separations that leave a linear head near 90% val accuracy at each size, so accuracy can differ between
+# the two fits: much easier mixtures score 100%, much harder ones overfit (100% train, near chance on val).
 QUICK = {"train_rows": 5_000, "val_rows": 1_000, "dim": 512, "classes": 20, "separation": 4.0}
 FULL = {"train_rows": 50_000, "val_rows": 10_000, "dim": 2048, "classes": 100, "separation": 4.5}
 SMOKE = {"train_rows": 400, "val_rows": 100, "dim": 32, "classes": 4, "separation": 4.0, "streamed_epochs": 2,
@@ -62,7 +61,7 @@ SMOKE = {"train_rows": 400, "val_rows": 100, "dim": 32, "classes": 4, "separatio
 # How much higher than scikit-learn's te's final objective may be for the speed row to count as met: both
 # must have solved the same problem to the same point, or a faster te only stopped earlier (relative).
 OBJECTIVE_TOLERANCE = 1e-3
-# Accuracy the issue allows te to lose against scikit-learn, as a fraction (0.5 points).
+# Accuracy the target allows te to lose against scikit-learn, as a fraction (0.5 points).
 ACCURACY_SLACK = 0.005
 # Rows generated and appended to the cache at a time (keeps the generator's memory flat).
 CHUNK = 8192
@@ -119,10 +118,9 @@ class Mixture:
     direction), class means at `separation` / sqrt(dim) times s_j Gaussian offsets from it, noise of
     spread s_j around each class mean. Balanced classes, shuffled.
 
-    Steeper spectra and larger common means make the problem worse conditioned: at quick sizes
-    (separation 5, weight decay 1e-4), (spectrum 1, mean 3) took scikit-learn 326 iterations against 49
-    for (0.5, 1); at full size, where one of its iterations took about 1.2 s, such a mixture would keep
-    it busy for the better part of an hour. These constants keep the full run to minutes.
+    Steeper spectra and larger common means make the problem worse conditioned: scikit-learn then needs
+    several times the iterations, which at full size turns a run of minutes into most of an hour. These
+    constants keep the full run to minutes.
     """
 
     def __init__(self, dim: int, classes: int, separation: float, seed: int) -> None:
@@ -294,7 +292,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def result_rows(r: dict, args: argparse.Namespace) -> list[dict]:
-    """The figures te bench reports, with the issue's targets."""
+    """The figures te bench reports, with their targets."""
     te, sk, streamed = r["te"], r["sklearn"], r["streamed"]
     what = f"N={args.train_rows:,}, D={args.dim}, {args.classes} classes"
     solver = te["solver"]

@@ -1,4 +1,4 @@
-"""Which training step is fastest on this CPU, and does it keep the loss curve? (issue #20, item 4)
+"""Which training step is fastest on this CPU, and does it keep the loss curve?
 
     python benchmarks/bench_train_step.py                          # EfficientNet-Lite0 at 224 px, batch 32
     python benchmarks/bench_train_step.py --steps 4 --json results.json

@@ -112,8 +112,8 @@ def measure_ceilings(seconds: float = 1.0, size: int = 2048) -> dict[str, float]
 
     Returns:
         {"matmul_fp32_gflops", "matmul_bf16_gflops", "memcpy_gbps"}: bf16 only where the CPU has it
-        natively (AVX512-BF16, AMX); elsewhere torch emulates it about 10x slower than fp32 (one 2048^3
-        product took minutes on an AVX2 EPYC), which is no ceiling of anything te runs.
+        natively (AVX512-BF16, AMX); elsewhere torch emulates it far slower than fp32, which is no
+        ceiling of anything te runs.
     """
     import torch
 

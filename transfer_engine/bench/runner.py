@@ -164,7 +164,7 @@ def run_bench(suite: str = "quick", only: list[str] | None = None, directory: Pa
     """Run the benchmark suite and return the results document (what results.json holds).
 
     Args:
-        suite: "quick" (small sizes, minutes) or "full" (the sizes the issues name, ResNet-50).
+        suite: "quick" (small sizes, minutes) or "full" (the sizes the targets name, ResNet-50).
         only: names of the benchmarks to run (default: all).
         directory: the benchmarks folder (default: the checkout's).
         timeout: seconds one script may run (default: DEFAULT_TIMEOUTS of the suite).
