@@ -14,6 +14,7 @@ import click
 from transfer_engine._version import __version__
 from transfer_engine.cli import (backbones, bench, cache, compare, demo, export, extract, finetune, heads, info, plugins,
                                  predict, train)
+from transfer_engine.core import distributed
 from transfer_engine.core.env import env_flag
 from transfer_engine.errors import TEError
 
@@ -78,25 +79,36 @@ def _debug() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `te` with `argv` (default: sys.argv[1:]) and return the exit code."""
+    """Run `te` with `argv` (default: sys.argv[1:]) and return the exit code.
+
+    Under torchrun, every way out leaves the job's process group first (`distributed.leave`): a failure's
+    first line is posted for the other ranks, which then end at once naming this one, and no backend
+    thread is left to interpreter shutdown.
+    """
+    failure: BaseException | None = None
     try:
         result = cli.main(args=argv, prog_name="te", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        failure = exc
         click.echo("te: aborted", err=True)
         return 130
     except click.ClickException as exc:  # usage errors: click already formats them
+        failure = exc
         exc.show()
         return exc.exit_code
     except TEError as exc:
+        failure = exc
         if _debug():
             raise
         click.echo(f"te: error: {exc}", err=True)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        failure = exc
         click.echo("te: interrupted", err=True)
         return 130
     except Exception as exc:  # a bug of ours: one line, and how to see more
+        failure = exc
         if _debug():
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -104,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             f"te: internal error: {type(exc).__name__}: {first} (run with TE_DEBUG=1 for the traceback)", err=True
         )
         return 1
+    finally:
+        distributed.leave(failure)
 
 
 def entry() -> None:  # pragma: no cover - the console script

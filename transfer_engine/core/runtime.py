@@ -1,4 +1,5 @@
-"""Where and how a command computes: device, precision, autocast, and the torchrun process group.
+"""Where and how a command computes: device, precision, autocast, and the relaunch under torchrun (the
+process group itself: `transfer_engine.core.distributed`).
 
 Every command that runs a model (extract, train, finetune) resolves these the same way, so they live
 here rather than in one command's package. torch is imported inside the functions: the CLI imports this
@@ -53,22 +54,6 @@ def cpu_has_native_bf16() -> bool:
 
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the world size, initializing the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch
-    import torch.distributed as torch_dist
-
-    if not torch_dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":  # object collectives run on the current device: one GPU per rank
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        torch_dist.init_process_group(backend)
-    return torch_dist.get_rank(), torch_dist.get_world_size()
 
 
 def relaunch_under_torchrun(nproc: int) -> int:

@@ -2,43 +2,21 @@
 
 Ranks append their rows to the same cache; the cache's writer lock serializes the short commits, so
 the shards stay consistent. Each rank spools its records to disk (`RecordSpool`); rank 0 merges them
-into data-set order a window at a time, so no rank ever holds the whole data set's records. Without
-torchrun (WORLD_SIZE unset or 1) every function works on the one process's own data.
+into data-set order a window at a time, so no rank ever holds the whole data set's records. The
+collectives are te's watched ones (`transfer_engine.core.distributed`): a lost peer ends the run with one
+line instead of a hang. Without torchrun (WORLD_SIZE unset or 1) every function works on the one
+process's own data.
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
-import torch.distributed as torch_dist
-
-from transfer_engine.core.runtime import rank_and_world  # noqa: F401  (this module's API, used as dist.rank_and_world)
+from transfer_engine.core.distributed import (all_gathered, barrier, from_rank0, gathered_on_rank0,  # noqa: F401
+                                              rank_and_world)  # this module's API, used as dist.NAME
 
 MERGE_WINDOW = 8192  # data-set positions merged per exchange: ~1 MB of records on the wire
-
-
-def barrier() -> None:
-    if torch_dist.is_initialized():
-        torch_dist.barrier()
-
-
-def all_gathered(obj: Any) -> list[Any]:
-    """Every rank's `obj` (a small picklable value), in rank order, on every rank."""
-    if not torch_dist.is_initialized():
-        return [obj]
-    gathered: list = [None] * torch_dist.get_world_size()
-    torch_dist.all_gather_object(gathered, obj)
-    return gathered
-
-
-def from_rank0(obj: Any) -> Any:
-    """Rank 0's `obj` on every rank (other ranks' arguments are ignored)."""
-    if not torch_dist.is_initialized():
-        return obj
-    box = [obj]
-    torch_dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def records_in_order(spool: Iterable[tuple], last_index: int, window: int = MERGE_WINDOW) -> Iterator[tuple]:
@@ -54,11 +32,11 @@ def records_in_order(spool: Iterable[tuple], last_index: int, window: int = MERG
         last_index: the largest data-set index this rank spooled (-1 for none).
         window: data-set positions per exchange.
     """
-    if not torch_dist.is_initialized():
+    rank, world = rank_and_world()
+    if world == 1:
         yield from spool
         return
-    rank = torch_dist.get_rank()
-    end = max(all_gathered(last_index)) + 1
+    end = max(all_gathered(last_index, "merging the ranks' records")) + 1
     records = iter(spool)
     upcoming = next(records, None)
     for lo in range(0, end, window):
@@ -66,7 +44,6 @@ def records_in_order(spool: Iterable[tuple], last_index: int, window: int = MERG
         while upcoming is not None and upcoming[0] < lo + window:
             mine.append(upcoming)
             upcoming = next(records, None)
-        gathered: list | None = [None] * torch_dist.get_world_size() if rank == 0 else None
-        torch_dist.gather_object(mine, gathered, dst=0)
+        gathered = gathered_on_rank0(mine, "merging the ranks' records")
         if rank == 0:
             yield from heapq.merge(*gathered)  # indices are unique, so tuples compare by index alone

@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch.distributed as torch_dist
 
-from transfer_engine.extract import distributed as dist
+from transfer_engine.core import distributed as dist
 
 if TYPE_CHECKING:
     from transfer_engine.cache.store import FeatureCache
@@ -111,14 +110,15 @@ def shared_present_keys(cache: "FeatureCache", space_id: str, rank: int) -> Pres
         packed = np.concatenate(chunks) if chunks else np.empty(0, dtype=f"S{KEY_BYTES}")
     else:
         packed = None
-    count = dist.from_rank0(len(packed) if packed is not None else None)
+    what = "sending the keys the cache holds"
+    count = dist.from_rank0(len(packed) if packed is not None else None, what)
     if rank == 0:
         for lo in range(0, count, KEYS_PER_MESSAGE):
-            dist.from_rank0(packed[lo:lo + KEYS_PER_MESSAGE].tobytes())
+            dist.from_rank0(packed[lo:lo + KEYS_PER_MESSAGE].tobytes(), what)
         return PresentKeys(packed)
     out = np.empty(count, dtype=f"S{KEY_BYTES}")
     for lo in range(0, count, KEYS_PER_MESSAGE):
-        chunk = np.frombuffer(dist.from_rank0(None), dtype=f"S{KEY_BYTES}")
+        chunk = np.frombuffer(dist.from_rank0(None, what), dtype=f"S{KEY_BYTES}")
         out[lo:lo + len(chunk)] = chunk
     return PresentKeys(out)
 
@@ -131,38 +131,41 @@ def stream_deltas(cache: "FeatureCache", layout: NodeLayout, rank: int, space_id
     `cache` (the delta) and sends what CACHE lacks; everyone else waits. Returns, on rank 0, the per-space
     counts (copied, reused, skipped as damaged) of each node; [] elsewhere.
     """
-    from transfer_engine.cache.merge import SpaceMerge, read_space
     from transfer_engine.cache.space import FeatureSpace
 
-    senders = [r for r, (node, local) in enumerate(dist.all_gathered((layout.node, layout.local_rank)))
+    what = "moving the nodes' delta rows into the cache"
+    senders = [r for r, (node, local) in enumerate(dist.all_gathered((layout.node, layout.local_rank), what))
                if node != 0 and local == 0]
     reports: list[dict] = []
     if rank == 0:
         rows: dict[str, object] = {}
         for sender in senders:
-            while True:
-                box = [None]
-                torch_dist.recv_object_list(box, src=sender)
-                kind, *payload = box[0]
+            for kind, *payload in dist.received_from(sender, what):
                 if kind == "done":
                     reports.extend(payload[0])
-                    break
+                    continue
                 digest, config, row_bytes, keys, raw, slots = payload
                 if digest not in rows:
                     rows[digest] = cache.space_row(FeatureSpace.from_dict(config), row_bytes)
                 rows[digest], _ = cache.append_encoded(rows[digest], keys, raw, slots)
     elif rank in senders:
-        done_spaces = []
-        for space in cache.index.spaces():
-            done = SpaceMerge(f"{layout.host}-node{layout.node}", space.digest, str(space.config.get("backbone")))
-            skip = present.contains if space.digest == space_id else None
-            for keys, raw, slots in read_space(cache, space, done, skip=skip):
-                torch_dist.send_object_list([("rows", space.digest, space.config, space.row_bytes, keys, raw,
-                                              slots)], dst=0)
-            done_spaces.append(asdict(done))
-        torch_dist.send_object_list([("done", done_spaces)], dst=0)
-    dist.barrier()  # CACHE has committed every row: the deltas may go
+        dist.stream_to_rank0(_delta_messages(cache, layout, space_id, present), what)
+    dist.barrier(what)  # CACHE has committed every row: the deltas may go
     return reports
+
+
+def _delta_messages(cache: "FeatureCache", layout: NodeLayout, space_id: str, present: PresentKeys):
+    """What a node sends rank 0: its delta's rows CACHE lacks, a batch a message, then its per-space report."""
+    from transfer_engine.cache.merge import SpaceMerge, read_space
+
+    done_spaces = []
+    for space in cache.index.spaces():
+        done = SpaceMerge(f"{layout.host}-node{layout.node}", space.digest, str(space.config.get("backbone")))
+        skip = present.contains if space.digest == space_id else None
+        for keys, raw, slots in read_space(cache, space, done, skip=skip):
+            yield ("rows", space.digest, space.config, space.row_bytes, keys, raw, slots)
+        done_spaces.append(asdict(done))
+    yield ("done", done_spaces)
 
 
 def remove_delta(path: Path) -> None:

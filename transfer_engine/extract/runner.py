@@ -106,11 +106,12 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     if limit is not None and limit <= 0:
         raise UsageError(f"--limit must be positive, got {limit}")
     start = time.perf_counter()
+    # Join the job first: a rank whose --data or options fail then tells the others, which stop at once.
+    rank, world = dist.rank_and_world()
     source = open_source(data, follow_symlinks)
     if name is not None and display_path(name) != name:
         raise UsageError(f"--name {display_path(name)}: a data set's name must be valid UTF-8 text")
     dataset = name or default_dataset_name(source, data)
-    rank, world = dist.rank_and_world()
     layout = nodes.node_layout(world)
     # Count first (a listing, no reads), then stream: the sample list is never held in memory.
     counted = sum(1 for _ in _limited(source.samples(), limit))
@@ -149,7 +150,7 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
             if rank == 0:
                 run.failed.extend(source.skipped())  # folders and links the walk left out, with the reason
             space.created()  # nothing extracted (all reused or failed): the data set still names its space
-            ranks: list[_Tally] = dist.all_gathered(run.tally())
+            ranks: list[_Tally] = dist.all_gathered(run.tally(), "waiting for every rank to finish its share")
             total, extracted = sum(t.handled for t in ranks), sum(t.extracted for t in ranks)
             if layout.multi:
                 _gather_node_deltas(cache_obj, layout, rank, config.id, present, delta)
@@ -165,9 +166,9 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
                 if follow_symlinks:
                     provenance["follow_symlinks"] = True
                 cache_obj.set_provenance(space.id, provenance)
-        reused, failed, splits = dist.from_rank0(outcome)
+        reused, failed, splits = dist.from_rank0(outcome, "waiting for rank 0 to write the data set")
         failed = [{**f, "path": display_path(f["path"])} for f in failed]  # shown as people read names
-        dist.barrier()
+        dist.barrier("finishing")
         seconds = time.perf_counter() - start
         summary = ExtractSummary(
             dataset=dataset, backbone=bb.name, space=space.id, total=total, extracted=extracted,
@@ -199,10 +200,10 @@ def _choose_backend(backend: str, precision: str, bb, target: torch.device, cach
         return decide()
     if layout.multi:
         how = decide() if rank == 0 else None
-        decided = dist.from_rank0(how.fields() if how is not None else None)
+        decided = dist.from_rank0(how.fields() if how is not None else None, "waiting for rank 0 to choose the backend")
         return how if rank == 0 else adopt(decided, bb, cache)
     how = decide() if rank == 0 else None
-    dist.barrier()
+    dist.barrier("waiting for rank 0 to choose the backend")
     return how if rank == 0 else decide()
 
 
@@ -404,7 +405,7 @@ def _gather_node_deltas(cache, layout: nodes.NodeLayout, rank: int, space_id: st
     nodes.stream_deltas(cache, layout, rank, space_id, present)
     if delta is not None:
         cache.close()
-    dist.barrier()  # no process of the node has the delta open any more
+    dist.barrier("removing the node's delta")  # no process of the node has the delta open any more
     if delta is not None and layout.local_rank == 0:
         nodes.remove_delta(delta)
 

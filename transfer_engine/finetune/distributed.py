@@ -6,7 +6,9 @@ never all-reduced: every rank silently trains its own copy. So the wrapper is re
 trainable parameters changes (`Replica.wrap`), and at the end the ranks compare a digest of their
 weights (`check_in_sync`), so divergence can never go unnoticed.
 
-Without torchrun (WORLD_SIZE unset or 1) everything here is a no-op on a single process.
+The object collectives are te's watched ones (`transfer_engine.core.distributed`): a rank that dies or
+freezes ends the run with one line naming it. Without torchrun (WORLD_SIZE unset or 1) everything here
+is a no-op on a single process.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from transfer_engine.errors import TEError
-from transfer_engine.core.runtime import rank_and_world
+from transfer_engine.core.distributed import all_gathered, barrier, rank_and_world
 
 __all__ = ["Replica", "all_gather_object", "barrier", "check_in_sync", "rank_and_world", "sum_tensor"]
 
@@ -77,18 +79,9 @@ def sum_tensor(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_gather_object(obj):
+def all_gather_object(obj, what: str = "exchanging results between ranks"):
     """[obj of rank 0, obj of rank 1, ...] ([obj] without torchrun)."""
-    if not torch_dist.is_initialized():
-        return [obj]
-    out: list = [None] * torch_dist.get_world_size()
-    torch_dist.all_gather_object(out, obj)
-    return out
-
-
-def barrier() -> None:
-    if torch_dist.is_initialized():
-        torch_dist.barrier()
+    return all_gathered(obj, what)
 
 
 def weights_digest(model: nn.Module) -> str:
