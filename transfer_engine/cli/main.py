@@ -121,7 +121,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:  # pragma: no cover - the console script
-    sys.exit(main())
+    code = main()
+    if distributed.joined_a_job():
+        # A worker of a torchrun job has done its work and left the process group; interpreter shutdown
+        # would still run native libraries' destructors (gloo's, NCCL's, onnxruntime's thread pools), and
+        # one that aborts there turns a finished worker into a failed one, whose launcher then skips
+        # torchrun's exit barrier while the other nodes' launchers wait in it (docs/scale.md, "When a node
+        # fails"). So a worker ends as soon as its output is flushed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

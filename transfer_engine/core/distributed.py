@@ -91,12 +91,18 @@ class _Job:
 
 
 _job: _Job | None = None
+_joined = False  # whether this process ever joined a job (it stays True after `leave`)
+
+
+def joined_a_job() -> bool:
+    """True in a process that joined a multi-process job (the CLI then ends it without interpreter shutdown)."""
+    return _joined
 
 
 def rank_and_world() -> tuple[int, int]:
     """This process's rank and the world size; under torchrun, joins the process group (once) with
     te's timeouts and starts this rank's heartbeat."""
-    global _job
+    global _job, _joined
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
@@ -119,6 +125,7 @@ def rank_and_world() -> tuple[int, int]:
     store = _store_client(timeout)
     beats = _Heartbeat(_store_client(timeout), rank, interval=min(1.0, beat_timeout / 10))
     _job = _Job(rank, world, store, beats, beat_timeout)
+    _joined = True
     store.set(_job.key("who", rank), f"{os.environ.get('GROUP_RANK', '0')}|{socket.gethostname()}")
     beats.start()
     return rank, world
