@@ -238,7 +238,7 @@ def test_a_node_lost_mid_run_ends_the_job_with_one_line_naming_it(node_env, tmp_
 
 
 @pytest.mark.slow
-def test_two_nodes_30_times_beside_a_cpu_load_never_hang(good_plugin_site, node_env, tmp_path):
+def test_soak_two_nodes_30_times_beside_a_cpu_load_never_hang(good_plugin_site, node_env, tmp_path):
     """The soak of the two-node run (a fresh-clone CI once hung in it): 30 launches while two busy
     processes load both cores; each must end, both nodes with exit 0, within `_two_nodes`' limit."""
     env, _ = node_env
