@@ -109,3 +109,16 @@ def test_one_process_needs_no_job(monkeypatch):
     assert dist.all_gathered("x") == ["x"] and dist.from_rank0(3) == 3 and dist.gathered_on_rank0(1) == [1]
     dist.barrier()
     dist.leave(RuntimeError("nothing joined: nothing to tell"))
+
+
+def test_a_failed_collective_inside_guarded_is_one_line_and_other_errors_pass(store, monkeypatch):
+    rank0 = member(store, 0)
+    monkeypatch.setattr(dist, "_job", rank0)
+    with pytest.raises(dist.PeerLostError, match=r"^a process of the job was lost while fine-tuning: \[gloo\] "
+                                                 r"Connection closed by peer \[127.0.0.1\]:4242$"):
+        with dist.guarded("fine-tuning"):
+            raise RuntimeError("[gloo] Connection closed by peer [127.0.0.1]:4242\n(stack)")
+    with pytest.raises(ValueError, match="a bug of ours"):  # not a transport failure: untouched
+        with dist.guarded("fine-tuning"):
+            raise ValueError("a bug of ours")
+    rank0.beats.stop()

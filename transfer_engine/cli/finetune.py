@@ -137,7 +137,10 @@ def finetune(from_run, backbone, data, head, weights, out, recipe, budget_minute
         label_smoothing=label_smoothing, batch_size=batch_size, input_size=input_size, augment=augment,
         crop_scale=crop_scale, precision=precision, device=device, channels_last=channels_last, seed=seed, workers=workers, limit=limit,
         checkpoint_every=checkpoint_every, keep=keep, no_val=no_val)
-    summary = run_finetune(out, config, resume=resume, overwrite=overwrite, progress=True)
+    from transfer_engine.core import distributed
+
+    with distributed.guarded("fine-tuning"):  # DDP's all-reduces: a lost rank is one line, not an internal error
+        summary = run_finetune(out, config, resume=resume, overwrite=overwrite, progress=True)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if as_json:

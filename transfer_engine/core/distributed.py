@@ -30,6 +30,7 @@ on the one process, and torch is never imported by this module's import (the CLI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import socket
@@ -119,7 +120,7 @@ def rank_and_world() -> tuple[int, int]:
     try:
         torch_dist.init_process_group(backend, timeout=timeout)
     except Exception as exc:  # a peer that never joined, an unreachable master: one line
-        raise PeerLostError(f"could not join the job's {world} processes within {timeout.seconds} s "
+        raise PeerLostError(f"could not join the job's {world} processes within {timeout.total_seconds():.0f} s "
                             f"(TE_DIST_TIMEOUT): {first_line(exc)}") from exc
     rank = torch_dist.get_rank()
     store = _store_client(timeout)
@@ -278,6 +279,34 @@ def _lost_during(job: _Job, what: str, exc: Exception) -> str:
     verdict = f"a process of the job was lost while {what}: {first_line(exc)}"
     _post_verdict(job, verdict)
     return verdict
+
+
+@contextlib.contextmanager
+def guarded(what: str) -> Iterator[None]:
+    """Collectives te does not call itself (DDP's gradient all-reduces, buffer broadcasts) that fail
+    inside this block end the run with one line, like te's own: a lost peer, not an internal error.
+    They are bounded by TE_DIST_TIMEOUT (the process group's timeout)."""
+    try:
+        yield
+    except TEError:
+        raise
+    except Exception as exc:
+        job = _job  # joined inside the block, typically
+        if job is None or not _is_transport_failure(exc):
+            raise
+        raise PeerLostError(_lost_during(job, what, exc)) from exc
+
+
+def _is_transport_failure(exc: BaseException) -> bool:
+    """A collective's failure as torch reports it: a DistError, or the RuntimeError gloo raises when a
+    peer's connection closes or a collective times out."""
+    import torch.distributed as torch_dist
+
+    if isinstance(exc, torch_dist.DistError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(w in text for w in ("gloo", "Gloo", "NCCL", "Connection closed",
+                                                                     "Connection reset", "Timed out"))
 
 
 def barrier(what: str = "waiting for the other ranks") -> None:
