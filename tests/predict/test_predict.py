@@ -13,11 +13,13 @@ import torch
 from PIL import Image
 
 from transfer_engine.cli.main import main
-from transfer_engine.data.sources import open_source
 from transfer_engine.errors import UsageError
+from transfer_engine.export.images import held_out_images
 from transfer_engine.export.runtime import CUDA, import_ort
 from transfer_engine.predict import predict
 from transfer_engine.runs import Run
+
+from ..export.helpers import CHECK_SIZE
 
 
 def _photos(folder, bad: bool = True):
@@ -30,17 +32,6 @@ def _photos(folder, bad: bool = True):
     if bad:
         (folder / "truncated.jpg").write_bytes((folder / "chelsea.jpg").read_bytes()[:600])
         (folder / "notes.png").write_text("not an image")
-    return folder
-
-
-def _digits(folder, count: int = 20):
-    """Real digits as CLASS/IMAGE PNG files (labelled: predict reports accuracy)."""
-    source = open_source("builtin:digits")
-    samples = list(source.samples())
-    for i in np.linspace(0, len(samples) - 1, count).astype(int):
-        sample = samples[i]
-        (folder / source.class_names[sample.label]).mkdir(parents=True, exist_ok=True)
-        source.decode(sample, source.read_bytes(sample)).save(folder / source.class_names[sample.label] / f"{i:04d}.png")
     return folder
 
 
@@ -71,15 +62,25 @@ def test_in_graph_preprocessing_model_classifies_photos_and_skips_bad_files(lite
     assert [r["prediction"] for r in rows] == _torch_top1(lite / "run", images)
 
 
-def test_int8_model_agrees_with_pytorch_on_labelled_digits(lite, tmp_path):
-    folder = _digits(tmp_path / "digits", 12)
-    summary = predict(lite / "out" / "lite.onnx", str(folder), batch_size=8)
-    assert summary.variant == "int8" and summary.predicted == summary.labelled == 12 and summary.failed == []
+def test_int8_model_serves_what_te_export_checked_on_its_held_out_digits(lite, tmp_path):
+    # te predict on te export's own check digits gives the agreement with PyTorch and the accuracy its parity
+    # report states, to the digit: what was checked (and met the export's gate) is what is served
+    check = held_out_images(Run.open(lite / "run"), None, CHECK_SIZE)
+    images, labels, failed = check.load()
+    assert failed == [] and len(images) == CHECK_SIZE
+    classes = Run.open(lite / "run").class_names
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (tmp_path / "digits" / classes[label]).mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / "digits" / classes[label] / f"{i:04d}.png")
+    summary = predict(lite / "out" / "lite.onnx", str(tmp_path / "digits"), batch_size=8)
+    assert summary.variant == "int8" and summary.predicted == summary.labelled == CHECK_SIZE and summary.failed == []
     assert summary.warnings == []  # checked on this very CPU
-    expected = _torch_top1(lite / "run", [Image.open(folder / r["path"]) for r in summary.predictions])
+    expected = _torch_top1(lite / "run", [Image.open(tmp_path / "digits" / r["path"]) for r in summary.predictions])
     agreement = np.mean([r["prediction"] == e for r, e in zip(summary.predictions, expected)])
-    assert agreement >= 0.75  # the export verified >= 80% on 32 other (held-out) digits
-    assert summary.accuracy is not None and summary.accuracy > 0.6
+    report = json.loads((lite / "out" / "lite.parity.json").read_text())
+    measured = report["variants"]["int8"]
+    assert agreement == pytest.approx(measured["top1_agreement"]) and agreement >= report["tolerance"]["min_agreement"]
+    assert summary.accuracy == pytest.approx(measured["accuracy"])
     assert all(r["label"] == r["path"].split("/")[0] for r in summary.predictions)
 
 
