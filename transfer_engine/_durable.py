@@ -11,6 +11,7 @@ is fsynced too, and a new directory only once its parent is.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -37,22 +38,40 @@ def replace_durably(tmp: Path, target: Path) -> None:
     fsync_dir(target.parent)
 
 
-def temporary_name(target: Path) -> Path:
-    """The temporary file beside `target` that this process writes before replacing it (".NAME.tmp-PID")."""
-    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+def temporary_file(target: Path) -> Path:
+    """A new, empty file beside `target` for this write only (".NAME.tmp-RANDOM"), made with O_EXCL.
+
+    The name cannot be guessed and an existing path (a symlink planted there) is never opened, so a
+    write can only land in a file this call created. Its mode is what a plain `open(target, "w")` would
+    give (0666 less the umask), not mkstemp's 0600, so the replaced file keeps the usual permissions.
+    """
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    return Path(name)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def write_durably(target: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Write `target` through `write(tmp_path)` into a temporary file, then `replace_durably` it.
 
     A crash at any instant leaves the old file or the new one, never a torn one; an error in `write`
-    leaves the old file and removes the temporary one.
+    leaves the old file and removes the temporary one. The temporary file is `temporary_file`'s, and
+    the rename replaces `target` itself: a symlink at `target` becomes a regular file, and the file it
+    pointed to is left alone.
 
     Returns:
         `target` as a Path.
     """
     target = Path(target)
-    tmp = temporary_name(target)
+    tmp = temporary_file(target)
     try:
         write(tmp)
         replace_durably(tmp, target)

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from transfer_engine._durable import makedirs_durably, replace_durably
+from transfer_engine._durable import makedirs_durably, write_text_durably
 from transfer_engine.cache import artifacts, leases
 from transfer_engine.cache.index import Index, SpaceRow
 from transfer_engine.cache.lock import WriterLock
@@ -348,9 +348,7 @@ def _create(root: Path) -> None:
     index = Index(root / INDEX, create=True)
     index.set_meta("format_version", str(FORMAT_VERSION))
     index.close()
-    tmp = root / (MARKER + ".tmp")
-    tmp.write_text(json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n")
-    replace_durably(tmp, root / MARKER)
+    write_text_durably(root / MARKER, json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n")
 
 
 def check_cache_dir(directory: str | os.PathLike) -> Path:
@@ -372,10 +370,15 @@ def check_cache_dir(directory: str | os.PathLike) -> Path:
     return root
 
 
+def _own_entry(name: str) -> bool:
+    """A name a cache's own files take, the marker's temporary file of an interrupted creation included."""
+    return name in _OWN_ENTRIES or name.startswith(f".{MARKER}.tmp-")
+
+
 def _refuse_foreign(root: Path) -> None:
     """`NotACacheError` when `root` holds files that are not a cache's (a cache is made only in a new or
     empty folder, or over the remains of an interrupted creation)."""
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in _OWN_ENTRIES) if root.is_dir() else []
+    foreign = sorted(p.name for p in root.iterdir() if not _own_entry(p.name)) if root.is_dir() else []
     if foreign:
         raise NotACacheError(f"{root} is not empty and not a te feature cache (it holds {', '.join(foreign[:3])}"
                              f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory")
