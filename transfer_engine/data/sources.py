@@ -9,6 +9,7 @@ Layouts understood (as torchvision's ImageFolder, plus split folders):
     ROOT/{train,val,test}/CLASS/IMAGE       splits from the folders (any subset of them)
     manifest.csv  with a header: path,label[,split]   (paths relative to the manifest)
     manifest.jsonl  one {"path": ..., "label": ..., "split": ...} object per line
+                    (labels: text, or JSON integers; a UTF-8 BOM is allowed)
     builtin:digits                          scikit-learn's 1,797 real handwritten digits
 
 What the files may be is bounded: only regular files are read, at most TE_MAX_FILE_BYTES each
@@ -22,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -30,7 +32,7 @@ from transfer_engine.cache.records import content_key, display_path, is_text  # 
 from transfer_engine.data.decode import decode_image, max_image_pixels
 from transfer_engine.data.files import is_regular_file, max_file_bytes, read_image_file
 from transfer_engine.data.walk import IMAGE_EXTENSIONS, FolderWalk
-from transfer_engine.errors import UsageError
+from transfer_engine.errors import UsageError, first_line
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -151,11 +153,25 @@ class ManifestSource(DataSource):
         if not is_regular_file(manifest):  # a FIFO would block, and a manifest is read twice
             raise UsageError(f"--data {display_path(str(manifest))}: not a regular file; te reads a manifest "
                              "twice, so it must be a file (not a pipe or device)")
+        self.paths_outside = 0
         labels: set[str] = set()
-        for _, _, label, _ in self._rows():
+        outside: list[tuple[int, str]] = []  # (line, path) of paths that leave the manifest's folder
+        for line, path, label, _ in self._rows():
             labels.add(label)
+            if _leaves_folder(path):
+                if not outside:
+                    outside.append((line, path))
+                self.paths_outside += 1
+        if self.paths_outside:
+            # Absolute and ../ paths are read as written (a manifest made by `find /data`, or kept in a
+            # splits/ folder beside images/, is ordinary), but never silently: a manifest from elsewhere
+            # could point te anywhere on this machine.
+            line, path = outside[0]
+            print(f"te: warning: --data {_shown(str(manifest))}: {self.paths_outside} path(s) lead outside the "
+                  f"manifest's folder (absolute, or through ..), first on line {line}: {_shown(path)}; "
+                  "te reads them as written", file=sys.stderr)
         if not labels:
-            raise UsageError(f"--data {manifest}: the manifest lists no images")
+            raise UsageError(f"--data {_shown(str(manifest))}: the manifest lists no images")
         if all(_is_int(v) for v in labels):
             self.class_names = [str(v) for v in sorted({int(v) for v in labels})]
         else:
@@ -163,16 +179,30 @@ class ManifestSource(DataSource):
 
     def _rows(self) -> Iterator[tuple[int, str, str, str | None]]:
         suffix = self.manifest.suffix.lower()
-        # surrogateescape: a path that is not UTF-8 (a listing of such files) is kept byte for byte
-        with self.manifest.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        where = f"--data {_shown(str(self.manifest))}"
+        # utf-8-sig: a BOM (Excel's "CSV UTF-8", PowerShell) is not part of the first column's name.
+        # surrogateescape: a path that is not UTF-8 (a listing of such files) is kept byte for byte.
+        with self.manifest.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
             if suffix == ".csv":
                 reader = csv.DictReader(fh)
-                missing = {"path", "label"} - set(reader.fieldnames or [])
-                if missing:
-                    raise UsageError(f"--data {self.manifest}: the CSV header needs the columns path,label[,split]; "
-                                     f"missing {', '.join(sorted(missing))}")
-                for n, row in enumerate(reader, start=2):
-                    yield self._checked(n, row.get("path"), row.get("label"), row.get("split"))
+                try:
+                    fieldnames = reader.fieldnames
+                    missing = {"path", "label"} - set(fieldnames or [])
+                    if missing:
+                        raise UsageError(f"{where}: the CSV header needs the columns path,label[,split]; "
+                                         f"missing {', '.join(sorted(missing))}")
+                    for row in reader:
+                        yield self._checked(reader.line_num, row.get("path"), row.get("label"), row.get("split"))
+                except csv.Error as exc:
+                    # csv's field_size_limit (131,072 characters) stays: no path or label is that long, and
+                    # the limit is what keeps an unclosed quote from reading the rest of the file as one field.
+                    # csv counts a line once it is parsed: the one over the limit is the next.
+                    if "field larger than field limit" in str(exc):
+                        raise UsageError(f"{where}: line {reader.line_num + 1} has a field over "
+                                         f"{csv.field_size_limit():,} characters (no path or label is that long; "
+                                         "an unclosed quote?)") from None
+                    raise UsageError(f"{where}: line {reader.line_num} is not valid CSV "
+                                     f"({_shown(first_line(exc))})") from None
             else:
                 for n, line in enumerate(fh, start=1):
                     if not line.strip():
@@ -180,26 +210,44 @@ class ManifestSource(DataSource):
                     try:
                         obj = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise UsageError(f"--data {self.manifest}: line {n} is not JSON ({exc.msg})") from None
+                        raise UsageError(f"{where}: line {n} is not JSON ({exc.msg})") from None
+                    except RecursionError:  # [[[[...]]]]: deeper than the interpreter's stack
+                        raise UsageError(f"{where}: line {n} is not JSON (nested too deeply)") from None
                     if not isinstance(obj, dict):
-                        raise UsageError(f"--data {self.manifest}: line {n} is not a JSON object")
+                        raise UsageError(f"{where}: line {n} is not a JSON object")
                     yield self._checked(n, obj.get("path"), obj.get("label"), obj.get("split"))
 
     def _checked(self, line: int, path, label, split) -> tuple[int, str, str, str | None]:
-        where = f"--data {self.manifest}: line {line}"
-        if not path or not str(path).strip():
-            raise UsageError(f"{where} has no path")
-        if label is None or str(label).strip() == "":
-            raise UsageError(f"{where} ({display_path(str(path))}) has no label")
-        if not is_text(str(label)):
-            raise UsageError(f"{where}: the label {display_path(str(label))!r} is not valid UTF-8 text")
-        if split is not None and str(split).strip():
-            if str(split).strip().lower() not in SPLIT_ALIASES:
-                raise UsageError(f"{where} ({display_path(str(path))}) has split {split!r}; use train, val or test")
-            split = SPLIT_ALIASES[str(split).strip().lower()]
+        where = f"--data {_shown(str(self.manifest))}: line {line}"
+        if not isinstance(path, str) or not path.strip():
+            raise UsageError(f"{where} has no path" if path in (None, "") or isinstance(path, str)
+                             else f"{where}: the path is a JSON {_json_type(path)}; expected text")
+        path = path.strip()
+        if "\0" in path:
+            raise UsageError(f"{where}: the path {_shown(path)!r} holds a NUL character, which no file name can")
+        # Labels become class names (run.json, ONNX metadata, --out files): text or a whole number, as a
+        # folder's name would be; a JSON list, object, boolean or fraction is a mistake, not a class.
+        if isinstance(label, bool) or not isinstance(label, (str, int, type(None))):
+            raise UsageError(f"{where} ({_shown(path)}) has a label that is a JSON {_json_type(label)}; "
+                             "expected text or a whole number")
+        label = None if label is None else str(label).strip()
+        if not label:
+            raise UsageError(f"{where} ({_shown(path)}) has no label")
+        if not is_text(label):
+            raise UsageError(f"{where}: the label {display_path(_shown(label))!r} is not valid UTF-8 text")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in label):
+            raise UsageError(f"{where}: the label {_shown(label)!r} holds a control character (NUL, a line "
+                             "break, ...); class names are one line of text")
+        if split is not None and not isinstance(split, str):
+            raise UsageError(f"{where} ({_shown(path)}) has a split that is a JSON {_json_type(split)}; "
+                             "use train, val or test")
+        if split is not None and split.strip():
+            if split.strip().lower() not in SPLIT_ALIASES:
+                raise UsageError(f"{where} ({_shown(path)}) has split {_shown(split)!r}; use train, val or test")
+            split = SPLIT_ALIASES[split.strip().lower()]
         else:
             split = None
-        return line, str(path).strip(), str(label).strip(), split
+        return line, path, label, split
 
     def samples(self) -> Iterator[Sample]:
         index = {c: i for i, c in enumerate(self.class_names)}
@@ -207,8 +255,8 @@ class ManifestSource(DataSource):
         for line, path, label, split in self._rows():
             name = str(int(label)) if as_int and _is_int(label) else label
             if name not in index:
-                raise UsageError(f"--data {self.manifest}: line {line} has label {label!r}, which was not there when "
-                                 "te first read the manifest (it changed meanwhile); run again")
+                raise UsageError(f"--data {_shown(str(self.manifest))}: line {line} has label {_shown(label)!r}, "
+                                 "which was not there when te first read the manifest (it changed meanwhile); run again")
             yield Sample(path, index[name], split)
 
     def read_bytes(self, sample: Sample) -> bytes:
@@ -311,6 +359,28 @@ def locate_recorded_data(data: str, *near: str | os.PathLike | None) -> str:
     raise UsageError(f"the recorded --data {display_path(data)} is a relative path (written by an older te) that is "
                      f"in none of {', '.join(display_path(str(t)) for t in tried)}; pass the data again "
                      "(e.g. --data /full/path)")
+
+
+SHOWN_CHARS = 120
+
+
+def _shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` as a message shows it: readable (`display_path`) and cut to `limit` characters, with how long it
+    was (a manifest's million-character path is not echoed whole)."""
+    text = display_path(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a parsed value's type ("list", "object", "boolean", ...)."""
+    names = {bool: "boolean", list: "list", dict: "object", float: "number with a fraction", str: "string",
+             int: "integer"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _leaves_folder(path: str) -> bool:
+    """True when a manifest's `path` is absolute or climbs out of the manifest's folder through `..`."""
+    return os.path.isabs(path) or os.path.normpath(path).split(os.sep)[0] == os.pardir
 
 
 def _first_skip(skipped: list[dict[str, str]]) -> str:
