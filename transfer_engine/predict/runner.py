@@ -103,7 +103,7 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
         raise UsageError(f"--top-k {top_k}: expected 1..{len(classes)} (the model has {len(classes)} classes)")
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: expected at least 1")
-    out_path = _check_out(out)
+    out_path = _check_out(out, data)
     source = open_images(data, follow_symlinks)
     samples = list(source.samples())
     if not samples:
@@ -192,7 +192,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _check_out(out: str | os.PathLike | None) -> Path | None:
+def _check_out(out: str | os.PathLike | None, data: str) -> Path | None:
+    """--out as a path, once it can be written without harm (before any image is read)."""
     if out is None:
         return None
     path = Path(out).expanduser().absolute()
@@ -202,7 +203,23 @@ def _check_out(out: str | os.PathLike | None) -> Path | None:
         raise UsageError(f"--out {out} is a directory; expected a .csv or .jsonl file name")
     if not path.parent.is_dir():
         raise UsageError(f"--out {out}: the folder {path.parent} does not exist")
+    if _same_file(path, data):  # a manifest is .csv/.jsonl too: the predictions would replace the input
+        raise UsageError(f"--out {out} is the --data manifest; te predict would replace its input with the "
+                         "predictions: choose another --out")
     return path
+
+
+def _same_file(out: Path, data: str) -> bool:
+    """True when `out` names the file `data` names (after symlinks and `..`, or another hard link to it)."""
+    if data.startswith("builtin:"):
+        return False
+    source = Path(data).expanduser()
+    if out.resolve() == source.resolve():
+        return True
+    try:
+        return os.path.samefile(out, source)
+    except OSError:  # either one missing: not the same file
+        return False
 
 
 def _write(path: Path, rows: list[dict[str, Any]], top_k: int) -> None:
