@@ -124,6 +124,8 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
     targets = _targets(out, quantize, split)
     _check_overwrite(targets, overwrite)
     import_ort()
+    model = run.build_model()
+    _check_finite_weights(model)
 
     check_set = image_sets.held_out_images(run, check_data, check_size)
     cal_set = image_sets.train_images(run, calibration_data, calibration_size) if quantize == "int8" else None
@@ -136,7 +138,6 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
     transform = spec.transform()
     x = np.stack([transform(im).numpy() for im in check_images]).astype(np.float32)
     label_array = None if all(lab is None for lab in labels) else np.array([-1 if v is None else v for v in labels])
-    model = run.build_model()
     ref = _reference(model, x, label_array)
     timings = {"reference": time.perf_counter() - started}
 
@@ -168,6 +169,23 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_finite_weights(model: Any) -> None:
+    """Refuse a model with NaN or infinite weights (a diverged fit) before anything is exported or written:
+    its logits would be NaN, every check would fail, and the report itself cannot be JSON.
+
+    Raises:
+        TEError: naming the part (head or backbone) and the first tensor that is not finite.
+    """
+    import torch
+
+    for part in ("head", "backbone"):
+        module = getattr(model, part)
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise TEError(f"the run's {part} has non-finite weights (NaN/inf, first in {name!r}): it diverged "
+                              "in training and cannot be exported; train it again (e.g. a lower learning rate)")
 
 
 def _reference(model: Any, x: np.ndarray, labels: np.ndarray | None) -> parity.Reference:
