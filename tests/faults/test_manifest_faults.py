@@ -39,7 +39,8 @@ def test_a_bom_before_the_header_is_not_part_of_the_path_column(tmp_path):
                                          (1.5, "fraction")])
 def test_json_labels_that_are_not_text_or_integers_are_refused(tmp_path, label, kind):
     m = tmp_path / "m.jsonl"
-    m.write_text(json.dumps({"path": "a.png", "label": "cat"}) + "\n" + json.dumps({"path": "b.png", "label": label}) + "\n")
+    rows = [{"path": "a.png", "label": "cat"}, {"path": "b.png", "label": label}]
+    m.write_text("".join(json.dumps(row) + "\n" for row in rows))
     message = _refused(m)
     assert "line 2" in message and kind in message
 
@@ -70,7 +71,8 @@ def test_paths_outside_the_manifests_folder_are_read_with_a_warning(tmp_path, ca
     (tmp_path / "inside.csv").write_text("path,label\nimg/a.png,cat\n./b.png,dog\n")
     open_source(str(tmp_path / "inside.csv"))
     assert capsys.readouterr().err == ""
-    (tmp_path / "m.csv").write_text("path,label\nimg/a.png,cat\n/srv/photos/b.png,dog\n../c.png,dog\nimg/../d.png,cat\n")
+    (tmp_path / "m.csv").write_text("path,label\nimg/a.png,cat\n/srv/photos/b.png,dog\n../c.png,dog\n"
+                                    "img/../d.png,cat\n")
     src = open_source(str(tmp_path / "m.csv"))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("te: warning: ") and "2 path(s)" in err[0], err

@@ -256,7 +256,8 @@ class ManifestSource(DataSource):
             name = str(int(label)) if as_int and _is_int(label) else label
             if name not in index:
                 raise UsageError(f"--data {_shown(str(self.manifest))}: line {line} has label {_shown(label)!r}, "
-                                 "which was not there when te first read the manifest (it changed meanwhile); run again")
+                                 "which was not there when te first read the manifest (it changed meanwhile); "
+                                 "run again")
             yield Sample(path, index[name], split)
 
     def read_bytes(self, sample: Sample) -> bytes:

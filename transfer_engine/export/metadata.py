@@ -218,7 +218,8 @@ def _checked_input(value: Any, where: str) -> InputSpec:
     if isinstance(value, InputSpec):
         value = asdict(value)
     if not isinstance(value, dict):
-        raise _field(where, "input", f"is {_shown(value)}; expected an object {{name, dtype, layout, in_graph_preprocessing}}")
+        raise _field(where, "input", f"is {_shown(value)}; expected an object "
+                     "{name, dtype, layout, in_graph_preprocessing}")
     unknown = set(value) - set(InputSpec.__dataclass_fields__)
     if unknown:
         raise _field(where, "input", f"has unknown key(s) {', '.join(sorted(map(repr, unknown)))}")
