@@ -72,6 +72,12 @@ def forget(cache: "FeatureCache", name: str) -> None:
         remove_unreferenced(cache)
 
 
+def drop_name(index, name: str) -> None:
+    """Forget artifact `name` (inside the caller's write transaction, under the writer lock); its file is
+    removed by `remove_unreferenced` once no name points at it."""
+    index.delete_meta(_META + name)
+
+
 def get(cache: "FeatureCache", name: str) -> tuple[Path | None, str]:
     """The stored file of artifact `name` once its bytes check out, or (None, why not)."""
     record = records(cache).get(name)

@@ -13,7 +13,10 @@ a row DEST already holds is never copied again. What is copied, in this order:
   2. provenance of each space DEST did not know how to rebuild, and artifacts DEST lacks (re-hashed).
   3. data sets, after their rows: a name DEST lacks is copied; the same name with the same records is
      left as it is; other records under a taken name are an error unless `rename` or `replace` says what
-     to do. Conflicts are found before anything is written, so a refused merge changes nothing.
+     to do. Conflicts are found before anything is written (`check_merge`; the CLI runs it before it
+     creates a missing DEST), so a refused merge changes nothing. A data set stored under a name DEST
+     already used (renamed or replacing) that names a row skipped as damaged is not copied: DEST keeps
+     verifying.
 
 It needs no torch. A source is read without its writer lock; merging from a cache a live writer holds
 a lease on (a running `te extract`) is refused, because its data sets are not written yet.
@@ -57,12 +60,15 @@ class SpaceMerge:
     bytes_copied: int = 0
     problems: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.skipped_keys: set[str] = set()  # keys of the rows skipped as damaged (not in the report)
+
 
 @dataclass
 class DatasetMerge:
     source: str
     name: str
-    action: str  # "copied", "same" (DEST has these records), "renamed to NAME", "replaced"
+    action: str  # "copied", "same" (DEST has these records), "renamed to NAME", "replaced", "not copied: why"
     records: int
 
 
@@ -117,13 +123,9 @@ def merge_caches(dest: "FeatureCache", sources: Sequence["FeatureCache"], *, on_
         UsageError: a source is DEST itself or appears twice, a source is being written, a name conflict
             under on_conflict="error", an unknown on_conflict.
     """
-    if on_conflict not in CONFLICTS:
-        raise UsageError(f"on_conflict must be one of {', '.join(CONFLICTS)}, got {on_conflict!r}")
     start = time.perf_counter()
-    _check_distinct(dest, sources)
-    for src in sources if require_idle else ():
-        _check_not_being_written(src)
-    plan = _plan_datasets(dest, sources, on_conflict)  # before any write: a refused merge changes nothing
+    # before any write: a refused merge changes nothing
+    plan = check_merge(dest.root, sources, on_conflict, _taken(dest), require_idle=require_idle)
     report = MergeReport(str(dest.root), [str(s.root) for s in sources], dry_run)
     for src in sources:
         for space in src.index.spaces():
@@ -135,22 +137,70 @@ def merge_caches(dest: "FeatureCache", sources: Sequence["FeatureCache"], *, on_
         if not dry_run:
             _copy_provenance(dest, src)
             report.artifacts_copied += _copy_artifacts(dest, src)
+    skipped = {key for s in report.spaces for key in s.skipped_keys}
     for src, name, target, action in plan:
         records = src.dataset(name)
-        if not dry_run and action != "same":
-            dest.put_dataset(target, records.records, records.class_names)
+        if action != "same":
+            # Under a name DEST did not have, a copy naming a skipped row is what repair leaves (verify names
+            # the images, `te extract --name NAME` extracts them). Renamed or replacing one of DEST's, it
+            # would turn a DEST that verified into one that does not, under a name its data was never
+            # extracted as: refused instead (DEST keeps verifying).
+            lost = 0 if action == "copied" else _keys_without_row(dest, {r.key for r in records.records} & skipped)
+            if lost:
+                action = (f"not copied: {lost} of its records name rows that were damaged in the source and "
+                          f"skipped; repair the source (te cache repair), extract its data again, and merge again")
+            elif not dry_run:
+                dest.put_dataset(target, records.records, records.class_names)
         report.datasets.append(DatasetMerge(str(src.root), name, action, len(records)))
     report.seconds = round(time.perf_counter() - start, 3)
     return report
 
 
-def _check_distinct(dest: "FeatureCache", sources: Sequence["FeatureCache"]) -> None:
-    seen = [dest.root]
+def check_merge(dest: str | os.PathLike, sources: Sequence["FeatureCache"], on_conflict: str,
+                taken: dict[str, str | None] | None = None,
+                require_idle: bool = True) -> list[tuple["FeatureCache", str, str, str]]:
+    """Every refusal of a merge, before anything is written (DEST need not exist yet: `taken` holds DEST's
+    data sets {name: SHA-256}, none when None); returns the data-set plan of `merge_caches`.
+
+    Raises:
+        UsageError: an unknown on_conflict, a source that is DEST or given twice, a source being written
+            (with require_idle), a data-set name conflict under on_conflict="error".
+        NotACacheError: DEST is a file or a folder that holds something else than a cache.
+    """
+    if on_conflict not in CONFLICTS:
+        raise UsageError(f"on_conflict must be one of {', '.join(CONFLICTS)}, got {on_conflict!r}")
+    root = Path(dest).expanduser().absolute()
+    if taken is None:
+        from transfer_engine.cache.store import MARKER, _refuse_foreign, check_cache_dir
+
+        if root.exists() and (not root.is_dir() or (root / MARKER).exists()):
+            check_cache_dir(root)
+        _refuse_foreign(root)
+    _check_distinct(root, sources)
+    for src in sources if require_idle else ():
+        _check_not_being_written(src)
+    return _plan_datasets(taken or {}, sources, on_conflict)
+
+
+def _taken(dest: "FeatureCache") -> dict[str, str | None]:
+    return {name: dest.index.dataset_sha256(name)[1] for name in dest.datasets()}
+
+
+def _keys_without_row(dest: "FeatureCache", keys: set[str]) -> int:
+    """How many of `keys` DEST has no row for in any space."""
+    missing = set(keys)
+    for space in dest.index.spaces() if missing else ():
+        missing -= set(dest.index.locations(space.id, sorted(missing)))
+    return len(missing)
+
+
+def _check_distinct(dest: Path, sources: Sequence["FeatureCache"]) -> None:
+    seen = [dest]
     for src in sources:
         for other in seen:
-            if os.path.samefile(src.root, other):
-                what = "DEST itself" if other == dest.root else "given twice"
-                raise UsageError(f"cannot merge {src.root} into {dest.root}: the source is {what}")
+            if other.exists() and os.path.samefile(src.root, other):
+                what = "DEST itself" if other == dest else "given twice"
+                raise UsageError(f"cannot merge {src.root} into {dest}: the source is {what}")
         seen.append(src.root)
 
 
@@ -166,10 +216,11 @@ def _check_not_being_written(src: "FeatureCache") -> None:
                          f"{len(live)} space(s)); merge it once that run has finished")
 
 
-def _plan_datasets(dest: "FeatureCache", sources: Sequence["FeatureCache"],
+def _plan_datasets(taken: dict[str, str | None], sources: Sequence["FeatureCache"],
                    on_conflict: str) -> list[tuple["FeatureCache", str, str, str]]:
-    """[(source, name, name in DEST, action)] for every source data set, conflicts resolved or refused."""
-    taken = {name: dest.index.dataset_sha256(name)[1] for name in dest.datasets()}
+    """[(source, name, name in DEST, action)] for every source data set, conflicts resolved or refused;
+    `taken`: DEST's data sets {name: SHA-256}."""
+    taken = dict(taken)
     plan = []
     for src in sources:
         for name in src.datasets():
@@ -189,7 +240,7 @@ def _plan_datasets(dest: "FeatureCache", sources: Sequence["FeatureCache"],
                 taken[f"{name}-{n}"] = digest
                 plan.append((src, name, f"{name}-{n}", f"renamed to {name}-{n}"))
             else:
-                raise UsageError(f"data set {name!r} of {src.root} holds other records than {dest.root}'s "
+                raise UsageError(f"data set {name!r} of {src.root} holds other records than DEST's "
                                  f"{name!r}; nothing was merged (--rename keeps both, --replace keeps the source's)")
     return plan
 
@@ -264,7 +315,7 @@ def _verified_rows(src: "FeatureCache", space: "SpaceRow", shard: "ShardRow", wa
     beyond = [row for _, row in wanted if row >= shard.rows]
     if beyond:  # the index names rows the shard does not commit: damage of the source's index
         _skip(done, f"{rel} rows {beyond[0]}-{beyond[-1]}: beyond its {shard.rows} committed rows; not copied",
-              len(beyond))
+              [k for k, r in wanted if r >= shard.rows])
         wanted = [(k, r) for k, r in wanted if r < shard.rows]
     slots = _key_slot_bytes(src, shard, path, done)
     slot_bytes = shardfile.SLOT_BYTES
@@ -272,7 +323,7 @@ def _verified_rows(src: "FeatureCache", space: "SpaceRow", shard: "ShardRow", wa
     try:
         fh = open(path, "rb")
     except OSError as exc:
-        _skip(done, f"{rel}: {exc.strerror or exc}; its {len(wanted)} rows were not copied", len(wanted))
+        _skip(done, f"{rel}: {exc.strerror or exc}; its {len(wanted)} rows were not copied", [k for k, _ in wanted])
         return
     i = 0
     with fh:
@@ -298,12 +349,12 @@ def _verified_rows(src: "FeatureCache", space: "SpaceRow", shard: "ShardRow", wa
                 offset = (row - lo) * width
                 piece = data[offset:offset + width]
                 if len(piece) != width:
-                    _skip(done, f"{rel} row {row}: the shard file ends before it; not copied", 1)
+                    _skip(done, f"{rel} row {row}: the shard file ends before it; not copied", [key])
                     continue
                 if slots is None:  # a shard from before key files: its block proves the bytes
                     if not block_ok(row):
                         _skip(done, f"{rel} row {row}: its block's checksum does not match (no key file to "
-                                    "check the row alone); not copied", 1)
+                                    "check the row alone); not copied", [key])
                         continue
                 else:
                     slot = slots[row * slot_bytes:(row + 1) * slot_bytes]
@@ -312,14 +363,14 @@ def _verified_rows(src: "FeatureCache", space: "SpaceRow", shard: "ShardRow", wa
                               zlib.crc32(piece, zlib.crc32(slot[:36])) == int.from_bytes(slot[36:], "little"))
                     if intact and (slot[:32] != field or slot[32] != length):
                         _skip(done, f"{rel} row {row}: the index names it for another key than the row was "
-                                    "written for; not copied", 1)
+                                    "written for; not copied", [key])
                         continue
                     if intact:
                         out_slots += slot
                     elif block_ok(row):  # the bytes are sound, their slot is not: a fresh one goes with them
                         out_slots += shardfile.key_slots([key], piece, width)
                     else:
-                        _skip(done, f"{rel} row {row}: its bytes do not match their checksum; not copied", 1)
+                        _skip(done, f"{rel} row {row}: its bytes do not match their checksum; not copied", [key])
                         continue
                 keys.append(key)
                 out += piece
@@ -351,8 +402,9 @@ def _block_ok(data: memoryview, lo: int, block: int, recorded: tuple[int, int] |
     return len(piece) == count * width == rows * width and zlib.crc32(piece) == crc
 
 
-def _skip(done: SpaceMerge, problem: str, rows: int) -> None:
-    done.skipped += rows
+def _skip(done: SpaceMerge, problem: str, keys: list[str]) -> None:
+    done.skipped += len(keys)
+    done.skipped_keys.update(keys)
     if len(done.problems) < 20:
         done.problems.append(problem)
     elif len(done.problems) == 20:

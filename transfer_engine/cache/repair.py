@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transfer_engine.cache import gc, leases
+from transfer_engine.cache import artifacts, gc, leases
 from transfer_engine.cache import shards as shardfile
 from transfer_engine.cache.index import DATASET_SHA256, Index
 from transfer_engine.cache.space import config_digest
@@ -57,11 +57,13 @@ class RepairReport:
     rows_restored: int = 0
     lost: list[str] = field(default_factory=list)                  # what could not be recovered, in words
     datasets_restored: list[str] = field(default_factory=list)
+    artifacts_dropped: list[str] = field(default_factory=list)     # "NAME (FILE): what was wrong"
     to_extract: dict[str, int] = field(default_factory=dict)       # data set -> records without a row
 
     @property
     def changed(self) -> bool:
-        return self.rebuilt_index or self.entries_dropped > 0 or self.shards_rewritten > 0 or bool(self.lost)
+        return (self.rebuilt_index or self.entries_dropped > 0 or self.shards_rewritten > 0 or bool(self.lost)
+                or bool(self.artifacts_dropped))
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "changed": self.changed}
@@ -100,6 +102,10 @@ def _repair_locked(root: Path, lock, report: RepairReport) -> None:
         try:
             if not report.rebuilt_index:
                 _drop_damage(cache, report)
+            else:  # artifact names read back from the damaged index: their files are checked as verify does
+                from transfer_engine.cache.verify import Damage
+
+                _drop_artifacts(cache, Damage(artifacts=set(artifacts.records(cache))), report)
             with index.snapshot():
                 report.to_extract = {name: n for name in index.dataset_names()
                                      if (n := index.records_without_row(name)[0])}
@@ -130,6 +136,7 @@ def _drop_damage(cache: "FeatureCache", report: RepairReport) -> None:
     if not damage:
         return
     index = cache.index
+    _drop_artifacts(cache, damage, report)
     with cache.lock, index.write():
         _restore_space_configs(cache, damage, report)
         rewrite = set(damage.rows)
@@ -162,6 +169,28 @@ def _drop_damage(cache: "FeatureCache", report: RepairReport) -> None:
             folder = cache.root / shardfile.space_relfolder(space.digest)
             (folder / shardfile.SPACE_FILE).unlink(missing_ok=True)
             write_space_file(folder, space)
+
+
+def _drop_artifacts(cache: "FeatureCache", damage: "Damage", report: RepairReport) -> None:
+    """A named artifact whose file is missing or no longer hashes as stored: its name is dropped (so the next
+    te extract that needs it exports it again, instead of finding the name and a bad file) and its file,
+    once no name points at it, removed."""
+    if not damage.artifacts:
+        return
+    named = artifacts.records(cache)
+    with cache.lock:
+        with cache.index.write():
+            for name in sorted(damage.artifacts):
+                record = named.get(name)
+                if record is None:
+                    continue
+                problem = artifacts.check(cache.root / record["file"], record)
+                if not problem:
+                    continue
+                artifacts.drop_name(cache.index, name)
+                report.artifacts_dropped.append(f"{name} ({record['file']}): {problem}")
+        artifacts.remove_unreferenced(cache)
+    damage.artifacts.clear()
 
 
 def _restore_space_configs(cache: "FeatureCache", damage: "Damage", report: RepairReport) -> None:

@@ -10,7 +10,14 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, json_option, table
-from transfer_engine.errors import CorruptCacheError
+from transfer_engine.errors import CorruptCacheError, TEError, UsageError
+
+
+class CacheChangedError(TEError):
+    """The cache kept changing while `te cache verify` read it (a gc or repair committed meanwhile): not
+    damage, and nothing to repair; exit code 3, so scripts tell it from damage (1)."""
+
+    exit_code = 3
 
 cache_dir = click.argument("directory", metavar="DIR", type=click.Path(file_okay=True, dir_okay=True))
 
@@ -90,6 +97,11 @@ def verify(directory: str, as_json: bool) -> None:
             click.echo(f"note     {note}")
         if report.ok:
             click.echo(f"ok: {report.shards} shards, {report.rows} rows, {_human(report.bytes_checked)} checked")
+    if report.changed and not report.problems:
+        from transfer_engine.cache.verify import CHANGED
+
+        raise CacheChangedError(f"{CHANGED} and kept changing, so it could not be checked whole; this is not "
+                                f"damage: run te cache verify {report.cache} again once that has finished")
     if not report.ok:
         first = report.problems[0]
         more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
@@ -121,6 +133,8 @@ def repair(directory: str, as_json: bool) -> None:
     for item in report.dropped:
         first, last = item["rows"]
         click.echo(f"dropped  {item['shard']} rows {first}-{last}: {item['why']}")
+    for item in report.artifacts_dropped:
+        click.echo(f"dropped  artifact {item}; te exports it again when it next needs it")
     for item in report.lost:
         click.echo(f"lost     {item}")
     if not report.changed:
@@ -163,37 +177,48 @@ def gc(directory: str, dry_run: bool, as_json: bool) -> None:
 @cache.command("merge")
 @click.argument("dest", metavar="DEST", type=click.Path(file_okay=True, dir_okay=True))
 @click.argument("sources", metavar="SRC...", nargs=-1, required=True, type=click.Path(file_okay=True, dir_okay=True))
-@click.option("--rename", "on_conflict", flag_value="rename",
+@click.option("--rename", is_flag=True,
               help="A source data set whose name DEST uses for other records is stored as NAME-2, NAME-3, ...")
-@click.option("--replace", "on_conflict", flag_value="replace",
+@click.option("--replace", is_flag=True,
               help="A source data set whose name DEST uses for other records replaces DEST's.")
 @click.option("--dry-run", is_flag=True, help="Read and verify the sources; report what would be copied, write nothing.")
 @json_option
-def merge(dest: str, sources: tuple[str, ...], on_conflict: str | None, dry_run: bool, as_json: bool) -> None:
+def merge(dest: str, sources: tuple[str, ...], rename: bool, replace: bool, dry_run: bool, as_json: bool) -> None:
     """Copy into DEST the rows, data sets and artifacts of each SRC cache that DEST lacks.
 
     Rows are matched by content (same space, same key = same features), so nothing is copied twice and
     running it again after an interruption copies only the rest. Source rows are verified while read: a
     damaged one is reported and skipped, never copied. DEST is created when missing. A data set name that
-    DEST already uses for other records is an error unless --rename or --replace is given.
+    DEST already uses for other records is an error unless --rename or --replace is given. Every refusal
+    comes before DEST is created; --dry-run never creates it.
     """
     from transfer_engine.cache import FeatureCache
-    from transfer_engine.cache.merge import merge_caches
+    from transfer_engine.cache.merge import check_merge, merge_caches
+    from transfer_engine.cache.store import MARKER
 
+    if rename and replace:
+        raise UsageError("--rename and --replace exclude each other: give one (rename keeps both data sets, "
+                         "replace keeps the source's)")
+    on_conflict = "rename" if rename else "replace" if replace else "error"
     opened = []
     stack = contextlib.ExitStack()
     try:
         for src in sources:
             opened.append(_open(src))
-        if dry_run and not Path(dest).expanduser().exists():  # a dry run creates nothing: compare with empty
-            scratch = tempfile.TemporaryDirectory(prefix="te-merge-dry-run-")
-            stack.callback(scratch.cleanup)
-            target = FeatureCache.open(Path(scratch.name) / "cache")
-        else:
-            target = FeatureCache.open(dest)
+        exists = (Path(dest).expanduser() / MARKER).is_file()
+        if exists:
+            target = FeatureCache.open(dest, create=False)
+        else:  # refusals first: a refused merge (or a dry run) leaves no DEST behind
+            check_merge(dest, opened, on_conflict)
+            if dry_run:  # compare with an empty cache
+                scratch = tempfile.TemporaryDirectory(prefix="te-merge-dry-run-")
+                stack.callback(scratch.cleanup)
+                target = FeatureCache.open(Path(scratch.name) / "cache")
+            else:
+                target = FeatureCache.open(dest)
         opened.append(target)
         say = None if as_json else (lambda line: click.echo(line, err=True))
-        report = merge_caches(target, opened[:-1], on_conflict=on_conflict or "error", dry_run=dry_run, progress=say)
+        report = merge_caches(target, opened[:-1], on_conflict=on_conflict, dry_run=dry_run, progress=say)
     finally:
         for c in opened:
             c.close()
@@ -213,6 +238,8 @@ def merge(dest: str, sources: tuple[str, ...], on_conflict: str | None, dry_run:
                f"{sum(s.reused for s in report.spaces)} already in DEST, {report.skipped} damaged rows skipped, "
                f"{report.artifacts_copied} artifacts, in {report.seconds:.1f} s")
     if report.skipped:  # like cp: everything else was copied, and the exit status says what was not
-        raise CorruptCacheError(f"{report.skipped} damaged source rows were not copied (everything else was); "
-                                "`te cache verify` on the source names them, `te extract` into DEST extracts "
-                                "those images again")
+        refused = [d.name for d in report.datasets if d.action.startswith("not copied")]
+        also = (f" nor data sets {', '.join(map(repr, refused))}, which name them (DEST stays verifiable)"
+                if refused else " (everything else was)")
+        raise CorruptCacheError(f"{report.skipped} damaged source rows were not copied{also}; `te cache verify` on "
+                                "the source names them, `te extract` into DEST extracts those images again")
