@@ -21,6 +21,9 @@ from transfer_engine.core.choices import BACKEND_CHOICES, DEFAULT_STORE, DEVICES
 @click.option("--weights", default="DEFAULT", show_default=True, metavar="W",
               help="Weights name, 'none' (random init, seeded) or a path to a local state dict.")
 @click.option("--name", metavar="DATASET", default=None, help="Data set name in the cache (default: from --data).")
+@click.option("--replace", is_flag=True,
+              help="Replace a data set of that name that holds another --data's images or other classes "
+                   "(refused without it: a name is not an identity).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, metavar="N",
               help="Images per forward pass (default: 32 on CPU, 128 on CUDA).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
@@ -45,7 +48,7 @@ from transfer_engine.core.choices import BACKEND_CHOICES, DEFAULT_STORE, DEVICES
               help="Under torchrun on several machines: where nodes 1..N-1 keep their delta caches until node 0 "
                    "merges them (default: CACHE/nodes; node 0 must be able to read it). See docs/scale.md.")
 @json_option
-def extract(backbone, data, cache_dir, weights, name, batch_size, workers, device, precision, backend, store,
+def extract(backbone, data, cache_dir, weights, name, replace, batch_size, workers, device, precision, backend, store,
             limit, strict, seed, follow_symlinks, nproc, node_cache, as_json) -> None:
     """Extract features of a data set into the feature cache, skipping images already there.
 
@@ -66,7 +69,7 @@ def extract(backbone, data, cache_dir, weights, name, batch_size, workers, devic
         raise SystemExit(relaunch_under_torchrun(nproc))
     from transfer_engine.extract.runner import extract as run_extract
 
-    summary = run_extract(backbone, data, cache_dir, weights=weights, name=name, batch_size=batch_size,
+    summary = run_extract(backbone, data, cache_dir, weights=weights, name=name, replace=replace, batch_size=batch_size,
                           workers=workers, device=device, precision=precision, backend=backend, store=store,
                           limit=limit, strict=strict, seed=seed, follow_symlinks=follow_symlinks,
                           node_cache=node_cache, progress=True)

@@ -161,7 +161,10 @@ def held_out_images(run: Any, check_data: str | None, limit: int) -> ImageSet:
     if not samples:
         raise UsageError(f"the run's data {run.info.dataset.get('data')!r} has no val or test images; pass "
                          "--check-data SRC with labelled held-out images")
-    labels = _map_labels(source.class_names, run.class_names, [s.label for s in samples],
+    # Records from the cache carry the data set's labels, which are the run's (its identity was checked);
+    # only samples read from the source itself are labelled in the source's classes.
+    labelled_in = run.class_names if records is not None else source.class_names
+    labels = _map_labels(labelled_in, run.class_names, [s.label for s in samples],
                          f"the run's data {run.info.dataset.get('data')}")
     data = run.info.dataset.get("data")
     return ImageSet(f"{len(samples)} val/test images of {data} (the run's data set{note})", source, samples, labels,

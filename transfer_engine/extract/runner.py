@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
 
+from transfer_engine.cache import identity
 from transfer_engine.cache.records import display_path
 from transfer_engine.core.choices import STORED_DTYPES
 from transfer_engine.core.runtime import device_of_this_rank, resolve_device
@@ -63,7 +64,8 @@ class ExtractSummary:
 
 
 def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str = "DEFAULT",
-            name: str | None = None, batch_size: int | None = None, workers: int | None = None,
+            name: str | None = None, replace: bool = False, batch_size: int | None = None,
+            workers: int | None = None,
             device: str = "auto", precision: str = "auto", backend: str = "auto", store: str = "int8",
             limit: int | None = None, strict: bool = False, seed: int = 0, follow_symlinks: bool = False,
             node_cache: str | os.PathLike | None = None, progress: bool = True) -> ExtractSummary:
@@ -75,6 +77,8 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
         cache: the cache directory (created when missing).
         weights: the backbone's weights ("DEFAULT", a name, "none", or a state-dict path).
         name: the data set's name in the cache (default: the folder/manifest name).
+        replace: replace a data set of that name from another source or with other classes (refused
+            otherwise, before any work; see `transfer_engine.cache.identity`).
         batch_size: images per forward pass (default: 32 on CPU, 128 on CUDA).
         workers: decode/transform threads (default: the number of CPUs, at most 8).
         device: "auto", "cpu" or "cuda".
@@ -124,6 +128,9 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     delta = nodes.delta_path(Path(cache), node_cache, layout) if layout.writes_delta else None
     cache_obj = FeatureCache.open(delta or cache)
     try:
+        # A name is not an identity: another folder's images, or other classes, replace a data set only
+        # when asked (before any work; a node's delta holds no data set, so rank 0 decides there).
+        identity.check_replacement(cache_obj, dataset, recorded_data(data), source.class_names, replace)
         how = _choose_backend(backend, precision, bb, target, cache_obj, source, limit, rank, world, layout)
         chosen = how.precision
         config = FeatureSpace.of_backbone(bb, stored=store, precision=chosen)
@@ -166,6 +173,7 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
                 if follow_symlinks:
                     provenance["follow_symlinks"] = True
                 cache_obj.set_provenance(space.id, provenance)
+                identity.record_source(cache_obj, dataset, recorded_data(data))
         reused, failed, splits = dist.from_rank0(outcome, "waiting for rank 0 to write the data set")
         failed = [{**f, "path": display_path(f["path"])} for f in failed]  # shown as people read names
         dist.barrier("finishing")

@@ -80,7 +80,8 @@ def from_run(path: str | os.PathLike, limit: int | None = None) -> Start:
     model = Classifier(bb.model, run.build_head())
     return Start(model=model, items=items, source=source, preprocess=run.preprocess,
                  class_names=run.class_names, backbone=info.backbone, head=info.head,
-                 dataset={"name": dataset.get("name"), "cache": dataset.get("cache"), "data": data},
+                 dataset={"name": dataset.get("name"), "cache": dataset.get("cache"), "data": data,
+                          "sha256": dataset.get("sha256")},
                  parent=str(run.path), parent_metrics=dict(run.metrics))
 
 

@@ -152,8 +152,13 @@ class Run:
     def cached_records(self) -> tuple[list | None, str]:
         """The records of the data set the run was trained on, read from its feature cache (the splits
         and keys te train used), or (None, why they cannot be read). The one reader of them: te finetune
-        cannot go on without them, te export falls back to splits derived from the bytes and says so."""
-        from transfer_engine.cache import FeatureCache
+        cannot go on without them, te export falls back to splits derived from the bytes and says so.
+
+        Raises:
+            DatasetChangedError: the data set under that name is no longer the one the run was trained on
+                (other classes or other records: `transfer_engine.cache.identity.check_unchanged`).
+        """
+        from transfer_engine.cache import FeatureCache, identity
 
         dataset = self.info.dataset or {}
         cache, name = dataset.get("cache"), dataset.get("name")
@@ -161,7 +166,11 @@ class Run:
             return None, "the run records no feature cache"
         try:
             with FeatureCache.open(cache, create=False) as fc:
+                # the data set must still be the one trained on: same classes, same records (else refused)
+                identity.check_unchanged(fc, name, self.class_names, dataset.get("sha256"), str(self.path))
                 return list(fc.dataset(name).records), ""
+        except identity.DatasetChangedError:
+            raise
         except TEError as exc:
             return None, f"data set {name!r} of the cache {cache} cannot be read now: {first_line(exc)}"
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
+from transfer_engine.cache import identity
 from transfer_engine.core.splits import HOLDOUT_FRACTION, hold_out
 from transfer_engine.errors import CacheError, UsageError
 
@@ -84,6 +85,7 @@ class TrainingData:
     scale: float = 1.0
     notes: list[str] = field(default_factory=list)
     data_source: str | None = None
+    dataset_sha256: str | None = None  # the records' SHA-256 when read: what the run was trained on
 
     @property
     def num_classes(self) -> int:
@@ -185,8 +187,12 @@ def _load(store: "FeatureCache", dataset: str | None, backbone: str | None, spac
     if not in_memory:
         notes.append(f"features ({total_rows * chosen.dim * 4 / 2**30:.2f} GiB as float32) exceed the memory budget "
                      f"({budget / 2**30:.2f} GiB): streaming them from the cache each pass")
+    # The data set's own --data (recorded per data set); a space's provenance names the last extract of
+    # the space, which may have been of another data set. Caches older than that record fall back to it.
+    stored = identity.identity(store, ds.name)
     data = TrainingData(store, ds.name, list(ds.class_names), chosen, provenance, splits, in_memory, notes=notes,
-                        data_source=(provenance or {}).get("data"))
+                        data_source=(stored.source if stored and stored.source else (provenance or {}).get("data")),
+                        dataset_sha256=stored.sha256 if stored else None)
     if in_memory:
         for split in splits.values():
             split.features = chosen.gather(split.keys)

@@ -304,7 +304,7 @@ def _write_run(spec, data: TrainingData, final: Fitted, chosen: HyperParameters,
         head=HeadRef(spec.name, data.dim, data.num_classes, dict(chosen.options), plugin=record.distribution),
         class_names=list(data.class_names), weights_file=HEAD_WEIGHTS,
         dataset={"name": data.dataset, "cache": str(data.cache.root), "data": data.data_source,
-                 "splits": data.counts()},
+                 "sha256": data.dataset_sha256, "splits": data.counts()},
         space={"id": data.space.id, "config": config.to_dict(), "provenance": data.provenance},
         seed=seed, hyperparameters=metrics["hyperparameters"])
     title = f"{spec.name} on {data.dataset} ({config.backbone})"
