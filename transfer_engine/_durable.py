@@ -47,16 +47,19 @@ def temporary_file(target: Path) -> Path:
     """
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, usual_mode())
     finally:
         os.close(fd)
     return Path(name)
 
 
-def _umask() -> int:
+def usual_mode() -> int:
+    """The mode a plain `open(path, "w")` gives a new file: 0666 less the umask. Writers that create a file
+    their own way (mkstemp, safetensors' save_file, which renames its own 0600 temporary file into place)
+    get this mode set afterwards, so every file te writes has the same permissions."""
     mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def write_durably(target: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -74,6 +77,7 @@ def write_durably(target: str | os.PathLike, write: Callable[[Path], object]) ->
     tmp = temporary_file(target)
     try:
         write(tmp)
+        os.chmod(tmp, usual_mode())  # a writer may have replaced the file with one of its own mode
         replace_durably(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

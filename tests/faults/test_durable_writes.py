@@ -55,3 +55,15 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
         pass
     assert (tmp_path / "run.json").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_a_writer_that_brings_its_own_0600_file_still_gives_the_usual_permissions(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    old = os.umask(0o022)
+    try:  # safetensors renames its own 0600 temporary file into place (te finetune's best.safetensors)
+        write_durably(tmp_path / "best.safetensors", lambda p: save_file({"w": torch.zeros(2)}, str(p)))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "best.safetensors").stat().st_mode) == 0o644

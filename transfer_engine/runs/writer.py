@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Mapping
 
-from transfer_engine._durable import _umask, fsync_dir, fsync_file, makedirs_durably
+from transfer_engine._durable import fsync_dir, fsync_file, makedirs_durably, usual_mode
 from transfer_engine.core.process import pid_alive
 from transfer_engine.errors import UsageError
 from transfer_engine.runs.format import RUN_JSON
@@ -73,7 +73,7 @@ class RunWriter:
         # safetensors writes a temporary file of its own (mode 0600) and renames it onto `target`: give the
         # weights the mode of the run's other files (0666 less the umask), or a run shared through a group
         # or a web server is readable except for its weights.
-        os.chmod(target, 0o666 & ~_umask())
+        os.chmod(target, usual_mode())
         return target
 
     # -- finishing --------------------------------------------------------------------------------------
