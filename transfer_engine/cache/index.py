@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from transfer_engine.cache.lock import (disk_full_error, filesystem_errors, is_disk_full, is_read_only,
+                                        on_read_only_fs, read_only_error)
 from transfer_engine.errors import CacheError, CorruptCacheError
 
 SCHEMA = """
@@ -144,59 +146,122 @@ class Index:
         path: the database file.
         create: make the file and schema when missing (else a missing file raises sqlite3.OperationalError).
         busy_timeout: seconds sqlite waits on another connection's write lock.
+        read_only: open for reading only (a cache on a read-only file system, or in a folder this user may
+            not write): `write()` is then a `ReadOnlyCacheError`, never sqlite's "unable to open".
     """
 
-    def __init__(self, path: Path, *, create: bool, busy_timeout: float = 60.0) -> None:
+    def __init__(self, path: Path, *, create: bool, busy_timeout: float = 60.0, read_only: bool = False) -> None:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
-        uri = f"file:{self.path.as_posix()}?mode={'rwc' if create else 'rw'}"
-        try:
-            self._conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None,
-                                         check_same_thread=False)
-        except sqlite3.OperationalError as exc:  # the marker says "cache", but its index is gone
-            raise CorruptCacheError(f"cannot open the index {self.path} ({exc}); run `te cache repair "
-                                    f"{self.path.parent}` to rebuild it from the shards") from None
+        self.read_only = read_only
         self._lock = threading.RLock()
-        with self._translated():
-            self._conn.execute("PRAGMA synchronous=FULL")
-            if create:
-                self._conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
-                self._conn.executescript(SCHEMA)
-            else:  # reads the schema: a file that is not a database fails here, not in the middle of a job
-                self._conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        with filesystem_errors(self.path.parent, writing=not read_only):
+            self._conn = self._connect(create)
+
+    def _connect(self, create: bool) -> sqlite3.Connection:
+        """Open the file (`read_only`: sqlite's mode=ro, and immutable=1 on a read-only file system where
+        no -shm file exists for a reader to use) and read its schema, so that a file that is not a
+        database fails here, not in the middle of a job."""
+        mode = "ro" if self.read_only else ("rwc" if create else "rw")
+        try:
+            return self._probe(f"file:{self.path.as_posix()}?mode={mode}", create)
+        except sqlite3.OperationalError as exc:
+            if not (self.read_only and "unable to open" in str(exc) and self.path.is_file()):
+                raise self._open_error(exc) from None
+            if not on_read_only_fs(self.path.parent):  # a folder this user may not write: a writer may exist
+                raise CacheError(f"cannot read the index {self.path} ({exc}): sqlite needs to create "
+                                 f"{self.path.name}-shm beside it and {self.path.parent} is not writable for this "
+                                 "user; run te as the cache's owner or make the folder writable") from None
+        # A read-only file system and no -wal/-shm that sqlite could read the log through: no writer has the
+        # index open and none can write through this mount, so the file is read as it is (immutable: no
+        # locks, no -shm). A writer on another, writable mount of the same disk would break this.
+        try:
+            return self._probe(f"file:{self.path.as_posix()}?mode=ro&immutable=1", create)
+        except sqlite3.OperationalError as exc:
+            raise self._open_error(exc) from None
+
+    def _open_error(self, exc: sqlite3.OperationalError) -> BaseException:
+        if is_disk_full(exc, self.path.parent):
+            return disk_full_error(self.path.parent, exc)
+        if is_damage(exc):
+            return damaged_index_error(self.path, exc)
+        # the marker says "cache", but its index is gone
+        return CorruptCacheError(f"cannot open the index {self.path} ({exc}); run `te cache repair "
+                                 f"{self.path.parent}` to rebuild it from the shards")
+
+    def _probe(self, uri: str, create: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            with self._translated():
+                if not self.read_only:
+                    conn.execute("PRAGMA synchronous=FULL")
+                if create:
+                    conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+                    conn.executescript(SCHEMA)
+                else:
+                    conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
-        """sqlite's errors for a damaged file become the `CorruptCacheError` users can act on."""
+        """sqlite's errors for a damaged file become the `CorruptCacheError` users can act on; a full disk
+        (and a write to a read-only index) the one line that says so."""
         try:
             yield
         except sqlite3.DatabaseError as exc:
             if is_damage(exc):
                 raise damaged_index_error(self.path, exc) from None
+            if is_disk_full(exc, self.path.parent):
+                raise disk_full_error(self.path.parent, exc) from exc
+            if is_read_only(exc):
+                raise read_only_error(self.path.parent, exc) from exc
             raise
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            try:
+                self._conn.close()
+            except sqlite3.Error:  # a checkpoint on a full disk: what is committed stays in the -wal
+                pass
 
     # -- transactions --------------------------------------------------------------------------------
     @contextmanager
     def write(self) -> Iterator[None]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any exception."""
-        with self._lock, self._translated():
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any exception.
+
+        A full disk met inside (sqlite's or a shard file's ENOSPC) is the one `DiskFullError` naming the
+        cache; the first error is the one raised (a rollback that fails too is not what went wrong)."""
+        if self.read_only:
+            raise read_only_error(self.path.parent)
+        with self._lock, self._translated(), filesystem_errors(self.path.parent):
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:  # te's writers take the flock first: this is someone else
-                if is_damage(exc):
+                if is_damage(exc) or is_disk_full(exc, self.path.parent) or is_read_only(exc):
                     raise
                 raise CacheError(f"{self.path} stayed locked by another connection for over {self.busy_timeout:g} s "
                                  f"({exc})") from None
             try:
                 yield
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:  # sqlite rolled back itself (SQLITE_FULL does); never mask the first error
+                    pass
                 raise
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    try:
+                        self._conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:

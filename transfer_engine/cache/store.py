@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from transfer_engine._durable import makedirs_durably, write_text_durably
 from transfer_engine.cache import artifacts, leases
 from transfer_engine.cache.index import Index, SpaceRow
-from transfer_engine.cache.lock import WriterLock
+from transfer_engine.cache.lock import WriterLock, filesystem_errors, on_read_only_fs
 from transfer_engine.cache.records import Dataset, Record, checked_records
 from transfer_engine.cache.shards import SLOT_BYTES, ShardMaps, shard_relpath
 from transfer_engine.cache.space import FORMAT_VERSION, FeatureSpace
-from transfer_engine.cache.writer import DEFAULT_SHARD_BYTES, ShardWriter
+from transfer_engine.cache.writer import DEFAULT_SHARD_BYTES, ShardWriter, make_space_folder
 from transfer_engine.errors import NotACacheError, TEError, UsageError
 
 if TYPE_CHECKING:
@@ -86,16 +86,20 @@ class FeatureCache:
             check_cache_dir(root)
         if not marker.is_file():
             _refuse_foreign(root)  # before the lock file: a refused folder is left as it was
-            makedirs_durably(root)
-            lock = WriterLock(root / LOCK, lock_timeout)
-            try:
-                with lock:  # two processes creating one cache at once: the second finds the first's
-                    if not marker.is_file():
-                        _create(root)
-            finally:
-                lock.close()
+            with filesystem_errors(root):
+                makedirs_durably(root)
+                lock = WriterLock(root / LOCK, lock_timeout)
+                try:
+                    with lock:  # two processes creating one cache at once: the second finds the first's
+                        if not marker.is_file():
+                            _create(root)
+                finally:
+                    lock.close()
         _check_marker(marker)
-        return cls(root, Index(root / INDEX, create=False, busy_timeout=lock_timeout),
+        # A cache this process cannot write (a read-only file system, a folder of another user) is opened
+        # for reading: sqlite's mode=ro, no writer lock, no leases; a change is then one line saying why not.
+        read_only = not writable(root)
+        return cls(root, Index(root / INDEX, create=False, busy_timeout=lock_timeout, read_only=read_only),
                    WriterLock(root / LOCK, lock_timeout), max_shard_bytes)
 
     # -- lifetime ---------------------------------------------------------------------------------------
@@ -179,6 +183,7 @@ class FeatureCache:
                     sid = self.index.insert_space(space.id, space.dim, space.stored, row_bytes, space.to_dict())
                     row = SpaceRow(sid, space.id, space.dim, space.stored, row_bytes, space.to_dict())
                     self.lease(space.id)  # gc keeps the new, still empty space for this writer
+                    make_space_folder(self.root, row)  # before the commit: never a space without space.json
         return row
 
     def append_encoded(self, space: SpaceRow, keys: list[str], rows: bytes | memoryview,
@@ -220,6 +225,7 @@ class FeatureCache:
             return other
         self.index.insert_space(space.digest, space.dim, space.stored, space.row_bytes, space.config,
                                 space_id=space.id)
+        make_space_folder(self.root, space)
         return space
 
     def spaces(self) -> list[FeatureSpace]:
@@ -349,6 +355,12 @@ def _create(root: Path) -> None:
     index.set_meta("format_version", str(FORMAT_VERSION))
     index.close()
     write_text_durably(root / MARKER, json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n")
+
+
+def writable(root: Path) -> bool:
+    """Whether this process can change the cache in `root` (its file system is mounted read-write and the
+    folder is writable for this user)."""
+    return not on_read_only_fs(root) and os.access(root, os.W_OK)
 
 
 def check_cache_dir(directory: str | os.PathLike) -> Path:

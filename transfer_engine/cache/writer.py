@@ -1,8 +1,10 @@
 """Appending encoded rows to a space's shards: the one place that decides the commit order.
 
 Crash safety comes from the order, not from cleverness:
+  0. (new space) its folder and `space.json`, durably, before the transaction that creates the space
+     commits (a committed space never has a folder without `space.json`, even when the disk fills);
   1. (new shard) write its header and its empty key file, fsync them and their directory (new folders
-     fsynced in their parents; a new space's folder gets its `space.json` first);
+     fsynced in their parents; a space's folder gets its `space.json` first, for spaces of an older te);
   2. write the rows after the last committed row, fsync; then their key-file slots, fsync;
   3. record rows, counts and checksums in the index, in the caller's one sqlite transaction (COMMIT).
 A kill -9 before 3 leaves bytes nobody references (the next writer truncates them, readers never look
@@ -101,12 +103,35 @@ class ShardWriter:
         if self.index.meta(KEYS_FROM_SHARD) is None:  # the first shard of an older cache with key files
             self.index.set_meta(KEYS_FROM_SHARD, str(shard_id))
         path = self.root / shards.shard_relpath(self.space.digest, shard_id)
-        makedirs_durably(path.parent)
-        write_space_file(path.parent, self.space)
+        make_space_folder(self.root, self.space)
         header = shards.ShardHeader(dim=self.space.dim, row_bytes=self.space.row_bytes, stored=self.space.stored,
                                     space_id=self.space.digest)
         shards.create_shard(path, header)
         return shard_id
+
+
+def make_space_folder(root: Path, space: SpaceRow) -> Path:
+    """A space's shard folder with its `space.json` in it, made durably; called in the transaction that
+    creates the space (and again before its first shard, for spaces of an older te), so that a committed
+    space never has a folder without `space.json`.
+
+    When writing `space.json` fails (a full disk, a kill -9 cannot be helped), a folder this call made is
+    removed again while empty: no folder is left that verify would call damaged, and the transaction that
+    wanted the space rolls back.
+    """
+    folder = Path(root) / shards.space_relfolder(space.digest)
+    made = not folder.is_dir()
+    try:
+        makedirs_durably(folder)
+        write_space_file(folder, space)
+    except BaseException:
+        if made:
+            try:
+                folder.rmdir()  # only when empty: never a file of anyone's
+            except OSError:
+                pass
+        raise
+    return folder
 
 
 def write_space_file(folder: Path, space: SpaceRow) -> None:

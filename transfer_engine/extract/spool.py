@@ -8,6 +8,10 @@ cache's directory instead (not /tmp, which is often RAM), one JSON line each, in
 
 The file has no name (O_TMPFILE where the file system offers it, else created and unlinked at once),
 so it disappears with its process, even after kill -9: nothing is ever left to clean up.
+
+A cache on a read-only file system, or on a full disk, is the one line that says so (naming the cache),
+from whichever call meets it; and closing a spool while an error is already on its way never raises a
+second one over it (its unflushed bytes meet the same full disk again).
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from pathlib import Path
 from typing import Iterator
+
+from transfer_engine.cache.lock import filesystem_errors
 
 SpooledRecord = tuple  # (index in the data set, path, key, label, split)
 
@@ -32,7 +39,9 @@ class RecordSpool:
     """
 
     def __init__(self, directory: str | os.PathLike) -> None:
-        self._file = tempfile.TemporaryFile(mode="w+b", dir=directory, prefix=".te-spool-")
+        self.directory = Path(directory)
+        with filesystem_errors(self.directory):
+            self._file = tempfile.TemporaryFile(mode="w+b", dir=directory, prefix=".te-spool-")
         self.count = 0
         self.last_index = -1
 
@@ -40,23 +49,37 @@ class RecordSpool:
         """Append one record; `index` must grow from one call to the next (the merge relies on it)."""
         if index <= self.last_index:
             raise ValueError(f"spooled records must come in data-set order: {index} after {self.last_index}")
-        self._file.write(json.dumps([index, path, key, label, split], separators=(",", ":")).encode() + b"\n")
+        line = json.dumps([index, path, key, label, split], separators=(",", ":")).encode() + b"\n"
+        with filesystem_errors(self.directory):
+            self._file.write(line)
         self.count += 1
         self.last_index = index
 
     def __iter__(self) -> Iterator[SpooledRecord]:
         """The records written so far, in order (a fresh pass each time; do not write meanwhile)."""
-        self._file.flush()
+        with filesystem_errors(self.directory):
+            self._file.flush()
         self._file.seek(0)
         for line in self._file:
             yield tuple(json.loads(line))
         self._file.seek(0, os.SEEK_END)
 
     def close(self) -> None:
-        self._file.close()
+        with filesystem_errors(self.directory):
+            self._file.close()
+
+    def discard(self) -> None:
+        """Close without a word: the file is anonymous, so bytes it could not flush are lost to no one."""
+        try:
+            self._file.close()
+        except OSError:
+            pass
 
     def __enter__(self) -> "RecordSpool":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the first error is the one to report, not the full disk a final flush meets again
+            self.discard()
