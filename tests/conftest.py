@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -34,10 +35,18 @@ def run_te(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path 
 
 
 def install_test_plugins(target: Path, *names: str) -> Path:
-    """Really install the test plugin distributions `names` (from tests/plugins) into `target`."""
+    """Really install the test plugin distributions `names` (from tests/plugins) into `target`.
+
+    Each is built from a private copy of its source: setuptools builds in the source folder (build/,
+    *.egg-info), and two pytest workers building one plugin there at once could each remove the other's
+    files, installing a distribution without its module.
+    """
+    sources = target.with_name(target.name + "-src")
+    for n in names:
+        shutil.copytree(TEST_PLUGINS / n, sources / n, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-         "--no-build-isolation", "--no-index", "--target", str(target), *(str(TEST_PLUGINS / n) for n in names)],
+         "--no-build-isolation", "--no-index", "--target", str(target), *(str(sources / n) for n in names)],
         check=True, capture_output=True, text=True,
     )
     return target
