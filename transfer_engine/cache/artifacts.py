@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from transfer_engine._durable import fsync_dir, replace_durably
+from transfer_engine.cache.lock import filesystem_errors
 from transfer_engine.core.process import pid_alive
 
 if TYPE_CHECKING:
@@ -47,7 +48,12 @@ def put(cache: "FeatureCache", name: str, write: Callable[[Path], None], suffix:
         The stored file. `write`'s exceptions propagate (its temp file is removed).
     """
     folder = cache.root / FOLDER
-    folder.mkdir(exist_ok=True)
+    with filesystem_errors(cache.root):  # a full or read-only disk: the one line naming the cache
+        folder.mkdir(exist_ok=True)
+        return _put(cache, folder, name, write, suffix)
+
+
+def _put(cache: "FeatureCache", folder: Path, name: str, write: Callable[[Path], None], suffix: str) -> Path:
     tmp = folder / f"{_TMP}{os.getpid()}-{secrets.token_hex(4)}{suffix}"
     try:
         write(tmp)

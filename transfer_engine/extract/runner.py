@@ -104,6 +104,8 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     """
     from transfer_engine.backbones import create_backbone
     from transfer_engine.cache import FeatureCache, FeatureSpace
+    from transfer_engine.cache.lock import read_only_error
+    from transfer_engine.cache.store import writable
 
     if store not in STORES:
         raise UsageError(f"--store must be one of {', '.join(STORES)}, got {store!r}")
@@ -127,6 +129,9 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     # Across machines, node k >= 1 writes its own delta cache: no index is ever opened from two hosts.
     delta = nodes.delta_path(Path(cache), node_cache, layout) if layout.writes_delta else None
     cache_obj = FeatureCache.open(delta or cache)
+    if not writable(cache_obj.root):  # before the backbone is built and any image read: nothing could be kept
+        cache_obj.close()
+        raise read_only_error(cache_obj.root)
     try:
         # A name is not an identity: another folder's images, or other classes, replace a data set only
         # when asked (before any work; a node's delta holds no data set, so rank 0 decides there).
