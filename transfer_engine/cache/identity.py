@@ -16,10 +16,12 @@ are compared there, and the next extract records the source.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from transfer_engine.cache.index import DATASET_SHA256
+from transfer_engine.cache.records import display_path
 from transfer_engine.errors import UsageError
 
 if TYPE_CHECKING:
@@ -58,14 +60,15 @@ def identity(cache: "FeatureCache", name: str) -> DatasetIdentity | None:
     classes = cache.index.dataset_classes(name)
     if classes is None:
         return None
-    return DatasetIdentity(name, cache.index.meta(_SOURCE + name), tuple(classes),
+    source = cache.index.meta(_SOURCE + name)
+    return DatasetIdentity(name, json.loads(source) if source is not None else None, tuple(classes),
                            cache.index.meta(DATASET_SHA256 + name))
 
 
 def record_source(cache: "FeatureCache", name: str, source: str) -> None:
     """Record where data set `name`'s images came from (`recorded_data(--data)`)."""
-    with cache.lock, cache.index.write():
-        cache.index.set_meta(_SOURCE + name, source)
+    with cache.lock, cache.index.write():  # as JSON: a path that is not UTF-8 is kept losslessly (escaped)
+        cache.index.set_meta(_SOURCE + name, json.dumps(source))
 
 
 def check_replacement(cache: "FeatureCache", name: str, source: str, class_names: Sequence[str],
@@ -79,11 +82,11 @@ def check_replacement(cache: "FeatureCache", name: str, source: str, class_names
     keep = ("pass --name NEW to keep both, or --replace to replace it (runs trained on it will then refuse "
             "to continue from it)")
     if stored.source is not None and stored.source != source:
-        raise UsageError(f"data set {name!r} in {cache.root} holds the images of {stored.source}, not of {source}; "
-                         + keep)
+        raise UsageError(f"data set {name!r} in {cache.root} holds the images of {display_path(stored.source)}, "
+                         f"not of {display_path(source)}; " + keep)
     if tuple(class_names) != stored.class_names:
         raise UsageError(f"data set {name!r} in {cache.root} has the classes {_listed(stored.class_names)}; "
-                         f"--data {source} has {_listed(class_names)}; " + keep)
+                         f"--data {display_path(source)} has {_listed(class_names)}; " + keep)
 
 
 def check_unchanged(cache: "FeatureCache", name: str, class_names: Sequence[str], sha256: str | None,
