@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,25 +45,40 @@ def heap_peak(backbone, data, cache, traced=True) -> int:
     return peak
 
 
-def test_heap_peak_does_not_grow_with_the_number_of_images(tiny_backbone, tmp_path):
-    import torch
+# tracemalloc counts every allocation of its process: run in the pytest worker, whatever an earlier test
+# left there (a thread, a cache filled late) lands in the peak of one run and not the other (seen: one
+# suite order made the larger run's peak 8.6 MB while it measures 1.1 MB alone). So the three runs get a
+# process of their own, started fresh, and nothing but extraction is measured.
+HEAP_PROBE = """
+import json, sys
+from pathlib import Path
+import torch
+sys.path.insert(0, sys.argv[1])
+from test_memory import heap_peak, tiny_pngs
+torch.set_num_threads(1)  # the tiny model's two-thread barriers cost 50x on a busy 2-core machine
+tmp = Path(sys.argv[2])
+# Both sizes exceed what extraction keeps by design (a 512-key lookup chunk, a few batches in flight), so
+# only per-image state could make the larger run's peak higher. The first, untraced run makes the
+# backend decision (and any exported model) in the cache all three share, so both measured runs compute
+# features the same way.
+heap_peak("tiny_cnn", tiny_pngs(tmp / "warm", 40, seed=2), tmp / "c", traced=False)
+low = heap_peak("tiny_cnn", tiny_pngs(tmp / "small", int(sys.argv[3])), tmp / "c")
+high = heap_peak("tiny_cnn", tiny_pngs(tmp / "large", int(sys.argv[4]), seed=1), tmp / "c")
+print(json.dumps([low, high]))
+"""
 
-    # Both sizes exceed what extraction keeps by design (a 512-key lookup chunk, a few batches in
-    # flight), so only per-image state could make the larger run's peak higher.
+
+def test_heap_peak_does_not_grow_with_the_number_of_images(good_plugin_site, tmp_path):
     small, large = 700, 2100
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model's two-thread barriers cost 50x on a busy 2-core machine
-    try:
-        # first use, in the one cache all three runs share: the backend decision (and any exported
-        # model) is made here and remembered, so both measured runs compute features the same way
-        heap_peak(tiny_backbone, tiny_pngs(tmp_path / "warm", 40, seed=2), tmp_path / "c", traced=False)
-        low = heap_peak(tiny_backbone, tiny_pngs(tmp_path / "small", small), tmp_path / "c")
-        high = heap_peak(tiny_backbone, tiny_pngs(tmp_path / "large", large, seed=1), tmp_path / "c")
-    finally:
-        torch.set_num_threads(threads)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(good_plugin_site),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", HEAP_PROBE, str(Path(__file__).parent), str(tmp_path), str(small),
+                           str(large)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    low, high = json.loads(proc.stdout.strip().splitlines()[-1])
     per_image = (high - low) / (large - small)
     # Holding each image's record (path, key, label, split) costs ~700 bytes; what remains is the one
-    # folder listing being sorted (~70 bytes a file of the largest folder). Both peaks are ~3 MB; they
+    # folder listing being sorted (~70 bytes a file of the largest folder). Both peaks are ~1-3 MB; they
     # were 270-540 MB, and this bound flaky, while each file read allocated its 256 MiB limit up front
     # (data/files.py reads what fstat says now).
     assert per_image < 150, f"the heap peak grew {per_image:.0f} bytes per image ({low} -> {high})"
