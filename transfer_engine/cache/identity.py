@@ -7,7 +7,7 @@ now mean other classes.
 - `te extract` refuses to replace a data set by one from another source or with other class names
   unless `--replace` says so (`check_replacement`), and records the source per data set
   (`record_source`), so a run learns its data set's `--data`, not that of the last extract of the space.
-- A run records the identity it was trained on (`DatasetIdentity.as_run_fields`); `te finetune --from` and
+- A run records the SHA-256 of the data set it was trained on (te train's run.json); `te finetune --from` and
   `te export` read the data set's records only while the identity still matches (`check_unchanged`).
 
 Caches written before sources were recorded have no source for their data sets: the class names alone
@@ -49,10 +49,6 @@ class DatasetIdentity:
     source: str | None
     class_names: tuple[str, ...]
     sha256: str | None
-
-    def as_run_fields(self) -> dict:
-        """What a run records of the data set it was trained on."""
-        return {"sha256": self.sha256}
 
 
 def identity(cache: "FeatureCache", name: str) -> DatasetIdentity | None:
