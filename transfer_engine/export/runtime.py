@@ -71,13 +71,15 @@ class Session:
         return self.session.run(outputs, feeds)
 
 
-def open_session(model: str, provider: str, threads: int | None = None) -> Session:
+def open_session(model: str, provider: str, threads: int | None = None, device_id: int = 0) -> Session:
     """Open `model` on one provider (with the CPU behind it, as onnxruntime requires for GPU ones).
 
     Args:
         model: path of the ONNX file.
         provider: an onnxruntime provider name (CPU, CUDA or TensorRT).
         threads: intra-op threads (None: onnxruntime's default, one per core).
+        device_id: the GPU a GPU provider runs on (te extract's own under torchrun: tensors bound to a
+            session by IO binding must live on the session's GPU).
 
     Returns:
         The session; `provider` says what it actually got, `note` why that differs from the request.
@@ -96,7 +98,7 @@ def open_session(model: str, provider: str, threads: int | None = None) -> Sessi
     try:
         with quiet_stdout():
             session = ort.InferenceSession(model, sess_options=options,
-                                           providers=[(p, _OPTIONS.get(p, {})) for p in chain])
+                                           providers=[(p, _provider_options(p, device_id)) for p in chain])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
         raise RuntimeUnavailableError(f"onnxruntime {ort.__version__} cannot load {model} on {provider}: "
                                       f"{first_line(exc)}") from None
@@ -104,6 +106,14 @@ def open_session(model: str, provider: str, threads: int | None = None) -> Sessi
     note = "" if got == provider else f"{provider} did not start (no usable GPU or CUDA libraries); fell back to {got}"
     return Session(session, got, note, [i.name for i in session.get_inputs()],
                    [o.name for o in session.get_outputs()])
+
+
+def _provider_options(provider: str, device_id: int) -> dict[str, str]:
+    """The options `provider` is opened with: te's fixed ones, and the GPU for a GPU provider."""
+    options = dict(_OPTIONS.get(provider, {}))
+    if provider in GPU_PROVIDERS:
+        options["device_id"] = str(device_id)
+    return options
 
 
 def available_providers(requested: "list[str] | tuple[str, ...] | None" = None) -> list[str]:

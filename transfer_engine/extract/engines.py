@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from transfer_engine.backbones.spec import Backbone
@@ -47,7 +48,9 @@ class OrtEngine:
     """The backbone's ONNX graph (input "images", output "features") in onnxruntime, fp32.
 
     On a CUDA device the session runs on onnxruntime-gpu's CUDA provider (and refuses to start
-    silently on the CPU instead: a backend chosen for a GPU must run there).
+    silently on the CPU instead: a backend chosen for a GPU must run there). onnxruntime reads the
+    images from the torch tensor's memory and writes the features into a torch tensor on the same
+    device (IO binding): on a GPU nothing crosses to the host, on the CPU no numpy copy is made.
     """
 
     backend = "onnxruntime"
@@ -57,17 +60,53 @@ class OrtEngine:
         from transfer_engine.export.runtime import CPU, CUDA, RuntimeUnavailableError, open_session
 
         provider = CUDA if device.type == "cuda" else CPU
-        self.session = open_session(str(model_path), provider, threads)
+        index = _device_index(device)
+        self.session = open_session(str(model_path), provider, threads, device_id=index)
         if self.session.provider != provider:
             raise RuntimeUnavailableError(f"onnxruntime: {self.session.note}")
-        self.device = device
+        self.device = torch.device(device.type, index) if device.type == "cuda" else device
+        self._ort_device = ("cuda", index) if device.type == "cuda" else ("cpu", 0)
+        self.dim = _declared_dim(self.session.session)  # None: a symbolic dim, learnt from the first run
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         from transfer_engine.export.onnx_export import FEATURES, INPUT
 
-        x = images.detach().to("cpu", torch.float32).contiguous().numpy()
-        out = self.session.run({INPUT: x}, [FEATURES])[0]
-        return torch.from_numpy(out).to(self.device)
+        x = images.detach().to(self.device, torch.float32).contiguous()
+        binding = self.session.session.io_binding()
+        binding.bind_input(INPUT, *self._ort_device, np.float32, tuple(x.shape), x.data_ptr())
+        out = None
+        if self.dim is None:
+            binding.bind_output(FEATURES, *self._ort_device)  # onnxruntime allocates; the dim is then known
+        else:
+            out = torch.empty((x.shape[0], self.dim), dtype=torch.float32, device=self.device)
+            binding.bind_output(FEATURES, *self._ort_device, np.float32, tuple(out.shape), out.data_ptr())
+        if self.device.type == "cuda":
+            # onnxruntime runs on its own CUDA stream: torch's work writing `x` (and last using `out`'s
+            # memory) must be done first. Run() synchronizes its own stream before it returns.
+            torch.cuda.current_stream(self.device).synchronize()
+        self.session.session.run_with_iobinding(binding)
+        if out is None:
+            first = torch.from_numpy(binding.copy_outputs_to_cpu()[0])  # once per engine, this batch only
+            self.dim = first.shape[1]
+            return first.to(self.device)
+        return out
+
+
+def _device_index(device: torch.device) -> int:
+    """The CUDA device's number (the current device for a bare "cuda"), 0 on the CPU."""
+    if device.type != "cuda":
+        return 0
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _declared_dim(session) -> int | None:
+    """The feature dimension the graph declares for "features" (None when it is symbolic)."""
+    from transfer_engine.export.onnx_export import FEATURES
+
+    for output in session.get_outputs():
+        if output.name == FEATURES and len(output.shape) == 2 and isinstance(output.shape[1], int):
+            return output.shape[1]
+    return None
 
 
 def ort_available(device: torch.device) -> bool:
