@@ -1,6 +1,6 @@
 """Real multi-megapixel photo sets for the extract benchmark, made offline from Debian's desktop backgrounds.
 
-    python benchmarks/_photos.py [ROOT]    # build (or find) the sets under ROOT and say what they hold
+    python benchmarks/_photos.py [ROOT]    # build (or find) the extract benchmark's sets under ROOT, say what they hold
 
 Sources: every JPEG, PNG and WebP of at least 4 megapixels that the packages install, deduplicated by the
 SHA-256 of their bytes (KDE ships one picture under a dozen screen-size names, Lomiri a symlink to Ubuntu's):
@@ -41,6 +41,7 @@ PACKAGES = {"tuning": ("mate-backgrounds", "ukui-wallpapers", "lomiri-wallpapers
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 MIN_PIXELS = 4_000_000
 QUALITIES = (95, 85, 75)
+SECOND_QUALITIES = (90, 80, 70)  # the same pictures as other files: the extract benchmark's second (decided) folder
 DPKG_INFO = Path("/var/lib/dpkg/info")
 
 
@@ -232,8 +233,9 @@ def main(argv: list[str]) -> int:
     if missing:
         print(f"missing: apt-get install {' '.join(missing)}")
     for megapixels in (None, 2.0):
-        for name, folder in photo_sets(root, megapixels=megapixels).items():
-            print(f"{name} ({_size_tag(megapixels)}): {folder}\n  {describe(folder)}")
+        for qualities in (QUALITIES, SECOND_QUALITIES):
+            for name, folder in photo_sets(root, qualities=qualities, megapixels=megapixels).items():
+                print(f"{name} ({_size_tag(megapixels)}): {folder}\n  {describe(folder)}")
     return 0
 
 

@@ -433,18 +433,17 @@ def end_to_end(backbone: str, folder: Path, second: Path, extra: list, tmp: Path
 
 
 # Per image size of real photos: (the rows' label, the set, megapixels (None: each photo's own), whether the
-# speed targets apply). The decided cache's folder is the same photos encoded at SECOND_QUALITIES.
+# speed targets apply). The decided cache's folder is the same photos encoded at _photos.SECOND_QUALITIES.
 PHOTO_SIZES = ((">= 4 MP photos", "tuning", None, True),
                (">= 4 MP photos, held out", "held_out", None, True),
                ("2 MP photos", "tuning", 2.0, False))
-SECOND_QUALITIES = (90, 80, 70)
 
 
 def photo_rows(backbones: list[str], root: Path, limit: int | None, tmp: Path, batch: int, quick: bool,
                rates: dict) -> tuple[list[dict], dict]:
     """The rows of each real-photo size (benchmarks/_photos.py); a set whose packages are missing is skipped
     after one line that says what to install."""
-    from _photos import PACKAGES, describe, missing_packages, photo_sets, sources
+    from _photos import PACKAGES, SECOND_QUALITIES, describe, missing_packages, photo_sets, sources
 
     absent = [label for label, name, _, _ in PHOTO_SIZES if not sources(name)]
     missing = missing_packages()
