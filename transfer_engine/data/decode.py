@@ -81,12 +81,12 @@ def _guard_pil(budget: int) -> None:
         _guarded_at = budget
 
 
-def decode_image(data: bytes):
-    """An RGB PIL image from encoded bytes, within te's pixel budgets.
+def read_header(data: bytes):
+    """The image's PIL header (size, mode, format; no pixel decoded yet), refused when over te's budget.
 
     Raises:
-        ImageTooLargeError: the image declares more than `max_image_pixels()` pixels (nothing decoded).
-        Exception: whatever PIL raises for a truncated or non-image file (the caller skips the file).
+        ImageTooLargeError: it declares more than `max_image_pixels()` pixels.
+        Exception: whatever PIL raises for a file that is not an image.
     """
     from PIL import Image
 
@@ -99,9 +99,57 @@ def decode_image(data: bytes):
     width, height = image.size
     if width * height > budget:
         raise ImageTooLargeError(_over_budget(width * height, budget, f"{width}x{height} = "))
-    with _IN_FLIGHT.held(width * height, 2 * budget):
+    return image
+
+
+def pixels_in_flight(pixels: int):
+    """Hold `pixels` of the budget shared by the decodes running at once (a context manager)."""
+    return _IN_FLIGHT.held(pixels, 2 * max_image_pixels())
+
+
+def decode_image(data: bytes):
+    """An RGB PIL image from encoded bytes, within te's pixel budgets.
+
+    Raises:
+        ImageTooLargeError: the image declares more than `max_image_pixels()` pixels (nothing decoded).
+        Exception: whatever PIL raises for a truncated or non-image file (the caller skips the file).
+    """
+    image = read_header(data)
+    with pixels_in_flight(image.size[0] * image.size[1]):
         image.load()  # decode now: a truncated file fails here, not later in a worker
         return image.convert("RGB")
+
+
+# Formats and modes torchvision.io decodes to the very pixels PIL's `convert("RGB")` gives (both use
+# libjpeg-turbo and libpng): an RGB or grayscale JPEG, an 8-bit RGB or grayscale PNG. Anything else (CMYK,
+# palettes, alpha, 16 bits, other formats) is decoded by PIL, whose conversion is te's reference.
+_TORCHVISION_DECODES = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L")}
+
+
+def decode_tensor(data: bytes):
+    """The image as a uint8 RGB tensor [3, H, W], within te's pixel budgets: the pixels of `decode_image`.
+
+    What the "torch" resampler resizes (`PreprocessSpec.resampler`): torchvision.io decodes JPEG and PNG
+    straight into a tensor, where a PIL image would cost a full-size copy more (at 12 MP, a third of the
+    time of the decode itself). Raises as `decode_image` does.
+    """
+    import torch
+
+    header = read_header(data)
+    width, height = header.size
+    if (header.format, header.mode) in _TORCHVISION_DECODES:
+        from torchvision.io import ImageReadMode, decode_image as tv_decode
+
+        with pixels_in_flight(width * height):
+            try:
+                pixels = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            except RuntimeError:  # what libjpeg refuses (a truncated file): PIL says why, below
+                pixels = None
+        if pixels is not None and pixels.dtype == torch.uint8 and tuple(pixels.shape[1:]) == (height, width):
+            return pixels
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    return pil_to_tensor(decode_image(data))
 
 
 def _declared_pixels(exc: Exception) -> int | None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from transfer_engine.cache.records import content_key, display_path, is_text  # the key: SHA-256 of the bytes
-from transfer_engine.data.decode import decode_image, max_image_pixels
+from transfer_engine.data.decode import decode_image, decode_tensor, max_image_pixels
 from transfer_engine.data.files import is_regular_file, max_file_bytes, read_image_file
 from transfer_engine.data.walk import IMAGE_EXTENSIONS, FolderWalk
 from transfer_engine.errors import UsageError, first_line
@@ -82,10 +82,11 @@ class DataSource:
         caller records it as failed)."""
         raise NotImplementedError
 
-    def decode(self, sample: Sample, data: bytes):
-        """An RGB PIL image from the bytes (raises on a truncated or non-image file, or one over the pixel
-        budget, before decoding it)."""
-        return decode_image(data)
+    def decode(self, sample: Sample, data: bytes, tensor: bool = False):
+        """An RGB PIL image from the bytes, or with `tensor` a uint8 [3, H, W] tensor of the same pixels
+        (what the "torch" resampler takes without a copy); raises on a truncated or non-image file, or
+        one over the pixel budget, before decoding it."""
+        return decode_tensor(data) if tensor else decode_image(data)
 
     def skipped(self) -> list[dict[str, str]]:
         """{"path", "reason"} of the folders and links the last pass over `samples()` left out."""
@@ -286,8 +287,8 @@ class BuiltinSource(DataSource):
         image = self.data.images[self._index(sample)]
         return f"{image.shape}|{image.dtype}|".encode() + image.tobytes()
 
-    def decode(self, sample: Sample, data: bytes):
-        return self.data.pil(self._index(sample))
+    def decode(self, sample: Sample, data: bytes, tensor: bool = False):
+        return self.data.pil(self._index(sample))  # small arrays: the transform converts either kind
 
 
 def default_dataset_name(source: DataSource, data: str) -> str:

@@ -24,45 +24,18 @@ holds here too:
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from transfer_engine.data import decode as pil_decode
-from transfer_engine.data.decode import ImageTooLargeError, max_image_pixels
+from transfer_engine.data.decode import decode_image, decode_tensor, max_image_pixels, pixels_in_flight, read_header
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from transfer_engine.backbones.spec import PreprocessSpec
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 # JPEG colour modes (as PIL's header reads them) that libjpeg-turbo and nvjpeg turn into PIL's RGB.
 _BATCHED_JPEG_MODES = ("RGB", "L")
-# Formats torchvision.io.decode_image reads, checked against PIL's result in the tests.
-_TORCHVISION_FORMATS = ("PNG", "WEBP", "GIF")
-
-
-def read_header(data: bytes) -> "Image.Image":
-    """The image's header (size, mode, format; no pixels decoded), refused when over te's pixel budget.
-
-    Raises:
-        ImageTooLargeError: it declares more than `max_image_pixels()` pixels.
-        Exception: whatever PIL raises for a file that is not an image.
-    """
-    from PIL import Image
-
-    budget = max_image_pixels()
-    pil_decode._guard_pil(budget)
-    try:
-        image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(pil_decode._over_budget(pil_decode._declared_pixels(exc), budget)) from None
-    width, height = image.size
-    if width * height > budget:
-        raise ImageTooLargeError(pil_decode._over_budget(width * height, budget, f"{width}x{height} = "))
-    return image
 
 
 def decode_batch(datas: Sequence[bytes], device: torch.device) -> list[torch.Tensor | Exception]:
@@ -89,7 +62,7 @@ def decode_batch(datas: Sequence[bytes], device: torch.device) -> list[torch.Ten
         if data[:3] == JPEG_MAGIC and header.format == "JPEG" and header.mode in _BATCHED_JPEG_MODES:
             jpegs.append((i, pixels))
         else:
-            out[i] = _decode_other(data, header, device)
+            out[i] = _decode_other(data, device)
     for chunk in _within_budget(jpegs, 2 * max_image_pixels()):
         positions = [i for i, _ in chunk]
         decoded = _decode_jpegs([datas[i] for i in positions], [p for _, p in chunk], device)
@@ -132,25 +105,17 @@ def _jpeg_call(encoded: list[torch.Tensor], pixels: int, device: torch.device) -
     """torchvision's decode_jpeg on a list (nvjpeg's batched decode on CUDA), within the pixels in flight."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    with pil_decode._IN_FLIGHT.held(pixels, 2 * max_image_pixels()):
+    with pixels_in_flight(pixels):
         return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
 
 
-def _decode_other(data: bytes, header: "Image.Image", device: torch.device) -> torch.Tensor | Exception:
-    """A non-JPEG (or a CMYK JPEG): torchvision on the CPU where it gives PIL's pixels, else PIL."""
-    if header.format in _TORCHVISION_FORMATS:
-        from torchvision.io import ImageReadMode, decode_image
-
-        width, height = header.size
-        try:
-            with pil_decode._IN_FLIGHT.held(width * height, 2 * max_image_pixels()):
-                pixels = decode_image(_as_uint8(data), mode=ImageReadMode.RGB)
-        except Exception:
-            pixels = None
-        # 16-bit PNGs come back uint16 and animated GIFs as [frames, 3, H, W]: PIL's reading differs.
-        if pixels is not None and pixels.dtype == torch.uint8 and tuple(pixels.shape) == (3, height, width):
-            return pixels.to(device)
-    return _decode_with_pil(data, device)
+def _decode_other(data: bytes, device: torch.device) -> torch.Tensor | Exception:
+    """A non-JPEG (or a CMYK JPEG): te's tensor decoder on the CPU (torchvision where it gives PIL's
+    pixels, else PIL, whose failure then reads as on the PIL path), moved to `device`."""
+    try:
+        return decode_tensor(data).to(device)
+    except Exception as exc:  # a bad file is one failure, returned for the caller to report
+        return exc
 
 
 def _decode_with_pil(data: bytes, device: torch.device) -> torch.Tensor | Exception:
@@ -158,7 +123,7 @@ def _decode_with_pil(data: bytes, device: torch.device) -> torch.Tensor | Except
     from torchvision.transforms.v2.functional import pil_to_tensor
 
     try:
-        return pil_to_tensor(pil_decode.decode_image(data)).to(device)
+        return pil_to_tensor(decode_image(data)).to(device)
     except Exception as exc:  # a bad file is one failure, returned for the caller to report
         return exc
 
