@@ -13,6 +13,15 @@ from transfer_engine import extension
 from transfer_engine.ops import reference
 
 
+def _compiled_for(x: torch.Tensor) -> bool:
+    """Whether the compiled op has a kernel for `x`'s device: CPU kernels always, CUDA ones only when the
+    extension was built with a CUDA toolkit (a pip install without nvcc has none; the reference, which
+    runs on any device, then computes there, so CUDA features are still encoded on the GPU)."""
+    if extension.load() is None:
+        return False
+    return x.device.type == "cpu" or extension.info()["cuda_compiled"]
+
+
 def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize rows to int8 with one float32 scale per row (symmetric, -127..127).
 
@@ -27,7 +36,7 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Raises:
         RuntimeError: x is not 2-D floating point, or holds NaN or inf.
     """
-    if extension.load() is not None:
+    if _compiled_for(x):
         return torch.ops.te.quantize_rows_int8(x)
     return reference.quantize_rows_int8(x)
 
@@ -70,7 +79,7 @@ def encode_rows(x: torch.Tensor, stored: str) -> torch.Tensor:
         RuntimeError: x is not 2-D floating point, or (int8) holds NaN or inf.
     """
     code = _stored_code(stored)
-    if extension.load() is not None:
+    if _compiled_for(x):
         return torch.ops.te.encode_rows(x, code)
     return reference.encode_rows(x, stored)
 
@@ -101,7 +110,7 @@ def gather_rows(data: torch.Tensor, index: torch.Tensor, dim: int, stored: str,
             `out`, or bad dtypes, shapes or devices.
     """
     code = _stored_code(stored)
-    if extension.load() is None:
+    if not _compiled_for(data):
         return reference.gather_rows(data, index, dim, stored, out, out_index)
     if out is None:
         if out_index is not None:
