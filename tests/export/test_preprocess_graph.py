@@ -1,7 +1,11 @@
 """The preprocessing graph reproduces PyTorch's transform (PIL resize, center crop, normalize) on real
-photos of any size: the same uint8 pixel levels, up to 1 level on a few values (PIL's fixed point)."""
+photos of any size: the same uint8 pixel levels, up to 1 level on a few values (PIL's fixed point).
+A run whose images torch resized (`PreprocessSpec.resampler`) exports the same graph, which stays as
+close to torch's resize: a model served with in-graph preprocessing sees the pixels it was trained on."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -18,6 +22,8 @@ SPECS = {
     "resnet50 v2 weights (bilinear 232)": PreprocessSpec(224, 232, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
     "nearest": PreprocessSpec(160, 180, "nearest", IMAGENET_MEAN, IMAGENET_STD),
 }
+SPECS.update({f"{name}, resized by torch": dataclasses.replace(spec, resampler="torch")
+              for name, spec in list(SPECS.items()) if spec.interpolation != "nearest"})
 
 
 def _photos() -> list[Image.Image]:
@@ -46,8 +52,12 @@ def test_graph_gives_the_pixels_of_the_pytorch_transform(tmp_path, name, layout)
         assert pixels.shape == expected.shape == (1, 3, spec.crop_size, spec.crop_size)
         measures = pixel_measures(pixels, expected, spec.std)
         assert pixel_failure(measures) is None, (name, photo.size, measures)
-        # bilinear/bicubic: PIL's fixed-point weights move a few values by 1 level; nearest: identical
+        # bilinear/bicubic: PIL's fixed-point weights move a few values by 1 level; nearest: identical.
+        # torch's bicubic rounds once, after both passes, where the graph (as PIL) rounds after each: a
+        # rare value moves by 2 levels (1 in 100,000 on these photos).
         limit = 1e-3 if spec.interpolation == "nearest" else 1.0 + 1e-3
+        if spec.resampler == "torch" and spec.interpolation == "bicubic":
+            limit = 2.0 + 1e-3
         assert measures["max_level_diff"] <= limit, (name, photo.size, measures)
         assert measures["values_off_by_more_than_1_level"] <= PIXEL_MISMATCH_FRACTION
 

@@ -12,6 +12,8 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Union
 
+from transfer_engine.core.choices import RESAMPLERS
+
 if TYPE_CHECKING:  # torch is imported only when a model is built
     import torch
 
@@ -32,6 +34,13 @@ class PreprocessSpec:
         resize_size: shorter side after resizing, before the crop (>= crop_size).
         interpolation: "bilinear", "bicubic" or "nearest".
         mean, std: per-channel normalization of RGB values in [0, 1].
+        resampler: what resizes: "pil" (the reference: PIL resamples the image, exactly as torchvision's
+            weights transforms do) or "torch" (torch's antialiased resize of the uint8 tensor: the same
+            filter, about 3x faster on camera-sized photos, pixels within a few levels of PIL's). It
+            changes pixels, so it is part of the spec's identity: "torch" appears in `to_dict()` (and so
+            in the feature space id and in every run and export made from it), "pil" does not, so specs
+            from before the field keep their ids. Which one a run uses: `te extract --resampler`
+            (transfer_engine.extract.resampler).
     """
 
     crop_size: int = 224
@@ -39,10 +48,16 @@ class PreprocessSpec:
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    resampler: str = "pil"
 
     def __post_init__(self) -> None:
+        if self.resampler not in RESAMPLERS:
+            raise ValueError(f"resampler must be one of {RESAMPLERS}, got {self.resampler!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.resampler == "torch" and self.interpolation == "nearest":
+            raise ValueError("resampler torch resizes bilinear or bicubic: its nearest picks other source pixels "
+                             "than PIL's, so a nearest spec keeps resampler pil")
         if not (0 < self.crop_size <= self.resize_size):
             raise ValueError(f"need 0 < crop_size <= resize_size, got {self.crop_size} and {self.resize_size}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
@@ -56,14 +71,24 @@ class PreprocessSpec:
         return (3, self.crop_size, self.crop_size)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        out = {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        if self.resampler == "pil":  # the reference is the absence of the field: ids from before it hold
+            del out["resampler"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreprocessSpec":
         return cls(**{k: (tuple(v) if k in ("mean", "std") else v) for k, v in data.items() if k != "input_size"})
 
     def transform(self) -> Callable[[Any], "torch.Tensor"]:
-        """A torchvision transform: PIL image or uint8 CHW tensor -> normalized float CHW tensor."""
+        """A torchvision transform: PIL image or uint8 CHW tensor -> normalized float CHW tensor.
+
+        With resampler "pil", a PIL image is resized and cropped before it becomes a tensor, so PIL
+        resamples it, exactly as torchvision's own weights transforms do. With "torch", the image (PIL or
+        a uint8 tensor, on any device) becomes a uint8 tensor first and torch resizes it: the same
+        antialiased filter, computed differently (pixels move by a few levels; features by cosine
+        ~1e-5 on real photos: docs/extract.md, "Preprocessing").
+        """
         from torchvision.transforms import v2
 
         modes = {
@@ -73,18 +98,12 @@ class PreprocessSpec:
         }
         import torch
 
-        # Resize and crop before converting: a PIL image is then resampled by PIL, exactly as
-        # torchvision's own weights transforms do (tensor resampling differs by up to 1/255).
-        return v2.Compose(
-            [
-                v2.RGB(),
-                v2.Resize(self.resize_size, interpolation=modes[self.interpolation], antialias=True),
-                v2.CenterCrop(self.crop_size),
-                v2.ToImage(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(mean=list(self.mean), std=list(self.std)),
-            ]
-        )
+        resize = [v2.Resize(self.resize_size, interpolation=modes[self.interpolation], antialias=True),
+                  v2.CenterCrop(self.crop_size)]
+        to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(self.mean), std=list(self.std))]
+        if self.resampler == "torch":
+            return v2.Compose([v2.ToImage(), v2.RGB(), *resize, *to_float])
+        return v2.Compose([v2.RGB(), *resize, v2.ToImage(), *to_float])
 
 
 PreprocessSource = Union[PreprocessSpec, Callable[[Union[str, None]], PreprocessSpec]]

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, json_option, warn_skipped
-from transfer_engine.core.choices import BACKEND_CHOICES, DEFAULT_STORE, DEVICES, PRECISION_CHOICES, STORED_DTYPES
+from transfer_engine.core.choices import (BACKEND_CHOICES, DEFAULT_STORE, DEVICES, PRECISION_CHOICES, RESAMPLER_CHOICES,
+                                          STORED_DTYPES)
 
 
 @click.command("extract")
@@ -36,6 +37,10 @@ from transfer_engine.core.choices import BACKEND_CHOICES, DEFAULT_STORE, DEVICES
                    "stay within bound of PyTorch fp32 (remembered in the cache).")
 @click.option("--store", type=click.Choice(STORED_DTYPES), default=DEFAULT_STORE, show_default=True,
               help="How rows are stored: int8 with a per-row scale (4x smaller), fp16 or fp32.")
+@click.option("--resampler", type=click.Choice(RESAMPLER_CHOICES), default="auto", show_default=True,
+              help="What resizes the images: pil (the reference), torch (the same filter, several times faster on "
+                   "large photos; its own feature space); auto = the fastest within cosine 0.999 of pil on 8 of "
+                   "your images (remembered; a cache already holding PIL features keeps them).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N", help="Only the first N images.")
 @click.option("--strict", is_flag=True, help="Exit 1 when any file cannot be read or decoded.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of a random initialization.")
@@ -49,7 +54,7 @@ from transfer_engine.core.choices import BACKEND_CHOICES, DEFAULT_STORE, DEVICES
                    "merges them (default: CACHE/nodes; node 0 must be able to read it). See docs/scale.md.")
 @json_option
 def extract(backbone, data, cache_dir, weights, name, replace, batch_size, workers, device, precision, backend, store,
-            limit, strict, seed, follow_symlinks, nproc, node_cache, as_json) -> None:
+            resampler, limit, strict, seed, follow_symlinks, nproc, node_cache, as_json) -> None:
     """Extract features of a data set into the feature cache, skipping images already there.
 
     Files are hashed first; only images whose content the cache lacks for this backbone, weights,
@@ -71,7 +76,7 @@ def extract(backbone, data, cache_dir, weights, name, replace, batch_size, worke
 
     summary = run_extract(backbone, data, cache_dir, weights=weights, name=name, replace=replace, batch_size=batch_size,
                           workers=workers, device=device, precision=precision, backend=backend, store=store,
-                          limit=limit, strict=strict, seed=seed, follow_symlinks=follow_symlinks,
+                          resampler=resampler, limit=limit, strict=strict, seed=seed, follow_symlinks=follow_symlinks,
                           node_cache=node_cache, progress=True)
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -89,3 +94,4 @@ def extract(backbone, data, cache_dir, weights, name, replace, batch_size, worke
                    f"stored {summary.store})")
     click.echo(f"cache {summary.cache}, space {summary.space[:12]} ({summary.backbone}, {summary.weights} weights)")
     click.echo(f"backend {summary.backend} {summary.precision}: {summary.precision_reason}")
+    click.echo(f"resampler {summary.resampler}: {summary.resampler_reason}")

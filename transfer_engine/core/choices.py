@@ -15,6 +15,9 @@ COMPUTE_PRECISIONS = ("fp32", "fp16", "bf16", "tf32")
 EXTRACT_BACKENDS = ("torch", "onnxruntime")
 BACKEND_CHOICES = ("auto", *EXTRACT_BACKENDS)
 EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16")
+# What resizes images (PreprocessSpec.resampler): "pil" first, the reference (torchvision's weights transforms)
+RESAMPLERS = ("pil", "torch")
+RESAMPLER_CHOICES = ("auto", *RESAMPLERS)
 PRECISION_CHOICES = ("auto", *EXTRACT_PRECISIONS)  # te extract, te compare, te finetune
 # te export / te predict
 QUANTIZE = ("int8", "fp16")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transfer_engine.core.choices import LAYOUTS
+from transfer_engine.core.choices import LAYOUTS, RESAMPLERS
 from transfer_engine.errors import UsageError, first_line
 
 if TYPE_CHECKING:
@@ -281,7 +281,7 @@ def _check_preprocess(pre: Any, where: str) -> None:
     """te.preprocess: what `PreprocessSpec` accepts, with sizes bounded by `MAX_IMAGE_SIDE`."""
     if not isinstance(pre, dict):
         raise _field(where, "preprocess", f"is {_shown(pre)}; expected an object")
-    allowed = {"crop_size", "resize_size", "interpolation", "mean", "std", "input_size"}
+    allowed = {"crop_size", "resize_size", "interpolation", "mean", "std", "input_size", "resampler"}
     unknown = set(pre) - allowed
     if unknown:
         raise _field(where, "preprocess", f"has unknown key(s) {', '.join(sorted(map(repr, unknown)))}")
@@ -298,6 +298,11 @@ def _check_preprocess(pre: Any, where: str) -> None:
     if pre.get("interpolation", "bilinear") not in INTERPOLATIONS:
         raise _field(where, "preprocess.interpolation", f"is {_shown(pre['interpolation'])}; expected one of "
                      f"{', '.join(INTERPOLATIONS)}")
+    if pre.get("resampler", "pil") not in RESAMPLERS:
+        raise _field(where, "preprocess.resampler", f"is {_shown(pre['resampler'])}; expected one of "
+                     f"{', '.join(RESAMPLERS)}")
+    if pre.get("resampler") == "torch" and pre.get("interpolation", "bilinear") == "nearest":
+        raise _field(where, "preprocess.resampler", "is 'torch' with nearest interpolation, which only PIL computes")
     for name in ("mean", "std"):
         if name not in pre:
             continue

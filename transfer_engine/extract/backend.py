@@ -320,14 +320,14 @@ def machine_fingerprint(device: torch.device) -> dict[str, Any]:
 
 def calibration_batch(backbone, source, samples: Iterable, limit: int = CALIBRATION_IMAGES) -> torch.Tensor | None:
     """The first `limit` decodable images of `samples`, preprocessed for `backbone` (None: none decodes)."""
-    transform = backbone.transform()
-    tensors = []
-    for sample in samples:
-        try:
-            tensors.append(transform(source.decode(sample, source.read_bytes(sample))))
-        except Exception:  # a bad file is reported by the extraction itself
-            continue
-        if len(tensors) == limit:
-            break
-    return torch.stack(tensors) if tensors else None
+    from transfer_engine.extract.resampler import calibration_images
 
+    return preprocessed(backbone, source, calibration_images(source, samples, limit))
+
+
+def preprocessed(backbone, source, images: list[tuple[Any, bytes]]) -> torch.Tensor | None:
+    """Images given as (sample, bytes), decoded and preprocessed for `backbone` (None: there are none)."""
+    transform = backbone.transform()
+    tensor = backbone.preprocess.resampler == "torch"
+    tensors = [transform(source.decode(sample, data, tensor)) for sample, data in images]
+    return torch.stack(tensors) if tensors else None

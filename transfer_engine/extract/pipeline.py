@@ -17,6 +17,7 @@ from transfer_engine._prefetch import prefetched
 from transfer_engine.backbones.spec import Backbone
 from transfer_engine.core.choices import EXTRACT_PRECISIONS as PRECISIONS
 from transfer_engine.extract.engines import TorchEngine
+from transfer_engine.extract.stages import UNTIMED
 
 
 
@@ -26,7 +27,7 @@ class Item:
 
     key: str
     path: str
-    load: Callable[[], Any]  # returns a PIL image (or raises: the item is then reported as failed)
+    load: Callable[[], Any]  # returns a PIL image or uint8 tensor (or raises: the item is then reported as failed)
 
 
 @dataclass
@@ -52,10 +53,12 @@ class FeatureExtractor:
         prefetch: batches prepared ahead of the model (bounds memory).
         engine: what computes the features (`transfer_engine.extract.engines`; default: PyTorch in
             `precision`); they come back as float32.
+        clock: a `StageClock` that receives the seconds of "preprocess", "waiting_for_images" and
+            "compute" (the items' loaders time their own reading and decoding).
     """
 
     def __init__(self, backbone: Backbone, device: torch.device, precision: str = "fp32",
-                 batch_size: int = 32, workers: int = 2, prefetch: int = 2, engine=None) -> None:
+                 batch_size: int = 32, workers: int = 2, prefetch: int = 2, engine=None, clock=UNTIMED) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.backbone = backbone
@@ -63,18 +66,17 @@ class FeatureExtractor:
         self.batch_size = max(1, batch_size)
         self.workers = max(1, workers)
         self.prefetch = max(1, prefetch)
-        # PIL decodes and resizes, as torchvision's weights transforms do. torchvision.io.decode_jpeg gives the
-        # same pixels (both are libjpeg-turbo) and is no faster on its own; its speed-up comes from resizing
-        # with torch instead of PIL, which moves features slightly (within the cache's bound, but not the same
-        # features) and so would need a new feature space and the same resizer wherever features are computed
-        # (predict, finetune). PIL's JPEG draft mode fails the cosine bound. Figures: docs/extract.md,
-        # "Decoding: PIL, not torchvision.io".
+        self.clock = clock
+        # The backbone's preprocessing, resized by PIL or torch as the run's spec says (the resampler is part
+        # of the feature space: transfer_engine.extract.resampler; figures: docs/extract.md, "Preprocessing").
         self.transform = backbone.transform()
         self.engine = engine if engine is not None else TorchEngine(backbone, device, precision)
 
     def _prepare(self, item: Item) -> tuple[Item, torch.Tensor | None, str | None]:
         try:
-            return item, self.transform(item.load()), None
+            image = item.load()
+            with self.clock.timing("preprocess"):
+                return item, self.transform(image), None
         except Exception as exc:  # a bad file is reported, never fatal
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
             return item, None, reason
@@ -106,8 +108,16 @@ class FeatureExtractor:
 
     def run(self, items: Iterable[Item]) -> Iterator[Batch]:
         """Extract features batch by batch, preparing the next batches while the model runs."""
-        for good_items, tensors, failed in prefetched(self._prepared(items), self.prefetch, "te-prefetch"):
-            yield self._forward(good_items, tensors, failed)
+        batches = prefetched(self._prepared(items), self.prefetch, "te-prefetch")
+        try:
+            while True:
+                with self.clock.timing("waiting_for_images"):
+                    prepared = next(batches, None)
+                if prepared is None:
+                    return
+                yield self._forward(*prepared)
+        finally:
+            batches.close()  # stopped early: the prefetch thread and the decode pool stop now, not at GC
 
     def _prepared(self, items: Iterable[Item]) -> Iterator[tuple[list, list, list]]:
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="te-decode")
@@ -124,5 +134,6 @@ class FeatureExtractor:
         if not tensors:
             empty = torch.empty(0, self.backbone.feature_dim, device=self.device)
             return Batch([], [], empty, reasons, failed_keys)
-        features = self.engine(torch.stack(tensors))
+        with self.clock.timing("compute"):
+            features = self.engine(torch.stack(tensors))
         return Batch([i.key for i in items], [i.path for i in items], features, reasons, failed_keys)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import torch
 
@@ -27,9 +27,11 @@ from transfer_engine.errors import PluginError, TEError, UsageError
 from transfer_engine.extract import distributed as dist
 from transfer_engine.extract import nodes
 from transfer_engine.extract.pipeline import FeatureExtractor, Item
-from transfer_engine.extract.backend import adopt, calibration_batch, choose
+from transfer_engine.extract.backend import CALIBRATION_IMAGES, adopt, choose, preprocessed
+from transfer_engine.extract.resampler import ResamplerChoice, calibration_images, choose_resampler, with_resampler
 from transfer_engine.extract.progress import Progress
 from transfer_engine.extract.spool import RecordSpool
+from transfer_engine.extract.stages import StageClock
 
 STORES = STORED_DTYPES
 CHUNK = 512  # keys asked of the cache at once
@@ -53,6 +55,9 @@ class ExtractSummary:
     backend: str = "torch"
     backend_measured: dict = field(default_factory=dict)
     store: str = "int8"
+    resampler: str = "pil"
+    resampler_reason: str = ""
+    stages: dict = field(default_factory=dict)
     device: str = "cpu"
     weights: str = ""
     cache: str = ""
@@ -67,7 +72,7 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
             name: str | None = None, replace: bool = False, batch_size: int | None = None,
             workers: int | None = None,
             device: str = "auto", precision: str = "auto", backend: str = "auto", store: str = "int8",
-            limit: int | None = None, strict: bool = False, seed: int = 0, follow_symlinks: bool = False,
+            resampler: str = "auto", limit: int | None = None, strict: bool = False, seed: int = 0, follow_symlinks: bool = False,
             node_cache: str | os.PathLike | None = None, progress: bool = True) -> ExtractSummary:
     """Extract features of `data` with `backbone` into the cache at `cache`.
 
@@ -86,6 +91,8 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
         backend: "auto", "torch" or "onnxruntime"; auto (with precision auto) picks the fastest pair
             that keeps features within bound of PyTorch fp32 (see transfer_engine.extract.backend).
         store: stored dtype of the rows: "int8" (per-row scale), "fp16" or "fp32".
+        resampler: "auto", "pil" or "torch": what resizes the images (part of the feature space); auto
+            takes the fastest within bound of PIL's (see transfer_engine.extract.resampler).
         limit: use only the first N images of the data set.
         strict: a file that cannot be read or decoded is an error (exit 1) instead of a warning.
         seed: seed of a random initialization (weights "none").
@@ -112,6 +119,7 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     if limit is not None and limit <= 0:
         raise UsageError(f"--limit must be positive, got {limit}")
     start = time.perf_counter()
+    clock = StageClock()
     # Join the job first: a rank whose --data or options fail then tells the others, which stop at once.
     rank, world = dist.rank_and_world()
     source = open_source(data, follow_symlinks)
@@ -136,7 +144,8 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
         # A name is not an identity: another folder's images, or other classes, replace a data set only
         # when asked (before any work; a node's delta holds no data set, so rank 0 decides there).
         identity.check_replacement(cache_obj, dataset, recorded_data(data), source.class_names, replace)
-        how = _choose_backend(backend, precision, bb, target, cache_obj, source, limit, rank, world, layout)
+        resized, how = _choose_how(resampler, backend, precision, bb, target, cache_obj, source, limit, rank, world,
+                                   layout)
         chosen = how.precision
         config = FeatureSpace.of_backbone(bb, stored=store, precision=chosen)
         present = nodes.shared_present_keys(cache_obj, config.id, rank) if layout.multi else None
@@ -147,14 +156,16 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
         with RecordSpool(cache_obj.root) as spool:
             run = _Run()
             mine = ((i, s) for i, s in enumerate(_limited(source.samples(), limit)) if i % world == rank)
-            items = _pending(source, mine, space, spool, run, meter)
+            items = _pending(source, mine, space, spool, run, meter, clock, bb.preprocess.resampler == "torch")
             engine = how.engine(bb, target, threads=torch.get_num_threads())
-            extractor = FeatureExtractor(bb, target, chosen, batch, threads, engine=engine)
+            extractor = FeatureExtractor(bb, target, chosen, batch, threads, engine=engine, clock=clock)
+            clock.add("setup", time.perf_counter() - start)
             for out in extractor.run(items):
                 run.failed.extend(out.failed)
                 run.decode_failures.extend(zip(out.failed_keys, out.failed))
                 if out.keys:
-                    space.append(out.keys, out.features)
+                    with clock.timing("store"):
+                        space.append(out.keys, out.features)
                     run.extracted += len(out.keys)
                 run.in_flight.settle(out.keys + out.failed_keys)  # committed (or failed): no longer in flight
                 meter.update(done=len(out.keys), failed=len(out.failed))
@@ -166,10 +177,11 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
             total, extracted = sum(t.handled for t in ranks), sum(t.extracted for t in ranks)
             if layout.multi:
                 _gather_node_deltas(cache_obj, layout, rank, config.id, present, delta)
-            if world == 1:
-                outcome = _write_dataset(cache_obj, space, dataset, source.class_names, spool, ranks)
-            else:
-                outcome = _merge_and_write(cache_obj, space, dataset, source.class_names, spool, ranks, rank)
+            with clock.timing("dataset"):
+                if world == 1:
+                    outcome = _write_dataset(cache_obj, space, dataset, source.class_names, spool, ranks)
+                else:
+                    outcome = _merge_and_write(cache_obj, space, dataset, source.class_names, spool, ranks, rank)
             if rank == 0:
                 earlier = cache_obj.provenance(space.id) or {}
                 backends = sorted({*earlier.get("backends", []), how.backend})
@@ -188,7 +200,8 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
             reused=reused, failed=failed, seconds=round(seconds, 3),
             images_per_second=round(extracted / seconds, 2) if seconds > 0 else 0.0,
             precision=chosen, precision_reason=how.reason, backend=how.backend, backend_measured=how.measured,
-            store=store, device=str(target), weights=bb.weights,
+            store=store, resampler=resized.resampler, resampler_reason=resized.reason,
+            stages={**clock.seconds(), "wall": round(seconds, 3)}, device=str(target), weights=bb.weights,
             cache=str(cache_obj.root), classes=len(source.class_names), splits=splits,
         )
     finally:
@@ -200,24 +213,39 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     return summary
 
 
-def _choose_backend(backend: str, precision: str, bb, target: torch.device, cache, source: DataSource,
-                    limit: int | None, rank: int, world: int, layout: nodes.NodeLayout):
-    """The backend decision; under torchrun rank 0 makes (or finds) it first and the others then find it
-    (across machines they take rank 0's, so that every node computes features in the same space)."""
-    def decide():
-        return choose(backend, precision, bb, target, cache,
-                      lambda: calibration_batch(bb, source, _limited(source.samples(), limit)),
-                      threads=torch.get_num_threads())
+def _choose_how(resampler: str, backend: str, precision: str, bb, target: torch.device, cache, source: DataSource,
+                limit: int | None, rank: int, world: int, layout: nodes.NodeLayout) -> tuple[ResamplerChoice, Any]:
+    """The resampler decision (it changes `bb`'s preprocessing), then the backend decision on images
+    preprocessed that way. Under torchrun rank 0 makes (or finds) them first and the others then find
+    them (across machines they take rank 0's, so that every node computes features in the same space)."""
+    pairs: list = []
+
+    def calibration() -> list:
+        if not pairs:
+            pairs.extend(calibration_images(source, _limited(source.samples(), limit), CALIBRATION_IMAGES))
+        return pairs
+
+    def decide() -> tuple[ResamplerChoice, Any]:
+        resized = choose_resampler(resampler, bb, cache, calibration, source.decode)
+        with_resampler(bb, resized.resampler)
+        how = choose(backend, precision, bb, target, cache, lambda: preprocessed(bb, source, calibration()),
+                     threads=torch.get_num_threads())
+        return resized, how
 
     if world == 1:
         return decide()
     if layout.multi:
-        how = decide() if rank == 0 else None
-        decided = dist.from_rank0(how.fields() if how is not None else None, "waiting for rank 0 to choose the backend")
-        return how if rank == 0 else adopt(decided, bb, cache)
-    how = decide() if rank == 0 else None
-    dist.barrier("waiting for rank 0 to choose the backend")
-    return how if rank == 0 else decide()
+        mine = decide() if rank == 0 else None
+        decided = dist.from_rank0((mine[0].fields(), mine[1].fields()) if mine is not None else None,
+                                  "waiting for rank 0 to choose the resampler and the backend")
+        if rank == 0:
+            return mine
+        resized = ResamplerChoice(**decided[0])
+        with_resampler(bb, resized.resampler)
+        return resized, adopt(decided[1], bb, cache)
+    mine = decide() if rank == 0 else None
+    dist.barrier("waiting for rank 0 to choose the resampler and the backend")
+    return mine if rank == 0 else decide()
 
 
 class _SpaceOnDemand:
@@ -333,14 +361,18 @@ def _chunked(items: Iterable, size: int) -> Iterator[list]:
 
 
 def _pending(source: DataSource, samples: Iterable[tuple[int, Sample]], space, spool: RecordSpool, run: _Run,
-             meter: Progress) -> Iterator[Item]:
+             meter: Progress, clock: StageClock, tensor: bool) -> Iterator[Item]:
     """Hash each file, spool its record, and yield an `Item` only for keys the space lacks (once per key)."""
     for chunk in _chunked(samples, CHUNK):
         keyed: list[tuple[Sample, str]] = []
         for index, sample in chunk:
             run.handled += 1
             try:
-                key = content_key(source.read_bytes(sample))
+                with clock.timing("read"):
+                    data = source.read_bytes(sample)
+                with clock.timing("hash"):
+                    key = content_key(data)
+                del data
             except OSError as exc:
                 run.failed.append({"path": sample.path, "reason": f"{type(exc).__name__}: {exc.strerror or exc}"})
                 meter.update(failed=1)
@@ -355,7 +387,7 @@ def _pending(source: DataSource, samples: Iterable[tuple[int, Sample]], space, s
                 meter.update(reused=1)
                 continue
             run.in_flight.keys.add(key)
-            yield Item(key, sample.path, _loader(source, sample, key))
+            yield Item(key, sample.path, _loader(source, sample, key, clock, tensor))
 
 
 def _write_dataset(cache, space, dataset: str, class_names: list[str], records: Iterable[tuple],
@@ -423,11 +455,15 @@ def _gather_node_deltas(cache, layout: nodes.NodeLayout, rank: int, space_id: st
         nodes.remove_delta(delta)
 
 
-def _loader(source: DataSource, sample: Sample, key: str) -> Callable:
+def _loader(source: DataSource, sample: Sample, key: str, clock: StageClock, tensor: bool) -> Callable:
     def load():
-        data = source.read_bytes(sample)
-        if content_key(data) != key:
+        with clock.timing("read"):
+            data = source.read_bytes(sample)
+        with clock.timing("hash"):
+            same = content_key(data) == key
+        if not same:
             raise OSError("the file changed while te was extracting it")
-        return source.decode(sample, data)
+        with clock.timing("decode"):
+            return source.decode(sample, data, tensor)
 
     return load

@@ -8,6 +8,8 @@ the run was resumed mid-epoch, how many loader workers decode, and how many DDP 
 
 from __future__ import annotations
 
+import dataclasses
+
 import random
 from dataclasses import dataclass
 from typing import Iterator
@@ -103,14 +105,14 @@ def split_counts(items: list[Item]) -> dict[str, int]:
 
 
 def scaled_preprocess(spec: PreprocessSpec, input_size: int | None) -> PreprocessSpec:
-    """The backbone's preprocessing at another input size (same crop ratio, interpolation, mean, std)."""
+    """The backbone's preprocessing at another input size (same crop ratio, interpolation, mean, std and
+    resampler: the images are resized the way the features te trained on were)."""
     if input_size is None or input_size == spec.crop_size:
         return spec
     if input_size < 16:
         raise UsageError(f"--input-size must be at least 16 pixels, got {input_size}")
     resize = max(input_size, round(input_size * spec.resize_size / spec.crop_size))
-    return PreprocessSpec(crop_size=input_size, resize_size=resize, interpolation=spec.interpolation,
-                          mean=spec.mean, std=spec.std)
+    return dataclasses.replace(spec, crop_size=input_size, resize_size=resize)
 
 
 def aug_seed(seed: int, epoch: int, index: int) -> int:
@@ -140,6 +142,7 @@ class ImageSet(torch.utils.data.Dataset):
         self.source, self.items, self.preprocess, self.augment = source, items, preprocess, augment
         self.crop_scale = crop_scale
         self.eval_transform = preprocess.transform()
+        self.tensor = preprocess.resampler == "torch"  # decoded straight to a uint8 tensor, resized by torch
         self.to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
                                      v2.Normalize(mean=list(preprocess.mean), std=list(preprocess.std))])
         self.mode = {"nearest": v2.InterpolationMode.NEAREST, "bilinear": v2.InterpolationMode.BILINEAR,
@@ -150,7 +153,7 @@ class ImageSet(torch.utils.data.Dataset):
 
     def image(self, index: int):
         item = self.items[index]
-        return self.source.decode(item.sample, self.source.read_bytes(item.sample))
+        return self.source.decode(item.sample, self.source.read_bytes(item.sample), self.tensor)
 
     def __getitem__(self, key: tuple[int, int | None]) -> tuple[torch.Tensor, int]:
         index, seed = key
@@ -163,7 +166,7 @@ class ImageSet(torch.utils.data.Dataset):
         """torchvision's RandomResizedCrop (+ horizontal flip), drawn from `rng` instead of the global RNG."""
         from torchvision.transforms.v2 import functional as F
 
-        width, height = image.size
+        height, width = image.shape[-2:] if isinstance(image, torch.Tensor) else image.size[::-1]
         top, left, h, w = _crop_box(width, height, rng, self.crop_scale)
         size = self.preprocess.crop_size
         out = F.resized_crop(image, top, left, h, w, [size, size], interpolation=self.mode, antialias=True)

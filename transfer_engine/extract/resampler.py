@@ -1,0 +1,183 @@
+"""`--resampler auto|pil|torch`: how images are resized for a run, decided like the backend.
+
+On camera-sized photos most of te extract's time is not the model but decoding and resizing: PIL's
+antialiased resize of a 12 MP photo takes about twice as long as decoding it. torch's antialiased
+resize of the decoded uint8 tensor is the same filter computed another way, several times faster, and
+moves pixels by a few levels (features by a cosine of ~1e-5 on real photos: docs/extract.md,
+"Preprocessing"). Since it changes pixels it is part of the feature space's identity
+(`PreprocessSpec.resampler`), never a silent swap: a run made with it says so in its space, its run and
+its exported model, and every later step (te finetune, te export's checks and `--preprocess` graph,
+te predict) resizes the same way because it builds its transform from that recorded spec.
+
+`auto` times both on the calibration images (decode + transform, one thread), computes their features
+with the backbone in fp32, keeps those within `RESAMPLER_BOUND` of PIL's on every image and takes the
+fastest. The decision is remembered in the cache per backbone, weights, transform and machine, so a
+re-run, or another data set of the same cache, decides nothing and lands in the same space. A cache that
+already holds this backbone's PIL features (an older te, or `--resampler pil`) keeps them: switching
+would re-extract every image, which `auto` never does behind the user's back.
+
+Reduced-size JPEG decoding (PIL's draft mode, libjpeg's DCT scaling) is not a candidate: measured on
+real textured photos it moves features by up to cosine 0.0012 even when it only halves an image that
+is 4x larger than the resize target (docs/extract.md), outside the bound on images the 8 calibration
+images cannot be trusted to represent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+
+from transfer_engine.core.choices import RESAMPLER_CHOICES, RESAMPLERS
+from transfer_engine.errors import UsageError, first_line
+
+RESAMPLER_BOUND = 0.999  # a new space, as a reduced precision: the cache's int8 storage bound
+_DECISION_VERSION = 1
+
+
+@dataclass
+class ResamplerChoice:
+    """The run's resampler and why.
+
+    Attributes:
+        resampler: "pil" or "torch" (what `PreprocessSpec.resampler` becomes).
+        reason: one line for the user.
+        measured: per resampler: {"ms_per_image", "min_cosine", "bound", "ok", "note"} (empty when nothing
+            was measured: asked for, remembered, or kept for the cache's existing space).
+    """
+
+    resampler: str
+    reason: str
+    measured: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def with_resampler(backbone, resampler: str):
+    """The backbone, its preprocessing now resizing with `resampler` (the spec is frozen: a new one)."""
+    backbone.preprocess = dataclasses.replace(backbone.preprocess, resampler=resampler)
+    return backbone
+
+
+def choose_resampler(request: str, backbone, cache, images: Callable[[], list[tuple[Any, bytes]]],
+                     decode: Callable[[Any, bytes, bool], Any]) -> ResamplerChoice:
+    """Resolve `--resampler` to "pil" or "torch", and say why.
+
+    Args:
+        request: "auto", "pil" or "torch".
+        backbone: the built backbone (its preprocessing as the plugin declares it).
+        cache: the open `FeatureCache` (remembers the decision; its spaces tell what it already holds).
+        images: returns the calibration images as (sample, encoded bytes) pairs (called only to measure).
+        decode: `decode(sample, data, tensor)`: the data source's decoder (PIL image, or uint8 tensor).
+
+    Raises:
+        UsageError: an unknown request.
+    """
+    if request not in RESAMPLER_CHOICES:
+        raise UsageError(f"--resampler must be one of {', '.join(RESAMPLER_CHOICES)}, got {request!r}")
+    nearest = backbone.preprocess.interpolation == "nearest"
+    if request == "torch" and nearest:
+        raise UsageError(f"--resampler torch: {backbone.name} resizes with nearest, which only PIL computes as its "
+                         "weights expect (torch's nearest picks other pixels); use --resampler pil or auto")
+    if request != "auto":
+        return ResamplerChoice(request, "asked for")
+    if nearest:
+        return ResamplerChoice("pil", "auto: pil, the only resampler of nearest resizing")
+    reference = dataclasses.replace(backbone.preprocess, resampler="pil")
+    key = _decision_key(backbone, reference)
+    remembered = cache.index.meta(key)
+    if remembered:
+        choice = ResamplerChoice(**json.loads(remembered))
+        choice.reason += " (remembered)"
+        return choice
+    if _holds_pil_space(cache, backbone, reference):
+        choice = ResamplerChoice("pil", f"auto: this cache already holds {backbone.name} features resized by PIL "
+                                        "(kept: --resampler torch starts a faster space and extracts again)")
+    else:
+        pairs = images()
+        if not pairs:
+            return ResamplerChoice("pil", "auto: no decodable image to calibrate on")
+        choice = _calibrate(backbone, reference, pairs, decode)
+    with cache.lock, cache.index.write():
+        cache.index.set_meta(key, json.dumps(choice.fields(), sort_keys=True))
+    return choice
+
+
+def _calibrate(backbone, reference, pairs: list[tuple[Any, bytes]], decode) -> ResamplerChoice:
+    """Each resampler's time per image and features; the fastest within bound of PIL's wins."""
+    from transfer_engine.extract.backend import min_row_cosine
+
+    measured: dict[str, dict[str, Any]] = {}
+    features: dict[str, torch.Tensor] = {}
+    for name in RESAMPLERS:
+        spec = dataclasses.replace(reference, resampler=name)
+        entry: dict[str, Any] = {"bound": 1.0 if name == "pil" else RESAMPLER_BOUND}
+        measured[name] = entry
+        try:
+            batch, entry["ms_per_image"] = _timed_preprocess(spec, pairs, decode)
+            features[name] = backbone(batch.float())
+        except Exception as exc:  # a resampler that cannot handle these images is out, with the reason
+            entry.update(ok=False, note=f"failed: {first_line(exc, 200)}")
+            continue
+        cos = min_row_cosine(features["pil"], features[name]) if "pil" in features else 0.0
+        entry.update(min_cosine=round(cos, 7), ok=cos >= entry["bound"])
+        entry["note"] = "reference" if name == "pil" else \
+            f"min cosine {cos:.6f} {'>=' if entry['ok'] else '<'} {entry['bound']}"
+    kept = [n for n, m in measured.items() if m.get("ok")]
+    if not kept:
+        return ResamplerChoice("pil", "auto: pil, " + "; ".join(f"{n}: {m['note']}" for n, m in measured.items()),
+                               measured)
+    best = min(kept, key=lambda n: measured[n]["ms_per_image"])
+    others = ", ".join(f"{n} {m['ms_per_image']:.1f} ms ({m['note']})" if "ms_per_image" in m else f"{n} ({m['note']})"
+                       for n, m in measured.items() if n != best)
+    return ResamplerChoice(best, f"auto: {best} {measured[best]['ms_per_image']:.1f} ms an image, "
+                                 f"{measured[best]['note']} (on {len(pairs)} of your images); {others}", measured)
+
+
+def _timed_preprocess(spec, pairs: list[tuple[Any, bytes]], decode) -> tuple[torch.Tensor, float]:
+    """The preprocessed batch, and the milliseconds per image of decoding + transforming it (a warm-up
+    image first: torchvision's first call pays its lazy set-up)."""
+    transform = spec.transform()
+    tensor = spec.resampler == "torch"
+    transform(decode(pairs[0][0], pairs[0][1], tensor))
+    start = time.perf_counter()
+    batch = [transform(decode(sample, data, tensor)) for sample, data in pairs]
+    seconds = time.perf_counter() - start
+    return torch.stack(batch), round(1000 * seconds / len(pairs), 3)
+
+
+def _holds_pil_space(cache, backbone, reference) -> bool:
+    """Whether the cache has a space of this backbone and weights whose images PIL resized."""
+    transform = reference.to_dict()
+    return any(row.config.get("backbone") == backbone.name and row.config.get("weights_digest") ==
+               backbone.weights_digest and row.config.get("transform") == transform for row in cache.index.spaces())
+
+
+def _decision_key(backbone, reference) -> str:
+    from transfer_engine.extract.backend import machine_fingerprint
+
+    ident = {"version": _DECISION_VERSION, "backbone": backbone.name, "weights": backbone.weights_digest,
+             "transform": reference.to_dict(), "bound": RESAMPLER_BOUND,
+             "machine": machine_fingerprint(torch.device("cpu"))}
+    return "auto_resampler:" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def calibration_images(source, samples: Iterable, limit: int) -> list[tuple[Any, bytes]]:
+    """The first `limit` samples whose bytes decode, with those bytes."""
+    out = []
+    for sample in samples:
+        try:
+            data = source.read_bytes(sample)
+            source.decode(sample, data)
+        except Exception:  # a bad file is reported by the extraction itself
+            continue
+        out.append((sample, data))
+        if len(out) == limit:
+            break
+    return out
