@@ -253,3 +253,25 @@ def test_features_on_the_device_are_quantized_there_and_stored_as_from_the_cpu(d
         cached = cache.space(space)
         assert cached.append(keys, on_device) == 5
         assert torch.equal(cached.gather(keys), ops.dequantize_rows_int8(*ops.quantize_rows_int8(features)))
+
+
+def test_the_pipeline_decoding_on_the_device_extracts_what_its_threads_do(jpegs):
+    """te extract on a GPU decodes each batch there (decode_on_device); the same code on the CPU gives the
+    features of the thread path, and a bad file is still one failure of its batch."""
+    import dataclasses
+
+    from transfer_engine.backbones import create_backbone
+    from transfer_engine.data.decode import decode_tensor
+    from transfer_engine.extract.pipeline import FeatureExtractor, Item
+
+    bb = create_backbone("mobilenet_v3_small", weights="none", seed=0)
+    bb.preprocess = dataclasses.replace(bb.preprocess, resampler="torch")
+    datas = [jpegs["baseline"], b"not an image", jpegs["baseline_odd_size"], jpegs["progressive"]]
+    items = [Item(f"k{i}", f"p{i}.jpg", (lambda d=d: decode_tensor(d)), (lambda d=d: d)) for i, d in enumerate(datas)]
+    cpu = torch.device("cpu")
+    threads = list(FeatureExtractor(bb, cpu, batch_size=2).run(items))
+    device = list(FeatureExtractor(bb, cpu, batch_size=2, decode_on_device=True).run(items))
+    assert [b.keys for b in device] == [b.keys for b in threads] == [["k0"], ["k2", "k3"]]
+    assert [f["path"] for b in device for f in b.failed] == ["p1.jpg"]
+    for a, b in zip(threads, device):
+        assert torch.allclose(a.features, b.features, atol=1e-5)

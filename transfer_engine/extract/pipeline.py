@@ -28,6 +28,7 @@ class Item:
     key: str
     path: str
     load: Callable[[], Any]  # returns a PIL image or uint8 tensor (or raises: the item is then reported as failed)
+    read: Callable[[], bytes] | None = None  # its checked encoded bytes (decoding on the device needs them)
 
 
 @dataclass
@@ -55,10 +56,14 @@ class FeatureExtractor:
             `precision`); they come back as float32.
         clock: a `StageClock` that receives the seconds of "preprocess", "waiting_for_images" and
             "compute" (the items' loaders time their own reading and decoding).
+        decode_on_device: the worker threads only read the files; each batch is decoded, resized and
+            normalized on `device` (`transfer_engine.extract.device_decode`: nvjpeg on a GPU), so only
+            compressed bytes cross to it. Needs items with `read` and the "torch" resampler.
     """
 
     def __init__(self, backbone: Backbone, device: torch.device, precision: str = "fp32",
-                 batch_size: int = 32, workers: int = 2, prefetch: int = 2, engine=None, clock=UNTIMED) -> None:
+                 batch_size: int = 32, workers: int = 2, prefetch: int = 2, engine=None, clock=UNTIMED,
+                 decode_on_device: bool = False) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.backbone = backbone
@@ -67,6 +72,9 @@ class FeatureExtractor:
         self.workers = max(1, workers)
         self.prefetch = max(1, prefetch)
         self.clock = clock
+        if decode_on_device and backbone.preprocess.resampler != "torch":
+            raise ValueError("decoding on the device resizes with torch: it needs the torch resampler")
+        self.decode_on_device = decode_on_device
         # The backbone's preprocessing, resized by PIL or torch as the run's spec says (the resampler is part
         # of the feature space: transfer_engine.extract.resampler; figures: docs/extract.md, "Preprocessing").
         self.transform = backbone.transform()
@@ -74,12 +82,13 @@ class FeatureExtractor:
 
     def _prepare(self, item: Item) -> tuple[Item, torch.Tensor | None, str | None]:
         try:
+            if self.decode_on_device:
+                return item, item.read(), None  # bytes: decoded with the whole batch, on the device
             image = item.load()
             with self.clock.timing("preprocess"):
                 return item, self.transform(image), None
         except Exception as exc:  # a bad file is reported, never fatal
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
-            return item, None, reason
+            return item, None, _reason(exc)
 
     def _batches(self, items: Iterable[Item], pool: ThreadPoolExecutor) -> Iterator[tuple[list, list, list]]:
         """Prepared batches in input order: (items, tensors, failed (item, reason) pairs)."""
@@ -115,7 +124,7 @@ class FeatureExtractor:
                     prepared = next(batches, None)
                 if prepared is None:
                     return
-                yield self._forward(*prepared)
+                yield self._forward(*self._on_device(*prepared) if self.decode_on_device else prepared)
         finally:
             batches.close()  # stopped early: the prefetch thread and the decode pool stop now, not at GC
 
@@ -128,6 +137,24 @@ class FeatureExtractor:
             # interpreter's exit would wait for a whole window of them (its atexit joins the workers).
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def _on_device(self, items: list[Item], datas: list[bytes], failed: list[tuple[Item, str]]):
+        """The batch's bytes decoded and preprocessed on the device: (items that decoded, their tensors
+        as one batch's rows, failed (item, reason) pairs)."""
+        from transfer_engine.extract.device_decode import decode_batch, preprocess_batch
+
+        with self.clock.timing("decode"):
+            decoded = decode_batch(datas, self.device)
+        good, images = [], []
+        for item, result in zip(items, decoded):
+            if isinstance(result, Exception):
+                failed.append((item, _reason(result)))
+            else:
+                good.append(item)
+                images.append(result)
+        with self.clock.timing("preprocess"):
+            batch = preprocess_batch(images, self.backbone.preprocess) if images else None
+        return good, list(batch) if batch is not None else [], failed
+
     def _forward(self, items: list[Item], tensors: list[torch.Tensor], failed: list[tuple[Item, str]]) -> Batch:
         reasons = [{"path": item.path, "reason": reason} for item, reason in failed]
         failed_keys = [item.key for item, _ in failed]
@@ -137,3 +164,8 @@ class FeatureExtractor:
         with self.clock.timing("compute"):
             features = self.engine(torch.stack(tensors))
         return Batch([i.key for i in items], [i.path for i in items], features, reasons, failed_keys)
+
+
+def _reason(exc: Exception) -> str:
+    """A failed file's reason: the exception's type and first line."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"

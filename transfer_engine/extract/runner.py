@@ -158,7 +158,10 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
             mine = ((i, s) for i, s in enumerate(_limited(source.samples(), limit)) if i % world == rank)
             items = _pending(source, mine, space, spool, run, meter, clock, bb.preprocess.resampler == "torch")
             engine = how.engine(bb, target, threads=torch.get_num_threads())
-            extractor = FeatureExtractor(bb, target, chosen, batch, threads, engine=engine, clock=clock)
+            # On a GPU with the torch resampler, images decode (nvjpeg) and resize there, batch by batch.
+            on_gpu = target.type == "cuda" and bb.preprocess.resampler == "torch"
+            extractor = FeatureExtractor(bb, target, chosen, batch, threads, engine=engine, clock=clock,
+                                         decode_on_device=on_gpu)
             clock.add("setup", time.perf_counter() - start)
             for out in extractor.run(items):
                 run.failed.extend(out.failed)
@@ -387,7 +390,8 @@ def _pending(source: DataSource, samples: Iterable[tuple[int, Sample]], space, s
                 meter.update(reused=1)
                 continue
             run.in_flight.keys.add(key)
-            yield Item(key, sample.path, _loader(source, sample, key, clock, tensor))
+            read = _reader(source, sample, key, clock)
+            yield Item(key, sample.path, _loader(source, sample, read, clock, tensor), read)
 
 
 def _write_dataset(cache, space, dataset: str, class_names: list[str], records: Iterable[tuple],
@@ -455,14 +459,24 @@ def _gather_node_deltas(cache, layout: nodes.NodeLayout, rank: int, space_id: st
         nodes.remove_delta(delta)
 
 
-def _loader(source: DataSource, sample: Sample, key: str, clock: StageClock, tensor: bool) -> Callable:
-    def load():
+def _reader(source: DataSource, sample: Sample, key: str, clock: StageClock) -> Callable[[], bytes]:
+    """Reads the file again when its turn comes, and checks that it is still the content that was hashed."""
+    def read() -> bytes:
         with clock.timing("read"):
             data = source.read_bytes(sample)
         with clock.timing("hash"):
             same = content_key(data) == key
         if not same:
             raise OSError("the file changed while te was extracting it")
+        return data
+
+    return read
+
+
+def _loader(source: DataSource, sample: Sample, read: Callable[[], bytes], clock: StageClock,
+            tensor: bool) -> Callable:
+    def load():
+        data = read()
         with clock.timing("decode"):
             return source.decode(sample, data, tensor)
 
