@@ -36,7 +36,7 @@ class PreprocessSpec:
         mean, std: per-channel normalization of RGB values in [0, 1].
         resampler: what resizes: "pil" (the reference: PIL resamples the image, exactly as torchvision's
             weights transforms do) or "torch" (torch's antialiased resize of the uint8 tensor: the same
-            filter, about 3x faster on camera-sized photos, pixels within a few levels of PIL's). It
+            filter, several times faster on camera-sized photos, pixels within a few levels of PIL's). It
             changes pixels, so it is part of the spec's identity: "torch" appears in `to_dict()` (and so
             in the feature space id and in every run and export made from it), "pil" does not, so specs
             from before the field keep their ids. Which one a run uses: `te extract --resampler`
@@ -86,8 +86,8 @@ class PreprocessSpec:
         With resampler "pil", a PIL image is resized and cropped before it becomes a tensor, so PIL
         resamples it, exactly as torchvision's own weights transforms do. With "torch", the image (PIL or
         a uint8 tensor, on any device) becomes a uint8 tensor first and torch resizes it: the same
-        antialiased filter, computed differently (pixels move by a few levels; features by cosine
-        ~1e-5 on real photos: docs/extract.md, "Preprocessing").
+        antialiased filter, computed differently (pixels move by a few levels, features far less than
+        the cache's bound: docs/extract.md, "Preprocessing").
         """
         from torchvision.transforms import v2
 

@@ -1,10 +1,9 @@
 """`--resampler auto|pil|torch`: how images are resized for a run, decided like the backend.
 
-On camera-sized photos most of te extract's time is not the model but decoding and resizing: PIL's
-antialiased resize of a 12 MP photo takes about twice as long as decoding it. torch's antialiased
-resize of the decoded uint8 tensor is the same filter computed another way, several times faster, and
-moves pixels by a few levels (features by a cosine of ~1e-5 on real photos: docs/extract.md,
-"Preprocessing"). Since it changes pixels it is part of the feature space's identity
+On camera-sized photos most of te extract's time is not the model but decoding and resizing, and
+PIL's antialiased resize of a large photo takes longer than decoding it. torch's antialiased resize of
+the decoded uint8 tensor is the same filter computed another way, several times faster, and moves
+pixels by a few levels (features far less than the cache's bound: docs/extract.md, "Preprocessing"). Since it changes pixels it is part of the feature space's identity
 (`PreprocessSpec.resampler`), never a silent swap: a run made with it says so in its space, its run and
 its exported model, and every later step (te finetune, te export's checks and `--preprocess` graph,
 te predict) resizes the same way because it builds its transform from that recorded spec.
@@ -17,9 +16,9 @@ already holds this backbone's PIL features (an older te, or `--resampler pil`) k
 would re-extract every image, which `auto` never does behind the user's back.
 
 Reduced-size JPEG decoding (PIL's draft mode, libjpeg's DCT scaling) is not a candidate: measured on
-real textured photos it moves features by up to cosine 0.0012 even when it only halves an image that
-is 4x larger than the resize target (docs/extract.md), outside the bound on images the 8 calibration
-images cannot be trusted to represent.
+real textured photos it moves features past the bound even when it only halves an image several times
+larger than the resize target (docs/extract.md), on images the 8 calibration images cannot be trusted
+to represent.
 """
 
 from __future__ import annotations
