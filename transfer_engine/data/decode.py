@@ -130,8 +130,8 @@ def decode_tensor(data: bytes):
     """The image as a uint8 RGB tensor [3, H, W], within te's pixel budgets: the pixels of `decode_image`.
 
     What the "torch" resampler resizes (`PreprocessSpec.resampler`): torchvision.io decodes JPEG and PNG
-    straight into a tensor, where a PIL image would cost a full-size copy more (at 12 MP, a third of the
-    time of the decode itself). Raises as `decode_image` does.
+    straight into a tensor, where a PIL image would cost a full-size copy more (a large share of the
+    decode's own time on camera-sized photos: docs/extract.md). Raises as `decode_image` does.
     """
     import torch
 

@@ -8,9 +8,9 @@ pixels by a few levels (features far less than the cache's bound: docs/extract.m
 its exported model, and every later step (te finetune, te export's checks and `--preprocess` graph,
 te predict) resizes the same way because it builds its transform from that recorded spec.
 
-`auto` times both on the calibration images (decode + transform, one thread), computes their features
-with the backbone in fp32, keeps those within `RESAMPLER_BOUND` of PIL's on every image and takes the
-fastest. The decision is remembered in the cache per backbone, weights, transform and machine, so a
+`auto` times both on the calibration images (decode + transform, one thread); when torch is faster it
+computes both resamplers' features with the backbone in fp32 and keeps torch only if every image stays
+within `RESAMPLER_BOUND` of PIL's (on small images PIL is often as fast, and nothing more is run). The decision is remembered in the cache per backbone, weights, transform and machine, so a
 re-run, or another data set of the same cache, decides nothing and lands in the same space. A cache that
 already holds this backbone's PIL features (an older te, or `--resampler pil`) keeps them: switching
 would re-extract every image, which `auto` never does behind the user's back.
@@ -109,25 +109,34 @@ def choose_resampler(request: str, backbone, cache, images: Callable[[], list[tu
 
 
 def _calibrate(backbone, reference, pairs: list[tuple[Any, bytes]], decode) -> ResamplerChoice:
-    """Each resampler's time per image and features; the fastest within bound of PIL's wins."""
+    """Each resampler's time per image; the features (the model's two passes) only when a resampler
+    other than PIL is faster: the fastest within bound of PIL's features wins."""
     from transfer_engine.extract.backend import min_row_cosine
 
     measured: dict[str, dict[str, Any]] = {}
-    features: dict[str, torch.Tensor] = {}
+    batches: dict[str, torch.Tensor] = {}
     for name in RESAMPLERS:
-        spec = dataclasses.replace(reference, resampler=name)
         entry: dict[str, Any] = {"bound": 1.0 if name == "pil" else RESAMPLER_BOUND}
         measured[name] = entry
         try:
-            batch, entry["ms_per_image"] = _timed_preprocess(spec, pairs, decode)
-            features[name] = backbone(batch.float())
+            batches[name], entry["ms_per_image"] = _timed_preprocess(dataclasses.replace(reference, resampler=name),
+                                                                     pairs, decode)
         except Exception as exc:  # a resampler that cannot handle these images is out, with the reason
             entry.update(ok=False, note=f"failed: {first_line(exc, 200)}")
+    pil = measured["pil"]
+    pil.update(ok="ms_per_image" in pil, note=pil.get("note", "reference"))
+    faster = [n for n, m in measured.items() if n != "pil" and "ms_per_image" in m
+              and (not pil["ok"] or m["ms_per_image"] < pil["ms_per_image"])]
+    features = {"pil": backbone(batches["pil"])} if faster and pil["ok"] else {}
+    for name, entry in measured.items():
+        if name == "pil" or "ms_per_image" not in entry:
             continue
-        cos = min_row_cosine(features["pil"], features[name]) if "pil" in features else 0.0
-        entry.update(min_cosine=round(cos, 7), ok=cos >= entry["bound"])
-        entry["note"] = "reference" if name == "pil" else \
-            f"min cosine {cos:.6f} {'>=' if entry['ok'] else '<'} {entry['bound']}"
+        if name not in faster:
+            entry.update(ok=False, note="slower than pil")
+            continue
+        cos = min_row_cosine(features["pil"], backbone(batches[name])) if features else 0.0
+        entry.update(min_cosine=round(cos, 7), ok=cos >= entry["bound"],
+                     note=f"min cosine {cos:.6f} {'>=' if cos >= entry['bound'] else '<'} {entry['bound']}")
     kept = [n for n, m in measured.items() if m.get("ok")]
     if not kept:
         return ResamplerChoice("pil", "auto: pil, " + "; ".join(f"{n}: {m['note']}" for n, m in measured.items()),
