@@ -27,7 +27,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
@@ -53,9 +53,11 @@ class ResamplerChoice:
     resampler: str
     reason: str
     measured: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batch: torch.Tensor | None = field(default=None, repr=False, compare=False)  # the calibration images, so preprocessed
 
     def fields(self) -> dict[str, Any]:
-        return asdict(self)
+        """The decision as plain data (what the cache remembers, and what rank 0 sends the other nodes)."""
+        return {"resampler": self.resampler, "reason": self.reason, "measured": self.measured}
 
 
 def with_resampler(backbone, resampler: str):
@@ -142,18 +144,23 @@ def _calibrate(backbone, reference, pairs: list[tuple[Any, bytes]], decode) -> R
         return ResamplerChoice("pil", "auto: pil, " + "; ".join(f"{n}: {m['note']}" for n, m in measured.items()),
                                measured)
     best = min(kept, key=lambda n: measured[n]["ms_per_image"])
+    batch = batches[best]
     others = ", ".join(f"{n} {m['ms_per_image']:.1f} ms ({m['note']})" if "ms_per_image" in m else f"{n} ({m['note']})"
                        for n, m in measured.items() if n != best)
     return ResamplerChoice(best, f"auto: {best} {measured[best]['ms_per_image']:.1f} ms an image, "
-                                 f"{measured[best]['note']} (on {len(pairs)} of your images); {others}", measured)
+                                 f"{measured[best]['note']} (on {len(pairs)} of your images); {others}", measured,
+                           batch)
 
 
 def _timed_preprocess(spec, pairs: list[tuple[Any, bytes]], decode) -> tuple[torch.Tensor, float]:
-    """The preprocessed batch, and the milliseconds per image of decoding + transforming it (a warm-up
-    image first: torchvision's first call pays its lazy set-up)."""
+    """The preprocessed batch, and the milliseconds per image of decoding + transforming it.
+
+    Raises:
+        Exception: an image this path cannot decode (the calibration images are the ones that decode).
+    """
     transform = spec.transform()
     tensor = spec.resampler == "torch"
-    transform(decode(pairs[0][0], pairs[0][1], tensor))
+    transform(torch.zeros(3, 8, 8, dtype=torch.uint8))  # the transform's own first-call set-up, untimed
     start = time.perf_counter()
     batch = [transform(decode(sample, data, tensor)) for sample, data in pairs]
     seconds = time.perf_counter() - start
@@ -177,12 +184,14 @@ def _decision_key(backbone, reference) -> str:
 
 
 def calibration_images(source, samples: Iterable, limit: int) -> list[tuple[Any, bytes]]:
-    """The first `limit` samples whose bytes decode, with those bytes."""
+    """The first `limit` samples that decode, with their bytes: the calibrations then time and compare
+    images that every path can read. (Checked with the tensor decoder: it reads what PIL reads, without
+    PIL's RGB copy, and leaves torchvision's lazy set-up done before anything is timed.)"""
     out = []
     for sample in samples:
         try:
             data = source.read_bytes(sample)
-            source.decode(sample, data)
+            source.decode(sample, data, True)
         except Exception:  # a bad file is reported by the extraction itself
             continue
         out.append((sample, data))

@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
@@ -163,15 +164,16 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
             extractor = FeatureExtractor(bb, target, chosen, batch, threads, engine=engine, clock=clock,
                                          decode_on_device=on_gpu)
             clock.add("setup", time.perf_counter() - start)
-            for out in extractor.run(items):
-                run.failed.extend(out.failed)
-                run.decode_failures.extend(zip(out.failed_keys, out.failed))
-                if out.keys:
-                    with clock.timing("store"):
-                        space.append(out.keys, out.features)
-                    run.extracted += len(out.keys)
-                run.in_flight.settle(out.keys + out.failed_keys)  # committed (or failed): no longer in flight
-                meter.update(done=len(out.keys), failed=len(out.failed))
+            with _torch_threads(1 if how.backend == "onnxruntime" and target.type == "cpu" else None):
+                for out in extractor.run(items):
+                    run.failed.extend(out.failed)
+                    run.decode_failures.extend(zip(out.failed_keys, out.failed))
+                    if out.keys:
+                        with clock.timing("store"):
+                            space.append(out.keys, out.features)
+                        run.extracted += len(out.keys)
+                    run.in_flight.settle(out.keys + out.failed_keys)  # committed (or failed): no longer in flight
+                    meter.update(done=len(out.keys), failed=len(out.failed))
             meter.close()
             if rank == 0:
                 run.failed.extend(source.skipped())  # folders and links the walk left out, with the reason
@@ -216,6 +218,27 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
     return summary
 
 
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` for the block (None: left alone).
+
+    When onnxruntime computes the features on the CPU (its own thread pool, sized when its session
+    opened), torch only resizes and normalizes images, in the decode threads. Left at one OpenMP thread
+    per core, each of those resizes would spread over every core while onnxruntime's threads want them
+    too: on 2 cores that oversubscription cost a quarter of te extract's rate on small JPEGs
+    (docs/extract.md, "Cores"). One torch thread per decode thread keeps the machine's cores for the
+    decode threads and onnxruntime.
+    """
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads is not None:
+            torch.set_num_threads(before)
+
+
 def _choose_how(resampler: str, backend: str, precision: str, bb, target: torch.device, cache, source: DataSource,
                 limit: int | None, rank: int, world: int, layout: nodes.NodeLayout) -> tuple[ResamplerChoice, Any]:
     """The resampler decision (it changes `bb`'s preprocessing), then the backend decision on images
@@ -231,7 +254,9 @@ def _choose_how(resampler: str, backend: str, precision: str, bb, target: torch.
     def decide() -> tuple[ResamplerChoice, Any]:
         resized = choose_resampler(resampler, bb, cache, calibration, source.decode)
         with_resampler(bb, resized.resampler)
-        how = choose(backend, precision, bb, target, cache, lambda: preprocessed(bb, source, calibration()),
+        batch = resized.batch  # measured just now: the same images, preprocessed as the run will
+        how = choose(backend, precision, bb, target, cache,
+                     lambda: batch if batch is not None else preprocessed(bb, source, calibration()),
                      threads=torch.get_num_threads())
         return resized, how
 
