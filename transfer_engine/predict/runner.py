@@ -159,11 +159,13 @@ def _batches(source: Any, samples: list, meta: ModelMetadata,
     """(samples read, their model inputs, failures) per batch, decoded in a background thread."""
     from transfer_engine._prefetch import prefetched
 
+    tensor = False  # what the decoder gives: a PIL image, or (the torch resampler) PIL's pixels as a tensor
     if meta.input.in_graph_preprocessing:
         layout = meta.input.layout
         prepare: Callable[[Any], np.ndarray] = lambda image: uint8_array(image, layout)  # noqa: E731
     else:
-        transform = meta.preprocess_spec().transform()
+        spec = meta.preprocess_spec()
+        transform, tensor = spec.transform(), spec.resampler == "torch"
         prepare = lambda image: transform(image).numpy()  # noqa: E731
 
     def produce() -> Iterator[tuple[list, list[np.ndarray], list[dict[str, str]]]]:
@@ -171,7 +173,7 @@ def _batches(source: Any, samples: list, meta: ModelMetadata,
             ok, arrays, bad = [], [], []
             for sample in samples[start:start + batch_size]:
                 try:
-                    arrays.append(prepare(source.decode(sample, source.read_bytes(sample))))
+                    arrays.append(prepare(source.decode(sample, source.read_bytes(sample), tensor)))
                     ok.append(sample)
                 except Exception as exc:  # unreadable, truncated, not an image: reported and skipped
                     bad.append({"path": display_path(sample.path), "reason": f"{type(exc).__name__}: {exc}"[:200]})
