@@ -399,7 +399,7 @@ def speed_rows(t: Timed, backbone: str, where: str, target: str | None, note: st
                                    "included; te's features within the cache's cosine bound of fp32",
                    headline=headline),
         result_row(f"te extract vs {PLAIN}, {backbone}{where}, decided cache", t.warm, t.base_second, "img/s",
-                   t.warm / t.base_second, target, note or second),
+                   t.warm / t.base_second, target, note or second, headline=headline),
     ]
 
 
