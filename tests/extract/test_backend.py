@@ -27,7 +27,8 @@ def make_folder(root, n, start=0):
 def run(data, cache, **kw):
     from transfer_engine.extract import extract
 
-    return extract("tiny_cnn", str(data), cache, weights="none", progress=False, **kw)
+    # the resampler pinned: its auto decision is timed per cache, and these tests compare caches' spaces
+    return extract("tiny_cnn", str(data), cache, weights="none", progress=False, **{"resampler": "pil", **kw})
 
 
 @pytest.fixture

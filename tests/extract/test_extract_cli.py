@@ -18,10 +18,11 @@ from PIL import Image
 from transfer_engine.extract.engines import ort_available
 
 TINY = ["--backbone", "tiny_cnn", "--weights", "none"]  # from tests/plugins/te-test-good: fast
-# The tests that compare two caches bit for bit name the backend: `auto` decides per cache by timing,
-# and two backends compute the same space only within cosine 0.99999, not to the bit. onnxruntime when
-# installed, so that resuming and torchrun are covered with the exported model too.
-ONE_BACKEND = ["--backend", "onnxruntime" if ort_available(torch.device("cpu")) else "torch"]
+# The tests that compare two caches bit for bit name the backend and the resampler: `auto` decides each
+# per cache by timing, two backends compute the same space only within cosine 0.99999, not to the bit,
+# and two resamplers make two spaces. onnxruntime when installed and torch's resize, so that resuming and
+# torchrun are covered with the exported model and the faster resampler too.
+ONE_BACKEND = ["--backend", "onnxruntime" if ort_available(torch.device("cpu")) else "torch", "--resampler", "torch"]
 
 
 def make_folder(root, n, start=0, size=40):

@@ -23,7 +23,7 @@ from transfer_engine.errors import UsageError
 from transfer_engine.extract import extract
 from transfer_engine.extract.backend import row_cosines
 from transfer_engine.export.metadata import read_metadata
-from transfer_engine.extract.resampler import RESAMPLER_BOUND, choose_resampler
+from transfer_engine.extract.resampler import MIN_SPEEDUP, RESAMPLER_BOUND, choose_resampler
 
 BACKBONE = "mobilenet_v3_small"  # seeded random weights: cheap, and every resize difference reaches the features
 
@@ -102,9 +102,9 @@ def test_auto_keeps_a_resampler_only_within_bound_and_remembers_the_decision(tmp
     with FeatureCache.open(tmp_path / "cache") as cache:
         choice = choose_resampler("auto", bb, cache, _pairs, _decode)
         entry = choice.measured["torch"]
-        if entry["ms_per_image"] < choice.measured["pil"]["ms_per_image"]:  # then its features are checked
+        if entry["ms_per_image"] * MIN_SPEEDUP <= choice.measured["pil"]["ms_per_image"]:  # features checked
             assert entry["ok"] == (entry["min_cosine"] >= RESAMPLER_BOUND)
-        else:  # slower: never chosen, and its features are not computed
+        else:  # not clearly faster: never chosen, and its features are not computed
             assert not entry["ok"] and "min_cosine" not in entry
         assert choice.resampler == "pil" or entry["ok"]
         assert set(choice.measured) == {"pil", "torch"} and choice.reason.startswith(f"auto: {choice.resampler}")

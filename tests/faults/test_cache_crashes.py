@@ -260,8 +260,8 @@ def _make_images(folder: Path, n: int) -> None:
 
 def _extract(data: Path, cache_dir: Path) -> list[str]:
     return [sys.executable, "-m", "transfer_engine", "extract", "--backbone", "tiny_cnn", "--weights", "none",
-            "--backend", "torch", "--precision", "fp32", "--batch-size", "4", "--workers", "1", "--data", str(data),
-            "--cache", str(cache_dir), "--json"]
+            "--backend", "torch", "--precision", "fp32", "--resampler", "pil", "--batch-size", "4", "--workers", "1",
+            "--data", str(data), "--cache", str(cache_dir), "--json"]
 
 
 def _rows_by_key(cache_dir: Path) -> dict[str, torch.Tensor]:

@@ -48,6 +48,26 @@ def autocast_context(device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's intra-op threads set to `threads` for the block (None: left alone), restored after it.
+
+    For work that runs beside another thread pool: torch spreads each op over one OpenMP thread per
+    core, which oversubscribes the machine when onnxruntime's pool (sized when its session opened) or
+    other threads want the same cores.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads is not None:
+            torch.set_num_threads(before)
+
+
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast pays off."""
     import torch

@@ -8,9 +8,9 @@ pixels by a few levels (features far less than the cache's bound: docs/extract.m
 its exported model, and every later step (te finetune, te export's checks and `--preprocess` graph,
 te predict) resizes the same way because it builds its transform from that recorded spec.
 
-`auto` times both on the calibration images (decode + transform, one thread); when torch is faster it
-computes both resamplers' features with the backbone in fp32 and keeps torch only if every image stays
-within `RESAMPLER_BOUND` of PIL's (on small images PIL is often as fast, and nothing more is run). The decision is remembered in the cache per backbone, weights, transform and machine, so a
+`auto` times both on the calibration images (decode + transform, on every core); when torch is at least
+`MIN_SPEEDUP` times faster it computes both resamplers' features with the backbone in fp32 and keeps
+torch only if every image stays within `RESAMPLER_BOUND` of PIL's (otherwise nothing more is run). The decision is remembered in the cache per backbone, weights, transform and machine, so a
 re-run, or another data set of the same cache, decides nothing and lands in the same space. A cache that
 already holds this backbone's PIL features (an older te, or `--resampler pil`) keeps them: switching
 would re-extract every image, which `auto` never does behind the user's back.
@@ -25,17 +25,25 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
 
 from transfer_engine.core.choices import RESAMPLER_CHOICES, RESAMPLERS
+from transfer_engine.core.runtime import torch_threads
 from transfer_engine.errors import UsageError, first_line
 
 RESAMPLER_BOUND = 0.999  # a new space, as a reduced precision: the cache's int8 storage bound
+# How much faster than PIL's path torch's must be to be chosen. A resampler other than PIL makes another
+# feature space than every PIL cache (and than another machine's decision): worth it for a clear gain,
+# not for timings within each other's noise, where two caches built alike could land in two spaces.
+MIN_SPEEDUP = 1.25
 _DECISION_VERSION = 1
 
 
@@ -128,13 +136,13 @@ def _calibrate(backbone, reference, pairs: list[tuple[Any, bytes]], decode) -> R
     pil = measured["pil"]
     pil.update(ok="ms_per_image" in pil, note=pil.get("note", "reference"))
     faster = [n for n, m in measured.items() if n != "pil" and "ms_per_image" in m
-              and (not pil["ok"] or m["ms_per_image"] < pil["ms_per_image"])]
+              and (not pil["ok"] or m["ms_per_image"] * MIN_SPEEDUP <= pil["ms_per_image"])]
     features = {"pil": backbone(batches["pil"])} if faster and pil["ok"] else {}
     for name, entry in measured.items():
         if name == "pil" or "ms_per_image" not in entry:
             continue
         if name not in faster:
-            entry.update(ok=False, note="slower than pil")
+            entry.update(ok=False, note=f"not {MIN_SPEEDUP}x faster than pil")
             continue
         cos = min_row_cosine(features["pil"], backbone(batches[name])) if features else 0.0
         entry.update(min_cosine=round(cos, 7), ok=cos >= entry["bound"],
@@ -155,16 +163,26 @@ def _calibrate(backbone, reference, pairs: list[tuple[Any, bytes]], decode) -> R
 def _timed_preprocess(spec, pairs: list[tuple[Any, bytes]], decode) -> tuple[torch.Tensor, float]:
     """The preprocessed batch, and the milliseconds per image of decoding + transforming it.
 
+    The images are prepared on every core at once, as te extract's decode threads prepare them, each
+    with one torch thread; an image's cost is the CPU time of the thread that prepared it, which sharing
+    the cores does not inflate. (One thread after another, PIL's path alone took a second on 8 camera
+    photos: a new cache's largest one-time cost.)
+
     Raises:
         Exception: an image this path cannot decode (the calibration images are the ones that decode).
     """
     transform = spec.transform()
     tensor = spec.resampler == "torch"
     transform(torch.zeros(3, 8, 8, dtype=torch.uint8))  # the transform's own first-call set-up, untimed
-    start = time.perf_counter()
-    batch = [transform(decode(sample, data, tensor)) for sample, data in pairs]
-    seconds = time.perf_counter() - start
-    return torch.stack(batch), round(1000 * seconds / len(pairs), 3)
+
+    def prepare(pair: tuple[Any, bytes]) -> tuple[torch.Tensor, float]:
+        start = time.thread_time()
+        image = transform(decode(pair[0], pair[1], tensor))
+        return image, time.thread_time() - start
+
+    with torch_threads(1), ThreadPoolExecutor(min(len(pairs), os.cpu_count() or 1)) as pool:
+        done = list(pool.map(prepare, pairs))
+    return torch.stack([image for image, _ in done]), round(1000 * sum(t for _, t in done) / len(pairs), 3)
 
 
 def _holds_pil_space(cache, backbone, reference) -> bool:
@@ -185,16 +203,22 @@ def _decision_key(backbone, reference) -> str:
 
 def calibration_images(source, samples: Iterable, limit: int) -> list[tuple[Any, bytes]]:
     """The first `limit` samples that decode, with their bytes: the calibrations then time and compare
-    images that every path can read. (Checked with the tensor decoder: it reads what PIL reads, without
-    PIL's RGB copy, and leaves torchvision's lazy set-up done before anything is timed.)"""
-    out = []
-    for sample in samples:
+    images that every path can read. (Checked with the tensor decoder, on every core: it reads what PIL
+    reads, without PIL's RGB copy.)"""
+    def readable(sample) -> tuple[Any, bytes | None]:
         try:
             data = source.read_bytes(sample)
             source.decode(sample, data, True)
         except Exception:  # a bad file is reported by the extraction itself
-            continue
-        out.append((sample, data))
-        if len(out) == limit:
-            break
+            return sample, None
+        return sample, data
+
+    out: list[tuple[Any, bytes]] = []
+    remaining = iter(samples)
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        while len(out) < limit:
+            chunk = list(itertools.islice(remaining, limit - len(out)))
+            if not chunk:
+                break
+            out += [(sample, data) for sample, data in pool.map(readable, chunk) if data is not None]
     return out

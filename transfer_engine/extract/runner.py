@@ -12,7 +12,6 @@ import os
 import time
 from pathlib import Path
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
@@ -21,7 +20,7 @@ import torch
 from transfer_engine.cache import identity
 from transfer_engine.cache.records import display_path
 from transfer_engine.core.choices import STORED_DTYPES
-from transfer_engine.core.runtime import device_of_this_rank, resolve_device
+from transfer_engine.core.runtime import device_of_this_rank, resolve_device, torch_threads
 from transfer_engine.data.sources import (DataSource, Sample, content_key, default_dataset_name, derived_split, open_source,
                                           recorded_data)
 from transfer_engine.errors import PluginError, TEError, UsageError
@@ -164,7 +163,9 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
             extractor = FeatureExtractor(bb, target, chosen, batch, threads, engine=engine, clock=clock,
                                          decode_on_device=on_gpu)
             clock.add("setup", time.perf_counter() - start)
-            with _torch_threads(1 if how.backend == "onnxruntime" and target.type == "cpu" else None):
+            # With onnxruntime on the CPU, torch only resizes, in the decode threads: one intra-op thread each,
+            # or every resize spreads over the cores onnxruntime's pool wants (docs/extract.md, "the cores").
+            with torch_threads(1 if how.backend == "onnxruntime" and target.type == "cpu" else None):
                 for out in extractor.run(items):
                     run.failed.extend(out.failed)
                     run.decode_failures.extend(zip(out.failed_keys, out.failed))
@@ -216,27 +217,6 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
         raise TEError(f"{len(summary.failed)} file(s) could not be read or decoded (--strict), first: "
                       f"{first['path']}: {first['reason']}")
     return summary
-
-
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` for the block (None: left alone).
-
-    When onnxruntime computes the features on the CPU (its own thread pool, sized when its session
-    opened), torch only resizes and normalizes images, in the decode threads. Left at one OpenMP thread
-    per core, each of those resizes would spread over every core while onnxruntime's threads want them
-    too: on 2 cores that oversubscription cost a quarter of te extract's rate on small JPEGs
-    (docs/extract.md, "Cores"). One torch thread per decode thread keeps the machine's cores for the
-    decode threads and onnxruntime.
-    """
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if threads is not None:
-            torch.set_num_threads(before)
 
 
 def _choose_how(resampler: str, backend: str, precision: str, bb, target: torch.device, cache, source: DataSource,
