@@ -114,7 +114,11 @@ def decode_image(data: bytes):
         ImageTooLargeError: the image declares more than `max_image_pixels()` pixels (nothing decoded).
         Exception: whatever PIL raises for a truncated or non-image file (the caller skips the file).
     """
-    image = read_header(data)
+    return _rgb(read_header(data))
+
+
+def _rgb(image):
+    """The opened image (`read_header`'s) decoded now, within the pixels in flight, as RGB."""
     with pixels_in_flight(image.size[0] * image.size[1]):
         image.load()  # decode now: a truncated file fails here, not later in a worker
         return image.convert("RGB")
@@ -149,7 +153,7 @@ def decode_tensor(data: bytes):
             return pixels
     from torchvision.transforms.v2.functional import pil_to_tensor
 
-    return pil_to_tensor(decode_image(data))
+    return pil_to_tensor(_rgb(header))  # the header already read: PIL decodes from it
 
 
 def _declared_pixels(exc: Exception) -> int | None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from transfer_engine.data.decode import decode_image, decode_tensor, max_image_pixels, pixels_in_flight, read_header
+from transfer_engine.data.decode import decode_tensor, max_image_pixels, pixels_in_flight, read_header
 
 if TYPE_CHECKING:
     from transfer_engine.backbones.spec import PreprocessSpec
@@ -62,7 +62,7 @@ def decode_batch(datas: Sequence[bytes], device: torch.device) -> list[torch.Ten
         if data[:3] == JPEG_MAGIC and header.format == "JPEG" and header.mode in _BATCHED_JPEG_MODES:
             jpegs.append((i, pixels))
         else:
-            out[i] = _decode_other(data, device)
+            out[i] = _decode_on_cpu(data, device)
     for chunk in _within_budget(jpegs, 2 * max_image_pixels()):
         positions = [i for i, _ in chunk]
         decoded = _decode_jpegs([datas[i] for i in positions], [p for _, p in chunk], device)
@@ -98,7 +98,7 @@ def _decode_one_jpeg(data: bytes, encoded: torch.Tensor, pixels: int, device: to
     try:
         return _jpeg_call([encoded], pixels, device)[0]
     except Exception:  # PIL says why, in the words the PIL path would use (or decodes what nvjpeg would not)
-        return _decode_with_pil(data, device)
+        return _decode_on_cpu(data, device)
 
 
 def _jpeg_call(encoded: list[torch.Tensor], pixels: int, device: torch.device) -> list[torch.Tensor]:
@@ -109,21 +109,12 @@ def _jpeg_call(encoded: list[torch.Tensor], pixels: int, device: torch.device) -
         return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
 
 
-def _decode_other(data: bytes, device: torch.device) -> torch.Tensor | Exception:
-    """A non-JPEG (or a CMYK JPEG): te's tensor decoder on the CPU (torchvision where it gives PIL's
-    pixels, else PIL, whose failure then reads as on the PIL path), moved to `device`."""
+def _decode_on_cpu(data: bytes, device: torch.device) -> torch.Tensor | Exception:
+    """te's tensor decoder on the CPU (libjpeg-turbo or libpng through torchvision where they give PIL's
+    pixels, else PIL, whose failure then reads as on the PIL path), moved to `device`: for what is not a
+    batched JPEG, and for a JPEG the batched call would not decode."""
     try:
         return decode_tensor(data).to(device)
-    except Exception as exc:  # a bad file is one failure, returned for the caller to report
-        return exc
-
-
-def _decode_with_pil(data: bytes, device: torch.device) -> torch.Tensor | Exception:
-    """te's PIL decoder (the reference pixels, and the failure the PIL path reports) as a tensor."""
-    from torchvision.transforms.v2.functional import pil_to_tensor
-
-    try:
-        return pil_to_tensor(decode_image(data)).to(device)
     except Exception as exc:  # a bad file is one failure, returned for the caller to report
         return exc
 
