@@ -80,7 +80,7 @@ class FeatureExtractor:
         self.transform = backbone.transform()
         self.engine = engine if engine is not None else TorchEngine(backbone, device, precision)
 
-    def _prepare(self, item: Item) -> tuple[Item, torch.Tensor | None, str | None]:
+    def _prepare(self, item: Item) -> tuple[Item, torch.Tensor | bytes | None, str | None]:
         try:
             if self.decode_on_device:
                 return item, item.read(), None  # bytes: decoded with the whole batch, on the device
@@ -90,8 +90,9 @@ class FeatureExtractor:
         except Exception as exc:  # a bad file is reported, never fatal
             return item, None, _reason(exc)
 
-    def _batches(self, items: Iterable[Item], pool: ThreadPoolExecutor) -> Iterator[tuple[list, list, list]]:
-        """Prepared batches in input order: (items, tensors, failed (item, reason) pairs)."""
+    def _batches(self, items: Iterable[Item], pool: ThreadPoolExecutor) -> Iterator[tuple]:
+        """Batches ready for the model, in input order: (items, their inputs as one tensor or None, failed
+        (item, reason) pairs). Assembled here, in the prefetch thread, so the model's thread only computes."""
         pending: list = []
         it = iter(items)
         window = self.batch_size * (self.prefetch + 1)
@@ -105,15 +106,18 @@ class FeatureExtractor:
             if not pending:
                 return
             take, pending = pending[: self.batch_size], pending[self.batch_size:]
-            good_items, tensors, failed = [], [], []
+            good_items, prepared, failed = [], [], []
             for fut in take:
-                item, tensor, reason = fut.result()
-                if tensor is None:
+                item, ready, reason = fut.result()
+                if ready is None:
                     failed.append((item, reason))
                 else:
                     good_items.append(item)
-                    tensors.append(tensor)
-            yield good_items, tensors, failed
+                    prepared.append(ready)
+            if self.decode_on_device:  # the files' bytes: the batch decodes now, on the device
+                yield self._on_device(good_items, prepared, failed)
+            else:
+                yield good_items, torch.stack(prepared) if prepared else None, failed
 
     def run(self, items: Iterable[Item]) -> Iterator[Batch]:
         """Extract features batch by batch, preparing the next batches while the model runs."""
@@ -124,11 +128,11 @@ class FeatureExtractor:
                     prepared = next(batches, None)
                 if prepared is None:
                     return
-                yield self._forward(*self._on_device(*prepared) if self.decode_on_device else prepared)
+                yield self._forward(*prepared)
         finally:
             batches.close()  # stopped early: the prefetch thread and the decode pool stop now, not at GC
 
-    def _prepared(self, items: Iterable[Item]) -> Iterator[tuple[list, list, list]]:
+    def _prepared(self, items: Iterable[Item]) -> Iterator[tuple]:
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="te-decode")
         try:
             yield from self._batches(items, pool)
@@ -137,9 +141,9 @@ class FeatureExtractor:
             # interpreter's exit would wait for a whole window of them (its atexit joins the workers).
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _on_device(self, items: list[Item], datas: list[bytes], failed: list[tuple[Item, str]]):
-        """The batch's bytes decoded and preprocessed on the device: (items that decoded, their tensors
-        as one batch's rows, failed (item, reason) pairs)."""
+    def _on_device(self, items: list[Item], datas: list[bytes], failed: list[tuple[Item, str]]) -> tuple:
+        """The batch's bytes decoded and preprocessed on the device: (items that decoded, their inputs as
+        one tensor or None, failed (item, reason) pairs)."""
         from transfer_engine.extract.device_decode import decode_batch, preprocess_batch
 
         with self.clock.timing("decode"):
@@ -153,16 +157,16 @@ class FeatureExtractor:
                 images.append(result)
         with self.clock.timing("preprocess"):
             batch = preprocess_batch(images, self.backbone.preprocess) if images else None
-        return good, list(batch) if batch is not None else [], failed
+        return good, batch, failed
 
-    def _forward(self, items: list[Item], tensors: list[torch.Tensor], failed: list[tuple[Item, str]]) -> Batch:
+    def _forward(self, items: list[Item], inputs: torch.Tensor | None, failed: list[tuple[Item, str]]) -> Batch:
         reasons = [{"path": item.path, "reason": reason} for item, reason in failed]
         failed_keys = [item.key for item, _ in failed]
-        if not tensors:
+        if inputs is None:
             empty = torch.empty(0, self.backbone.feature_dim, device=self.device)
             return Batch([], [], empty, reasons, failed_keys)
         with self.clock.timing("compute"):
-            features = self.engine(torch.stack(tensors))
+            features = self.engine(inputs)
         return Batch([i.key for i in items], [i.path for i in items], features, reasons, failed_keys)
 
 
