@@ -165,8 +165,8 @@ def _timed_preprocess(spec, pairs: list[tuple[Any, bytes]], decode) -> tuple[tor
 
     The images are prepared on every core at once, as te extract's decode threads prepare them, each
     with one torch thread; an image's cost is the CPU time of the thread that prepared it, which sharing
-    the cores does not inflate. (One thread after another, PIL's path alone took a second on 8 camera
-    photos: a new cache's largest one-time cost.)
+    the cores does not inflate. (One thread after another, PIL's path on camera photos was a new cache's
+    largest one-time cost: docs/extract.md.)
 
     Raises:
         Exception: an image this path cannot decode (the calibration images are the ones that decode).
