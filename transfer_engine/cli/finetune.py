@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, json_option
-from transfer_engine.core.choices import AUGMENTS, DEVICES, FINETUNE_PRECISIONS, KEEP, OPTIMIZERS, RECIPES, STRATEGIES
+from transfer_engine.core.choices import AUGMENTS, DEVICES, FINETUNE_PRECISIONS, KEEP, LORA_TARGETS, OPTIMIZERS, RECIPES, STRATEGIES
 from transfer_engine.core.configs import FIXED_EPOCHS, FIXED_LR
 from transfer_engine.core.configs import FinetuneConfig
 
@@ -22,6 +22,20 @@ def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
         return tuple(int(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter(f"expected comma-separated epochs such as 1,2, got {value!r}") from None
+
+
+class _LoraTargets(click.ParamType):
+    """Comma-separated roles from LORA_TARGETS, e.g. qkv,mlp (the default arrives as the config's tuple)."""
+
+    name = "targets"
+
+    def convert(self, value, param, ctx) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        targets = tuple(v.strip() for v in str(value).split(",") if v.strip())
+        if not targets or any(t not in LORA_TARGETS for t in targets):
+            self.fail(f"expected one or more of {','.join(LORA_TARGETS)}, got {value!r}", param, ctx)
+        return targets
 
 
 @click.command("finetune")
@@ -55,6 +69,13 @@ def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
 @click.option("--milestones", callback=_milestones, default=None, metavar="E1,E2,...",
               help="unfreeze_milestones: after E1 epochs the top group of backbone blocks trains, after E2 the "
                    "next, ... (as many groups as milestones).")
+@click.option("--lora-rank", type=click.IntRange(min=1), default=D("lora_rank"), show_default=True, metavar="R",
+              help="lora: rank of each adapter.")
+@click.option("--lora-alpha", type=click.FloatRange(min=0, min_open=True), default=D("lora_alpha"), show_default=True,
+              metavar="A", help="lora: adapter scale numerator (each update is scaled by A / R).")
+@click.option("--lora-targets", type=_LoraTargets(), default=D("lora_targets"), show_default=",".join(D("lora_targets")),
+              metavar="T1,T2", help="lora: which linear layers get adapters: qkv (attention input projections), proj "
+                                   "(attention output), mlp.")
 @click.option("--layer-decay", type=click.FloatRange(min=0, max=1, min_open=True), default=D("layer_decay"), show_default=True,
               metavar="D", help="Learning-rate factor per backbone block, from the top (1 = same rate everywhere).")
 @click.option("--freeze-bn/--train-bn", default=D("freeze_bn"), show_default=True,
@@ -106,7 +127,7 @@ def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
               help="Processes to train with (launches torchrun: DDP, gloo on CPU, NCCL on GPUs).")
 @json_option
 def finetune(from_run, backbone, data, head, weights, out, recipe, budget_minutes, epochs, lr, patience, strategy, unfreeze_epoch, milestones,
-             layer_decay, freeze_bn, backbone_dropout, optimizer, weight_decay, warmup, clip_grad, label_smoothing, batch_size,
+             lora_rank, lora_alpha, lora_targets, layer_decay, freeze_bn, backbone_dropout, optimizer, weight_decay, warmup, clip_grad, label_smoothing, batch_size,
              input_size, augment, crop_scale, precision, device, channels_last, seed, workers, limit,
              checkpoint_every, keep, no_val, resume, overwrite, nproc, as_json) -> None:
     """Fine-tune backbone and head end to end, from a trained head (LP-FT) or a new one.
@@ -120,6 +141,7 @@ def finetune(from_run, backbone, data, head, weights, out, recipe, budget_minute
       te finetune --from runs/linear --out runs/ft --epochs 2 --input-size 64
       te finetune --backbone resnet18 --data photos/ --head linear --out runs/ft --strategy freeze_unfreeze
       te finetune --from runs/linear --out runs/ft --strategy unfreeze_milestones --milestones 1,2 --train-bn
+      te finetune --from runs/vit-linear --out runs/lora --strategy lora --lora-rank 8 --lr 1e-3
       te finetune --from runs/linear --out runs/ft --resume          # after an interruption
       te finetune --from runs/linear --out runs/ft --nproc 2         # DDP through torchrun
     """
@@ -133,6 +155,7 @@ def finetune(from_run, backbone, data, head, weights, out, recipe, budget_minute
         from_run_dir=from_run, backbone=backbone, data=data, head=head, weights=weights, recipe=recipe,
         budget_minutes=budget_minutes, epochs=epochs, lr=lr, patience=patience,
         strategy=strategy, unfreeze_epoch=unfreeze_epoch, milestones=milestones, layer_decay=layer_decay,
+        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
         freeze_bn=freeze_bn, backbone_dropout=backbone_dropout, optimizer=optimizer, weight_decay=weight_decay, warmup=warmup, clip_grad=clip_grad,
         label_smoothing=label_smoothing, batch_size=batch_size, input_size=input_size, augment=augment,
         crop_scale=crop_scale, precision=precision, device=device, channels_last=channels_last, seed=seed, workers=workers, limit=limit,

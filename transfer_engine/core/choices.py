@@ -28,7 +28,9 @@ PREDICT_PROVIDERS = ("auto", "cuda", "cpu")
 FINETUNE_PRECISIONS = PRECISION_CHOICES
 # te bench
 BENCH_SUITES = ("quick", "full")
-STRATEGIES = ("freeze", "no_freeze", "freeze_unfreeze", "unfreeze_milestones")
+STRATEGIES = ("freeze", "no_freeze", "freeze_unfreeze", "unfreeze_milestones", "lora")
+# --strategy lora: which linear layers of a transformer backbone get adapters (finetune/lora.py)
+LORA_TARGETS = ("qkv", "proj", "mlp")
 OPTIMIZERS = ("adamw", "sgd")
 AUGMENTS = ("crop+flip", "crop", "none")
 KEEP = ("best", "last")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
-from transfer_engine.core.choices import AUGMENTS, DEVICES, FINETUNE_PRECISIONS, KEEP, OPTIMIZERS, RECIPES, STRATEGIES
+from transfer_engine.core.choices import AUGMENTS, DEVICES, FINETUNE_PRECISIONS, KEEP, LORA_TARGETS, OPTIMIZERS, RECIPES, STRATEGIES
 from transfer_engine.errors import UsageError
 
 CROP_SCALE = 0.35  # smallest area fraction of a random resized crop; timm's 0.08 is for training from scratch
@@ -111,8 +111,10 @@ class FinetuneConfig(_Defaults):
             recipe's default is 3e-4; given to a search, only the run length is searched.
         patience: stop when val (accuracy, then loss) has not improved on the best trained epoch for this
             many epochs (0: never; a search's trials use 2); the best epoch is kept either way.
-        strategy: "freeze", "no_freeze", "freeze_unfreeze" or "unfreeze_milestones"; default no_freeze
+        strategy: "freeze", "no_freeze", "freeze_unfreeze", "unfreeze_milestones" or "lora"; default no_freeze
             from a trained head (LP-FT), freeze_unfreeze with a new head.
+        lora_rank, lora_alpha, lora_targets: "lora": the adapters' rank, their scale numerator (updates are
+            alpha / rank * B @ A) and which linear layers get them (`LORA_TARGETS`; finetune/lora.py).
         unfreeze_epoch: head-only epochs of freeze_unfreeze.
         milestones: epochs at which unfreeze_milestones unfreezes each next group, from the top.
         layer_decay: per-block learning-rate factor (1 = one rate everywhere).
@@ -156,6 +158,9 @@ class FinetuneConfig(_Defaults):
     strategy: str | None = None  # None: no_freeze from a trained head (LP-FT), freeze_unfreeze with a new one
     unfreeze_epoch: int = 1
     milestones: tuple[int, ...] = ()
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
     layer_decay: float = 0.9
     freeze_bn: bool = True
     backbone_dropout: bool = False
@@ -182,6 +187,7 @@ class FinetuneConfig(_Defaults):
         if self.from_run_dir is not None:
             object.__setattr__(self, "from_run_dir", str(self.from_run_dir))
         object.__setattr__(self, "milestones", tuple(self.milestones))
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         object.__setattr__(self, "head_options", dict(self.head_options or {}))
         if (self.from_run_dir is None) == (self.backbone is None):
             raise UsageError("give either --from RUN or --backbone NAME --data SRC --head HEAD")
@@ -193,6 +199,15 @@ class FinetuneConfig(_Defaults):
                                  ("--checkpoint-every", self.checkpoint_every, 0)):
             if value < low:
                 raise UsageError(f"{name} must be at least {low}, got {value}")
+        lora = ("lora_rank", "lora_alpha", "lora_targets")
+        if self.strategy != "lora" and any(getattr(self, f) != self.default(f) for f in lora):
+            raise UsageError("--lora-rank, --lora-alpha and --lora-targets apply to --strategy lora")
+        if self.lora_rank < 1 or not self.lora_alpha > 0:
+            raise UsageError(f"--lora-rank must be at least 1 and --lora-alpha positive, got {self.lora_rank} and "
+                             f"{self.lora_alpha}")
+        if not self.lora_targets or any(t not in LORA_TARGETS for t in self.lora_targets):
+            raise UsageError(f"--lora-targets must be one or more of {','.join(LORA_TARGETS)}, got "
+                             f"{','.join(self.lora_targets)!r}")
         if self.lr is not None and self.lr <= 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if not self.budget_minutes > 0:

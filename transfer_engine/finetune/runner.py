@@ -26,6 +26,7 @@ from transfer_engine.errors import UsageError
 from transfer_engine.finetune import checkpoint as ckpt
 from transfer_engine.finetune import data as fdata
 from transfer_engine.finetune import distributed as dist
+from transfer_engine.finetune import lora
 from transfer_engine.finetune.loop import EpochSums, OptimConfig, StepProgress, Trainer
 from transfer_engine.finetune.start import Start, from_backbone, from_run
 from transfer_engine.finetune.strategies import backbone_blocks, make_strategy
@@ -122,6 +123,8 @@ def finetune(out: str | os.PathLike, config: FinetuneConfig | None = None, *, re
     """
     cfg = replace(config, **options) if config is not None else FinetuneConfig(**options)
     out = Path(out).expanduser().absolute()
+    if cfg.strategy == "lora":
+        lora.require_peft()  # before any work, a search's included
     if cfg.searches:
         from transfer_engine.finetune.search import search
 
@@ -154,16 +157,18 @@ def finetune(out: str | os.PathLike, config: FinetuneConfig | None = None, *, re
     sets = {s: fdata.ImageSet(start.source, items, preprocess, cfg.augment, cfg.crop_scale)
             for s, items in splits.items()}
     name = cfg.strategy or ("no_freeze" if cfg.from_run_dir is not None else "freeze_unfreeze")
+    adapters = (lora.attach(start.model.backbone, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets,
+                            input_size=preprocess.crop_size, name=start.backbone.name) if name == "lora" else None)
     blocks = backbone_blocks(start.model.backbone)
     plan = make_strategy(name, len(blocks), unfreeze_epoch=cfg.unfreeze_epoch, milestones=cfg.milestones,
-                         freeze_bn=cfg.freeze_bn)
+                         freeze_bn=cfg.freeze_bn, adapters=[b.has_adapters for b in blocks])
     steps = fdata.steps_per_epoch(len(splits["train"]), cfg.batch_size)
     optim = OptimConfig(cfg.optimizer, cfg.lr, cfg.layer_decay, cfg.weight_decay, cfg.warmup, cfg.clip_grad,
                         cfg.label_smoothing)
     trainer = Trainer(start.model, blocks, plan, optim, len(start.class_names), cfg.epochs * steps, target, chosen,
                       cfg.channels_last, cfg.backbone_dropout)
     job = _Job(cfg, start, trainer, sets, plan, name, chosen, precision_reason, preprocess.crop_size, val_note,
-               ckpt_dir, rank, world, _default_workers(world) if cfg.workers is None else cfg.workers)
+               ckpt_dir, rank, world, _default_workers(world) if cfg.workers is None else cfg.workers, adapters)
 
     writer = None
     if rank == 0:
@@ -197,6 +202,7 @@ class _Job:
     rank: int
     world: int
     workers: int
+    adapters: lora.Adapters | None = None  # --strategy lora: merged into the backbone before the run is written
 
     def settings(self) -> dict[str, Any]:
         """The resolved settings: a checkpoint resumes only under the same ones; run.json records them."""
@@ -210,7 +216,8 @@ class _Job:
                 "augment": cfg.augment, "crop_scale": cfg.crop_scale, "precision": self.precision,
                 "device_type": self.trainer.device.type, "channels_last": cfg.channels_last, "seed": cfg.seed,
                 "limit": cfg.limit, "world_size": self.world, "keep": cfg.keep, "no_val": cfg.no_val,
-                "patience": cfg.patience, "checkpoint_every": cfg.checkpoint_every}
+                "patience": cfg.patience, "checkpoint_every": cfg.checkpoint_every,
+                **(self.adapters.settings() if self.adapters is not None else {})}
 
 
 def _train_and_write(job: _Job, writer, resume: bool, progress: bool, on_epoch_end) -> FinetuneSummary:
@@ -322,6 +329,8 @@ def _train_and_write(job: _Job, writer, resume: bool, progress: bool, on_epoch_e
     final = best_weights if cfg.keep == "best" else _copy(model)
     model.load_state_dict(final)
     dist.check_in_sync(model)
+    if job.adapters is not None:
+        meter.line(job.adapters.merge())  # evaluated and written as merged: the weights te export reads
     results = evaluate_all(trainer, sets, eval_batch, workers, rank, world)
     summary = FinetuneSummary(
         out=str(writer.out if writer is not None else ""), train_accuracy=results["train"].accuracy,

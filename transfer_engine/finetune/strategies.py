@@ -13,7 +13,8 @@ Parameters a module holds directly (a ViT's class token) form a block of their o
 module's children. Registration order is forward order for every torchvision and timm model, which is
 what layer-wise decay and "unfreeze from the top" rely on.
 
-Strategies (`STRATEGIES`) say from which epoch each block trains. A block that does not train is put in
+Strategies (`STRATEGIES`) say from which epoch each block trains; "lora" trains only the low-rank adapters
+that finetune/lora.py puts into the blocks (their own weights stay frozen). A block that does not train is put in
 eval mode as a whole, every epoch, after `model.train()`: its BatchNorm statistics cannot drift and its
 dropout / stochastic depth is off, so a frozen block computes exactly what `te extract` computed (the
 peers' classic bug is `requires_grad=False` alone, which leaves BatchNorm updating its running stats).
@@ -22,7 +23,7 @@ peers' classic bug is `requires_grad=False` alone, which leaves BatchNorm updati
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -33,6 +34,12 @@ from transfer_engine.errors import UsageError
 MIN_BLOCKS = 4
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 NORM_STATS = nn.modules.batchnorm._NormBase  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm with stats
+ADAPTER_MARK = "lora_"  # peft's adapter parameters: "<layer>.lora_A.<adapter>.weight", "<layer>.lora_B...."
+
+
+def is_adapter(name: str) -> bool:
+    """Whether the parameter called `name` (dotted) belongs to a LoRA adapter rather than the backbone."""
+    return any(part.startswith(ADAPTER_MARK) for part in name.split("."))
 
 
 @dataclass
@@ -52,6 +59,10 @@ class Block:
     @property
     def numel(self) -> int:
         return sum(p.numel() for _, p in self.params)
+
+    @property
+    def has_adapters(self) -> bool:
+        return any(is_adapter(n) for n, _ in self.params)
 
 
 def _own_params(prefix: str, module: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -116,11 +127,13 @@ class Strategy:
         start_epochs: per block, the first epoch (0-based) in which it trains; None: never.
         freeze_bn: keep BatchNorm running statistics frozen in trainable blocks too (their affine
             parameters still train).
+        adapters_only: in a trainable block only the adapter parameters (`is_adapter`) train ("lora").
     """
 
     name: str
     start_epochs: list[int | None]
     freeze_bn: bool = False
+    adapters_only: bool = False
 
     def trainable(self, epoch: int) -> list[bool]:
         """Per block, whether it trains in `epoch`."""
@@ -133,6 +146,14 @@ class Strategy:
     def describe(self, blocks: list[Block]) -> str:
         """One line: what trains when."""
         starts = sorted({s for s in self.start_epochs if s is not None})
+        if self.adapters_only:
+            params = [(n, p) for b in blocks for n, p in b.params]
+            adapter = sum(p.numel() for n, p in params if is_adapter(n))
+            base = sum(p.numel() for n, p in params if not is_adapter(n))
+            adapted = sum(1 for b in blocks if b.has_adapters)
+            return (f"{self.name}: adapters in {adapted}/{len(blocks)} backbone blocks train ({adapter:,} parameters, "
+                    f"{100 * adapter / max(base, 1):.2f}% of the backbone's {base:,}); the backbone's own weights "
+                    "stay frozen")
         if not starts:
             return f"{self.name}: head only, backbone frozen"
         parts = []
@@ -143,18 +164,20 @@ class Strategy:
 
 
 def make_strategy(name: str, num_blocks: int, *, unfreeze_epoch: int = 1, milestones: tuple[int, ...] = (),
-                  freeze_bn: bool = False) -> Strategy:
+                  freeze_bn: bool = False, adapters: Sequence[bool] | None = None) -> Strategy:
     """Build a strategy for a backbone of `num_blocks` blocks.
 
     Args:
         name: "freeze" (head only), "no_freeze" (everything from the start), "freeze_unfreeze" (head only
             for `unfreeze_epoch` epochs, then everything), "unfreeze_milestones" (the backbone is split
             into len(milestones) groups of consecutive blocks; at epoch milestones[i] the i-th group from
-            the top starts training).
+            the top starts training), "lora" (from the start, only the adapters finetune/lora.py attached).
         num_blocks: number of backbone blocks (`backbone_blocks`).
         unfreeze_epoch: epochs of head-only training before freeze_unfreeze unfreezes.
         milestones: increasing epochs (1-based count of epochs trained before each unfreeze).
         freeze_bn: keep BatchNorm running statistics frozen everywhere.
+        adapters: per block, whether it holds adapters (`Block.has_adapters`); "lora" trains those blocks'
+            adapters (None: whatever adapters any block holds).
 
     Returns:
         The `Strategy`.
@@ -168,6 +191,9 @@ def make_strategy(name: str, num_blocks: int, *, unfreeze_epoch: int = 1, milest
         return Strategy(name, [None] * num_blocks, freeze_bn)
     if name == "no_freeze":
         return Strategy(name, [0] * num_blocks, freeze_bn)
+    if name == "lora":
+        starts = [0 if a else None for a in adapters] if adapters is not None else [0] * num_blocks
+        return Strategy(name, starts, freeze_bn, adapters_only=True)
     if name == "freeze_unfreeze":
         if unfreeze_epoch < 0:
             raise UsageError(f"--unfreeze-epoch must be >= 0, got {unfreeze_epoch}")
@@ -204,13 +230,13 @@ def apply_phase(backbone: nn.Module, blocks: list[Block], strategy: Strategy, ep
     """
     count = 0
     for block, on in zip(blocks, strategy.trainable(epoch)):
-        for _, p in block.params:
-            p.requires_grad_(on)
+        for name, p in block.params:
+            trains = on and (not strategy.adapters_only or is_adapter(name))
+            p.requires_grad_(trains)
+            count += p.numel() if trains else 0
         if not on:
             for m in block.modules:
                 m.eval()
-        else:
-            count += block.numel
     if strategy.freeze_bn:
         for m in backbone.modules():
             if isinstance(m, NORM_STATS):
