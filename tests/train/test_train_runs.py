@@ -40,10 +40,15 @@ def test_a_swept_run_holds_weights_provenance_metrics_and_pictures(digit_cache, 
     assert metrics == json.loads(json.dumps(result.metrics))
     assert METRIC_KEYS <= set(metrics)
     hp = metrics["hyperparameters"]
-    assert hp["selected_by"] == "sweep on val" and hp["fitted_on"] == "train+val"
+    # 765 train+val digits: small data, so the sweep's finalists on val are judged by 5-fold over train+val
+    assert hp["selected_by"] == "sweep, finalists by 5-fold" and hp["fitted_on"] == "train+val"
     assert hp["options"]["k"] in {t["options"]["k"] for t in metrics["sweep"]}
     assert {t["stage"] for t in metrics["sweep"]} >= {"options"}
-    assert max(t["val_accuracy"] for t in metrics["sweep"]) == metrics["val_accuracy"]
+    chosen = next(t for t in metrics["sweep"] if t["options"] == hp["options"])
+    assert chosen["kfold_accuracy"] == metrics["kfold"]["accuracy"] == max(
+        t["kfold_accuracy"] for t in metrics["sweep"] if t["kfold_accuracy"] is not None)
+    assert chosen["val_accuracy"] == metrics["val_accuracy"]  # val stays the held-out score of the fit on train
+    assert metrics["kfold"]["total"] == metrics["samples"]["train"] + metrics["samples"]["val"]
 
     run = Run.open(result.run)
     assert run.info.kind == "train" and run.info.head.name == "knn"
@@ -88,10 +93,17 @@ def test_every_head_and_a_leaderboard(digit_cache, tmp_path):
     board = train_all(digit_cache, out=tmp_path / "all", epochs=3, progress=False)
     heads = [r.head for r in board]
     assert {"linear", "mlp", "cosine", "knn"} <= set(heads)
-    accuracies = [r.metrics["val_accuracy"] for r in board]
+    # small data: the heads are ranked by 5-fold accuracy over train+val, shown with its interval
+    accuracies = [r.metrics["kfold"]["accuracy"] for r in board]
     assert accuracies == sorted(accuracies, reverse=True)
     saved = json.loads((tmp_path / "all" / LEADERBOARD_JSON).read_text())
     assert [row["head"] for row in saved["leaderboard"]] == heads and saved["best"] == heads[0]
+    assert saved["selected_by"] == "kfold"
+    for row in saved["leaderboard"]:
+        low, high = row["kfold_interval"]
+        assert low <= row["kfold_accuracy"] <= high and row["val_accuracy"] is not None
+    tied = board.tied_with_best()
+    assert [row["within_noise_of_best"] for row in saved["leaderboard"]] == [None] + [h in tied for h in heads[1:]]
     for r in board:
         assert r.run == tmp_path / "all" / r.head and Run.open(r.run).info.head.name == r.head
 

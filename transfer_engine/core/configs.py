@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from transfer_engine.core.choices import AUGMENTS, DEVICES, FINETUNE_PRECISIONS, KEEP, LORA_TARGETS, OPTIMIZERS, RECIPES, STRATEGIES
+from transfer_engine.core.selection import DEFAULT_FOLDS, DEFAULT_SELECT, SELECTIONS, check_folds
 from transfer_engine.errors import UsageError
 
 CROP_SCALE = 0.35  # smallest area fraction of a random resized crop; timm's 0.08 is for training from scratch
@@ -52,6 +53,10 @@ class TrainConfig(_Defaults):
         seed: seeds initialization, dropout and minibatch order; the same seed gives the same run.
         memory_budget: bytes of float32 features to hold in memory (None: a quarter of RAM); beyond it,
             features stream from the cache through the gather loader.
+        select: how a choice is made (a sweep's setting, the best of several heads): "kfold" (stratified
+            k-fold cross-validation over train+val), "val" (the val split), or "auto": kfold when
+            train+val is small (`core.selection.KFOLD_MAX_RECORDS`), else val.
+        folds: k of k-fold selection.
     """
 
     cache: str
@@ -68,6 +73,8 @@ class TrainConfig(_Defaults):
     device: str = "auto"
     seed: int = 0
     memory_budget: int | None = None
+    select: str = DEFAULT_SELECT
+    folds: int = DEFAULT_FOLDS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache", str(self.cache))
@@ -86,6 +93,9 @@ class TrainConfig(_Defaults):
             raise UsageError(f"--weight-decay must be at least 0, got {self.weight_decay}")
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.select not in SELECTIONS:
+            raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
+        check_folds(self.folds)
 
     @property
     def every_head(self) -> bool:

@@ -88,7 +88,8 @@ def confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Path, t
 
 
 def sweep(trials: Sequence[dict[str, Any]], chosen: dict[str, Any], path: Path, title: str) -> Path:
-    """Val accuracy of every sweep trial against the swept value (weight decay, or the head's option)."""
+    """Val accuracy of every sweep trial against the swept value (weight decay, or the head's option), and
+    the k-fold accuracy of the finalists with its interval when they were cross-validated."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     key = next((k for k in ("weight_decay", *sorted(chosen.get("options", {}))) if _varies(trials, k)), "weight_decay")
@@ -100,13 +101,21 @@ def sweep(trials: Sequence[dict[str, Any]], chosen: dict[str, Any], path: Path, 
     for label, points in sorted(groups.items()):
         points.sort()
         ax.plot(*zip(*points), "o-", label=label, markersize=4)
+    finalists = [t for t in trials if t.get("kfold_accuracy") is not None]
+    if finalists:  # k-fold selection: the finalists' score over train+val, with its 95% interval
+        xs = [float(t.get(key, t.get("options", {}).get(key))) for t in finalists]
+        ys = [100 * t["kfold_accuracy"] for t in finalists]
+        below = [y - 100 * t["kfold_interval"][0] for y, t in zip(ys, finalists)]
+        above = [100 * t["kfold_interval"][1] - y for y, t in zip(ys, finalists)]
+        ax.errorbar(xs, ys, yerr=[below, above], fmt="s", color="black", capsize=3, markersize=4,
+                    label="k-fold over train+val (95%)")
     best = chosen.get(key, chosen.get("options", {}).get(key))
     if best is not None:
         ax.axvline(float(best), color="gray", linestyle=":", label=f"chosen {key} = {best:g}")
     if key == "weight_decay" and all(float(t.get(key) or 0) > 0 for t in trials):
         ax.set_xscale("log")
     ax.set_xlabel(key.replace("_", " "))
-    ax.set_ylabel("val accuracy (%)")
+    ax.set_ylabel("accuracy (%)" if finalists else "val accuracy (%)")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.subplots_adjust(left=0.12, right=0.95, bottom=0.13, top=0.9)

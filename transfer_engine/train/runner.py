@@ -25,11 +25,13 @@ from transfer_engine._durable import write_text_durably
 from transfer_engine.core.configs import ALL_HEADS as ALL
 from transfer_engine.core.configs import TrainConfig
 from transfer_engine.core.runtime import resolve_device
+from transfer_engine.core.selection import CrossValidated, resolve_selection
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.runs import HEAD_WEIGHTS, METRICS_JSON, RUN_JSON, BackboneRef, HeadRef, RunInfo, RunWriter
 from transfer_engine.runs.format import FITTED_ON_TRAIN_VAL, UNRECORDED_WEIGHTS
 from transfer_engine.runs.writer import check_out
 from transfer_engine.train import plots
+from transfer_engine.train.crossval import POOLED, FoldPlan, FoldScore, cross_validate
 from transfer_engine.train.data import TrainingData, load_training_data
 from transfer_engine.train.fit import Fitted, HyperParameters, default_hyperparameters, fit_head
 from transfer_engine.train.metrics import Evaluation, evaluate
@@ -57,7 +59,8 @@ class TrainResult:
 
 
 class Leaderboard(list):
-    """`train(head="all")`: the `TrainResult`s, best first by val accuracy.
+    """`train(head="all")`: the `TrainResult`s, best first by k-fold accuracy (k-fold selection) or val
+    accuracy.
 
     Attributes:
         out: the directory holding one run per head and leaderboard.json.
@@ -73,13 +76,29 @@ class Leaderboard(list):
     def best(self) -> TrainResult | None:
         return self[0] if self else None
 
+    @property
+    def selected_by(self) -> str:
+        """"kfold" when every head has a k-fold score (they are ranked by it), else "val"."""
+        return "kfold" if self and all(r.metrics.get("kfold") for r in self) else "val"
+
+    def tied_with_best(self) -> list[str]:
+        """The heads the k-fold's pooled images cannot tell from the best (paired; empty on val)."""
+        if self.selected_by != "kfold":
+            return []
+        best = CrossValidated.from_dict(self[0].metrics["kfold"])
+        return [r.head for r in self[1:] if best.within_noise(CrossValidated.from_dict(r.metrics["kfold"]))]
+
     def to_dict(self) -> dict[str, Any]:
-        rows = [{"rank": i + 1, "head": r.head, "val_accuracy": r.metrics["val_accuracy"],
+        tied = set(self.tied_with_best())
+        rows = [{"rank": i + 1, "head": r.head, "kfold_accuracy": (r.metrics.get("kfold") or {}).get("accuracy"),
+                 "kfold_interval": (r.metrics.get("kfold") or {}).get("interval"),
+                 "within_noise_of_best": (r.head in tied) if self.selected_by == "kfold" and i else None,
+                 "val_accuracy": r.metrics["val_accuracy"],
                  "test_accuracy": r.metrics["test_accuracy"], "train_accuracy": r.metrics["train_accuracy"],
                  "macro_f1": r.metrics["macro_f1"], "seconds": r.metrics["seconds"], "run": str(r.run)}
                 for i, r in enumerate(self)]
-        return {"best": self[0].head if self else None, "leaderboard": rows, "failed": list(self.failed),
-                "out": str(self.out)}
+        return {"best": self[0].head if self else None, "selected_by": self.selected_by, "leaderboard": rows,
+                "failed": list(self.failed), "out": str(self.out)}
 
 
 def train(cache: "str | os.PathLike | TrainConfig", head: str | None = None, out: str | os.PathLike = "run", *,
@@ -121,18 +140,25 @@ def train_all(cache: "str | os.PathLike | TrainConfig", out: str | os.PathLike =
     leaderboard's `failed` with its error, and the others go on.
 
     Returns:
-        The `Leaderboard`: the `TrainResult`s, best first by val accuracy (then val loss).
+        The `Leaderboard`: the `TrainResult`s, best first by k-fold accuracy (then k-fold loss) under
+        k-fold selection, else by val accuracy (then val loss).
     """
     from transfer_engine.heads import list_heads
 
     cfg = _config(cache, ALL, fields)
     out_path = Path(out).expanduser().absolute()
     results, failed = _train_heads(cfg, list_heads(), out_path, many=True, overwrite=overwrite, progress=progress)
-    board = Leaderboard(sorted(results, key=lambda r: (-r.metrics["val_accuracy"], r.metrics["val_loss"])),
-                        out_path, failed)
+    board = Leaderboard(sorted(results, key=_rank_key), out_path, failed)
     # Last, and durably: its presence says every head was tried.
     write_text_durably(out_path / LEADERBOARD_JSON, json.dumps(board.to_dict(), indent=2) + "\n")
     return board
+
+
+def _rank_key(result: TrainResult) -> tuple[float, float]:
+    kfold = result.metrics.get("kfold")
+    if kfold:
+        return (-kfold["accuracy"], kfold["loss"])
+    return (-result.metrics["val_accuracy"], result.metrics["val_loss"])
 
 
 def _config(cache, head: str | None, fields: dict[str, Any]) -> TrainConfig:
@@ -166,6 +192,7 @@ def _train_heads(cfg: TrainConfig, names: list[str], out_path: Path, *, many: bo
         raise
     results, failed = [], []
     try:
+        folds = _fold_plan(cfg, data, choosing=cfg.sweep or many, log=log)
         for spec in specs:
             writer = writers[spec.name]
             hp = default_hyperparameters(spec, lr=cfg.lr, epochs=cfg.epochs, weight_decay=cfg.weight_decay,
@@ -174,7 +201,7 @@ def _train_heads(cfg: TrainConfig, names: list[str], out_path: Path, *, many: bo
             try:
                 with writer:
                     results.append(_train_one(spec, data, hp, writer, sweep=cfg.sweep, fixed_lr=cfg.lr is not None,
-                                              seed=cfg.seed, device=target, log=log, started=started))
+                                              seed=cfg.seed, device=target, log=log, started=started, folds=folds))
             except TEError as exc:
                 if not many:
                     raise
@@ -187,6 +214,21 @@ def _train_heads(cfg: TrainConfig, names: list[str], out_path: Path, *, many: bo
             if not w.committed:
                 w.abort()
     return results, failed
+
+
+def _fold_plan(cfg: TrainConfig, data: TrainingData, *, choosing: bool, log: Callable[[str], None]) -> FoldPlan | None:
+    """The k-fold plan when something is chosen (a sweep, or the best of several heads) and `cfg.select`
+    resolves to k-fold for this data's train+val (`core.selection`); None selects on val."""
+    if not choosing:
+        return None
+    pool = sum(len(data.splits[name]) for name in POOLED)
+    if resolve_selection(cfg.select, pool) != "kfold":
+        log(f"selection on val ({len(data.splits['val'])} images; --select {cfg.select}, {pool} train+val records)")
+        return None
+    plan = FoldPlan.of(data, cfg.folds)
+    log(f"selection by {cfg.folds}-fold cross-validation over {pool} train+val records (--select {cfg.select}); "
+        "test is not used")
+    return plan
 
 
 def _prepare_out(out: Path, names: list[str], many: bool, overwrite: bool) -> dict[str, RunWriter]:
@@ -221,15 +263,17 @@ def _prepare_out(out: Path, names: list[str], many: bool, overwrite: bool) -> di
 
 
 def _train_one(spec, data: TrainingData, hp: HyperParameters, writer: RunWriter, *, sweep: bool, fixed_lr: bool,
-               seed: int, device: torch.device, log: Callable[[str], None], started: float) -> TrainResult:
+               seed: int, device: torch.device, log: Callable[[str], None], started: float,
+               folds: FoldPlan | None = None) -> TrainResult:
     train, val, test = data.splits["train"], data.splits["val"], data.splits.get("test")
     log(f"train {spec.name} on {data.dataset} ({len(train)} train, {len(val)} val"
         f"{f', {len(test)} test' if test else ''}; {data.space.config.backbone} features, {data.dim}-d, "
         f"{'in memory' if data.in_memory else 'streamed from the cache'})")
     sweep_result: SweepResult | None = None
+    kfold: FoldScore | None = None
     if sweep:
-        sweep_result = run_sweep(spec, data, hp, seed=seed, device=device, fixed_lr=fixed_lr, log=log)
-        chosen, held_out = sweep_result.best.hp, sweep_result.best.val
+        sweep_result = run_sweep(spec, data, hp, seed=seed, device=device, fixed_lr=fixed_lr, log=log, folds=folds)
+        chosen, held_out, kfold = sweep_result.best.hp, sweep_result.best.val, sweep_result.best.kfold
         # The winner is refitted on train+val; the val numbers reported stay those of the held-out fit.
         final = fit_head(spec, data, data.combined(("train", "val")), chosen, seed=seed, device=device,
                          warm=sweep_result.best.fitted.warm, log=log)
@@ -239,22 +283,25 @@ def _train_one(spec, data: TrainingData, hp: HyperParameters, writer: RunWriter,
         final = fit_head(spec, data, train, hp, seed=seed, device=device, val=val, log=log)
         held_out = evaluate(final.module, data, val)
         curve = final.curve
+        if folds is not None:  # one of several heads: ranked by the k-fold score of its setting
+            kfold = cross_validate(spec, data, hp, folds, seed=seed, device=device)
     train_eval = evaluate(final.module, data, train)
     test_eval = evaluate(final.module, data, test) if test is not None else None
     shown = test_eval or held_out
-    metrics = _metrics(spec, data, final, chosen, train_eval, held_out, test_eval, shown, sweep_result, seed,
+    metrics = _metrics(spec, data, final, chosen, train_eval, held_out, test_eval, shown, sweep_result, kfold, seed,
                        time.perf_counter() - started)
     _write_run(spec, data, final, chosen, metrics, curve, shown, sweep_result, writer, seed)
     log(f"{spec.name}: train {100 * train_eval.accuracy:.2f}%, val {100 * held_out.accuracy:.2f}%"
-        f"{f', test {100 * test_eval.accuracy:.2f}%' if test_eval else ''} in {metrics['seconds']:.1f} s "
+        f"{f', test {100 * test_eval.accuracy:.2f}%' if test_eval else ''}"
+        f"{f', {kfold.score.k}-fold {100 * kfold.score.accuracy:.2f}%' if kfold else ''} in {metrics['seconds']:.1f} s "
         f"-> {writer.out}")
     return TrainResult(spec.name, writer.out, metrics)
 
 
 def _metrics(spec, data: TrainingData, final: Fitted, chosen: HyperParameters, train_eval: Evaluation,
              held_out: Evaluation, test_eval: Evaluation | None, shown: Evaluation, sweep: SweepResult | None,
-             seed: int, seconds: float) -> dict[str, Any]:
-    hyper = {**chosen.to_dict(), "solver": final.solver, "selected_by": "sweep on val" if sweep else "defaults",
+             kfold: FoldScore | None, seed: int, seconds: float) -> dict[str, Any]:
+    hyper = {**chosen.to_dict(), "solver": final.solver, "selected_by": _selected_by(sweep),
              "fitted_on": FITTED_ON_TRAIN_VAL if sweep else "train"}
     if not spec.trainable:
         for unused in ("lr", "epochs", "batch_size", "weight_decay"):
@@ -270,6 +317,7 @@ def _metrics(spec, data: TrainingData, final: Fitted, chosen: HyperParameters, t
         "train_loss": train_eval.loss,
         "val_loss": held_out.loss,
         "test_loss": test_eval.loss if test_eval else None,
+        "kfold": {**kfold.score.to_dict(), "loss": kfold.loss} if kfold else None,
         "per_class_recall": shown.per_class_recall(data.class_names),
         "macro_f1": shown.macro_f1(),
         "evaluated_on": shown.split,
@@ -287,6 +335,14 @@ def _metrics(spec, data: TrainingData, final: Fitted, chosen: HyperParameters, t
         "seconds": round(seconds, 3),
         "fit_seconds": round(final.seconds, 3),
     }
+
+
+def _selected_by(sweep: SweepResult | None) -> str:
+    if sweep is None:
+        return "defaults"
+    if sweep.selected_by == "kfold" and sweep.best.kfold is not None:
+        return f"sweep, finalists by {sweep.best.kfold.score.k}-fold"
+    return "sweep on val"
 
 
 def _write_run(spec, data: TrainingData, final: Fitted, chosen: HyperParameters, metrics: dict[str, Any],

@@ -11,7 +11,11 @@ searched:
 - the head's declared `search` options (knn: k) on a grid first, then, for integer options, the
   geometric midpoints between the best value and its grid neighbours.
 
-The winner is refitted on train+val by the caller (`runner`); its val accuracy stays the held-out one.
+With a `FoldPlan` (k-fold selection, `core.selection`: small data under --select auto), the search
+above only finds the finalists: the `FINALISTS` best distinct settings on val are each cross-validated
+over train+val, and the best pooled out-of-fold accuracy wins (ties as on val). Val alone decides
+otherwise. The winner is refitted on train+val by the caller (`runner`); its val accuracy stays the
+held-out one.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from transfer_engine.train.crossval import FoldPlan, FoldScore, cross_validate
 from transfer_engine.train.fit import Fitted, HyperParameters, TrainingDiverged, fit_head
 from transfer_engine.train.metrics import Evaluation, evaluate
 
@@ -36,6 +41,9 @@ LBFGS_REFINE = (10 ** (-2 / 3), 10 ** (-1 / 3), 10 ** (1 / 3), 10 ** (2 / 3))
 LR_FACTORS = (0.3, 1.0, 3.0)
 DECAY_FACTORS = (0.01, 0.1, 1.0, 10.0)
 DECAY_REFINE = (10 ** -0.5, 10 ** 0.5)
+# Settings cross-validated under k-fold selection: the best few on val. Each costs k fits, and on val the
+# settings beyond the first few are rarely close to the best (docs/train.md, "Choosing on small data").
+FINALISTS = 3
 
 
 @dataclass
@@ -48,6 +56,7 @@ class Trial:
     fitted: Fitted | None
     seconds: float
     error: str | None = None
+    kfold: FoldScore | None = None  # its cross-validation, when it was a finalist
 
     def score(self, prefer_strong_decay: bool = False) -> tuple[float, float]:
         """Val accuracy first; among equals, the lower val loss, or (L-BFGS sweeps) the stronger weight
@@ -60,20 +69,31 @@ class Trial:
             return (self.val.accuracy, self.hp.weight_decay)
         return (self.val.accuracy, -self.val.loss if math.isfinite(self.val.loss) else -math.inf)
 
+    def kfold_score(self, prefer_strong_decay: bool = False) -> tuple[float, float]:
+        """As `score`, on the pooled out-of-fold predictions (finalists only)."""
+        if self.kfold is None:
+            return (-1.0, 0.0)
+        if prefer_strong_decay:
+            return (self.kfold.score.accuracy, self.hp.weight_decay)
+        return (self.kfold.score.accuracy, -self.kfold.loss if math.isfinite(self.kfold.loss) else -math.inf)
+
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "weight_decay": self.hp.weight_decay, "lr": self.hp.lr,
                 "options": dict(self.hp.options),
                 "val_accuracy": self.val.accuracy if self.val else None,
                 "val_loss": self.val.loss if self.val and math.isfinite(self.val.loss) else None,
-                "seconds": round(self.seconds, 3), "error": self.error}
+                "kfold_accuracy": self.kfold.score.accuracy if self.kfold else None,
+                "kfold_interval": list(self.kfold.score.interval) if self.kfold else None,
+                "seconds": round(self.seconds + (self.kfold.seconds if self.kfold else 0.0), 3), "error": self.error}
 
 
 @dataclass
 class SweepResult:
-    """The trials and the best one."""
+    """The trials and the best one (`selected_by`: "val", or "kfold" when finalists were cross-validated)."""
 
     best: Trial
     trials: list[Trial] = field(default_factory=list)
+    selected_by: str = "val"
 
     def to_list(self) -> list[dict[str, Any]]:
         return [t.to_dict() for t in self.trials]
@@ -114,8 +134,9 @@ class _Search:
 
 def run_sweep(spec: "HeadSpec", data: "TrainingData", base: HyperParameters, *, seed: int = 0,
               device: torch.device | None = None, fixed_lr: bool = False,
-              log: Callable[[str], None] | None = None) -> SweepResult:
-    """Search the head's hyper-parameters on val (see the module docstring).
+              log: Callable[[str], None] | None = None, folds: FoldPlan | None = None) -> SweepResult:
+    """Search the head's hyper-parameters on val, and choose among the finalists by k-fold when `folds` is
+    given (see the module docstring).
 
     Args:
         spec: the head.
@@ -125,9 +146,10 @@ def run_sweep(spec: "HeadSpec", data: "TrainingData", base: HyperParameters, *, 
         device: where to compute.
         fixed_lr: keep `base.lr` (the user gave --lr).
         log: a function taking a progress line, or None.
+        folds: the k-fold plan of k-fold selection; None selects on val.
 
     Returns:
-        The `SweepResult`; `best.fitted` is the winning fit on train.
+        The `SweepResult`; `best.fitted` is the winning fit on train (`best.kfold` its k-fold score).
     """
     search = _Search(spec, data, seed, device, log)
     hp = _search_options(search, base) if spec.search else base
@@ -138,9 +160,36 @@ def run_sweep(spec: "HeadSpec", data: "TrainingData", base: HyperParameters, *, 
     best = search.best()
     if best.fitted is None:
         raise TrainingDiverged(f"every sweep trial of head {spec.name!r} failed; first: {search.trials[0].error}")
+    if folds is not None:
+        best = _cross_validate_finalists(search, folds)
     if search.trials.index(best) > 0:  # started from an earlier trial's solution
         best = _from_scratch(search, best)
-    return SweepResult(best, search.trials)
+    return SweepResult(best, search.trials, "kfold" if folds is not None else "val")
+
+
+def _cross_validate_finalists(search: _Search, folds: FoldPlan) -> Trial:
+    """The best of the `FINALISTS` best settings on val by k-fold. A finalist whose folds diverge is out.
+    Each finalist's fold fits start from the previous finalist's fits on the same fold (never from a fit
+    that saw the fold: see `cross_validate`)."""
+    ranked = sorted((t for t in search.trials if t.fitted is not None),
+                    key=lambda t: t.score(search.prefer_strong_decay), reverse=True)
+    warm = None
+    for trial in ranked[:FINALISTS]:
+        try:
+            trial.kfold = cross_validate(search.spec, search.data, trial.hp, folds, seed=search.seed,
+                                         device=search.device, warm=warm)
+        except TrainingDiverged:
+            continue
+        warm = trial.kfold.warm if any(w is not None for w in trial.kfold.warm) else None
+        if search.log is not None:
+            low, high = trial.kfold.score.interval
+            search.log(f"  sweep {search.spec.name} [{folds.k}-fold] {', '.join(_describe(trial.hp, search.spec))}: "
+                       f"accuracy {100 * trial.kfold.score.accuracy:.2f}% [{100 * low:.1f}, {100 * high:.1f}] "
+                       f"({trial.kfold.seconds:.1f} s)")
+    judged = [t for t in ranked[:FINALISTS] if t.kfold is not None]
+    if not judged:
+        raise TrainingDiverged(f"every {folds.k}-fold fit of head {search.spec.name!r}'s finalists diverged")
+    return max(judged, key=lambda t: t.kfold_score(search.prefer_strong_decay))  # the first of exact equals
 
 
 def _from_scratch(search: _Search, best: Trial) -> Trial:
@@ -155,7 +204,7 @@ def _from_scratch(search: _Search, best: Trial) -> Trial:
     if search.log is not None:
         search.log(f"  sweep {search.spec.name} [chosen, from scratch] {', '.join(_describe(best.hp, search.spec))}: "
                    f"val accuracy {100 * val.accuracy:.2f}%")
-    return Trial(best.stage, best.hp, val, fitted, best.seconds + time.perf_counter() - start)
+    return Trial(best.stage, best.hp, val, fitted, best.seconds + time.perf_counter() - start, kfold=best.kfold)
 
 
 def _search_options(search: _Search, base: HyperParameters) -> HyperParameters:
