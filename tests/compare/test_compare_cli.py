@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from transfer_engine.compare.tournament import kendall_tau, pareto_front
+from transfer_engine.compare.ranking import kendall_tau, pareto_front
 
 ARGS = ["--data", "builtin:digits", "--weights", "none", "--limit", "60", "--backend", "torch"]
 
@@ -19,16 +19,19 @@ def _first_run(te, tmp_path, faulty_env):
            env=faulty_env)
     assert r.code == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split()[:4] == ["rank", "backbone", "LogME", "linear"]
+    assert lines[0].split()[:5] == ["rank", "backbone", "LogME", "linear", "5-fold"]  # 51 train+val images: k-fold
     assert lines[1].split()[:2] == ["1", "tiny_cnn"]
     assert "faulty_raises" in lines[2] and "failed" in lines[2] and "te-test-faulty" in lines[2]
     assert lines[0].endswith("int8 img/s@32  int8 cos")  # the int8 columns
-    assert lines[3].startswith("recommendation: tiny_cnn: the most accurate on val")
+    assert lines[3].startswith("recommendation: tiny_cnn: the most accurate linear probe by 5-fold cross-validation")
     assert lines[4].startswith("note: int8: every node in int8 (portable recipe")
     board = json.loads((tmp_path / "out" / "compare.json").read_text())
     first = board["entries"][0]
     assert first["backbone"] == "tiny_cnn" and first["extracted"] == 60 and first["reused"] == 0
     assert 0 < first["linear_val"] <= 1 and 0 < first["knn_val"] <= 1 and first["logme"] is not None
+    kfold = first["linear_kfold"]  # what ranked it, with its interval, in --json and compare.json alike
+    assert kfold["k"] == 5 and kfold["interval"][0] <= kfold["accuracy"] <= kfold["interval"][1]
+    assert board["selected_by"] == "kfold" and board["recommended"] == board["best"] == "tiny_cnn"
     assert first["latency_ms_batch1"] > 0 and first["parameters"] > 0 and first["feature_dim"] > 0
     # onnxruntime fp32 runs the backbone's ONNX graph, a cache artifact of the size a user would ship
     assert first["ort_latency_ms_batch1"] > 0 and first["ort_images_per_second_batch32"] > 0
@@ -78,19 +81,3 @@ def test_kendall_tau_reads_agreement_of_two_rankings():
     assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
     assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
     assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
-
-
-def test_the_recommendation_says_when_val_cannot_tell_the_leaders_apart():
-    from transfer_engine.compare.tournament import Entry, _recommend, val_noise
-
-    def entry(name, val, n, speed):
-        return Entry(name, "w", logme=0.0, linear_val=val, val_images=n, images_per_second_batch32=speed)
-
-    # 285 val images (the digits): 96.5% vs 94.4% is 6 images, within the noise of that split
-    assert 0.03 < val_noise(0.965, 0.944, 285) < 0.035
-    small = _recommend([entry("alpha", 0.965, 285, 10.0), entry("beta", 0.944, 285, 30.0),
-                        entry("gamma", 0.80, 285, 50.0)], quick=False)
-    assert small.startswith("alpha: the most accurate on val (96.5%")
-    assert "; beta is within the noise of 285 val images" in small and "gamma" not in small
-    # the same accuracies on 10,000 val images are told apart: nothing is said
-    assert "noise" not in _recommend([entry("a", 0.965, 10_000, 10.0), entry("b", 0.944, 10_000, 30.0)], quick=False)
