@@ -193,7 +193,8 @@ def test_adapters_the_model_would_never_call_are_refused():
         def forward(self, x):
             return self.attn(self.embed(x).flatten(2).transpose(1, 2)).mean(1)
 
-    with pytest.raises(UsageError, match="never calls 1 of the layers.*attn.qkv; leave qkv out"):
+    with pytest.raises(UsageError, match=r"never calls 1 of the layers.*attn.qkv; leave qkv out of --lora-targets "
+                                         r"\(e.g. --lora-targets proj,mlp\)"):
         lora.attach(Net(), input_size=16, name="net")
     lora.attach(Net(), targets=("proj",), input_size=16)  # the layers it does call are fine
 

@@ -271,8 +271,8 @@ def attach(backbone: nn.Module, *, rank: int = 8, alpha: float = 16.0,
             setattr(parent, child, split.restore())
         roles = "attention or MLP" if set(targets) == set(LORA_TARGETS) else "/".join(targets)
         raise UsageError(f"--strategy lora adapts the {roles} linear layers of transformer backbones and {name} has "
-                         "none; use a ViT or Swin (vit_b_16, vit_b_32, swin_t, timm/vit_*, timm/deit_*, ...) or "
-                         "another --strategy")
+                         "none; use a ViT (vit_b_16, vit_b_32, timm/vit_*, timm/deit_*, timm/swin_*, ...) or another "
+                         "--strategy")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=names, bias="none")
     model = get_peft_model(backbone, config)
     adapted = {n: m for n, m in backbone.named_modules() if isinstance(m, LoraLayer)}
@@ -299,6 +299,8 @@ def _check_called(backbone: nn.Module, adapted: dict[str, nn.Module], roles: dic
         backbone.train(was_training)
     unused = [n for n in adapted if n not in called]
     if unused:
-        role = next((r for r, names in roles.items() if unused[0] in names), "?")
+        skip = [r for r, names in roles.items() if any(n in names for n in unused)]
+        keep = [r for r in roles if r not in skip] or [r for r in LORA_TARGETS if r not in skip]
         raise UsageError(f"--strategy lora: {name} never calls {len(unused)} of the layers to adapt (it reads their "
-                         f"weights directly), e.g. {unused[0]}; leave {role} out of --lora-targets")
+                         f"weights directly), e.g. {unused[0]}; leave {' and '.join(skip)} out of --lora-targets"
+                         + (f" (e.g. --lora-targets {','.join(keep)})" if keep else ""))
