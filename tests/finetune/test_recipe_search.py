@@ -1,4 +1,5 @@
-"""#20 item 2: te finetune's default is a recipe search on val within a wall-clock budget. It trains one
+"""#20 item 2: `--recipe search` (te finetune's default until #39, now test_schedule_recipe.py's schedule)
+searches on val within a wall-clock budget. It trains one
 run per peak learning rate (highest first) with early stopping, prints and records every trial, keeps
 the trial best on val (accuracy, then loss; the start stays a candidate, so the result never ends below
 it on val), says plainly when fine-tuning did not pay, and a killed search continues with --resume."""
@@ -19,7 +20,7 @@ from transfer_engine.finetune.search import LR_GRID, TRIAL_EPOCHS, search_dir
 from transfer_engine.runs import Run
 
 NEW_HEAD = dict(backbone="mobilenet_v3_small", weights="none", data="builtin:digits", head="linear", input_size=32,
-                limit=120, batch_size=16, augment="none", progress=False)
+                limit=120, batch_size=16, augment="none", progress=False, recipe="search")
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,8 @@ def linear(tmp_path_factory):
         torch.set_num_threads(before)
 
 
-def test_the_default_searches_and_keeps_the_trial_best_on_val(tmp_path, one_thread):
-    summary = finetune(tmp_path / "ft", **NEW_HEAD)  # neither epochs nor lr: the search
+def test_the_search_keeps_the_trial_best_on_val(tmp_path, one_thread):
+    summary = finetune(tmp_path / "ft", **NEW_HEAD)  # neither epochs nor lr: the whole grid
     trials = summary.search["trials"]
     assert [t["lr"] for t in trials] == list(LR_GRID)  # one trial per rate, highest first
     assert trials[0]["epochs"] == TRIAL_EPOCHS + 1  # freeze_unfreeze: one head-only epoch, then the trial's own
@@ -106,7 +107,7 @@ def test_a_killed_search_continues_with_resume_and_reuses_finished_trials(tmp_pa
 
 def test_the_cli_prints_every_trial_and_the_verdict(tmp_path, te):
     r = te("finetune", *TINY, "--head", "linear", "--limit", "80", "--batch-size", "16", "--augment", "none",
-           "--budget", "0.001", "--out", str(tmp_path / "ft"), env=ONE_THREAD)
+           "--recipe", "search", "--budget", "0.001", "--out", str(tmp_path / "ft"), env=ONE_THREAD)
     assert r.code == 0, r.stderr
     assert r.stdout.count("  trial ") == len(LR_GRID)  # one per rate, skipped or not
     assert "skipped" in r.stdout and ("did not pay" in r.stdout or "paid" in r.stdout)

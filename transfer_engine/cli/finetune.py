@@ -9,7 +9,7 @@ import click
 
 from transfer_engine.cli._common import emit_json, json_option
 from transfer_engine.core.choices import AUGMENTS, DEVICES, FINETUNE_PRECISIONS, KEEP, LORA_TARGETS, OPTIMIZERS, RECIPES, STRATEGIES
-from transfer_engine.core.configs import FIXED_EPOCHS, FIXED_LR
+from transfer_engine.core.configs import FIXED_EPOCHS, FIXED_LR, FIXED_SETTINGS, SCHEDULE_EPOCHS, SCHEDULE_LR, SCHEDULE_SETTINGS
 from transfer_engine.core.configs import FinetuneConfig
 
 D = FinetuneConfig.default  # every default comes from the config (torch-free), so the CLI and Python agree
@@ -49,15 +49,18 @@ class _LoraTargets(click.ParamType):
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="RUN",
               help="Run directory to write (what `te export` reads); checkpoints go to RUN.ckpt/ meanwhile.")
 @click.option("--recipe", type=click.Choice(RECIPES), default=D("recipe"), show_default=True,
-              help="search: a run per peak learning rate (3e-4, 1e-4, 3e-5 in turn) within --budget, and keep what "
-                   "did best on val (the start included); fixed: --epochs at --lr once; auto: search unless "
-                   "--epochs or --lr is given.")
+              help=f"schedule: one run of up to {SCHEDULE_EPOCHS} epochs (--epochs) at peak lr {SCHEDULE_LR:g}, as "
+                   "many as --budget fits, keeping the last epoch unless the start is better on val; search: a run "
+                   "per peak learning rate (3e-4, 1e-4, 3e-5 in turn) within --budget, keeping what did best on val "
+                   "(the start included); fixed: --epochs at --lr once; auto: the schedule unless --epochs or --lr "
+                   "is given.")
 @click.option("--budget", "budget_minutes", type=click.FloatRange(min=0, min_open=True), default=D("budget_minutes"),
-              show_default=True, metavar="MINUTES", help="Wall-clock bound of a recipe search.")
+              show_default=True, metavar="MINUTES", help="Wall-clock bound of the schedule or the search (measured before training).")
 @click.option("--epochs", type=click.IntRange(min=1), default=D("epochs"), metavar="N",
-              help=f"Epochs to train [fixed recipe: {FIXED_EPOCHS}; search: the most a trial takes].")
+              help=f"Epochs to train [fixed recipe: {FIXED_EPOCHS}; schedule and search: the most a run takes].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=D("lr"), metavar="X",
-              help=f"Peak learning rate of the head [fixed recipe: {FIXED_LR:g}; search: searched]; backbone blocks "
+              help=f"Peak learning rate of the head [fixed recipe: {FIXED_LR:g}; schedule: {SCHEDULE_LR:g}; search: "
+                   "searched]; backbone blocks "
                    "get X * layer-decay ** depth-from-top.")
 @click.option("--patience", type=click.IntRange(min=0), default=D("patience"), show_default=True, metavar="N",
               help="Stop when val (accuracy, then loss) has not improved on the best trained epoch for N epochs "
@@ -86,14 +89,16 @@ class _LoraTargets(click.ParamType):
                    "statistics the backbone computes what te extract computed, so the --from head fits it).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D("optimizer"), show_default=True,
               help="AdamW (decoupled weight decay) or SGD (Nesterov momentum 0.9).")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=D("weight_decay"), show_default=True, metavar="X",
-              help="Weight decay of weights (not of biases and norm layers).")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=D("weight_decay"), metavar="X",
+              help="Weight decay of weights (not of biases and norm layers) "
+                   f"[schedule: {SCHEDULE_SETTINGS['weight_decay']:g}; otherwise {FIXED_SETTINGS['weight_decay']:g}].")
 @click.option("--warmup", type=click.FloatRange(min=0, max=1), default=D("warmup"), show_default=True, metavar="F",
               help="Fraction of the steps with a linear warmup; cosine decay after it.")
 @click.option("--clip-grad", type=click.FloatRange(min=0), default=D("clip_grad"), show_default=True, metavar="X",
               help="Clip the global gradient norm to X (0: no clipping).")
 @click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=D("label_smoothing"),
-              show_default=True, metavar="X", help="Cross-entropy label smoothing.")
+              metavar="X", help="Cross-entropy label smoothing "
+              f"[schedule: {SCHEDULE_SETTINGS['label_smoothing']:g}; otherwise {FIXED_SETTINGS['label_smoothing']:g}].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=D("batch_size"), show_default=True, metavar="N",
               help="Images per optimizer step, over all processes.")
 @click.option("--input-size", type=click.IntRange(min=16), default=D("input_size"), metavar="N",
@@ -101,8 +106,9 @@ class _LoraTargets(click.ParamType):
 @click.option("--augment", type=click.Choice(AUGMENTS), default=D("augment"), show_default=True,
               help="Training augmentation: random resized crop (and horizontal flip); none for tiny images "
                    "such as the 8x8 digits.")
-@click.option("--crop-scale", type=click.FloatRange(min=0, max=1, min_open=True), default=D("crop_scale"), show_default=True,
-              metavar="F", help="Smallest area fraction of the random resized crop.")
+@click.option("--crop-scale", type=click.FloatRange(min=0, max=1, min_open=True), default=D("crop_scale"),
+              metavar="F", help="Smallest area fraction of the random resized crop "
+              f"[schedule: {SCHEDULE_SETTINGS['crop_scale']:g}; otherwise {FIXED_SETTINGS['crop_scale']:g}].")
 @click.option("--precision", type=click.Choice(FINETUNE_PRECISIONS), default=D("precision"), show_default=True,
               help="Autocast precision; auto = bf16 where the GPU or CPU has it natively (fp16 + loss scaling on older GPUs), fp32 otherwise.")
 @click.option("--device", type=click.Choice(DEVICES), default=D("device"), show_default=True,
@@ -116,8 +122,9 @@ class _LoraTargets(click.ParamType):
 @click.option("--limit", type=click.IntRange(min=1), default=D("limit"), metavar="N", help="Only the first N images.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=D("checkpoint_every"), show_default=True, metavar="N",
               help="Also checkpoint every N steps within an epoch (0: at the end of each epoch only).")
-@click.option("--keep", type=click.Choice(KEEP), default=D("keep"), show_default=True,
-              help="Weights to write: best validation accuracy (the start included) or the last epoch's.")
+@click.option("--keep", type=click.Choice(KEEP), default=D("keep"),
+              help="Weights to write: final = the last epoch's unless the start is better on val [the schedule's]; "
+                   "best = the best epoch on val, the start included [otherwise]; last = the last epoch's.")
 @click.option("--no-val", is_flag=True, default=D("no_val"),
               help="When the data has no val split, train on all of train and keep the last epoch (by default "
                    "te holds out the val te train held out, 15% of each class, and selects on it).")

@@ -33,6 +33,6 @@ STRATEGIES = ("freeze", "no_freeze", "freeze_unfreeze", "unfreeze_milestones", "
 LORA_TARGETS = ("qkv", "proj", "mlp")
 OPTIMIZERS = ("adamw", "sgd")
 AUGMENTS = ("crop+flip", "crop", "none")
-KEEP = ("best", "last")
+KEEP = ("best", "last", "final")
 # auto: search when neither --epochs nor --lr is given, else train that one recipe
-RECIPES = ("auto", "search", "fixed")
+RECIPES = ("auto", "schedule", "search", "fixed")

@@ -17,6 +17,15 @@ CROP_SCALE = 0.35  # smallest area fraction of a random resized crop; timm's 0.0
 # grid lives in finetune/search.py).
 FIXED_EPOCHS = 2
 FIXED_LR = 3e-4
+# What a fixed recipe (and each trial of a search) uses where the config leaves these None; the schedule
+# recipe has its own (finetune/search.py: SCHEDULE_SETTINGS), so None means "the recipe's".
+FIXED_SETTINGS = {"weight_decay": 0.01, "label_smoothing": 0.0, "crop_scale": CROP_SCALE, "keep": "best"}
+# The schedule recipe (the default): one run at SCHEDULE_LR of as many epochs as the budget fits, up to
+# SCHEDULE_EPOCHS, with SCHEDULE_SETTINGS where the config leaves them None; the start and the last epoch
+# are its only candidates (keep "final"). Why each value: docs/finetune.md, "The recipe".
+SCHEDULE_LR = 1e-3
+SCHEDULE_EPOCHS = 8
+SCHEDULE_SETTINGS = {"weight_decay": 0.05, "label_smoothing": 0.1, "crop_scale": 0.6, "keep": "final"}
 
 
 ALL_HEADS = "all"  # te train --head all: every installed head, and a leaderboard
@@ -111,10 +120,12 @@ class FinetuneConfig(_Defaults):
         backbone, data, head: instead of from_run_dir: a backbone, a --data source and a new head.
         weights: the backbone's weights (with `backbone`).
         head_options: options of the new head (with `head`).
-        recipe: "search" trains one run per peak learning rate (highest first) within
-            `budget_minutes`, and keeps whatever did best on val, the start included (finetune/search.py);
-            "fixed" trains `epochs` at `lr` once; "auto" (the default) searches when neither `epochs` nor
-            `lr` is given and trains that recipe otherwise.
+        recipe: "schedule" trains one run of as many epochs as `budget_minutes` fits (up to `epochs`)
+            with the schedule's settings, and keeps its last epoch unless the start is better on val;
+            "search" trains one run per peak learning rate (highest first) within `budget_minutes`, and
+            keeps whatever did best on val, the start included (both: finetune/search.py); "fixed" trains
+            `epochs` at `lr` once; "auto" (the default) is the schedule when neither `epochs` nor `lr` is
+            given and that fixed recipe otherwise.
         budget_minutes: wall-clock bound of a search (trials that would not fit are skipped).
         epochs: epochs to train (a fixed recipe: default 2; a search: the most a trial may take).
         lr: peak learning rate of the head (backbone blocks: lr * layer_decay ** depth-from-top); a fixed
@@ -148,7 +159,8 @@ class FinetuneConfig(_Defaults):
         workers: image decoding processes per rank (default: 0 on small machines).
         limit: use only the first N images of the data set.
         checkpoint_every: also checkpoint every N steps within an epoch (0: at epoch ends only).
-        keep: "best" (highest val accuracy, the starting model included unless its head was fitted on
+        keep: "final" (the last epoch, or the start when it is better on val), "best" (highest val accuracy,
+            the starting model included unless its head was fitted on
             train+val) or "last" weights.
         no_val: when the data has no val split, train on all of train and keep the last epoch instead of
             holding out te train's val (`core.splits.hold_out`); without it, no val at all is an error.
@@ -175,14 +187,14 @@ class FinetuneConfig(_Defaults):
     freeze_bn: bool = True
     backbone_dropout: bool = False
     optimizer: str = "adamw"
-    weight_decay: float = 0.01
+    weight_decay: float | None = None  # None: the recipe's (FIXED_SETTINGS, or the schedule's)
     warmup: float = 0.1
     clip_grad: float = 1.0
-    label_smoothing: float = 0.0
+    label_smoothing: float | None = None  # None: the recipe's
     batch_size: int = 32
     input_size: int | None = None
     augment: str = "crop+flip"
-    crop_scale: float = CROP_SCALE
+    crop_scale: float | None = None  # None: the recipe's
     precision: str = "auto"
     device: str = "auto"
     channels_last: bool = True
@@ -190,7 +202,7 @@ class FinetuneConfig(_Defaults):
     workers: int | None = None
     limit: int | None = None
     checkpoint_every: int = 0
-    keep: str = "best"
+    keep: str | None = None  # None: the recipe's ("final" for the schedule, "best" otherwise)
     no_val: bool = False
 
     def __post_init__(self) -> None:
@@ -222,7 +234,7 @@ class FinetuneConfig(_Defaults):
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if not self.budget_minutes > 0:
             raise UsageError(f"--budget must be a positive number of minutes, got {self.budget_minutes}")
-        for option, value, allowed in (("--recipe", self.recipe, RECIPES), ("--keep", self.keep, KEEP), ("--augment", self.augment, AUGMENTS),
+        for option, value, allowed in (("--recipe", self.recipe, RECIPES), ("--keep", self.keep, (None, *KEEP)), ("--augment", self.augment, AUGMENTS),
                                        ("--optimizer", self.optimizer, OPTIMIZERS),
                                        ("--precision", self.precision, FINETUNE_PRECISIONS),
                                        ("--device", self.device, DEVICES),
@@ -234,9 +246,10 @@ class FinetuneConfig(_Defaults):
     @property
     def searches(self) -> bool:
         """Whether this config asks for a recipe search (see `recipe`)."""
-        return self.recipe == "search" or (self.recipe == "auto" and self.epochs is None and self.lr is None)
+        return self.recipe in ("search", "schedule") or (self.recipe == "auto" and self.epochs is None and self.lr is None)
 
     def fixed(self, **changes: Any) -> "FinetuneConfig":
         """This config as one fixed recipe (the defaults filled in where epochs or lr is missing)."""
-        changes = {"epochs": self.epochs or FIXED_EPOCHS, "lr": self.lr or FIXED_LR, **changes}
+        unset = {k: v for k, v in FIXED_SETTINGS.items() if getattr(self, k) is None}
+        changes = {"epochs": self.epochs or FIXED_EPOCHS, "lr": self.lr or FIXED_LR, **unset, **changes}
         return replace(self, recipe="fixed", **changes)

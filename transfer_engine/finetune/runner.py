@@ -135,6 +135,26 @@ def finetune(out: str | os.PathLike, config: FinetuneConfig | None = None, *, re
     if ckpt.exists(ckpt_dir) and not resume and not overwrite:
         raise UsageError(f"{ckpt_dir} holds the checkpoint of an interrupted run; pass --resume to continue it "
                          "or --overwrite to start over")
+    job = _build_job(cfg, ckpt_dir)
+    rank = job.rank
+
+    writer = None
+    if rank == 0:
+        from transfer_engine.runs import RunWriter
+
+        writer = RunWriter(out, overwrite=overwrite)  # --out is checked and staged before any training
+    try:
+        summary = _train_and_write(job, writer, resume, progress, on_epoch_end)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return summary
+
+
+def _build_job(cfg: FinetuneConfig, ckpt_dir: Path) -> "_Job":
+    """Everything a run needs before its first step: device, precision, the starting model, the data, the
+    strategy and the trainer (whose schedule spans `cfg.epochs`)."""
     rank, world = dist.rank_and_world()
     if cfg.batch_size % world:
         raise UsageError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
@@ -169,19 +189,70 @@ def finetune(out: str | os.PathLike, config: FinetuneConfig | None = None, *, re
                       cfg.channels_last, cfg.backbone_dropout)
     job = _Job(cfg, start, trainer, sets, plan, name, chosen, precision_reason, preprocess.crop_size, val_note,
                ckpt_dir, rank, world, _default_workers(world) if cfg.workers is None else cfg.workers, adapters)
+    return job
 
-    writer = None
-    if rank == 0:
-        from transfer_engine.runs import RunWriter
 
-        writer = RunWriter(out, overwrite=overwrite)  # --out is checked and staged before any training
-    try:
-        summary = _train_and_write(job, writer, resume, progress, on_epoch_end)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    return summary
+PROBE_STEPS = 4  # the first warms up (kernel selection, allocations); the others are timed
+LATE_EPOCH = 10 ** 6  # an epoch past every strategy's unfreezing
+
+
+@dataclass(frozen=True)
+class EpochCost:
+    """What a run of `cfg` costs on this machine, measured by `measure_cost` (seconds).
+
+    Attributes:
+        setup: building the start (the model, the data set's records) and the trainer.
+        step: one optimizer step (augmented batch, forward, backward, update).
+        eval_image: evaluating one image (val each epoch; val and test before; every split at the end).
+        steps_per_epoch, val_images, test_images, train_images: the run's sizes.
+    """
+
+    setup: float
+    step: float
+    eval_image: float
+    steps_per_epoch: int
+    train_images: int
+    val_images: int
+    test_images: int
+
+    def run_seconds(self, epochs: int) -> float:
+        """The wall clock of a run of `epochs`: set-up, the evaluations before and after, and the epochs."""
+        before = self.val_images + self.test_images
+        after = self.train_images + self.val_images + self.test_images
+        epoch = self.steps_per_epoch * self.step + self.val_images * self.eval_image
+        return self.setup + (before + after) * self.eval_image + epochs * epoch
+
+
+def measure_cost(cfg: FinetuneConfig) -> EpochCost:
+    """Time PROBE_STEPS training steps and one evaluation batch of `cfg`'s run on a throwaway copy of its
+    start, so a recipe can size its schedule to a wall-clock budget before the run begins."""
+    import itertools
+
+    began = time.perf_counter()
+    job = _build_job(cfg.fixed(epochs=1), ckpt.checkpoint_dir(Path(os.devnull)))
+    trainer, sets = job.trainer, job.sets
+    setup = time.perf_counter() - began
+    trainer.set_phase(LATE_EPOCH)  # every block the strategy ever trains: the steps that cost the most
+    batches = fdata.loader(sets["train"], fdata.TrainBatches(len(sets["train"]), job.cfg.batch_size, job.cfg.seed, 0,
+                                                             job.rank, job.world), job.workers)
+    times: list[float] = []
+    mark = [time.perf_counter()]
+
+    def lap(_images: int) -> None:
+        now = time.perf_counter()
+        times.append(now - mark[0])
+        mark[0] = now
+
+    trainer.train_steps(itertools.islice(batches, PROBE_STEPS), EpochSums(), lap)
+    step = sum(times[1:]) / max(1, len(times) - 1) if len(times) > 1 else times[0]
+    probe = sets["val"] if len(sets["val"]) else sets["train"]
+    eval_batch = max(job.cfg.batch_size, 64)
+    subset = fdata.ImageSet(probe.source, probe.items[:eval_batch], probe.preprocess, "none", probe.crop_scale)
+    t0 = time.perf_counter()
+    counted = trainer.evaluate(subset, eval_batch, job.workers, job.rank, job.world).count
+    eval_image = (time.perf_counter() - t0) / max(1, counted)
+    return EpochCost(setup, step, eval_image, fdata.steps_per_epoch(len(sets["train"]), job.cfg.batch_size),
+                     len(sets["train"]), len(sets["val"]), len(sets["test"]))
 
 
 @dataclass
@@ -315,8 +386,9 @@ def _train_and_write(job: _Job, writer, resume: bool, progress: bool, on_epoch_e
                   "lr": trainer.lrs(), "trainable_backbone_blocks": sum(plan.trainable(epoch)),
                   "seconds": round(state.seconds, 3)}
         state.history.append(record)
-        improved = val is not None and better_on_val(record, state.best)
-        if improved or val is None:
+        # --keep final: the start and the last epoch are the only candidates, decided after the last epoch
+        improved = cfg.keep != "final" and val is not None and better_on_val(record, state.best)
+        if improved or (val is None and cfg.keep != "final"):
             state.best = {"epoch": epoch + 1, "val_accuracy": record["val_accuracy"], "val_loss": record["val_loss"]}
             best_weights = _copy(model)
         state.epoch, state.step, state.sums = epoch + 1, 0, EpochSums().as_dict()
@@ -324,9 +396,12 @@ def _train_and_write(job: _Job, writer, resume: bool, progress: bool, on_epoch_e
                    f"val accuracy {_pct(record['val_accuracy'])}" + (" (best)" if improved else ""))
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model)
-        save(best_weights if improved or val is None else None)
+        save(best_weights if improved or (val is None and cfg.keep != "final") else None)
 
-    final = best_weights if cfg.keep == "best" else _copy(model)
+    if cfg.keep == "final":
+        state.best = _start_or_last(state)
+    kept_stored = cfg.keep == "best" or (cfg.keep == "final" and state.best.get("epoch") == 0)
+    final = best_weights if kept_stored else _copy(model)
     model.load_state_dict(final)
     dist.check_in_sync(model)
     if job.adapters is not None:
@@ -338,7 +413,8 @@ def _train_and_write(job: _Job, writer, resume: bool, progress: bool, on_epoch_e
         val_loss=results["val"].loss if "val" in results else None,
         test_accuracy=results["test"].accuracy if "test" in results else None,
         before={k: v for k, v in state.before.items() if k.endswith("accuracy")},
-        parent=_parent(start), best_epoch=int(state.best.get("epoch", epochs)) if cfg.keep == "best" else len(state.history),
+        parent=_parent(start), best_epoch=(int(state.best.get("epoch", epochs)) if cfg.keep in ("best", "final")
+                                             else len(state.history)),
         epochs=epochs, strategy=job.strategy, backbone=start.backbone.name, head=start.head.name,
         input_size=job.input_size, precision=job.precision, device=str(trainer.device),
         world_size=world, resumed=resumed, seconds=round(state.seconds, 3),
@@ -372,6 +448,16 @@ def better_on_val(candidate: dict, best: dict) -> bool:
         return best.get("val_accuracy") is None or candidate["val_accuracy"] > best["val_accuracy"]
     return (candidate.get("val_loss") is not None and best.get("val_loss") is not None
             and candidate["val_loss"] < best["val_loss"] - VAL_LOSS_MIN_DELTA)
+
+
+def _start_or_last(state) -> dict:
+    """--keep final's choice, as `state.best`: the last epoch, unless the start is better on val
+    (`better_on_val`; a start whose head saw val is no candidate, and without val the last epoch stays)."""
+    last = state.history[-1] if state.history else None
+    start = state.best if state.best.get("epoch") == 0 else {}
+    if last is None or (start.get("val_accuracy") is not None and better_on_val(start, last)):
+        return start or state.best
+    return {"epoch": last["epoch"], "val_accuracy": last["val_accuracy"], "val_loss": last["val_loss"]}
 
 
 def _epochs_since_best_trained(history: list[dict]) -> int | None:

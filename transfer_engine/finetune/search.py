@@ -39,13 +39,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from transfer_engine._durable import write_durably
-from transfer_engine.core.configs import FinetuneConfig
+from transfer_engine.core.configs import SCHEDULE_EPOCHS, SCHEDULE_LR, SCHEDULE_SETTINGS, FinetuneConfig
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import distributed as dist
 from transfer_engine.runs import METRICS_JSON, RUN_JSON
 from transfer_engine.runs.writer import check_out
 
 LR_GRID = (3e-4, 1e-4, 3e-5)  # tried in this order (why: the module's docstring)
+SCHEDULE_JSON = "schedule.json"
 TRIAL_EPOCHS = 6
 MIN_TRIAL_EPOCHS = 2  # fewer trained epochs than this only measure the dip below the start
 PATIENCE = 2
@@ -103,7 +104,7 @@ def search(out: Path, cfg: FinetuneConfig, *, resume: bool, overwrite: bool, pro
         UsageError: --out holds a run (without --overwrite), OUT.search/ holds another search or an
             interrupted one without --resume, or a trial's own usage error.
     """
-    if cfg.no_val or cfg.keep != "best":
+    if cfg.recipe == "search" and (cfg.no_val or cfg.keep not in (None, "best")):
         raise UsageError("a recipe search selects on val: --no-val and --keep last need a fixed recipe (give --epochs "
                          "and --lr, or --recipe fixed)")
     check_out(out, overwrite)
@@ -129,6 +130,8 @@ def _search(out: Path, work: Path, cfg: FinetuneConfig, done: dict, resume: bool
 
     budget = 60.0 * cfg.budget_minutes
     say = _say(progress and rank == 0)
+    if cfg.recipe != "search":
+        return _schedule(out, work, cfg, done, resume, overwrite, progress, rank, say)
     lrs = (cfg.lr,) if cfg.lr is not None else LR_GRID
     head_only = _head_only_epochs(cfg)
     most = cfg.epochs or TRIAL_EPOCHS + head_only
@@ -177,6 +180,64 @@ def _search(out: Path, work: Path, cfg: FinetuneConfig, done: dict, resume: bool
 
     chosen = _best(trials)
     return _finish(out, work, chosen, trials, summaries, cfg, overwrite, say, rank)
+
+
+def schedule_config(cfg: FinetuneConfig, epochs: int) -> FinetuneConfig:
+    """The schedule recipe's run: `epochs` at SCHEDULE_LR, with SCHEDULE_SETTINGS wherever `cfg` holds the
+    class default (an option the user gave wins)."""
+    settings = {k: v for k, v in SCHEDULE_SETTINGS.items() if getattr(cfg, k) is None}
+    return cfg.fixed(epochs=epochs, lr=cfg.lr or SCHEDULE_LR, **settings)
+
+
+def _schedule(out: Path, work: Path, cfg: FinetuneConfig, done: dict, resume: bool, overwrite: bool,
+              progress: bool, rank: int, say):
+    """The default recipe: one run whose length fits the budget (measured before it starts), the start kept
+    when the last epoch is not better on val."""
+    from transfer_engine.finetune.runner import finetune
+
+    most = cfg.epochs or SCHEDULE_EPOCHS + _head_only_epochs(cfg)
+    epochs, why = _schedule_epochs(work, cfg, most, rank)
+    trial_cfg = schedule_config(cfg, epochs)
+    name = _name(trial_cfg.lr, epochs)
+    say(f"finetune: recipe: one run of {epochs} epochs at peak learning rate {trial_cfg.lr:g} ({why}); weight decay "
+        f"{trial_cfg.weight_decay:g}, label smoothing {trial_cfg.label_smoothing:g}, crops of {trial_cfg.crop_scale:g}"
+        "-1 of the image; keeps the last epoch unless the start is better on val")
+    if name in done:
+        trial = Trial(**{**done[name], "status": "reused"})
+        summaries = {name: None}
+    else:
+        began = time.perf_counter()
+        s = finetune(work / name, trial_cfg, resume=resume, progress=progress)
+        trial = Trial(name, trial_cfg.lr, epochs, "done", s.best_epoch, len(s.history), s.val_accuracy,
+                      s.test_accuracy, round(time.perf_counter() - began, 3), s.seconds, s.val_loss)
+        summaries = {name: s}
+        if rank == 0:
+            done[name] = asdict(trial)
+            _write_json(work / TRIALS_JSON, done)
+    return _finish(out, work, trial, [trial], summaries, cfg, overwrite, say, rank)
+
+
+def _schedule_epochs(work: Path, cfg: FinetuneConfig, most: int, rank: int) -> tuple[int, str]:
+    """The epochs of the schedule and why: the most (up to `most`) whose measured cost fits the budget,
+    at least MIN_TRIAL_EPOCHS. Measured once and kept in OUT.search/, so --resume trains the same run."""
+    from transfer_engine.finetune.runner import measure_cost
+
+    path = work / SCHEDULE_JSON
+    if path.exists():
+        kept = json.loads(path.read_text())
+        return int(kept["epochs"]), kept["why"]
+    began = time.perf_counter()
+    cost = measure_cost(schedule_config(cfg, most))
+    left = 60.0 * cfg.budget_minutes - (time.perf_counter() - began)
+    fits = [e for e in range(1, most + 1) if cost.run_seconds(e) <= left]
+    epochs = max(max(fits, default=0), min(most, _head_only_epochs(cfg) + MIN_TRIAL_EPOCHS))
+    estimate = cost.run_seconds(epochs)
+    why = (f"about {estimate:.0f} s of the {cfg.budget_minutes:g}-minute budget" if estimate <= left else
+           f"about {estimate:.0f} s: the fewest epochs te trains, over the {cfg.budget_minutes:g}-minute budget")
+    epochs, why = dist.all_gather_object((epochs, why))[0]
+    if rank == 0:
+        _write_json(path, {"epochs": epochs, "why": why, "cost": asdict(cost)})
+    return epochs, why
 
 
 def _finish(out: Path, work: Path, chosen: Trial, trials: list[Trial], summaries: dict, cfg: FinetuneConfig,
