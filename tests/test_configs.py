@@ -54,7 +54,7 @@ def test_the_cli_offers_exactly_the_choices_the_code_accepts():
     ({"backbone": "resnet18", "data": "d"}, "--backbone needs --data SRC and --head"),
     ({"from_run_dir": "r", "epochs": 0}, "--epochs must be at least 1, got 0"),
     ({"from_run_dir": "r", "lr": 0.0}, "--lr must be positive"),
-    ({"from_run_dir": "r", "keep": "first"}, "--keep must be one of best, last, got 'first'"),
+    ({"from_run_dir": "r", "keep": "first"}, "--keep must be one of best, last, final, got 'first'"),
     ({"from_run_dir": "r", "strategy": "melt"}, "--strategy must be one of freeze, no_freeze"),
     ({"from_run_dir": "r", "augment": "mixup"}, "--augment must be one of crop\\+flip, crop, none"),
 ])

@@ -55,7 +55,7 @@ class _LoraTargets(click.ParamType):
                    "(the start included); fixed: --epochs at --lr once; auto: the schedule unless --epochs or --lr "
                    "is given.")
 @click.option("--budget", "budget_minutes", type=click.FloatRange(min=0, min_open=True), default=D("budget_minutes"),
-              show_default=True, metavar="MINUTES", help="Wall-clock bound of the schedule or the search (measured before training).")
+              show_default=True, metavar="MINUTES", help="Wall-clock bound of the schedule or the search (its cost is timed before training).")
 @click.option("--epochs", type=click.IntRange(min=1), default=D("epochs"), metavar="N",
               help=f"Epochs to train [fixed recipe: {FIXED_EPOCHS}; schedule and search: the most a run takes].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=D("lr"), metavar="X",

@@ -191,7 +191,7 @@ def schedule_config(cfg: FinetuneConfig, epochs: int) -> FinetuneConfig:
 
 def _schedule(out: Path, work: Path, cfg: FinetuneConfig, done: dict, resume: bool, overwrite: bool,
               progress: bool, rank: int, say):
-    """The default recipe: one run whose length fits the budget (measured before it starts), the start kept
+    """The default recipe: one run whose length fits the budget (its cost timed before it starts), the start kept
     when the last epoch is not better on val."""
     from transfer_engine.finetune.runner import finetune
 
