@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from transfer_engine.cli._common import emit_json, json_option
-from transfer_engine.core.choices import BACKEND_CHOICES
-from transfer_engine.core.selection import DEFAULT_FOLDS, DEFAULT_SELECT, KFOLD_MAX_RECORDS, SELECTIONS
+from transfer_engine.core.choices import BACKEND_CHOICES, SELECTIONS
+from transfer_engine.core.selection import DEFAULT_FOLDS, DEFAULT_SELECT, KFOLD_MAX_RECORDS
 
 
 @click.command("compare")

@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, json_option, table
-from transfer_engine.core.choices import DEVICES
+from transfer_engine.core.choices import DEVICES, SELECTIONS
 from transfer_engine.core.configs import TrainConfig
-from transfer_engine.core.selection import KFOLD_MAX_RECORDS, SELECTIONS
+from transfer_engine.core.selection import KFOLD_MAX_RECORDS
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict:

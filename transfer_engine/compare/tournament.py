@@ -23,7 +23,7 @@ from transfer_engine.compare.logme import logme
 from transfer_engine.compare.ranking import recommend
 from transfer_engine.compare.report import COMPARE_JSON, write
 from transfer_engine.compare.results import Comparison, Entry
-from transfer_engine.core.selection import DEFAULT_FOLDS, DEFAULT_SELECT, SELECTIONS, check_folds, resolve_selection
+from transfer_engine.core.selection import DEFAULT_FOLDS, DEFAULT_SELECT, check_folds, check_select, resolve_selection
 from transfer_engine.errors import TEError, UsageError, first_line
 
 PROBES = ("linear", "knn")
@@ -82,8 +82,7 @@ def compare(data: str, cache: str | Path, backbones: str | list[str], *, out: st
     """
     from transfer_engine.extract.runner import extract
 
-    if select not in SELECTIONS:
-        raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got {select!r}")
+    check_select(select)
     check_folds(folds)
     say: Callable[[str], None] = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (
         lambda line: None)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from transfer_engine.core.choices import AUGMENTS, DEVICES, FINETUNE_PRECISIONS, KEEP, LORA_TARGETS, OPTIMIZERS, RECIPES, STRATEGIES
-from transfer_engine.core.selection import DEFAULT_FOLDS, DEFAULT_SELECT, SELECTIONS, check_folds
+from transfer_engine.core.selection import DEFAULT_FOLDS, DEFAULT_SELECT, check_folds, check_select
 from transfer_engine.errors import UsageError
 
 CROP_SCALE = 0.35  # smallest area fraction of a random resized crop; timm's 0.08 is for training from scratch
@@ -102,8 +102,7 @@ class TrainConfig(_Defaults):
             raise UsageError(f"--weight-decay must be at least 0, got {self.weight_decay}")
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.select not in SELECTIONS:
-            raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
+        check_select(self.select)
         check_folds(self.folds)
 
     @property

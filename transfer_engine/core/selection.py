@@ -26,10 +26,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
+from transfer_engine.core.choices import SELECTIONS
 from transfer_engine.errors import UsageError
 
-# --select: "auto" = "kfold" up to KFOLD_MAX_RECORDS train+val records, "val" above.
-SELECTIONS = ("auto", "kfold", "val")
+# --select (SELECTIONS): "auto" = "kfold" up to KFOLD_MAX_RECORDS train+val records, "val" above.
 DEFAULT_SELECT = "auto"
 DEFAULT_FOLDS = 5
 # Above this many train+val records a val split of the usual share holds enough images that one image
@@ -44,10 +44,15 @@ class Keyed(Protocol):
     label: int
 
 
-def resolve_selection(select: str, pool_size: int) -> str:
-    """"kfold" or "val": what `select` means for a train+val pool of `pool_size` records."""
+def check_select(select: str) -> None:
+    """Refuse a --select that is not one of `SELECTIONS`."""
     if select not in SELECTIONS:
         raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got {select!r}")
+
+
+def resolve_selection(select: str, pool_size: int) -> str:
+    """"kfold" or "val": what `select` means for a train+val pool of `pool_size` records."""
+    check_select(select)
     if select == "auto":
         return "kfold" if pool_size <= KFOLD_MAX_RECORDS else "val"
     return select
