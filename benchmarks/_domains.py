@@ -273,7 +273,7 @@ DOMAINS = {
     "glyphs": lambda root, per_class: write_glyphs(root),
     "digits-blocky": lambda root, per_class: write_digits(root, smoothing=False, per_class=per_class),
     "digits-smooth": lambda root, per_class: write_digits(root, smoothing=True, per_class=per_class),
-    "icons": lambda root, per_class: write_icons(root, per_theme_class=per_class or PER_THEME_CLASS),
+    "icons": lambda root, per_class: write_icons(root),  # per_class counts digits; icons: PER_THEME_CLASS
     "cards": lambda root, per_class: write_cards(root),
 }
 HELD_OUT = "cards"  # never looked at while choosing te finetune's recipe; reported on its own
