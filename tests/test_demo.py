@@ -12,9 +12,10 @@ def test_demo_runs_every_step_and_reports_the_test_accuracy_of_each_model(te, tm
     # 300 digits, and int8 deployed: a gate full int8 meets and no speed rule (no timing decides this test),
     # so the deployed int8 path runs (te export's budget search is tests/export/test_int8_budget.py's; at
     # the default 99% gate it would keep nearly every node group in float here and cost ~20 s more).
-    # Fine-tuning (and so the exported model) at 112 px: the same code as at 224, a quarter of the pixels.
-    r = te("demo", "--limit", "300", "--finetune-size", "112", "--int8-min-agreement", "0.5", "--int8-min-speedup",
-           "0", "--out", str(tmp_path), "--json", timeout=900)
+    # Fine-tuning (and so the exported model) at 112 px: the same code as at 224, a quarter of the pixels,
+    # with te finetune's default recipe on a budget it cannot meet: its fewest epochs (two).
+    r = te("demo", "--limit", "300", "--finetune-size", "112", "--finetune-budget", "0.05", "--int8-min-agreement",
+           "0.5", "--int8-min-speedup", "0", "--out", str(tmp_path), "--json", timeout=900)
     assert r.code == 0, r.stderr[-3000:]
     result = json.loads(r.stdout)  # JSON alone on stdout, the step lines on stderr
     assert all(f"[{n}/7]" in r.stderr for n in range(1, 8))
@@ -23,6 +24,7 @@ def test_demo_runs_every_step_and_reports_the_test_accuracy_of_each_model(te, tm
     assert [row["head"] for row in result["leaderboard"]][0] == result["best_head"]
     assert {row["head"] for row in result["leaderboard"]} >= {"linear", "mlp", "cosine", "knn"}
     chance = result["chance_accuracy"]
+    assert result["finetune"]["epochs"] == 2 and result["finetune"]["recipe"] == "schedule"
     for key in ("linear_probe_test_accuracy", "best_head_test_accuracy", "finetuned_test_accuracy",
                 "onnx_fp32_test_accuracy", "onnx_int8_test_accuracy"):
         assert result[key] > 5 * chance, key  # 10% is chance

