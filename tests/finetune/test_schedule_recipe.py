@@ -124,3 +124,28 @@ def test_the_cli_prints_the_run_and_the_verdict(tmp_path, te):
     assert f"recipe: one run of {MIN_TRIAL_EPOCHS + 1} epochs" in r.stderr  # freeze_unfreeze: 1 head-only epoch
     assert "over the 0.001-minute budget" in r.stderr
     assert "paid" in r.stdout or "did not pay" in r.stdout
+
+
+def test_a_start_whose_head_saw_val_is_still_kept_over_a_wrecked_last_epoch(tmp_path, linear, one_thread):
+    # te train --sweep refits its head on train+val: the start's val accuracy is optimistic, but a last
+    # epoch that cannot even reach it (here: at chance) must not replace it
+    import shutil
+
+    from transfer_engine.runs.format import FITTED_ON_TRAIN_VAL
+
+    refitted = tmp_path / "refitted"
+    shutil.copytree(linear, refitted)
+    metrics = json.loads((refitted / "metrics.json").read_text())
+    metrics.setdefault("hyperparameters", {})["fitted_on"] = FITTED_ON_TRAIN_VAL
+    (refitted / "metrics.json").write_text(json.dumps(metrics))
+
+    def wreck_the_head(epoch, model):  # after epoch 1's validation: epoch 2 ends at chance level
+        if epoch == 1:
+            with torch.no_grad():
+                for p in model.head.parameters():
+                    p.zero_()
+
+    summary = finetune(tmp_path / "ft", from_run_dir=refitted, recipe="fixed", epochs=2, lr=1e-12, keep="final",
+                       batch_size=16, augment="none", progress=False, on_epoch_end=wreck_the_head)
+    assert not summary.start_candidate and summary.best_epoch == 0
+    assert summary.test_accuracy == summary.before["test_accuracy"]

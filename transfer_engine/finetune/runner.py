@@ -334,7 +334,9 @@ def _train_and_write(job: _Job, writer, resume: bool, progress: bool, on_epoch_e
             meter.line(job.val_note)
         meter.line(f"finetune: {plan.describe(trainer.blocks)}; {job.precision} ({job.precision_reason}); "
                    f"start: val accuracy {_pct(state.before.get('val_accuracy'))}"
-                   + (" (its head was fitted on train+val, so the start is not a candidate for the best weights)"
+                   + ((" (its head was fitted on train+val: the last epoch must beat this optimistic figure to "
+                       "replace the start)" if cfg.keep == "final" else
+                       " (its head was fitted on train+val, so the start is not a candidate for the best weights)")
                       if seen_val else ""))
 
     def save(best=None) -> None:
@@ -452,11 +454,13 @@ def better_on_val(candidate: dict, best: dict) -> bool:
 
 def _start_or_last(state) -> dict:
     """--keep final's choice, as `state.best`: the last epoch, unless the start is better on val
-    (`better_on_val`; a start whose head saw val is no candidate, and without val the last epoch stays)."""
+    (`better_on_val`). A start whose head saw val (te train --sweep refits on train+val) is compared too:
+    its val accuracy is optimistic, so the last epoch must beat an optimistic bar to replace it, which
+    keeps a run that wrecked the start from being written (the conservative side). Without val, the last."""
     last = state.history[-1] if state.history else None
-    start = state.best if state.best.get("epoch") == 0 else {}
-    if last is None or (start.get("val_accuracy") is not None and better_on_val(start, last)):
-        return start or state.best
+    start = {"epoch": 0, "val_accuracy": state.before.get("val_accuracy"), "val_loss": state.before.get("val_loss")}
+    if last is None or (start["val_accuracy"] is not None and better_on_val(start, last)):
+        return start
     return {"epoch": last["epoch"], "val_accuracy": last["val_accuracy"], "val_loss": last["val_loss"]}
 
 

@@ -250,7 +250,11 @@ def _finish(out: Path, work: Path, chosen: Trial, trials: list[Trial], summaries
     metrics = files[METRICS_JSON]
     start_val = (metrics.get("before") or {}).get("val_accuracy")
     held_out = (metrics.get("parent") or {}).get("val_accuracy")
-    if not metrics.get("start_candidate", True):
+    if not metrics.get("start_candidate", True) and not chosen.best_epoch:
+        paid = False
+        verdict = (f"fine-tuning did not reach the start's val accuracy ({_pct(start_val)}, optimistic: the --from "
+                   "head was refitted on train+val), so the run holds the starting model")
+    elif not metrics.get("start_candidate", True):
         paid = None
         verdict = (f"val cannot say whether fine-tuning paid: the --from head was refitted on train+val (te train "
                    f"--sweep); its held-out val accuracy was {_pct(held_out)}, the chosen trial {chosen.name} reached "
