@@ -156,12 +156,16 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
     # space: step 7 puts other backbones' features of the same digits into this cache
     board = train_all(cache_dir, out=runs / "heads", dataset="digits", space=summary.space, sweep=True,
                       overwrite=True, progress=progress)
-    rows = board.to_dict()["leaderboard"]
-    table = ", ".join(f"{r['head']} {_pct(r['val_accuracy'])}/{_pct(r['test_accuracy'])}" for r in rows)
+    board_dict = board.to_dict()
+    rows = board_dict["leaderboard"]
+    kfold = board_dict.get("selected_by") == "kfold"
+    table = ", ".join(f"{r['head']} {_pct(r['kfold_accuracy'] if kfold else r['val_accuracy'])}/"
+                      f"{_pct(r['test_accuracy'])}" for r in rows)
     best = board.best
     linear = next((r for r in board if r.head == "linear"), None)
-    step(3, f"te train --head all --sweep on the cached features (val/test accuracy): {table}; best on val: "
-            f"{best.head} ({sum(r['seconds'] for r in rows):.1f} s for all heads)")
+    scored = "k-fold/test accuracy" if kfold else "val/test accuracy"
+    step(3, f"te train --head all --sweep on the cached features ({scored}): {table}; best by "
+            f"{'k-fold' if kfold else 'val'}: {best.head} ({sum(r['seconds'] for r in rows):.1f} s for all heads)")
 
     ft_dir = runs / "finetuned"
     ft = finetune(ft_dir, from_run_dir=best.run, budget_minutes=finetune_budget, input_size=finetune_input_size,
