@@ -37,6 +37,14 @@ def linear(tmp_path_factory):
         torch.set_num_threads(before)
 
 
+def wreck_the_head(epoch, model):
+    """on_epoch_end: zero the head after epoch 1's validation, so epoch 2 ends at chance level."""
+    if epoch == 1:
+        with torch.no_grad():
+            for p in model.head.parameters():
+                p.zero_()
+
+
 def test_the_default_is_one_run_with_the_schedule_s_settings_and_says_what_it_chose(tmp_path, linear, one_thread):
     summary = finetune(tmp_path / "ft", from_run_dir=linear, batch_size=16, budget_minutes=0.05, progress=False)
     (trial,) = summary.search["trials"]  # one run: the budget goes to its epochs, not to parallel trials
@@ -76,12 +84,6 @@ def test_the_budget_sets_the_length_of_the_run(tmp_path, linear, one_thread, mon
 
 
 def test_keep_final_writes_the_start_when_the_last_epoch_is_worse_on_val(tmp_path, linear, one_thread):
-    def wreck_the_head(epoch, model):  # after epoch 1's validation: epoch 2 ends at chance level
-        if epoch == 1:
-            with torch.no_grad():
-                for p in model.head.parameters():
-                    p.zero_()
-
     summary = finetune(tmp_path / "ft", from_run_dir=linear, recipe="fixed", epochs=2, lr=1e-12, keep="final",
                        batch_size=16, augment="none", progress=False, on_epoch_end=wreck_the_head)
     assert summary.best_epoch == 0  # epoch 1 was fine, but only the start and the last epoch are candidates
@@ -138,12 +140,6 @@ def test_a_start_whose_head_saw_val_is_still_kept_over_a_wrecked_last_epoch(tmp_
     metrics = json.loads((refitted / "metrics.json").read_text())
     metrics.setdefault("hyperparameters", {})["fitted_on"] = FITTED_ON_TRAIN_VAL
     (refitted / "metrics.json").write_text(json.dumps(metrics))
-
-    def wreck_the_head(epoch, model):  # after epoch 1's validation: epoch 2 ends at chance level
-        if epoch == 1:
-            with torch.no_grad():
-                for p in model.head.parameters():
-                    p.zero_()
 
     summary = finetune(tmp_path / "ft", from_run_dir=refitted, recipe="fixed", epochs=2, lr=1e-12, keep="final",
                        batch_size=16, augment="none", progress=False, on_epoch_end=wreck_the_head)
