@@ -244,7 +244,7 @@ def measure_cost(cfg: FinetuneConfig) -> EpochCost:
         mark[0] = now
 
     trainer.train_steps(itertools.islice(batches, PROBE_STEPS), EpochSums(), lap)
-    step = sum(times[1:]) / max(1, len(times) - 1) if len(times) > 1 else times[0]
+    step = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else times[0]
     probe = sets["val"] if len(sets["val"]) else sets["train"]
     eval_batch = max(job.cfg.batch_size, 64)
     subset = fdata.ImageSet(probe.source, probe.items[:eval_batch], probe.preprocess, "none", probe.crop_scale)
@@ -389,8 +389,10 @@ def _train_and_write(job: _Job, writer, resume: bool, progress: bool, on_epoch_e
                   "seconds": round(state.seconds, 3)}
         state.history.append(record)
         # --keep final: the start and the last epoch are the only candidates, decided after the last epoch
-        improved = cfg.keep != "final" and val is not None and better_on_val(record, state.best)
-        if improved or (val is None and cfg.keep != "final"):
+        tracks_best = cfg.keep != "final"
+        improved = tracks_best and val is not None and better_on_val(record, state.best)
+        replaced = improved or (tracks_best and val is None)
+        if replaced:
             state.best = {"epoch": epoch + 1, "val_accuracy": record["val_accuracy"], "val_loss": record["val_loss"]}
             best_weights = _copy(model)
         state.epoch, state.step, state.sums = epoch + 1, 0, EpochSums().as_dict()
@@ -398,7 +400,7 @@ def _train_and_write(job: _Job, writer, resume: bool, progress: bool, on_epoch_e
                    f"val accuracy {_pct(record['val_accuracy'])}" + (" (best)" if improved else ""))
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model)
-        save(best_weights if improved or (val is None and cfg.keep != "final") else None)
+        save(best_weights if replaced else None)
 
     if cfg.keep == "final":
         state.best = _start_or_last(state)

@@ -115,7 +115,8 @@ def search(out: Path, cfg: FinetuneConfig, *, resume: bool, overwrite: bool, pro
     done = dist.all_gather_object(done)[0]
     dist.barrier()
     try:
-        return _search(out, work, cfg, done, resume, overwrite, progress, rank)
+        recipe = _search if cfg.recipe == "search" else _schedule
+        return recipe(out, work, cfg, done, resume, overwrite, progress, rank)
     except Exception:
         # An error before any trial finished (a bad --from, a usage error of the first trial) leaves nothing
         # behind; once trials have finished they stay for --resume (so does an interrupted search).
@@ -126,12 +127,8 @@ def search(out: Path, cfg: FinetuneConfig, *, resume: bool, overwrite: bool, pro
 
 def _search(out: Path, work: Path, cfg: FinetuneConfig, done: dict, resume: bool, overwrite: bool,
             progress: bool, rank: int):
-    from transfer_engine.finetune.runner import finetune
-
     budget = 60.0 * cfg.budget_minutes
     say = _say(progress and rank == 0)
-    if cfg.recipe != "search":
-        return _schedule(out, work, cfg, done, resume, overwrite, progress, rank, say)
     lrs = (cfg.lr,) if cfg.lr is not None else LR_GRID
     head_only = _head_only_epochs(cfg)
     most = cfg.epochs or TRIAL_EPOCHS + head_only
@@ -144,21 +141,8 @@ def _search(out: Path, work: Path, cfg: FinetuneConfig, done: dict, resume: bool
     summaries: dict = {}
 
     def run(name: str, lr: float, epochs: int, patience: int) -> None:
-        trial_out = work / name
-        if name in done:
-            trial = Trial(**{**done[name], "status": "reused"})
-            summaries[name] = None
-        else:
-            began = time.perf_counter()
-            s = finetune(trial_out, cfg.fixed(epochs=epochs, lr=lr, patience=patience), resume=resume,
-                         progress=progress)
-            trial = Trial(name, lr, epochs, "stopped early" if s.stopped_early else "done", s.best_epoch,
-                          len(s.history), s.val_accuracy, s.test_accuracy,
-                          round(time.perf_counter() - began, 3), s.seconds, s.val_loss)
-            summaries[name] = s
-            if rank == 0:
-                done[name] = asdict(trial)
-                _write_json(work / TRIALS_JSON, done)
+        trial, summaries[name] = _run_trial(work, name, cfg.fixed(epochs=epochs, lr=lr, patience=patience), done,
+                                            resume, progress, rank)
         trials.append(trial)
         say(f"finetune: trial {name}: val accuracy {_pct(trial.val_accuracy)}"
             + (f", val loss {trial.val_loss:.4f}" if trial.val_loss is not None else "") + " (kept "
@@ -189,12 +173,30 @@ def schedule_config(cfg: FinetuneConfig, epochs: int) -> FinetuneConfig:
     return cfg.fixed(epochs=epochs, lr=cfg.lr or SCHEDULE_LR, **settings)
 
 
-def _schedule(out: Path, work: Path, cfg: FinetuneConfig, done: dict, resume: bool, overwrite: bool,
-              progress: bool, rank: int, say):
-    """The default recipe: one run whose length fits the budget (its cost timed before it starts), the start kept
-    when the last epoch is not better on val."""
+def _run_trial(work: Path, name: str, trial_cfg: FinetuneConfig, done: dict, resume: bool, progress: bool,
+               rank: int) -> tuple[Trial, object]:
+    """Train the trial `name` (a fixed-recipe run in OUT.search/NAME), or reuse it when an interrupted search
+    finished it already; records it in trials.json. Returns the Trial and its FinetuneSummary (None: reused)."""
     from transfer_engine.finetune.runner import finetune
 
+    if name in done:
+        return Trial(**{**done[name], "status": "reused"}), None
+    began = time.perf_counter()
+    s = finetune(work / name, trial_cfg, resume=resume, progress=progress)
+    trial = Trial(name, trial_cfg.lr, trial_cfg.epochs, "stopped early" if s.stopped_early else "done", s.best_epoch,
+                  len(s.history), s.val_accuracy, s.test_accuracy, round(time.perf_counter() - began, 3), s.seconds,
+                  s.val_loss)
+    if rank == 0:
+        done[name] = asdict(trial)
+        _write_json(work / TRIALS_JSON, done)
+    return trial, s
+
+
+def _schedule(out: Path, work: Path, cfg: FinetuneConfig, done: dict, resume: bool, overwrite: bool,
+              progress: bool, rank: int):
+    """The default recipe: one run whose length fits the budget (its cost timed before it starts), the start kept
+    when the last epoch is not better on val."""
+    say = _say(progress and rank == 0)
     most = cfg.epochs or SCHEDULE_EPOCHS + _head_only_epochs(cfg)
     epochs, why = _schedule_epochs(work, cfg, most, rank)
     trial_cfg = schedule_config(cfg, epochs)
@@ -202,19 +204,8 @@ def _schedule(out: Path, work: Path, cfg: FinetuneConfig, done: dict, resume: bo
     say(f"finetune: recipe: one run of {epochs} epochs at peak learning rate {trial_cfg.lr:g} ({why}); weight decay "
         f"{trial_cfg.weight_decay:g}, label smoothing {trial_cfg.label_smoothing:g}, crops of {trial_cfg.crop_scale:g}"
         "-1 of the image; keeps the last epoch unless the start is better on val")
-    if name in done:
-        trial = Trial(**{**done[name], "status": "reused"})
-        summaries = {name: None}
-    else:
-        began = time.perf_counter()
-        s = finetune(work / name, trial_cfg, resume=resume, progress=progress)
-        trial = Trial(name, trial_cfg.lr, epochs, "done", s.best_epoch, len(s.history), s.val_accuracy,
-                      s.test_accuracy, round(time.perf_counter() - began, 3), s.seconds, s.val_loss)
-        summaries = {name: s}
-        if rank == 0:
-            done[name] = asdict(trial)
-            _write_json(work / TRIALS_JSON, done)
-    return _finish(out, work, trial, [trial], summaries, cfg, overwrite, say, rank)
+    trial, summary = _run_trial(work, name, trial_cfg, done, resume, progress, rank)
+    return _finish(out, work, trial, [trial], {name: summary}, cfg, overwrite, say, rank)
 
 
 def _schedule_epochs(work: Path, cfg: FinetuneConfig, most: int, rank: int) -> tuple[int, str]:
@@ -250,11 +241,12 @@ def _finish(out: Path, work: Path, chosen: Trial, trials: list[Trial], summaries
     metrics = files[METRICS_JSON]
     start_val = (metrics.get("before") or {}).get("val_accuracy")
     held_out = (metrics.get("parent") or {}).get("val_accuracy")
-    if not metrics.get("start_candidate", True) and not chosen.best_epoch:
+    start_saw_val = not metrics.get("start_candidate", True)
+    if start_saw_val and not chosen.best_epoch:
         paid = False
         verdict = (f"fine-tuning did not reach the start's val accuracy ({_pct(start_val)}, optimistic: the --from "
                    "head was refitted on train+val), so the run holds the starting model")
-    elif not metrics.get("start_candidate", True):
+    elif start_saw_val:
         paid = None
         verdict = (f"val cannot say whether fine-tuning paid: the --from head was refitted on train+val (te train "
                    f"--sweep); its held-out val accuracy was {_pct(held_out)}, the chosen trial {chosen.name} reached "
