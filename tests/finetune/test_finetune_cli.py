@@ -12,6 +12,7 @@ import torch
 from conftest import ONE_THREAD
 from linear_run import make_linear_run
 
+from transfer_engine.core.runtime import torch_threads
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import finetune
 from transfer_engine.runs import Run
@@ -20,12 +21,8 @@ from transfer_engine.runs import Run
 @pytest.fixture(scope="module")
 def linear(tmp_path_factory):
     """A linear head on random-init ResNet-18 features of 200 real digits at 32 px (cached, L-BFGS)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return make_linear_run(tmp_path_factory.mktemp("lin"), "resnet18", weights="none", input_size=32, limit=200)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_lp_ft_from_a_linear_run_starts_where_it_ended_and_keeps_the_best_on_val(te, tmp_path, linear):

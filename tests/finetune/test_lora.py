@@ -17,6 +17,7 @@ from torch import nn
 
 from transfer_engine.backbones import create_backbone
 from transfer_engine.core.configs import FinetuneConfig
+from transfer_engine.core.runtime import torch_threads
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import finetune
 from transfer_engine.finetune.checkpoint import LAST, checkpoint_dir
@@ -39,9 +40,7 @@ def _probe() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     """A two-epoch lora run; the adapted model's state and fp32 logits on a probe after its last epoch."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         tmp = tmp_path_factory.mktemp("lora")
         base = {f"backbone.{k}": v.clone() for k, v in
                 create_backbone(BACKBONE, weights="none", seed=0).model.state_dict().items()}
@@ -59,8 +58,6 @@ def lora_run(tmp_path_factory):
 
         summary = finetune(tmp / "run", on_epoch_end=snapshot, **KWARGS)
         return SimpleNamespace(path=tmp / "run", base=base, summary=summary, **seen)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_only_the_adapters_and_the_head_train_and_the_backbone_weights_stay_bit_for_bit(lora_run):

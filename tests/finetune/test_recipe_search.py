@@ -13,6 +13,7 @@ import torch
 from conftest import ONE_THREAD, TINY
 from linear_run import make_linear_run
 
+from transfer_engine.core.runtime import torch_threads
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import finetune
 from transfer_engine.finetune import runner as runner_mod
@@ -26,13 +27,9 @@ NEW_HEAD = dict(backbone="mobilenet_v3_small", weights="none", data="builtin:dig
 @pytest.fixture(scope="module")
 def linear(tmp_path_factory):
     """A linear head on random-init MobileNetV3-Small features of 160 real digits at 32 px."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return make_linear_run(tmp_path_factory.mktemp("lin"), "mobilenet_v3_small", weights="none", input_size=32,
                                limit=160)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_the_search_keeps_the_trial_best_on_val(tmp_path, one_thread):

@@ -13,6 +13,7 @@ import torch
 from conftest import ONE_THREAD, TINY
 from linear_run import make_linear_run
 
+from transfer_engine.core.runtime import torch_threads
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import finetune
 from transfer_engine.finetune import runner as runner_mod
@@ -28,13 +29,9 @@ NEW_HEAD = dict(backbone="mobilenet_v3_small", weights="none", data="builtin:dig
 def linear(tmp_path_factory):
     """A linear head on pretrained EfficientNet-Lite0 features of 160 real digits at 32 px (a start well above
     chance, so a worse last epoch is visible on val)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return make_linear_run(tmp_path_factory.mktemp("lin"), "efficientnet_lite0", weights="DEFAULT", input_size=32,
                                limit=160)
-    finally:
-        torch.set_num_threads(before)
 
 
 def wreck_the_head(epoch, model):
