@@ -12,10 +12,12 @@ def test_demo_runs_every_step_and_reports_the_test_accuracy_of_each_model(te, tm
     # 300 digits, and int8 deployed: a gate full int8 meets and no speed rule (no timing decides this test),
     # so the deployed int8 path runs (te export's budget search is tests/export/test_int8_budget.py's; at
     # the default 99% gate it would keep nearly every node group in float here and cost ~20 s more).
-    # Fine-tuning (and so the exported model) at 112 px: the same code as at 224, a quarter of the pixels,
-    # with te finetune's default recipe on a budget it cannot meet: its fewest epochs (two).
-    r = te("demo", "--limit", "300", "--finetune-size", "112", "--finetune-budget", "0.05", "--int8-min-agreement",
-           "0.5", "--int8-min-speedup", "0", "--out", str(tmp_path), "--json", timeout=900)
+    # Fine-tuning with te finetune's default recipe on a budget it cannot meet: its fewest epochs (two), at the
+    # backbone's own 224 px, the size the head was fitted at. (At 112 px the start scored 51% on these 49 test
+    # digits, one digit above the bar below, and te keeps the start when two epochs cannot beat it: int8's
+    # noise then failed the bar once in CI.)
+    r = te("demo", "--limit", "300", "--finetune-budget", "0.05", "--int8-min-agreement", "0.5",
+           "--int8-min-speedup", "0", "--out", str(tmp_path), "--json", timeout=900)
     assert r.code == 0, r.stderr[-3000:]
     result = json.loads(r.stdout)  # JSON alone on stdout, the step lines on stderr
     assert all(f"[{n}/7]" in r.stderr for n in range(1, 8))
