@@ -50,7 +50,8 @@ class Builder:
 
     # -- the whole sequence ---------------------------------------------------------------------------
     def build_and_check(self, model: Any, ref: parity.Reference, x: np.ndarray, images: list[Any], *,
-                        quantize: str | None, preprocess: bool, split: bool, cal_set: ImageSet | None,
+                        quantize: str | None, preprocess: bool, split: bool,
+                        int8_sets: tuple[ImageSet, ImageSet] | None, check_keys: Sequence[str],
                         batch_sizes: list[int], min_agreement: float, providers: Sequence[str] | None,
                         timings: dict[str, float], int8_target: str = DEFAULT_INT8_TARGET,
                         min_int8_speedup: float = DEFAULT_MIN_SPEEDUP) -> dict[str, Any]:
@@ -73,8 +74,8 @@ class Builder:
         calibration = None
         if quantize:
             t = time.perf_counter()
-            calibration = self._quantize(quantize, core["fp32"], core[quantize], cal_set, ref, x, min_agreement,
-                                         int8_target, min_int8_speedup)
+            calibration = self._quantize(quantize, core["fp32"], core[quantize], int8_sets, check_keys,
+                                         min_agreement, int8_target, min_int8_speedup)
             self._stamp(core[quantize], quantize, "model", tensor_input, list(OUTPUTS))
             timings["quantize"] = time.perf_counter() - t
 
@@ -83,8 +84,14 @@ class Builder:
         report_variants = {}
         for v in variants:
             entry = self._measure(core[v], list(x), ref, max(batch_sizes))
-            failure = parity.fp32_failure(ref, entry) if v == "fp32" else parity.agreement_failure(entry, min_agreement)
+            if v == "int8":  # judged on the selection images: the check (test) images only report it
+                entry["unbiased"] = _unbiased(entry, min_agreement)
+                failure = None
+            else:
+                failure = parity.fp32_failure(ref, entry) if v == "fp32" else parity.agreement_failure(entry, min_agreement)
             report_variants[v] = self._judge(f"{v}", entry, failure)
+            if v == "int8" and calibration is not None:  # its verdict is the gate's (its failure is listed)
+                report_variants[v]["passed"] = calibration["int8"]["passed"]
             report_variants[v]["file"] = str(self.targets["model"] if v == deploy else self.targets["fp32"])
             report_variants[v]["bytes"] = core[v].stat().st_size
         batches = self._check_batch_sizes(core["fp32"], x, ref, batch_sizes)
@@ -119,9 +126,10 @@ class Builder:
         }
 
     # -- steps -----------------------------------------------------------------------------------------
-    def _quantize(self, quantize: str, fp32: Path, out: Path, cal_set: ImageSet | None, ref: parity.Reference,
-                  x: np.ndarray, min_agreement: float, int8_target: str, min_int8_speedup: float
+    def _quantize(self, quantize: str, fp32: Path, out: Path, int8_sets: tuple[ImageSet, ImageSet] | None,
+                  check_keys: Sequence[str], min_agreement: float, int8_target: str, min_int8_speedup: float
                   ) -> dict[str, Any] | None:
+        from transfer_engine.export.gate import AgreementGate
         from transfer_engine.export.int8 import quantize_within_budget
         from transfer_engine.export.quantize import convert_fp16
 
@@ -129,34 +137,40 @@ class Builder:
             self.say("converting to fp16 (onnxruntime's float16 converter, float32 inputs and outputs kept)")
             convert_fp16(fp32, out)
             return None
-        assert cal_set is not None
+        assert int8_sets is not None
+        cal_set, sel_set = int8_sets
         recipe = RECIPES[int8_target]
         self.say(f"quantizing to int8 ({recipe.name} recipe: QDQ, per-channel, "
                  f"{recipe.weight_bits()} weights), calibrated on {cal_set.description}")
-        images, _, failed = cal_set.load()
+        transform = self.run.preprocess.transform()
+        images, _, failed = cal_set.load(exclude=frozenset(check_keys))
         if not images:
             raise UsageError(f"none of the {len(cal_set)} calibration images could be read")
-        transform = self.run.preprocess.transform()
         calibration = np.stack([transform(im).numpy() for im in images]).astype(np.float32)
-
-        def check(candidate: Path) -> tuple[float, bool]:
-            (logits,) = run_grouped(open_session(str(candidate), CPU), list(x), 32, outputs=["logits"])
-            measures = parity.compare(ref, logits, None)
-            return measures["top1_agreement"], parity.agreement_failure(measures, min_agreement) is None
+        # no image in two sets: a copy of a check or calibration image among the selection images is left out
+        chosen, _, sel_failed = sel_set.load(exclude=frozenset(check_keys) | frozenset(cal_set.loaded_keys))
+        selection = np.stack([transform(im).numpy() for im in chosen]).astype(np.float32) if chosen else \
+            np.zeros((0, *calibration.shape[1:]), np.float32)
+        self.say(f"judging int8 on {len(chosen)} selection images: {sel_set.description}")
 
         work = self.staging / "int8-work"
         work.mkdir()
-        outcome = quantize_within_budget(fp32, out, calibration, recipe=recipe, check=check,
-                                         min_agreement=min_agreement, min_speedup=min_int8_speedup, workdir=work,
-                                         input_name=INPUT, say=self.say)
+        outcome = quantize_within_budget(fp32, out, calibration, selection, recipe=recipe,
+                                         gate=AgreementGate(min_agreement), min_speedup=min_int8_speedup,
+                                         workdir=work, input_name=INPUT, selection_source=sel_set.description,
+                                         calibration_source=cal_set.description, say=self.say)
         shutil.rmtree(work, ignore_errors=True)
         if outcome.failure:
             self.failures.append(f"int8: {outcome.failure}")
-        self.quantization = {k: v for k, v in outcome.to_dict().items() if k in ("recipe", "checked_on", "float_nodes")}
+        self.quantization = {k: v for k, v in outcome.to_dict().items()
+                             if k in ("recipe", "checked_on", "float_nodes", "gate")}
+        self.quantization["speed"] = outcome.speed
         return {"images": len(images), "source": cal_set.description, "failed": failed, "method": recipe.calibration,
                 "format": recipe.format, "per_channel": recipe.per_channel, "activations": recipe.activations,
                 "weights": recipe.weights, "reduce_range": recipe.reduce_range,
-                "depthwise_full_range": recipe.depthwise_full_range, "int8": outcome.to_dict()}
+                "depthwise_full_range": recipe.depthwise_full_range,
+                "selection": {"images": len(chosen), "source": sel_set.description, "failed": sel_failed},
+                "int8": outcome.to_dict()}
 
     def _measure(self, path: Path, inputs: list[np.ndarray], ref: parity.Reference, batch: int,
                  feed: Callable[[Session, list[np.ndarray], int], dict[str, np.ndarray]] | None = None
@@ -282,6 +296,16 @@ class Builder:
             info["input"] = {"name": INPUT, "dtype": "uint8" if preprocess else "float32",
                              "layout": self.layout if preprocess else "nchw"}
         return info
+
+
+def _unbiased(entry: dict[str, Any], floor: float) -> dict[str, Any]:
+    """The int8 model on the check images, which chose nothing: its agreement with PyTorch, with the 95%
+    lower bound of that agreement (`export.gate`) and the accuracy delta (the least favourable provider)."""
+    from transfer_engine.export.gate import AgreementGate
+
+    agreed, images = entry["images"] - entry["disagreements"], entry["images"]
+    return {"images": images, "agreed": agreed, "agreement": entry["top1_agreement"],
+            "lower_bound": AgreementGate(floor).lower_bound(agreed, images), "accuracy_delta": entry["accuracy_delta"]}
 
 
 def _outputs_by_name(session: Session, items: list[np.ndarray], batch: int) -> dict[str, np.ndarray]:

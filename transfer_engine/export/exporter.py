@@ -29,7 +29,8 @@ from transfer_engine.errors import TEError, UsageError
 from transfer_engine.export import parity
 from transfer_engine.export.builder import Builder
 from transfer_engine.export.onnx_export import DEFAULT_OPSET, check_opset
-from transfer_engine.export.recipes import DEFAULT_INT8_TARGET, DEFAULT_MIN_SPEEDUP, INT8_TARGETS
+from transfer_engine.export.recipes import (DEFAULT_INT8_TARGET, DEFAULT_MIN_SPEEDUP, DEFAULT_SELECTION_SIZE,
+                                           INT8_TARGETS)
 from transfer_engine.export.runtime import import_ort
 
 Log = Callable[[str], None]
@@ -68,8 +69,9 @@ class ExportResult:
 
 def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, quantize: str | None = None,
                 preprocess: bool = False, layout: str = "nhwc", split: bool = False, check_data: str | None = None,
-                calibration_data: str | None = None, batch_sizes: Sequence[int] = (1, 8), check_size: int = 200,
-                calibration_size: int = 128, min_agreement: float = parity.DEFAULT_MIN_AGREEMENT,
+                calibration_data: str | None = None, selection_data: str | None = None,
+                batch_sizes: Sequence[int] = (1, 8), check_size: int = 200, calibration_size: int = 128,
+                selection_size: int = DEFAULT_SELECTION_SIZE, min_agreement: float = parity.DEFAULT_MIN_AGREEMENT,
                 exporter: str = "auto", overwrite: bool = False, providers: Sequence[str] | None = None,
                 int8_target: str = DEFAULT_INT8_TARGET, min_int8_speedup: float = DEFAULT_MIN_SPEEDUP,
                 log: Log | None = None) -> ExportResult:
@@ -84,18 +86,23 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
         preprocess: bake resize/crop/normalize into the graph (input: uint8 images in `layout`).
         layout: "nhwc" or "nchw", for the uint8 input of `preprocess`.
         split: also write FILE.backbone.onnx (images -> features) and FILE.head.onnx (features -> logits).
-        check_data: labelled images to check on, instead of the val/test split of the run's data set.
+        check_data: labelled images to check on, instead of the test split (val without one) of the run's data set.
         calibration_data: images to calibrate int8 on, instead of the train split of the run's data set.
+        selection_data: images the int8 gate judges each mix of int8 and float nodes on (labels not
+            needed), instead of the run's train and val images that are neither check nor calibration images.
         batch_sizes: batch sizes the fp32 model is run at, to prove the batch axis is dynamic.
         check_size: at most this many check images (spread evenly over the held-out set).
         calibration_size: at most this many calibration images.
-        min_agreement: top-1 agreement with PyTorch below which a quantized variant is refused.
+        selection_size: at most this many int8 selection images.
+        min_agreement: the floor of top-1 agreement: int8 is deployed when the 95% lower bound of its
+            agreement on the selection images reaches it (`export.gate`); fp16 and in-graph preprocessing
+            must agree at least this much on the check images.
         exporter: "auto", "torchscript" or "dynamo" (see `transfer_engine.export.onnx_export`).
         overwrite: replace existing files at `out` (otherwise that is a UsageError, before any work).
         providers: onnxruntime providers to check on (default: every one available: TensorRT, CUDA, CPU).
         int8_target: the int8 recipe (`transfer_engine.export.recipes.RECIPES`): "portable" (7-bit weights, 8-bit
             in depthwise convolutions: the same integer results on CPUs with and without VNNI) or "vnni" (8-bit weights, VNNI CPUs only).
-        min_int8_speedup: int8 must run at least this many times as fast as fp32 at batch 32 on the CPU
+        min_int8_speedup: int8 must run at least this many times as fast as fp32 at batch 1 and 32 on the CPU
             (after keeping sensitive nodes in float to meet `min_agreement`); 0 turns the rule off.
         log: where progress lines go (default: nowhere).
 
@@ -115,6 +122,8 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
     run = run if isinstance(run, Run) else Run.open(run)
     out = Path(out).expanduser().absolute()
     _check_arguments(out, quantize, layout, batch_sizes, check_size, calibration_size, min_agreement)
+    if selection_size < 1:
+        raise UsageError("--selection-size must be at least 1")
     _check_int8(int8_target, min_int8_speedup)
     opset, exporter = check_opset(opset, exporter)
     if preprocess and opset < 18:
@@ -128,7 +137,10 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
     _check_finite_weights(model)
 
     check_set = image_sets.held_out_images(run, check_data, check_size)
-    cal_set = image_sets.train_images(run, calibration_data, calibration_size) if quantize == "int8" else None
+    int8_sets = None
+    if quantize == "int8":
+        cal_set = image_sets.train_images(run, calibration_data, calibration_size)
+        int8_sets = (cal_set, image_sets.selection_images(run, selection_data, selection_size, check_set, cal_set))
     say(f"checking on {check_set.description}")
     check_images, labels, check_failed = check_set.load()
     if not check_images:
@@ -148,7 +160,8 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
     try:
         builder = Builder(run, staging, targets, opset=opset, exporter=exporter, layout=layout, say=say)
         report = builder.build_and_check(model, ref, x, check_images, quantize=quantize, preprocess=preprocess,
-                                         split=split, cal_set=cal_set, batch_sizes=list(batch_sizes),
+                                         split=split, int8_sets=int8_sets, check_keys=check_set.loaded_keys,
+                                         batch_sizes=list(batch_sizes),
                                          min_agreement=min_agreement, providers=providers, timings=timings,
                                          int8_target=int8_target, min_int8_speedup=min_int8_speedup)
         report["check"] = {"images": len(check_images), "source": check_set.description, "failed": check_failed,

@@ -1,8 +1,14 @@
 """Real images for export and prediction: the run's held-out split, its training split, or a --data SRC.
 
-`te export` checks parity on held-out images of the run's own data set: the records the feature cache
-keeps for it (path, content key, label, split) say which images were val/test, and `open_source` reads
-them again. The content key is re-checked, so an image changed since extraction is skipped, not
+`te export` uses three disjoint sets of the run's own images:
+    check        the test split (val only when the data set has no test split): parity of every variant,
+                 and the int8 model's unbiased figures; nothing is chosen on them
+    calibration  train images: int8's activation ranges and its ranking of sensitive nodes
+    selection    val images the model was not fitted on, or --selection-data (no check or calibration image,
+                 compared by content key): the int8 gate judges each mix of int8 and float nodes on them;
+                 labels are not needed
+The records the feature cache keeps for the data set (path, content key, label, split) say which image is
+in which split, and `open_source` reads them again. The content key is re-checked, so an image changed since extraction is skipped, not
 silently used. Without the cache the same stable split is derived from the bytes (`derived_split`).
 
 `open_images` also accepts what prediction gets: a flat folder of images or one image file (unlabelled).
@@ -24,7 +30,7 @@ from transfer_engine.data.sources import (DataSource, Sample, check_read_limits,
 from transfer_engine.data.walk import IMAGE_EXTENSIONS, FolderWalk
 from transfer_engine.errors import UsageError
 
-HELD_OUT = ("test", "val")
+HELD_OUT = ("test", "val")  # the check images' split: test, or val when the data set has no test split
 
 
 class ImageFiles(DataSource):
@@ -103,21 +109,29 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self) -> tuple[list[Any], list[int | None], list[dict[str, str]]]:
-        """Read and decode every image.
+    def load(self, exclude: frozenset[str] = frozenset()) -> tuple[list[Any], list[int | None], list[dict[str, str]]]:
+        """Read and decode every image (`loaded_keys` then holds each one's content key).
+
+        Args:
+            exclude: content keys of images another set holds: such an image is left out (not a failure).
 
         Returns:
             (PIL RGB images, their labels, failures [{path, reason}] for the images skipped).
         """
         images, labels, failed = [], [], []
+        self.loaded_keys: list[str] = []
         keys = self.keys or [None] * len(self.samples)
         for sample, label, key in zip(self.samples, self.labels, keys):
             try:
                 data = self.source.read_bytes(sample)
-                if key is not None and content_key(data) != key:
+                actual = content_key(data)
+                if key is not None and actual != key:
                     raise ValueError("the file changed since its features were extracted")
+                if actual in exclude:
+                    continue
                 images.append(self.source.decode(sample, data))
                 labels.append(label)
+                self.loaded_keys.append(actual)
             except Exception as exc:  # unreadable, truncated, not an image: skipped and reported
                 failed.append({"path": display_path(sample.path), "reason": f"{type(exc).__name__}: {exc}"[:200]})
         return images, labels, failed
@@ -128,8 +142,8 @@ def held_out_images(run: Any, check_data: str | None, limit: int) -> ImageSet:
 
     Args:
         run: the `Run`.
-        check_data: --check-data SRC (all its images, or its val/test split folders), or None for the
-            val/test split of the run's own data set.
+        check_data: --check-data SRC (all its images, or its test split folder, else val), or None for the
+            test split of the run's own data set (val when it has none).
         limit: at most this many, spread evenly over the set.
 
     Raises:
@@ -141,23 +155,22 @@ def held_out_images(run: Any, check_data: str | None, limit: int) -> ImageSet:
             raise UsageError(f"--check-data {check_data} has no labels; the parity check reports accuracy, so it "
                              "needs labelled images: CLASS/IMAGE folders, a path,label manifest or builtin:NAME")
         samples = list(source.samples())
-        held = [s for s in samples if s.split in HELD_OUT] or samples
+        held = _check_split(samples) or samples
         chosen = _spread(held, limit)
         labels = _map_labels(source.class_names, run.class_names, [s.label for s in chosen], f"--check-data {check_data}")
-        where = "its val/test split" if held is not samples else "all its images"
+        where = f"its {held[0].split} split" if held is not samples else "all its images"
         return ImageSet(f"{len(chosen)} images of {check_data} ({where})", source, chosen, labels, [])
     source, records, note = _run_data(run, "--check-data SRC with labelled held-out images")
     if records is not None:
-        held_records = sorted((r for r in records if r.split in HELD_OUT), key=lambda r: HELD_OUT.index(r.split))
+        held_records = _check_split(records)
         if any(r.label is None for r in held_records):
-            raise UsageError(f"the run's data set {run.info.dataset.get('name')!r} has unlabelled val/test images; "
+            raise UsageError(f"the run's data set {run.info.dataset.get('name')!r} has unlabelled check (test/val) images; "
                              "pass --check-data SRC with labelled images")
         chosen_records = _spread(held_records, limit)
         samples = [Sample(fs_path(r.path), r.label, r.split) for r in chosen_records]
         keys: list[str | None] = [r.key for r in chosen_records]
     else:
-        samples = [s for s in _with_splits(source) if s.split in HELD_OUT]
-        samples, keys = _spread(samples, limit), []
+        samples, keys = _spread(_check_split(list(_with_splits(source))), limit), []
     if not samples:
         raise UsageError(f"the run's data {run.info.dataset.get('data')!r} has no val or test images; pass "
                          "--check-data SRC with labelled held-out images")
@@ -167,7 +180,8 @@ def held_out_images(run: Any, check_data: str | None, limit: int) -> ImageSet:
     labels = _map_labels(labelled_in, run.class_names, [s.label for s in samples],
                          f"the run's data {run.info.dataset.get('data')}")
     data = run.info.dataset.get("data")
-    return ImageSet(f"{len(samples)} val/test images of {data} (the run's data set{note})", source, samples, labels,
+    split = samples[0].split
+    return ImageSet(f"{len(samples)} {split} images of {data} (the run's data set{note})", source, samples, labels,
                     keys)
 
 
@@ -200,6 +214,71 @@ def train_images(run: Any, calibration_data: str | None, limit: int) -> ImageSet
                          "pass --calibration-data SRC")
     return ImageSet(f"{len(samples)} train images of {run.info.dataset.get('data')} (the run's data set{note})",
                     source, samples, [None] * len(samples), keys)
+
+
+def selection_images(run: Any, selection_data: str | None, limit: int, check: ImageSet,
+                     calibration: ImageSet) -> ImageSet:
+    """Images the int8 gate judges each mix on: images of the run's kind its model was not fitted on, and
+    neither check nor calibration images (labels are not needed).
+
+    The model fits its own training images better than new ones (larger margins), so int8 agrees with it
+    more often on them: measured on EfficientNet-Lite0 + a linear head on the digits, a mix agreeing on
+    100% of the train images agreed on 97.5% of val and 97.8% of test (docs/export.md, "The int8 gate").
+    So the run's images are the val split when the model was not fitted on it (the images te train held
+    out of train when the data set has no val split), never train; `--selection-data` adds none of the
+    run's own: any images of this kind, unlabelled ones included.
+
+    Args:
+        run: the `Run`.
+        selection_data: --selection-data SRC (all its images), or None for the run's unfitted images.
+        limit: at most this many, spread evenly.
+        check, calibration: the other two sets; their images are left out by path here and by content
+            key when the selection images are loaded (`ImageSet.load(exclude=...)`).
+
+    Returns:
+        The set; it may be empty, with why in its description (the gate then says how many it needs).
+    """
+    from transfer_engine.core.splits import hold_out
+
+    if selection_data is not None:
+        source = open_images(selection_data)
+        chosen = _spread(list(source.samples()), limit)
+        if not chosen:
+            raise UsageError(f"--selection-data {selection_data} holds no images")
+        return ImageSet(f"{len(chosen)} images of {selection_data}", source, chosen, [None] * len(chosen), [])
+    data = run.info.dataset.get("data")
+    fitted = run.val_was_fitted()
+    if fitted is not False:
+        why = ("its model was fitted on train and val (te train --sweep refits the best head on both)" if fitted
+               else "the run does not record whether its model was fitted on val (an older run)")
+        return ImageSet(f"no images of {data}: {why}, and the check images are test", None, [], [], [])  # type: ignore[arg-type]
+    source, records, note = _run_data(run, "--selection-data SRC with images of this kind")
+    items = records if records is not None else list(_with_splits(source))
+    if check.samples and check.samples[0].split == "val":
+        return ImageSet(f"no images of {data}: its val images are the check images (it has no test split)",
+                        source, [], [], [])
+    pool = [r for r in items if r.split == "val"]
+    where = "val"
+    if not pool and records is not None:  # te train held val out of train by this rule (`core.splits.hold_out`)
+        pool, where = hold_out([r for r in records if r.split == "train"])[1], "held-out train"
+    taken = {s.path for s in [*check.samples, *calibration.samples]}
+    if records is not None:
+        chosen_records = _spread([r for r in pool if fs_path(r.path) not in taken], limit)
+        samples = [Sample(fs_path(r.path), r.label, where) for r in chosen_records]
+        keys: list[str | None] = [r.key for r in chosen_records]
+    else:
+        samples, keys = _spread([s for s in pool if s.path not in taken], limit), []
+    return ImageSet(f"{len(samples)} {where} images of {data}, which the model was not fitted on (the run's "
+                    f"data set{note})", source, samples, [None] * len(samples), keys)
+
+
+def _check_split(items: list) -> list:
+    """The items (records or samples) of the check images' split: test, else val."""
+    for split in HELD_OUT:
+        held = [item for item in items if item.split == split]
+        if held:
+            return held
+    return []
 
 
 def _run_data(run: Any, alternative: str) -> tuple[DataSource, list | None, str]:

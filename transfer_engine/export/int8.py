@@ -1,12 +1,16 @@
 """int8 within an accuracy budget: float kept where int8 costs accuracy (the recipes: `export.recipes`).
 
-`quantize_within_budget` quantizes everything first. If top-1 agreement misses the gate, it ranks the
-quantized nodes in groups (a Conv/Gemm/MatMul and what follows it up to the next one: activation,
-residual Add, pool) by what each costs the model's output when it alone is int8 (every other group in
-float, on ISOLATED_IMAGES calibration images); keeps the 1, 2, 4, ... most costly groups in float until
-the gate is met, then bisects down to the fewest that meet it. The mix
-must also be faster than fp32 at batch 32 (`min_speedup`), else int8 is refused: fp32 is then the
-better model. docs/export.md has the measurements behind these choices.
+`quantize_within_budget` quantizes everything first. If the gate (`export.gate.AgreementGate`: the 95%
+lower bound of top-1 agreement with the fp32 model on the selection images reaches the floor) is missed,
+it ranks the quantized nodes in groups (a Conv/Gemm/MatMul and what follows it up to the next one:
+activation, residual Add, pool) by what each costs the model's output when it alone is int8 (every other
+group in float, on ISOLATED_IMAGES calibration images); keeps the 1, 2, 4, ... most costly groups in
+float until the gate is met, then bisects down to the fewest that meet it. The mix must also be faster
+than fp32 at batch 1 and at batch 32 (`min_speedup`), else int8 is refused: fp32 is then the better model.
+
+Three disjoint sets of images: calibration (activation ranges, the ranking), selection (every mix is
+judged on it) and the caller's test images, which nothing here reads: they report the chosen model once.
+docs/export.md has the measurements behind these choices.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 
 from transfer_engine.core import cpu
 from transfer_engine.errors import TEError, first_line
+from transfer_engine.export.gate import AgreementGate
 from transfer_engine.export.quantize import QuantizationError
 from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP, Int8Recipe
 from transfer_engine.export.runtime import CPU, import_ort, open_session, quiet_stdout, run_grouped
@@ -29,7 +34,8 @@ from transfer_engine.export.runtime import CPU, import_ort, open_session, quiet_
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 SENSITIVITY_IMAGES = 8     # images the per-node errors are measured on (every activation is kept in memory)
 ISOLATED_IMAGES = 32       # images each group's end-to-end cost is measured on (one quantization per group)
-SPEED_BATCH = 32           # the batch size int8 must beat fp32 at
+SPEED_BATCHES = (1, 32)    # the batch sizes int8 must beat fp32 at: one request, and a batch of them
+SPEED_ROUND_IMAGES = 32    # images each timing round runs at every batch size
 
 
 @dataclass
@@ -41,11 +47,14 @@ class Int8Outcome:
         passed: a mix met the gate and the speed rule; failure: why not (None when passed).
         quantized_nodes: nodes computing on int8 inputs in full int8; float_groups / float_nodes: the node
             groups (see `_Quantizer.rank_groups`) and the nodes kept in float.
-        steps: every mix tried: {float_groups, float_nodes, selection_agreement, check_agreement, passed}.
+        steps: every mix tried: {float_groups, float_nodes, agreed, images, agreement, lower_bound, passed}.
+        gate: the chosen mix's verdict on the selection images (`AgreementGate.verdict`), and
+            images_needed: how many images its agreement rate would need to pass (None: none would).
         sensitivity: the most costly groups: {node, op, isolated_error, rounding_error, writes_output, nodes}
             (`_Quantizer.rank_groups`, `_Quantizer.isolated_errors`).
-        speed: {batch, fp32_images_per_second, int8_images_per_second, speedup, min_speedup}.
-        selection: what the steps were judged on.
+        speed: {batches: {"1": {...}, "32": {...}}, speedup (the least of them), min_speedup}; each batch
+            {fp32_images_per_second, int8_images_per_second, speedup}.
+        selection: what the steps were judged on; calibration: what the ranges and the ranking came from.
     """
 
     recipe: dict[str, Any]
@@ -56,33 +65,35 @@ class Int8Outcome:
     float_groups: int = 0
     float_nodes: list[str] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
+    gate: dict[str, Any] = field(default_factory=dict)
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
     speed: dict[str, Any] = field(default_factory=dict)
     selection: str = ""
+    calibration: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-Judge = Callable[[Path], tuple[float, bool]]  # candidate model -> (top-1 agreement on the check images, passed)
-
-
-def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray, *, recipe: Int8Recipe,
-                           check: Judge, min_agreement: float, min_speedup: float = DEFAULT_MIN_SPEEDUP,
+def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray, selection: np.ndarray, *,
+                           recipe: Int8Recipe, gate: AgreementGate, min_speedup: float = DEFAULT_MIN_SPEEDUP,
                            workdir: Path, input_name: str = "images", output_name: str = "logits",
+                           selection_source: str = "", calibration_source: str = "",
                            say: Callable[[str], None] = lambda _m: None) -> Int8Outcome:
-    """Quantize `fp32_model` to int8 with `recipe`, keeping in float the fewest sensitive nodes that make
-    top-1 agreement meet `min_agreement` on the calibration images (against fp32) and on the check
-    images (`check`, against PyTorch).
+    """Quantize `fp32_model` to int8 with `recipe`, keeping in float the fewest sensitive nodes whose
+    top-1 agreement with the fp32 model on the `selection` images meets `gate`.
 
     Args:
         fp32_model: the fp32 ONNX file; out: where the int8 model goes (written even when it fails, for
             the caller to measure and report).
-        calibration: normalized float32 images [N, 3, S, S] from the training split (ranges, selection).
-        recipe: how to quantize; check: judges a candidate on the held-out check images.
-        min_agreement: the gate; min_speedup: int8 images/s over fp32 at batch 32 that the mix must reach
-            (0 turns the speed rule off).
-        workdir: a scratch folder; say: progress lines.
+        calibration: normalized float32 images [N, 3, S, S] for the activation ranges and the ranking.
+        selection: other images of the same kind (no calibration image, no test image): each mix is judged
+            by its agreement with the fp32 model on them. Labels are not needed.
+        recipe: how to quantize; gate: the agreement the chosen mix must show.
+        min_speedup: int8 images/s over fp32 that the mix must reach at batch 1 and at batch 32 (0 turns
+            the speed rule off).
+        workdir: a scratch folder; say: progress lines; selection_source / calibration_source: where the
+            images came from, for the report.
 
     Returns:
         The `Int8Outcome` (the file at `out` is the last mix: the chosen one when it passed).
@@ -92,29 +103,38 @@ def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray,
     """
     import_ort()
     outcome = Int8Outcome(recipe.to_dict(), cpu.describe(),
-                          selection=f"{len(calibration)} calibration images (top-1 vs the fp32 model) and the "
-                                    "check images (top-1 vs PyTorch)")
+                          selection=f"{len(selection)} selection images{_of(selection_source)} (top-1 against the "
+                                    "fp32 model; never calibration or test images)",
+                          calibration=f"{len(calibration)} calibration images{_of(calibration_source)}")
     quantizer = _Quantizer(fp32_model, calibration, recipe, workdir, input_name)
-    reference = quantizer.fp32_logits(output_name)
+    reference = quantizer.logits(quantizer.fp32, output_name, images=selection).argmax(1) if len(selection) else None
 
     def attempt(groups: list[dict[str, Any]]) -> bool:
         float_nodes = [n for g in groups for n in g["nodes"]]
         quantizer.quantize(out, float_nodes)
-        selection = _agreement(quantizer.logits(out, output_name), reference)
-        on_check, check_ok = check(out) if selection >= min_agreement else (None, False)
-        ok = selection >= min_agreement and check_ok
-        outcome.steps.append({"float_groups": len(groups), "float_nodes": len(float_nodes),
-                              "selection_agreement": selection, "check_agreement": on_check, "passed": ok})
+        agreed = int((quantizer.logits(out, output_name, images=selection).argmax(1) == reference).sum())
+        verdict = gate.verdict(agreed, len(selection))
+        outcome.steps.append({"float_groups": len(groups), "float_nodes": len(float_nodes), **verdict})
         say(f"int8 with {len(groups)} of {len(ranked) or 'the'} groups ({len(float_nodes)} nodes) in float: top-1 "
-            f"agreement {selection:.1%} on calibration images"
-            + ("" if on_check is None else f", {on_check:.1%} on check images") + (" (meets the gate)" if ok else ""))
-        return ok
+            f"agreement {gate.describe(agreed, len(selection))} on selection images"
+            + (" (meets the gate)" if verdict["passed"] else ""))
+        return verdict["passed"]
 
     ranked: list[dict[str, Any]] = []
+    top = 0
+    if not gate.supported_by(len(selection)):  # no search on evidence that cannot pass: full int8, and why
+        if len(selection):
+            attempt([])
+        else:
+            quantizer.quantize(out, [])
+        outcome.quantized_nodes = _int8_nodes(out)
+        outcome.gate = _gate_entry(gate, outcome.steps[-1] if outcome.steps else {"agreed": 0, "images": 0})
+        outcome.failure = gate.too_few(len(selection)) + (f" ({selection_source})" if selection_source else "")
+        return outcome
     chosen: list[dict[str, Any]] | None = [] if attempt([]) else None
     outcome.quantized_nodes = _int8_nodes(out)
     if chosen is None:
-        ranked = quantizer.rank_groups(out, output_name, reference)
+        ranked = quantizer.rank_groups(out, output_name, quantizer.logits(quantizer.fp32, output_name))
         outcome.sensitivity = [{k: g[k] for k in ("node", "op", "isolated_error", "rounding_error", "writes_output")}
                                | {"nodes": len(g["nodes"])}
                                for g in ranked[:10]]
@@ -135,23 +155,50 @@ def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray,
                     bad = mid
             chosen = ranked[:good]
     if chosen is None:
-        outcome.failure = (f"no mix of int8 and float nodes reaches {min_agreement:.1%} top-1 agreement "
-                           f"(recipe {recipe.name}; {len(outcome.steps)} mixes tried, up to {max(top, 0)} of "
-                           f"{len(ranked)} node groups in float; all of them would be the fp32 model)")
+        best = max(outcome.steps, key=lambda s: s["agreed"])
+        outcome.gate = _gate_entry(gate, best)
+        outcome.failure = (f"no mix of int8 and float nodes meets the gate: the best, {best['float_groups']} of "
+                           f"{len(ranked)} node groups in float, agrees {gate.describe(best['agreed'], best['images'])} "
+                           f"< {gate.floor:.1%} (recipe {recipe.name}; {len(outcome.steps)} mixes tried, up to "
+                           f"{max(top, 0)} groups in float; all of them would be the fp32 model)"
+                           + _more_images(gate, best))
         return outcome
     outcome.float_groups = len(chosen)
     outcome.float_nodes = [n for g in chosen for n in g["nodes"]]
+    chosen_step = next(s for s in reversed(outcome.steps) if s["passed"] and s["float_groups"] == len(chosen))
+    outcome.gate = _gate_entry(gate, chosen_step)
     if outcome.steps[-1]["float_groups"] != len(chosen):  # the bisection ended on another mix: redo this one
         quantizer.quantize(out, outcome.float_nodes)
     outcome.speed = quantizer.speed(out, min_speedup)
-    if min_speedup > 0 and outcome.speed["speedup"] < min_speedup:
+    slow = [b for b, m in outcome.speed["batches"].items() if m["speedup"] < min_speedup]
+    if min_speedup > 0 and slow:
         kept = f"{outcome.float_groups} of {len(ranked)} node groups in float" if ranked else "all int8"
-        outcome.failure = (f"the model meeting the gate ({kept}) runs at {outcome.speed['speedup']:.2f}x fp32 "
-                           f"speed at batch {SPEED_BATCH} on this CPU, below --min-int8-speedup {min_speedup:g}: "
-                           "fp32 is the better model here")
+        at = ", ".join(f"{outcome.speed['batches'][b]['speedup']:.2f}x at batch {b}" for b in slow)
+        outcome.failure = (f"the model meeting the gate ({kept}) runs at {at} of fp32 speed on this CPU, below "
+                           f"--min-int8-speedup {min_speedup:g}: fp32 is the better model here")
         return outcome
     outcome.passed = True
     return outcome
+
+
+def _of(source: str) -> str:
+    return f" ({source})" if source else ""
+
+
+def _gate_entry(gate: AgreementGate, step: dict[str, Any]) -> dict[str, Any]:
+    entry = gate.verdict(step["agreed"], step["images"])
+    entry["images_needed"] = gate.images_needed(entry["agreement"] or 0.0)
+    return entry
+
+
+def _more_images(gate: AgreementGate, step: dict[str, Any]) -> str:
+    """'; at 99.5% agreement the bound would reach 99.0% with 1416 images', when more images could pass it."""
+    rate = step["agreed"] / step["images"] if step["images"] else 0.0
+    needed = gate.images_needed(rate)
+    if needed is None or rate < gate.floor:
+        return ""
+    return (f"; at its {rate:.1%} agreement the bound would reach {gate.floor:.1%} with {needed} selection images "
+            "(--selection-data SRC, --selection-size N)")
 
 
 def quantize_fully(fp32_model: Path, out: Path, calibration: np.ndarray, *, recipe: Int8Recipe, workdir: Path,
@@ -280,14 +327,13 @@ class _Quantizer:
 
         return Reader()
 
-    def logits(self, model: Path, output_name: str, limit: int | None = None) -> np.ndarray:
-        """`output_name` of `model` on the (first `limit`) calibration images."""
+    def logits(self, model: Path, output_name: str, limit: int | None = None,
+               images: np.ndarray | None = None) -> np.ndarray:
+        """`output_name` of `model` on the (first `limit`) calibration images, or on `images`."""
         session = open_session(str(model), CPU)
-        (logits,) = run_grouped(session, list(self.calibration[:limit]), 32, outputs=[output_name])
+        chosen = self.calibration[:limit] if images is None else images
+        (logits,) = run_grouped(session, list(chosen), 32, outputs=[output_name])
         return logits
-
-    def fp32_logits(self, output_name: str) -> np.ndarray:
-        return self.logits(self.fp32, output_name)
 
     def rank_groups(self, qdq_model: Path, output_name: str, reference: np.ndarray) -> list[dict[str, Any]]:
         """The quantized nodes in groups, the most costly end to end first (`isolated_errors`; `reference`:
@@ -372,18 +418,25 @@ class _Quantizer:
             group["isolated_error"] = float(np.abs(out - ref).mean() / scale)
 
     def speed(self, int8_model: Path, min_speedup: float) -> dict[str, Any]:
-        """fp32 and int8 images/s at batch 32 on the CPU provider, timed alternately in this process."""
-        x = np.ascontiguousarray(np.resize(self.calibration, (SPEED_BATCH, *self.calibration.shape[1:])))
+        """fp32 and int8 images/s at each of SPEED_BATCHES on the CPU provider, timed alternately in this
+        process (batch 1: one image per call, as a server answering single requests runs it)."""
         sessions = {"fp32": open_session(str(self.fp32), CPU), "int8": open_session(str(int8_model), CPU)}
-        best = {k: math.inf for k in sessions}
-        for _ in range(4):  # the first round warms up; the best of the others is kept
-            for k, s in sessions.items():
-                t = time.perf_counter()
-                s.run({self.input_name: x})
-                best[k] = min(best[k], time.perf_counter() - t)
-        fp32, int8 = SPEED_BATCH / best["fp32"], SPEED_BATCH / best["int8"]
-        return {"batch": SPEED_BATCH, "fp32_images_per_second": fp32, "int8_images_per_second": int8,
-                "speedup": int8 / fp32, "min_speedup": min_speedup}
+        batches: dict[str, dict[str, float]] = {}
+        for size in SPEED_BATCHES:
+            x = np.ascontiguousarray(np.resize(self.calibration, (size, *self.calibration.shape[1:])))
+            calls = max(1, SPEED_ROUND_IMAGES // size)
+            best = {k: math.inf for k in sessions}
+            for _ in range(4):  # the first round warms up; the best of the others is kept
+                for k, s in sessions.items():
+                    t = time.perf_counter()
+                    for _call in range(calls):
+                        s.run({self.input_name: x})
+                    best[k] = min(best[k], (time.perf_counter() - t) / calls)
+            fp32, int8 = size / best["fp32"], size / best["int8"]
+            batches[str(size)] = {"fp32_images_per_second": fp32, "int8_images_per_second": int8,
+                                  "speedup": int8 / fp32}
+        return {"batches": batches, "speedup": min(b["speedup"] for b in batches.values()),
+                "min_speedup": min_speedup}
 
 
 class _tool_errors:

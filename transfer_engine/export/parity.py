@@ -72,6 +72,7 @@ def compare(ref: Reference, logits: np.ndarray, features: np.ndarray | None) -> 
         "mean_abs_diff": float(diff.mean()),
         "cosine": _min_cosine(logits, ref.logits),
         "top1_agreement": float(agree.mean()),
+        "images": int(len(agree)),
         "accuracy": accuracy,
         "accuracy_delta": None if accuracy is None or torch_accuracy is None else accuracy - torch_accuracy,
         "disagreements": int((~agree).sum()),
@@ -126,7 +127,7 @@ def pixel_failure(measures: dict[str, Any]) -> str | None:
 
 def worst(per_provider: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The least favourable value of each measure over the providers (what a variant is judged by)."""
-    keys_max = ("max_abs_diff", "mean_abs_diff", "disagreements", "disagreements_outside_ties")
+    keys_max = ("max_abs_diff", "mean_abs_diff", "disagreements", "disagreements_outside_ties", "images")
     keys_min = ("cosine", "top1_agreement", "accuracy", "accuracy_delta")
     rows = list(per_provider.values())
     out: dict[str, Any] = {}

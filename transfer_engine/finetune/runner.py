@@ -483,7 +483,8 @@ def _parent(start: Start) -> dict | None:
     if start.parent is None:
         return None
     m = start.parent_metrics
-    return {"path": start.parent, **{k: m.get(k) for k in ("train_accuracy", "val_accuracy", "test_accuracy")}}
+    return {"path": start.parent, **{k: m.get(k) for k in ("train_accuracy", "val_accuracy", "test_accuracy")},
+            "fitted_on": m.get("hyperparameters", {}).get("fitted_on")}
 
 
 def _validation_split(splits: dict[str, list], no_val: bool) -> tuple[dict[str, list], str | None]:

@@ -149,6 +149,28 @@ class Run:
         bb.model.eval()
         return bb
 
+    def val_was_fitted(self) -> bool | None:
+        """Whether the model's weights were fitted on val images too, not only on train: a head that
+        `te train --sweep` refitted on train+val, or a finetune run started from one. None: not recorded
+        (a run written before te recorded it, or a parent run that cannot be read).
+
+        What a model was fitted on it fits better than new images (larger margins): te export judges int8
+        only on images the model was not fitted on."""
+        from transfer_engine.runs.format import FITTED_ON_TRAIN_VAL
+
+        fitted_on = self.metrics.get("hyperparameters", {}).get("fitted_on")
+        if self.info.kind == "finetune":
+            parent = self.metrics.get("parent") or {}
+            fitted_on = parent.get("fitted_on")
+            if fitted_on is None and parent.get("path"):
+                try:
+                    fitted_on = Run.open(parent["path"]).metrics.get("hyperparameters", {}).get("fitted_on")
+                except TEError:
+                    return None
+            elif not parent:
+                return False  # no --from: a new head, fitted on train alone
+        return None if fitted_on is None else fitted_on == FITTED_ON_TRAIN_VAL
+
     def cached_records(self) -> tuple[list | None, str]:
         """The records of the data set the run was trained on, read from its feature cache (the splits
         and keys te train used), or (None, why they cannot be read). The one reader of them: te finetune
