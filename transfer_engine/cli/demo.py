@@ -28,11 +28,11 @@ from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP
                    "224 for EfficientNet-Lite0); smaller is faster on a CPU.")
 @click.option("--int8-min-agreement", type=click.FloatRange(0, 1, min_open=True), default=INT8_MIN_AGREEMENT,
               show_default=True, metavar="F",
-              help="The int8 model's gate: least top-1 agreement with PyTorch on the check digits "
-                   "(te export's default). Below it, the demo says why and deploys the fp32 model.")
+              help="The int8 model's gate: the floor of the 95% lower bound of its top-1 agreement on digits the "
+                   "model was not fitted on (te export's default). Below it, the demo says why and deploys fp32.")
 @click.option("--int8-min-speedup", type=click.FloatRange(0.0, 100.0, max_open=True), default=DEFAULT_MIN_SPEEDUP,
               show_default=True, metavar="R",
-              help="int8 must run R times as fast as fp32 at batch 32 here, or fp32 is deployed (0: no speed rule).")
+              help="int8 must run R times as fast as fp32 at batch 1 and 32 here, or fp32 is deployed (0: no speed rule).")
 @json_option
 def demo(out: Path, backbone: str | None, limit: int | None, finetune_budget: float, finetune_size: int | None,
          int8_min_agreement: float, int8_min_speedup: float, as_json: bool) -> None:

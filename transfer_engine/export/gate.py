@@ -7,7 +7,7 @@ the **one-sided 95% Wilson lower bound** of (agreed, images) must reach the floo
 Why this rule (docs/export.md, "The int8 gate"):
 - agreement needs no labels, so it can rest on many images (the selection set: train and val images that
   are neither test nor calibration images), and the bound says how many it rests on: 99 of 100 images
-  agreeing has a lower bound of 95.6%, not 99%;
+  agreeing does not show 99%;
 - the claim is one-sided ("at least the floor"), so the bound is the one-sided 95% one (z = 1.645, the
   lower end of a two-sided 90% interval);
 - Wilson's interval stays inside [0, 1] and keeps its coverage near 100%, where a normal interval does not;
@@ -69,7 +69,7 @@ class AgreementGate:
         return needed is not None and images >= needed
 
     def describe(self, agreed: int, images: int) -> str:
-        """'99.6% (996 of 1000 images; 95% lower bound 99.2%)'."""
+        """The agreement, the images it rests on and its 95% lower bound, in words."""
         rate = agreed / images if images else 0.0
         return (f"{rate:.1%} ({agreed} of {images} images; 95% lower bound "
                 f"{self.lower_bound(agreed, images):.1%})")

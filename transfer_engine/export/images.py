@@ -222,8 +222,8 @@ def selection_images(run: Any, selection_data: str | None, limit: int, check: Im
     neither check nor calibration images (labels are not needed).
 
     The model fits its own training images better than new ones (larger margins), so int8 agrees with it
-    more often on them: measured on EfficientNet-Lite0 + a linear head on the digits, a mix agreeing on
-    100% of the train images agreed on 97.5% of val and 97.8% of test (docs/export.md, "The int8 gate").
+    more often on them: a gate judged on train images passes mixes that fail on new images (docs/export.md,
+    "The int8 gate", has the figures).
     So the run's images are the val split when the model was not fitted on it (the images te train held
     out of train when the data set has no val split), never train; `--selection-data` adds none of the
     run's own: any images of this kind, unlabelled ones included.

@@ -192,7 +192,7 @@ def _gate_entry(gate: AgreementGate, step: dict[str, Any]) -> dict[str, Any]:
 
 
 def _more_images(gate: AgreementGate, step: dict[str, Any]) -> str:
-    """'; at 99.5% agreement the bound would reach 99.0% with 1416 images', when more images could pass it."""
+    """How many selection images the step's agreement rate would need to pass, when more images could pass it."""
     rate = step["agreed"] / step["images"] if step["images"] else 0.0
     needed = gate.images_needed(rate)
     if needed is None or rate < gate.floor:

@@ -23,8 +23,8 @@ from typing import Any
 from transfer_engine.core import cpu
 
 DEFAULT_MIN_SPEEDUP = 1.0  # int8 slower than fp32 at batch 1 or 32 is refused: fp32 is the better model then
-# Images the int8 gate judges on (`export.gate`): at 99.6% agreement on 1,000 the 95% lower bound is 99.1%;
-# about 600 MB of 224 px float images in memory.
+# Images the int8 gate judges on (`export.gate`): enough for a 99% floor at the agreement a good int8 model
+# reaches (docs/export.md, "The int8 gate"); held in memory as float images.
 DEFAULT_SELECTION_SIZE = 1000
 
 
