@@ -4,8 +4,10 @@ selection and check (test) images are three disjoint sets, and te export says wh
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
+import pytest
 
 from tests.export.helpers import digits_cache, mobilenet_run
 from transfer_engine.export import exporter, images
@@ -106,3 +108,20 @@ def test_a_model_fitted_on_val_leaves_no_images_to_select_on_and_says_why(tmp_pa
     check = images.held_out_images(run, None, 50)
     selection = images.selection_images(run, None, 100, check, images.train_images(run, None, 10))
     assert len(selection) == 0 and "fitted on train and val" in selection.description
+
+
+def test_the_default_gate_on_a_real_model_refuses_evidence_too_thin_and_says_how_much_it_needs(lite, tmp_path):
+    # te export's defaults (99% floor, speed rule) on EfficientNet-Lite0 with real weights and a head fitted
+    # on train digits alone: 100 val digits cannot show 99% with 95% confidence, whatever int8 does on
+    # them, so te refuses before any search and says how many images would (268, all agreeing)
+    from transfer_engine.export import ParityError
+
+    with pytest.raises(ParityError, match=r"100 selection image\(s\) cannot support a 99\.0% gate.*only from 268 images"):
+        exporter.export_onnx(lite / "run", tmp_path / "m.onnx", quantize="int8", selection_size=100, check_size=16,
+                             calibration_size=32, batch_sizes=(1,))
+    report = json.loads((tmp_path / "m.parity-failed.json").read_text())
+    search = report["calibration"]["int8"]
+    assert len(search["steps"]) == 1 and search["steps"][0]["images"] == 100  # full int8 measured, no search
+    assert search["gate"]["images"] == 100 and not search["gate"]["passed"]
+    assert "100 val images of builtin:digits, which the model was not fitted on" in report["calibration"]["selection"]["source"]
+    assert report["variants"]["fp32"]["passed"] and sorted(p.name for p in tmp_path.iterdir()) == ["m.parity-failed.json"]
