@@ -80,9 +80,13 @@ class AgreementGate:
                 "lower_bound": self.lower_bound(agreed, images), "floor": self.floor,
                 "passed": self.passes(agreed, images)}
 
-    def too_few(self, images: int) -> str:
-        """Why `images` selection images cannot support the gate, and what would."""
+    def too_few(self, images: int, why_none: str = "") -> str:
+        """Why `images` selection images cannot support the gate, and what would (`why_none`: why there are
+        none, when there are none)."""
         needed = self.images_needed(1.0)
+        if images == 0 and needed is not None:
+            return (f"no images to judge int8 on ({why_none or 'none given'}); pass --selection-data SRC with at "
+                    f"least {needed} images of this kind that the model was not fitted on (labels not needed)")
         if needed is None:
             return (f"a gate of {self.floor:.1%} agreement can never be shown with 95% confidence on a finite set "
                     "of images; lower --min-agreement")

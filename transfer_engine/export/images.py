@@ -251,11 +251,11 @@ def selection_images(run: Any, selection_data: str | None, limit: int, check: Im
     if fitted is not False:
         why = ("its model was fitted on train and val (te train --sweep refits the best head on both)" if fitted
                else "the run does not record whether its model was fitted on val (an older run)")
-        return ImageSet(f"no images of {data}: {why}, and the check images are test", None, [], [], [])  # type: ignore[arg-type]
+        return ImageSet(f"{data} has none: {why}, and its other images are test images", None, [], [], [])  # type: ignore[arg-type]
     source, records, note = _run_data(run, "--selection-data SRC with images of this kind")
     items = records if records is not None else list(_with_splits(source))
     if check.samples and check.samples[0].split == "val":
-        return ImageSet(f"no images of {data}: its val images are the check images (it has no test split)",
+        return ImageSet(f"{data} has none: its val images are the check images (it has no test split)",
                         source, [], [], [])
     pool = [r for r in items if r.split == "val"]
     where = "val"

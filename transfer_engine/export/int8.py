@@ -129,7 +129,7 @@ def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray,
             quantizer.quantize(out, [])
         outcome.quantized_nodes = _int8_nodes(out)
         outcome.gate = _gate_entry(gate, outcome.steps[-1] if outcome.steps else {"agreed": 0, "images": 0})
-        outcome.failure = gate.too_few(len(selection)) + (f" ({selection_source})" if selection_source else "")
+        outcome.failure = gate.too_few(len(selection), why_none=selection_source)
         return outcome
     chosen: list[dict[str, Any]] | None = [] if attempt([]) else None
     outcome.quantized_nodes = _int8_nodes(out)
