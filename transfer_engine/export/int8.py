@@ -258,8 +258,7 @@ def _keep_in_float(qdq_model: Path, float_nodes: set[str]) -> None:
     symmetric 8-bit, **per tensor**. That is exactly the shape of a node te keeps in float between int8
     neighbours: te's float node became an int8 node with far coarser weights than the int8 ones around it
     (a depthwise conv's channels differ by orders of magnitude), and 8-bit weights in a GEMM conv are the
-    ones that saturate without VNNI. Measured on EfficientNet-Lite0 + a linear head (digits): one such
-    depthwise conv "in float" took agreement from 93% to 29%, back to 100% with the optimization off.
+    ones that saturate without VNNI (docs/export.md, "The accuracy budget", has the measurement).
 
     The condition it checks is a per-tensor (scalar) DequantizeLinear scale on the node's input. So each
     float Conv/Gemm reading a scalar DequantizeLinear gets a dedicated copy of it whose scale and zero point
