@@ -255,7 +255,7 @@ def test_a_backbone_with_the_wrong_feature_size_leaves_no_empty_space(tmp_path, 
 @pytest.fixture
 def exported(tmp_path, tiny_and_nonconforming, monkeypatch):
     """A tiny model extracted with a relative --data and --cache, trained, then exported from another
-    folder: (work folder, run, model). The val split holds a file whose name is not UTF-8."""
+    folder: (work folder, run, model). The test split holds a file whose name is not UTF-8."""
     from transfer_engine.export import export_onnx
     from transfer_engine.extract import extract
     from transfer_engine.train import train
@@ -265,7 +265,7 @@ def exported(tmp_path, tiny_and_nonconforming, monkeypatch):
         for label in ("a", "b"):
             for i in range(count):
                 _image(work / "photos" / split / label / f"{i}.png", hash((split, label, i)) % 1000)
-    _image(work / "photos" / "val" / "a" / NON_UTF8, 999)
+    _image(work / "photos" / "test" / "a" / NON_UTF8, 999)
     monkeypatch.chdir(work)
     extract("tiny_cnn", "photos", "feats", weights="none", backend="torch", workers=1, progress=False)
     train("feats", head="linear", out="run", device="cpu", progress=False)
@@ -294,7 +294,7 @@ def test_a_run_written_with_a_relative_data_path_is_found_beside_its_cache(expor
     (run / "run.json").write_text(json.dumps(info))
     images = held_out_images(Run.open(run), None, 8)
     loaded, _, failed = images.load()
-    assert len(loaded) == 7 and failed == []  # the val and test images, the one named caf\xe9 among them
+    assert len(loaded) == 3 and failed == []  # the test images (te export's check images), caf\xe9 among them
 
 
 def test_predict_writes_names_that_are_not_utf8_and_leaves_no_temporary_file(exported, capsys):
@@ -305,11 +305,11 @@ def test_predict_writes_names_that_are_not_utf8_and_leaves_no_temporary_file(exp
     work, _, model = exported
     out = work / "out" / "predictions.csv"
     out.parent.mkdir()
-    assert main(["predict", str(model), "--data", str(work / "photos" / "val" / "a"), "--out", str(out)]) == 0
+    assert main(["predict", str(model), "--data", str(work / "photos" / "test" / "a"), "--out", str(out)]) == 0
     assert "internal error" not in capsys.readouterr().err
     with open(out, newline="", encoding="utf-8") as fh:  # valid UTF-8, names shown as te shows them
         paths = [row["path"] for row in csv.DictReader(fh)]
-    assert sorted(paths) == ["0.png", "1.png", SHOWN]
+    assert sorted(paths) == ["0.png", SHOWN]
     assert sorted(p.name for p in out.parent.iterdir()) == ["predictions.csv"]
 
 
