@@ -41,8 +41,8 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @click.option("--calibration-data", metavar="SRC", default=None,
               help="Images to calibrate int8 on (default: the train split of the run's data set).")
 @click.option("--selection-data", metavar="SRC", default=None,
-              help="Images the int8 gate judges on, labels not needed (default: the run's train and val images "
-                   "that are neither check nor calibration images).")
+              help="Images the int8 gate judges on, labels not needed (default: the run's val images that its "
+                   "model was not fitted on).")
 @click.option("--batch-sizes", default="1,8", show_default=True, callback=_batch_sizes, metavar="N,N,...",
               help="Batch sizes the fp32 model is run at to prove its batch axis is dynamic.")
 @click.option("--check-size", type=click.IntRange(min=1), default=200, show_default=True, metavar="N",

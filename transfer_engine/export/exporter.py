@@ -89,7 +89,7 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
         check_data: labelled images to check on, instead of the test split (val without one) of the run's data set.
         calibration_data: images to calibrate int8 on, instead of the train split of the run's data set.
         selection_data: images the int8 gate judges each mix of int8 and float nodes on (labels not
-            needed), instead of the run's train and val images that are neither check nor calibration images.
+            needed), instead of the run's val images that its model was not fitted on.
         batch_sizes: batch sizes the fp32 model is run at, to prove the batch axis is dynamic.
         check_size: at most this many check images (spread evenly over the held-out set).
         calibration_size: at most this many calibration images.
@@ -121,9 +121,7 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
     say = log or (lambda _msg: None)
     run = run if isinstance(run, Run) else Run.open(run)
     out = Path(out).expanduser().absolute()
-    _check_arguments(out, quantize, layout, batch_sizes, check_size, calibration_size, min_agreement)
-    if selection_size < 1:
-        raise UsageError("--selection-size must be at least 1")
+    _check_arguments(out, quantize, layout, batch_sizes, check_size, calibration_size, selection_size, min_agreement)
     _check_int8(int8_target, min_int8_speedup)
     opset, exporter = check_opset(opset, exporter)
     if preprocess and opset < 18:
@@ -236,7 +234,7 @@ def _check_overwrite(targets: dict[str, Path], overwrite: bool) -> None:
 
 
 def _check_arguments(out: Path, quantize: str | None, layout: str, batch_sizes: Sequence[int], check_size: int,
-                     calibration_size: int, min_agreement: float) -> None:
+                     calibration_size: int, selection_size: int, min_agreement: float) -> None:
     if out.suffix.lower() != ".onnx":
         raise UsageError(f"--out {out}: expected a file name ending in .onnx")
     if out.is_dir():
@@ -247,8 +245,8 @@ def _check_arguments(out: Path, quantize: str | None, layout: str, batch_sizes: 
         raise UsageError(f"--layout {layout!r}: expected {' or '.join(LAYOUTS)}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise UsageError(f"--batch-sizes {','.join(map(str, batch_sizes))}: expected positive integers, e.g. 1,8")
-    if check_size < 1 or calibration_size < 1:
-        raise UsageError("--check-size and --calibration-size must be at least 1")
+    if check_size < 1 or calibration_size < 1 or selection_size < 1:
+        raise UsageError("--check-size, --calibration-size and --selection-size must be at least 1")
     if not 0.0 < min_agreement <= 1.0:
         raise UsageError(f"--min-agreement {min_agreement}: expected a fraction in (0, 1], e.g. 0.99")
 

@@ -5,9 +5,9 @@ least the floor (`--min-agreement`, 0.99 by default) on images of the run's kind
 the **one-sided 95% Wilson lower bound** of (agreed, images) must reach the floor.
 
 Why this rule (docs/export.md, "The int8 gate"):
-- agreement needs no labels, so it can rest on many images (the selection set: train and val images that
-  are neither test nor calibration images), and the bound says how many it rests on: 99 of 100 images
-  agreeing does not show 99%;
+- agreement needs no labels, so it can rest on many images (the selection set: images of the run's kind
+  its model was not fitted on, neither test nor calibration images), and the bound says how many it rests
+  on: 99 of 100 images agreeing does not show 99%;
 - the claim is one-sided ("at least the floor"), so the bound is the one-sided 95% one (z = 1.645, the
   lower end of a two-sided 90% interval);
 - Wilson's interval stays inside [0, 1] and keeps its coverage near 100%, where a normal interval does not;

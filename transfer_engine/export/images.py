@@ -166,9 +166,7 @@ def held_out_images(run: Any, check_data: str | None, limit: int) -> ImageSet:
         if any(r.label is None for r in held_records):
             raise UsageError(f"the run's data set {run.info.dataset.get('name')!r} has unlabelled check (test/val) images; "
                              "pass --check-data SRC with labelled images")
-        chosen_records = _spread(held_records, limit)
-        samples = [Sample(fs_path(r.path), r.label, r.split) for r in chosen_records]
-        keys: list[str | None] = [r.key for r in chosen_records]
+        samples, keys = _samples_of(_spread(held_records, limit))
     else:
         samples, keys = _spread(_check_split(list(_with_splits(source))), limit), []
     if not samples:
@@ -197,16 +195,10 @@ def train_images(run: Any, calibration_data: str | None, limit: int) -> ImageSet
         UsageError: the run's data is not available and no --calibration-data was given.
     """
     if calibration_data is not None:
-        source = open_images(calibration_data)
-        chosen = _spread(list(source.samples()), limit)
-        if not chosen:
-            raise UsageError(f"--calibration-data {calibration_data} holds no images")
-        return ImageSet(f"{len(chosen)} images of {calibration_data}", source, chosen, [None] * len(chosen), [])
+        return _images_of("--calibration-data", calibration_data, limit)
     source, records, note = _run_data(run, "--calibration-data SRC with training images")
     if records is not None:
-        chosen_records = _spread([r for r in records if r.split == "train"], limit)
-        samples = [Sample(fs_path(r.path), r.label, r.split) for r in chosen_records]
-        keys: list[str | None] = [r.key for r in chosen_records]
+        samples, keys = _samples_of(_spread([r for r in records if r.split == "train"], limit))
     else:
         samples, keys = _spread([s for s in _with_splits(source) if s.split == "train"], limit), []
     if not samples:
@@ -241,35 +233,48 @@ def selection_images(run: Any, selection_data: str | None, limit: int, check: Im
     from transfer_engine.core.splits import hold_out
 
     if selection_data is not None:
-        source = open_images(selection_data)
-        chosen = _spread(list(source.samples()), limit)
-        if not chosen:
-            raise UsageError(f"--selection-data {selection_data} holds no images")
-        return ImageSet(f"{len(chosen)} images of {selection_data}", source, chosen, [None] * len(chosen), [])
+        return _images_of("--selection-data", selection_data, limit)
     data = run.info.dataset.get("data")
     fitted = run.val_was_fitted()
     if fitted is not False:
         why = ("its model was fitted on train and val (te train --sweep refits the best head on both)" if fitted
                else "the run does not record whether its model was fitted on val (an older run)")
         return ImageSet(f"{data} has none: {why}, and its other images are test images", None, [], [], [])  # type: ignore[arg-type]
+    if check.samples and check.samples[0].split == "val":  # decided before reading anything
+        return ImageSet(f"{data} has none: its val images are the check images (it has no test split)",
+                        None, [], [], [])  # type: ignore[arg-type]
     source, records, note = _run_data(run, "--selection-data SRC with images of this kind")
     items = records if records is not None else list(_with_splits(source))
-    if check.samples and check.samples[0].split == "val":
-        return ImageSet(f"{data} has none: its val images are the check images (it has no test split)",
-                        source, [], [], [])
     pool = [r for r in items if r.split == "val"]
     where = "val"
     if not pool and records is not None:  # te train held val out of train by this rule (`core.splits.hold_out`)
         pool, where = hold_out([r for r in records if r.split == "train"])[1], "held-out train"
     taken = {s.path for s in [*check.samples, *calibration.samples]}
     if records is not None:
-        chosen_records = _spread([r for r in pool if fs_path(r.path) not in taken], limit)
-        samples = [Sample(fs_path(r.path), r.label, where) for r in chosen_records]
-        keys: list[str | None] = [r.key for r in chosen_records]
+        samples, keys = _samples_of(_spread([r for r in pool if fs_path(r.path) not in taken], limit))
     else:
         samples, keys = _spread([s for s in pool if s.path not in taken], limit), []
     return ImageSet(f"{len(samples)} {where} images of {data}, which the model was not fitted on (the run's "
                     f"data set{note})", source, samples, [None] * len(samples), keys)
+
+
+def _images_of(option: str, spec: str, limit: int) -> ImageSet:
+    """All the images of `spec` (what --calibration-data / --selection-data names), at most `limit` spread
+    evenly, unlabelled.
+
+    Raises:
+        UsageError: no such data, or no images in it.
+    """
+    source = open_images(spec)
+    chosen = _spread(list(source.samples()), limit)
+    if not chosen:
+        raise UsageError(f"{option} {spec} holds no images")
+    return ImageSet(f"{len(chosen)} images of {spec}", source, chosen, [None] * len(chosen), [])
+
+
+def _samples_of(records: list) -> tuple[list[Sample], list[str | None]]:
+    """The samples that read the cache's `records` again, and their content keys (checked when read)."""
+    return [Sample(fs_path(r.path), r.label, r.split) for r in records], [r.key for r in records]
 
 
 def _check_split(items: list) -> list:

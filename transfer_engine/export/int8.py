@@ -161,7 +161,7 @@ def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray,
                            f"{len(ranked)} node groups in float, agrees {gate.describe(best['agreed'], best['images'])} "
                            f"< {gate.floor:.1%} (recipe {recipe.name}; {len(outcome.steps)} mixes tried, up to "
                            f"{max(top, 0)} groups in float; all of them would be the fp32 model)"
-                           + _more_images(gate, best))
+                           + _more_images(outcome.gate))
         return outcome
     outcome.float_groups = len(chosen)
     outcome.float_nodes = [n for g in chosen for n in g["nodes"]]
@@ -191,13 +191,14 @@ def _gate_entry(gate: AgreementGate, step: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def _more_images(gate: AgreementGate, step: dict[str, Any]) -> str:
-    """How many selection images the step's agreement rate would need to pass, when more images could pass it."""
-    rate = step["agreed"] / step["images"] if step["images"] else 0.0
-    needed = gate.images_needed(rate)
-    if needed is None or rate < gate.floor:
+def _more_images(entry: dict[str, Any]) -> str:
+    """How many selection images the agreement rate of a `_gate_entry` would need to pass, when more images
+    could pass it."""
+    needed = entry["images_needed"]
+    if needed is None:
         return ""
-    return (f"; at its {rate:.1%} agreement the bound would reach {gate.floor:.1%} with {needed} selection images "
+    return (f"; at its {entry['agreement']:.1%} agreement the bound would reach {entry['floor']:.1%} with {needed} "
+            "selection images "
             "(--selection-data SRC, --selection-size N)")
 
 
