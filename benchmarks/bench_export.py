@@ -86,7 +86,7 @@ def timed(call: Callable[[], object], repeat: int) -> list[float]:
 
 def measure(run_dir: Path, fp32_onnx: Path, int8_onnx: Path, repeat: int, batch: int) -> dict[str, tuple[float, float]]:
     """{way: (batch-1 latency ms, batch-`batch` images/s)} for the four ways."""
-    from transfer_engine.export.runtime import open_session
+    from transfer_engine.onnx.runtime import open_session
     from transfer_engine.runs import Run
 
     images = digit_batch(run_dir, batch)

@@ -161,7 +161,7 @@ def compute_rates(backbone: str, batch: int, tmp: Path, eager: bool = True) -> d
     import copy
 
     from transfer_engine.backbones import create_backbone
-    from transfer_engine.export.onnx_export import export_backbone
+    from transfer_engine.onnx.export import export_backbone
     from transfer_engine.extract.engines import OrtEngine, TorchEngine, ort_available
     from transfer_engine.core.runtime import cpu_has_native_bf16
 

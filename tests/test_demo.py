@@ -4,7 +4,7 @@ accuracy measured on the same test split and far better than chance; the exporte
 import csv
 import json
 
-from transfer_engine.export.metadata import read_metadata
+from transfer_engine.onnx.metadata import read_metadata
 
 
 

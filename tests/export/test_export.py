@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from transfer_engine.core import cpu
-from transfer_engine.export.metadata import read_metadata
-from transfer_engine.export.runtime import open_session
+from transfer_engine.onnx.metadata import read_metadata
+from transfer_engine.onnx.runtime import open_session
 from transfer_engine.runs import Run
 
 from .helpers import CHECK_SIZE

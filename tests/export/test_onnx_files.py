@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from transfer_engine.export.onnx_export import export_backbone
+from transfer_engine.onnx.export import export_backbone
 
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])

@@ -15,7 +15,7 @@ from transfer_engine.backbones.spec import IMAGENET_MEAN, IMAGENET_STD, Preproce
 from transfer_engine.errors import UsageError
 from transfer_engine.export.parity import PIXEL_MISMATCH_FRACTION, pixel_failure, pixel_measures
 from transfer_engine.export.preprocess_graph import preprocess_model
-from transfer_engine.export.runtime import open_session, uint8_array
+from transfer_engine.onnx.runtime import open_session, uint8_array
 
 SPECS = {
     "efficientnet_lite0 (bicubic, mean=std=0.5)": PreprocessSpec(224, 256, "bicubic", (0.5,) * 3, (0.5,) * 3),

@@ -127,7 +127,7 @@ def test_a_faster_backend_whose_features_differ_is_not_used_and_its_model_not_ke
 @needs_ort
 def test_a_backbone_that_cannot_be_exported_falls_back_to_torch_with_the_reason(tiny_backbone, tmp_path,
                                                                                  monkeypatch):
-    from transfer_engine.export import onnx_export
+    from transfer_engine.onnx import export as onnx_export
 
     def cannot(*args, **kwargs):
         raise onnx_export.ExportError("torch.onnx could not export the model: unsupported operator aten::foo")

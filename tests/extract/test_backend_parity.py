@@ -33,7 +33,7 @@ def photos():
 
 def check_family(name, photos, tmp_path):
     from transfer_engine.backbones import create_backbone
-    from transfer_engine.export.onnx_export import export_backbone
+    from transfer_engine.onnx.export import export_backbone
 
     bb = create_backbone(name, weights="DEFAULT" if name == "efficientnet_lite0" else "none", seed=0)
     transform = bb.transform()

@@ -22,7 +22,7 @@ from transfer_engine.data.decode import decode_image, decode_tensor
 from transfer_engine.errors import UsageError
 from transfer_engine.extract import extract
 from transfer_engine.extract.backend import row_cosines
-from transfer_engine.export.metadata import read_metadata
+from transfer_engine.onnx.metadata import read_metadata
 from transfer_engine.extract.resampler import MIN_SPEEDUP, RESAMPLER_BOUND, choose_resampler
 
 BACKBONE = "mobilenet_v3_small"  # seeded random weights: cheap, and every resize difference reaches the features

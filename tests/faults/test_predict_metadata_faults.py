@@ -17,7 +17,7 @@ from PIL import Image
 
 from transfer_engine.cli.main import main
 from transfer_engine.errors import UsageError
-from transfer_engine.export.metadata import InputSpec, ModelMetadata, read_metadata, set_metadata
+from transfer_engine.onnx.metadata import InputSpec, ModelMetadata, read_metadata, set_metadata
 from transfer_engine.predict import predict
 
 CLASSES = [str(i) for i in range(10)]

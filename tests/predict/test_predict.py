@@ -15,7 +15,7 @@ from PIL import Image
 from transfer_engine.cli.main import main
 from transfer_engine.errors import UsageError
 from transfer_engine.export.images import held_out_images
-from transfer_engine.export.runtime import CUDA, import_ort
+from transfer_engine.onnx.runtime import CUDA, import_ort
 from transfer_engine.predict import predict
 from transfer_engine.runs import Run
 

@@ -69,8 +69,8 @@ def torch_timing(model: torch.nn.Module, size: int) -> Timing:  # torch.onnx's t
 
 def ort_timing(onnx_path: str | Path, size: int) -> Timing:
     """onnxruntime fp32 (or whatever the graph holds) on its CPU provider."""
-    from transfer_engine.export.onnx_export import INPUT
-    from transfer_engine.export.runtime import CPU, open_session
+    from transfer_engine.onnx.export import INPUT
+    from transfer_engine.onnx.runtime import CPU, open_session
 
     session = open_session(str(onnx_path), CPU).session
     rng = np.random.default_rng(0)
@@ -91,9 +91,9 @@ def int8_costs(onnx_path: str | Path, calibration: np.ndarray, check: np.ndarray
         QuantizationError: onnxruntime's tools failed; RuntimeUnavailableError: no onnxruntime.
     """
     from transfer_engine.export.int8 import quantize_fully
-    from transfer_engine.export.onnx_export import FEATURES, INPUT
+    from transfer_engine.onnx.export import FEATURES, INPUT
     from transfer_engine.export.recipes import DEFAULT_INT8_TARGET, RECIPES
-    from transfer_engine.export.runtime import CPU, open_session, run_grouped
+    from transfer_engine.onnx.runtime import CPU, open_session, run_grouped
     from transfer_engine.extract.backend import row_cosines
 
     recipe = RECIPES[DEFAULT_INT8_TARGET]

@@ -17,11 +17,11 @@ import numpy as np
 from transfer_engine.errors import UsageError, first_line
 from transfer_engine.export import parity
 from transfer_engine.export.images import ImageSet
-from transfer_engine.export.metadata import InputSpec, input_spec, metadata_for, write_with_metadata
-from transfer_engine.export.onnx_export import INPUT, OUTPUTS, export_classifier, extract_part
 from transfer_engine.export.recipes import DEFAULT_INT8_TARGET, DEFAULT_MIN_SPEEDUP, RECIPES
-from transfer_engine.export.runtime import (CPU, RuntimeUnavailableError, Session, available_providers, open_session,
-                                           run_grouped, uint8_array)
+from transfer_engine.onnx.export import INPUT, OUTPUTS, export_classifier, extract_part
+from transfer_engine.onnx.metadata import InputSpec, input_spec, metadata_for, write_with_metadata
+from transfer_engine.onnx.runtime import (CPU, RuntimeUnavailableError, Session, available_providers, open_session,
+                                         run_grouped, uint8_array)
 
 
 class Builder:

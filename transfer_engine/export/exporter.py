@@ -28,10 +28,10 @@ from transfer_engine.core.choices import LAYOUTS, QUANTIZE
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.export import parity
 from transfer_engine.export.builder import Builder
-from transfer_engine.export.onnx_export import DEFAULT_OPSET, check_opset
 from transfer_engine.export.recipes import (DEFAULT_INT8_TARGET, DEFAULT_MIN_SPEEDUP, DEFAULT_SELECTION_SIZE,
                                            INT8_TARGETS)
-from transfer_engine.export.runtime import import_ort
+from transfer_engine.onnx.export import DEFAULT_OPSET, check_opset
+from transfer_engine.onnx.runtime import import_ort
 
 Log = Callable[[str], None]
 
@@ -97,7 +97,7 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
         min_agreement: the floor of top-1 agreement: int8 is deployed when the 95% lower bound of its
             agreement on the selection images reaches it (`export.gate`); fp16 and in-graph preprocessing
             must agree at least this much on the check images.
-        exporter: "auto", "torchscript" or "dynamo" (see `transfer_engine.export.onnx_export`).
+        exporter: "auto", "torchscript" or "dynamo" (see `transfer_engine.onnx.export`).
         overwrite: replace existing files at `out` (otherwise that is a UsageError, before any work).
         providers: onnxruntime providers to check on (default: every one available: TensorRT, CUDA, CPU).
         int8_target: the int8 recipe (`transfer_engine.export.recipes.RECIPES`): "portable" (7-bit weights, 8-bit

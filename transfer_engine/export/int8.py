@@ -29,7 +29,7 @@ from transfer_engine.errors import TEError, first_line
 from transfer_engine.export.gate import AgreementGate
 from transfer_engine.export.quantize import QuantizationError
 from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP, Int8Recipe
-from transfer_engine.export.runtime import CPU, import_ort, open_session, quiet_stdout, run_grouped
+from transfer_engine.onnx.runtime import CPU, import_ort, open_session, quiet_stdout, run_grouped
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 SENSITIVITY_IMAGES = 8     # images the per-node errors are measured on (every activation is kept in memory)

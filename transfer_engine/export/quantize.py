@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from transfer_engine.errors import TEError
-from transfer_engine.export.runtime import import_ort, quiet_stdout
+from transfer_engine.onnx.runtime import import_ort, quiet_stdout
 
 QUANTIZE_CHOICES = ("int8", "fp16")
 

@@ -273,7 +273,7 @@ def artifact_name(backbone) -> str:
 
 def exported_backbone(backbone, cache) -> Path:
     """The backbone's ONNX file from the cache, exported (once) when missing or damaged."""
-    from transfer_engine.export.onnx_export import export_backbone
+    from transfer_engine.onnx.export import export_backbone
 
     name = artifact_name(backbone)
     path, _why = cache.artifact(name)

@@ -57,7 +57,7 @@ class OrtEngine:
     precision = "fp32"
 
     def __init__(self, model_path: str | Path, device: torch.device, threads: int | None = None) -> None:
-        from transfer_engine.export.runtime import CPU, CUDA, RuntimeUnavailableError, open_session
+        from transfer_engine.onnx.runtime import CPU, CUDA, RuntimeUnavailableError, open_session
 
         provider = CUDA if device.type == "cuda" else CPU
         index = _device_index(device)
@@ -69,7 +69,7 @@ class OrtEngine:
         self.dim = _declared_dim(self.session.session)  # None: a symbolic dim, learnt from the first run
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        from transfer_engine.export.onnx_export import FEATURES, INPUT
+        from transfer_engine.onnx.export import FEATURES, INPUT
 
         x = images.detach().to(self.device, torch.float32).contiguous()
         binding = self.session.session.io_binding()
@@ -101,7 +101,7 @@ def _device_index(device: torch.device) -> int:
 
 def _declared_dim(session) -> int | None:
     """The feature dimension the graph declares for "features" (None when it is symbolic)."""
-    from transfer_engine.export.onnx_export import FEATURES
+    from transfer_engine.onnx.export import FEATURES
 
     for output in session.get_outputs():
         if output.name == FEATURES and len(output.shape) == 2 and isinstance(output.shape[1], int):
@@ -112,7 +112,7 @@ def _declared_dim(session) -> int | None:
 def ort_available(device: torch.device) -> bool:
     """True when onnxruntime is installed with a provider for `device` (CUDA needs onnxruntime-gpu)."""
     try:
-        from transfer_engine.export.runtime import CPU, CUDA, import_ort
+        from transfer_engine.onnx.runtime import CPU, CUDA, import_ort
 
         providers = import_ort().get_available_providers()
     except Exception:  # not installed, or a broken install: torch stays the only backend

@@ -1,7 +1,7 @@
 """Export a module to ONNX and check the graph computes what PyTorch computes (one check, shared by
 backbones and heads).
 
-The exporter policy is `te export`'s (transfer_engine.export.onnx_export): its default opset, the
+The exporter policy is `te export`'s (transfer_engine.onnx.export): its default opset, the
 TorchScript exporter first (much faster: docs/export.md, "Which exporter, and why"), the dynamo exporter when that one fails on the model. So a
 plugin that passes here exports with `te export` too.
 """
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from transfer_engine.errors import first_line
-from transfer_engine.export.onnx_export import DEFAULT_OPSET
+from transfer_engine.onnx.export import DEFAULT_OPSET
 from transfer_engine.plugins_check.results import PASS
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from transfer_engine.core.choices import EXPORTERS  # noqa: F401  (the module's API)
 from transfer_engine.errors import TEError, UsageError, first_line
-from transfer_engine.export.runtime import quiet_stdout
+from transfer_engine.onnx.runtime import quiet_stdout
 
 if TYPE_CHECKING:
     import onnx

@@ -1,4 +1,5 @@
-"""onnxruntime, as `te export` and `te predict` use it: the import, the providers, and sessions.
+"""onnxruntime, as te uses it: the import, the providers, and sessions (te export checks its models
+with them, te predict serves them, te extract and te compare run a backbone's graph).
 
 Providers, best first: TensorRT and CUDA when onnxruntime-gpu is installed and a GPU answers, then the
 CPU. onnxruntime silently falls back to the CPU when a GPU provider cannot start (missing CUDA
