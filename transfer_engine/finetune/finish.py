@@ -50,7 +50,7 @@ def write_run(writer: RunWriter, start, sets: dict, summary, results: dict[str, 
         model: the Classifier with the kept weights.
         precision_reason: why this precision was used.
     """
-    from transfer_engine.finetune.report import plot_confusion, plot_curve
+    from transfer_engine.finetune.plots import plot_confusion, plot_curve
 
     writer.save_tensors(MODEL_WEIGHTS, model.state_dict(), metadata={"format": "pt", "kind": "finetune"})
     shown = "test" if "test" in results else ("val" if "val" in results else "train")
