@@ -3,7 +3,7 @@
 For each model (EfficientNet-Lite0 with its real ImageNet weights, ResNet-50 seeded random init: no real
 ResNet weights install offline) and each onnxruntime recipe, fully int8 (MinMax on 128 calibration images
 of the same kind as the check images; te's two recipes through te's own quantizer,
-`transfer_engine.export.int8`), then te's accuracy budget (`quantize_within_budget`, portable recipe, every
+`transfer_engine.onnx.int8`), then te's accuracy budget (`quantize_within_budget`, portable recipe, every
 selection image agreeing: the float groups it keeps and the speed of that mix). The budget chooses its float groups on the
 first half of the check images and its agreement is reported on the other half, images the choice never
 saw (the in-sample figure, on the half that chose, is kept in the note for comparison):
@@ -56,7 +56,7 @@ SIZES = {"full": {"calibration": 128, "check": 100}, "quick": {"calibration": 12
 
 def te_recipe(label: str):
     """te's `Int8Recipe` a row names ("(te NAME)"), or None for onnxruntime's plain settings."""
-    from transfer_engine.export.recipes import RECIPES as TE_RECIPES
+    from transfer_engine.onnx.recipes import RECIPES as TE_RECIPES
 
     return TE_RECIPES[label.split("(te ")[1].rstrip(")")] if "(te " in label else None
 
@@ -177,8 +177,9 @@ def bench(model_name: str, suite: str, work: Path) -> list[dict]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from transfer_engine.export.gate import Z95_ONE_SIDED, AgreementGate
-    from transfer_engine.export.int8 import quantize_fully, quantize_within_budget
-    from transfer_engine.export.recipes import RECIPES as TE_RECIPES
+    from transfer_engine.export.int8_budget import quantize_within_budget
+    from transfer_engine.onnx.int8 import quantize_fully
+    from transfer_engine.onnx.recipes import RECIPES as TE_RECIPES
 
     model, mean, std = _model(model_name)
     sets = _images(SIZES[suite]["calibration"], SIZES[suite]["check"], mean, std)

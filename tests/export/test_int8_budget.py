@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from transfer_engine.export.gate import AgreementGate
-from transfer_engine.export.int8 import _int8_nodes, quantize_fully, quantize_within_budget
-from transfer_engine.export.recipes import RECIPES
+from transfer_engine.export.int8_budget import quantize_within_budget
+from transfer_engine.onnx.int8 import int8_nodes, quantize_fully
+from transfer_engine.onnx.recipes import RECIPES
 
 
 class TinyNet(torch.nn.Module):
@@ -66,7 +67,7 @@ def test_a_missed_gate_keeps_the_most_sensitive_nodes_in_float_until_it_is_met(t
     first = outcome.steps[0]
     assert first["float_nodes"] == 0 and not first["passed"] and first["agreement"] < 0.85
     assert outcome.passed and outcome.failure is None
-    assert outcome.float_nodes and 0 < _int8_nodes(out) < outcome.quantized_nodes  # some int8 is left
+    assert outcome.float_nodes and 0 < int8_nodes(out) < outcome.quantized_nodes  # some int8 is left
     # every mix is judged on all the selection images, and passes only when the 95% lower bound of its
     # agreement (not the agreement itself) reaches the floor
     assert all(s["images"] == len(selection) for s in outcome.steps)
@@ -194,10 +195,10 @@ def test_a_node_kept_in_float_stays_float_when_onnxruntime_loads_the_model(tmp_p
     depthwise = next(n.name for n in graph.node if n.op_type == "Conv" and any(
         a.name == "group" and a.i == 8 for a in n.attribute))
     out = tmp_path / "mixed.onnx"
-    from transfer_engine.export.int8 import _Quantizer
+    from transfer_engine.onnx.int8 import Quantizer
 
     (tmp_path / "w").mkdir()
-    _Quantizer(path, images, RECIPES["portable"], tmp_path / "w", "images").quantize(out, [depthwise])
+    Quantizer(path, images, RECIPES["portable"], tmp_path / "w", "images").quantize(out, [depthwise])
 
     def logits(level) -> np.ndarray:
         options = ort.SessionOptions()

@@ -11,7 +11,7 @@ import pytest
 
 from tests.export.helpers import digits_cache, mobilenet_run
 from transfer_engine.export import exporter, images
-from transfer_engine.export import int8 as int8_module
+from transfer_engine.export import int8_budget as int8_module
 from transfer_engine.runs import Run
 
 

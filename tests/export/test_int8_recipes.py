@@ -4,7 +4,7 @@ te export checked it, from the CPU flags (no timing, no CPU assumed)."""
 from __future__ import annotations
 
 from transfer_engine.core import cpu
-from transfer_engine.export.recipes import DEFAULT_INT8_TARGET, RECIPES, recipe_warning
+from transfer_engine.onnx.recipes import DEFAULT_INT8_TARGET, RECIPES, recipe_warning
 
 AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
 ZEN4 = AVX2 | {"avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"}

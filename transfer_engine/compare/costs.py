@@ -90,9 +90,9 @@ def int8_costs(onnx_path: str | Path, calibration: np.ndarray, check: np.ndarray
     Raises:
         QuantizationError: onnxruntime's tools failed; RuntimeUnavailableError: no onnxruntime.
     """
-    from transfer_engine.export.int8 import quantize_fully
     from transfer_engine.onnx.export import FEATURES, INPUT
-    from transfer_engine.export.recipes import DEFAULT_INT8_TARGET, RECIPES
+    from transfer_engine.onnx.int8 import quantize_fully
+    from transfer_engine.onnx.recipes import DEFAULT_INT8_TARGET, RECIPES
     from transfer_engine.onnx.runtime import CPU, open_session, run_grouped
     from transfer_engine.extract.backend import row_cosines
 

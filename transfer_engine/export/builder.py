@@ -17,9 +17,10 @@ import numpy as np
 from transfer_engine.errors import UsageError, first_line
 from transfer_engine.export import parity
 from transfer_engine.export.images import ImageSet
-from transfer_engine.export.recipes import DEFAULT_INT8_TARGET, DEFAULT_MIN_SPEEDUP, RECIPES
+from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP
 from transfer_engine.onnx.export import INPUT, OUTPUTS, export_classifier, extract_part
 from transfer_engine.onnx.metadata import InputSpec, input_spec, metadata_for, write_with_metadata
+from transfer_engine.onnx.recipes import DEFAULT_INT8_TARGET, RECIPES
 from transfer_engine.onnx.runtime import (CPU, RuntimeUnavailableError, Session, available_providers, open_session,
                                          run_grouped, uint8_array)
 
@@ -130,8 +131,8 @@ class Builder:
                   check_keys: Sequence[str], min_agreement: float, int8_target: str, min_int8_speedup: float
                   ) -> dict[str, Any] | None:
         from transfer_engine.export.gate import AgreementGate
-        from transfer_engine.export.int8 import quantize_within_budget
-        from transfer_engine.export.quantize import convert_fp16
+        from transfer_engine.export.int8_budget import quantize_within_budget
+        from transfer_engine.onnx.quantize import convert_fp16
 
         if quantize == "fp16":
             self.say("converting to fp16 (onnxruntime's float16 converter, float32 inputs and outputs kept)")

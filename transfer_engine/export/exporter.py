@@ -28,9 +28,9 @@ from transfer_engine.core.choices import LAYOUTS, QUANTIZE
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.export import parity
 from transfer_engine.export.builder import Builder
-from transfer_engine.export.recipes import (DEFAULT_INT8_TARGET, DEFAULT_MIN_SPEEDUP, DEFAULT_SELECTION_SIZE,
-                                           INT8_TARGETS)
+from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP, DEFAULT_SELECTION_SIZE
 from transfer_engine.onnx.export import DEFAULT_OPSET, check_opset
+from transfer_engine.onnx.recipes import DEFAULT_INT8_TARGET, INT8_TARGETS
 from transfer_engine.onnx.runtime import import_ort
 
 Log = Callable[[str], None]
@@ -100,7 +100,7 @@ def export_onnx(run: Any, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
         exporter: "auto", "torchscript" or "dynamo" (see `transfer_engine.onnx.export`).
         overwrite: replace existing files at `out` (otherwise that is a UsageError, before any work).
         providers: onnxruntime providers to check on (default: every one available: TensorRT, CUDA, CPU).
-        int8_target: the int8 recipe (`transfer_engine.export.recipes.RECIPES`): "portable" (7-bit weights, 8-bit
+        int8_target: the int8 recipe (`transfer_engine.onnx.recipes.RECIPES`): "portable" (7-bit weights, 8-bit
             in depthwise convolutions: the same integer results on CPUs with and without VNNI) or "vnni" (8-bit weights, VNNI CPUs only).
         min_int8_speedup: int8 must run at least this many times as fast as fp32 at batch 1 and 32 on the CPU
             (after keeping sensitive nodes in float to meet `min_agreement`); 0 turns the rule off.

@@ -71,7 +71,7 @@ class ModelMetadata:
         run: provenance: the run directory, its kind, backbone and weights, head, data set, metrics.
         export: how it was made: te/torch/onnx/onnxruntime versions, exporter, opset.
         quantization: int8 only: {recipe, checked_on (the CPU the parity check ran on), float_nodes}
-            (see `transfer_engine.export.int8`); te predict warns on a CPU of another int8 family.
+            (see `transfer_engine.onnx.int8`); te predict warns on a CPU of another int8 family.
     """
 
     class_names: list[str]
@@ -261,7 +261,7 @@ def _check_fields(meta: ModelMetadata, where: str) -> None:
 
 
 def _check_quantization(q: dict[str, Any], where: str) -> None:
-    """The parts of te.quantization that te predict reads (`export.recipes.recipe_warning`)."""
+    """The parts of te.quantization that te predict reads (`onnx.recipes.recipe_warning`)."""
     recipe, checked = q.get("recipe", {}), q.get("checked_on", {})
     if not isinstance(recipe, dict):
         raise _field(where, "quantization.recipe", f"is {_shown(recipe)}; expected an object")

@@ -1,6 +1,7 @@
 """Quantized variants of an exported model, made by onnxruntime's own tools.
 
-int8: see `transfer_engine.export.int8` (the recipes, and the float fallback that meets the gate):
+int8: `transfer_engine.onnx.int8` (the quantizer; te export's float fallback that meets the gate is
+`export.int8_budget`):
 `quant_pre_process` (symbolic shape inference and onnxruntime's basic graph optimizations, which fold
 the shape arithmetic of e.g. EfficientNet's "same" padding into constants), then `quantize_static` in
 QDQ format, calibrated (min/max) on real training images. QDQ keeps the graph standard ONNX:

@@ -1,0 +1,197 @@
+"""int8 within an accuracy budget: float kept where int8 costs accuracy (te export's rule; the recipes:
+`onnx.recipes`, the quantizer it searches with: `onnx.int8.Quantizer`).
+
+`quantize_within_budget` quantizes everything first. If the gate (`export.gate.AgreementGate`: the 95%
+lower bound of top-1 agreement with the fp32 model on the selection images reaches the floor) is missed,
+it ranks the quantized nodes in groups (a Conv/Gemm/MatMul and what follows it up to the next one:
+activation, residual Add, pool) by what each costs the model's output when it alone is int8 (every other
+group in float, on ISOLATED_IMAGES calibration images); keeps the 1, 2, 4, ... most costly groups in
+float until the gate is met, then bisects down to the fewest that meet it. The mix must also be faster
+than fp32 at batch 1 and at batch 32 (`min_speedup`), else int8 is refused: fp32 is then the better model.
+
+Three disjoint sets of images: calibration (activation ranges, the ranking), selection (every mix is
+judged on it) and the caller's test images, which nothing here reads: they report the chosen model once.
+docs/export.md has the measurements behind these choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from transfer_engine.core import cpu
+from transfer_engine.export.gate import AgreementGate
+from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP
+from transfer_engine.onnx.int8 import Quantizer, int8_nodes
+from transfer_engine.onnx.recipes import Int8Recipe
+from transfer_engine.onnx.runtime import import_ort
+
+
+@dataclass
+class Int8Outcome:
+    """What `quantize_within_budget` did (the "int8" entry of the parity report).
+
+    Attributes:
+        recipe: the `Int8Recipe` as a dict; checked_on: `core.cpu.describe()` of this machine.
+        passed: a mix met the gate and the speed rule; failure: why not (None when passed).
+        quantized_nodes: nodes computing on int8 inputs in full int8; float_groups / float_nodes: the node
+            groups (see `onnx.int8.Quantizer.rank_groups`) and the nodes kept in float.
+        steps: every mix tried: {float_groups, float_nodes, agreed, images, agreement, lower_bound, passed}.
+        gate: the chosen mix's verdict on the selection images (`AgreementGate.verdict`), and
+            images_needed: how many images its agreement rate would need to pass (None: none would).
+        sensitivity: the most costly groups: {node, op, isolated_error, rounding_error, writes_output, nodes}
+            (`onnx.int8.Quantizer.rank_groups`, `onnx.int8.Quantizer.isolated_errors`).
+        speed: {batches: {"1": {...}, "32": {...}}, speedup (the least of them), min_speedup}; each batch
+            {fp32_images_per_second, int8_images_per_second, speedup}.
+        selection: what the steps were judged on; calibration: what the ranges and the ranking came from.
+    """
+
+    recipe: dict[str, Any]
+    checked_on: dict[str, Any]
+    passed: bool = False
+    failure: str | None = None
+    quantized_nodes: int = 0
+    float_groups: int = 0
+    float_nodes: list[str] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    gate: dict[str, Any] = field(default_factory=dict)
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)
+    speed: dict[str, Any] = field(default_factory=dict)
+    selection: str = ""
+    calibration: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray, selection: np.ndarray, *,
+                           recipe: Int8Recipe, gate: AgreementGate, min_speedup: float = DEFAULT_MIN_SPEEDUP,
+                           workdir: Path, input_name: str = "images", output_name: str = "logits",
+                           selection_source: str = "", calibration_source: str = "",
+                           say: Callable[[str], None] = lambda _m: None) -> Int8Outcome:
+    """Quantize `fp32_model` to int8 with `recipe`, keeping in float the fewest sensitive nodes whose
+    top-1 agreement with the fp32 model on the `selection` images meets `gate`.
+
+    Args:
+        fp32_model: the fp32 ONNX file; out: where the int8 model goes (written even when it fails, for
+            the caller to measure and report).
+        calibration: normalized float32 images [N, 3, S, S] for the activation ranges and the ranking.
+        selection: other images of the same kind (no calibration image, no test image): each mix is judged
+            by its agreement with the fp32 model on them. Labels are not needed.
+        recipe: how to quantize; gate: the agreement the chosen mix must show.
+        min_speedup: int8 images/s over fp32 that the mix must reach at batch 1 and at batch 32 (0 turns
+            the speed rule off).
+        workdir: a scratch folder; say: progress lines; selection_source / calibration_source: where the
+            images came from, for the report.
+
+    Returns:
+        The `Int8Outcome` (the file at `out` is the last mix: the chosen one when it passed).
+
+    Raises:
+        QuantizationError: onnxruntime's tools failed.
+    """
+    import_ort()
+    outcome = Int8Outcome(recipe.to_dict(), cpu.describe(),
+                          selection=f"{len(selection)} selection images{_of(selection_source)} (top-1 against the "
+                                    "fp32 model; never calibration or test images)",
+                          calibration=f"{len(calibration)} calibration images{_of(calibration_source)}")
+    quantizer = Quantizer(fp32_model, calibration, recipe, workdir, input_name)
+    reference = quantizer.logits(quantizer.fp32, output_name, images=selection).argmax(1) if len(selection) else None
+
+    def attempt(groups: list[dict[str, Any]]) -> bool:
+        float_nodes = [n for g in groups for n in g["nodes"]]
+        quantizer.quantize(out, float_nodes)
+        agreed = int((quantizer.logits(out, output_name, images=selection).argmax(1) == reference).sum())
+        verdict = gate.verdict(agreed, len(selection))
+        outcome.steps.append({"float_groups": len(groups), "float_nodes": len(float_nodes), **verdict})
+        say(f"int8 with {len(groups)} of {len(ranked) or 'the'} groups ({len(float_nodes)} nodes) in float: top-1 "
+            f"agreement {gate.describe(agreed, len(selection))} on selection images"
+            + (" (meets the gate)" if verdict["passed"] else ""))
+        return verdict["passed"]
+
+    ranked: list[dict[str, Any]] = []
+    top = 0
+    if not gate.supported_by(len(selection)):  # no search on evidence that cannot pass: full int8, and why
+        if len(selection):
+            attempt([])
+        else:
+            quantizer.quantize(out, [])
+        outcome.quantized_nodes = int8_nodes(out)
+        outcome.gate = _gate_entry(gate, outcome.steps[-1] if outcome.steps else {"agreed": 0, "images": 0})
+        outcome.failure = gate.too_few(len(selection), why_none=selection_source)
+        return outcome
+    chosen: list[dict[str, Any]] | None = [] if attempt([]) else None
+    outcome.quantized_nodes = int8_nodes(out)
+    if chosen is None:
+        ranked = quantizer.rank_groups(out, output_name, quantizer.logits(quantizer.fp32, output_name))
+        outcome.sensitivity = [{k: g[k] for k in ("node", "op", "isolated_error", "rounding_error", "writes_output")}
+                               | {"nodes": len(g["nodes"])}
+                               for g in ranked[:10]]
+        # Every group in float is the fp32 model with Q/DQ pairs left, not an int8 model: never a candidate.
+        top = len(ranked) - 1
+        good, bad, k = None, 0, 1
+        while k <= top:                 # 1, 2, 4, ... groups in float until the gate is met
+            if attempt(ranked[:k]):
+                good = k
+                break
+            bad, k = k, (top + 1 if k == top else min(k * 2, top))
+        if good is not None:
+            while good - bad > 1:       # then the fewest that still meet it
+                mid = (good + bad) // 2
+                if attempt(ranked[:mid]):
+                    good = mid
+                else:
+                    bad = mid
+            chosen = ranked[:good]
+    if chosen is None:
+        best = max(outcome.steps, key=lambda s: s["agreed"])
+        outcome.gate = _gate_entry(gate, best)
+        outcome.failure = (f"no mix of int8 and float nodes meets the gate: the best, {best['float_groups']} of "
+                           f"{len(ranked)} node groups in float, agrees {gate.describe(best['agreed'], best['images'])} "
+                           f"< {gate.floor:.1%} (recipe {recipe.name}; {len(outcome.steps)} mixes tried, up to "
+                           f"{max(top, 0)} groups in float; all of them would be the fp32 model)"
+                           + _more_images(outcome.gate))
+        return outcome
+    outcome.float_groups = len(chosen)
+    outcome.float_nodes = [n for g in chosen for n in g["nodes"]]
+    chosen_step = next(s for s in reversed(outcome.steps) if s["passed"] and s["float_groups"] == len(chosen))
+    outcome.gate = _gate_entry(gate, chosen_step)
+    if outcome.steps[-1]["float_groups"] != len(chosen):  # the bisection ended on another mix: redo this one
+        quantizer.quantize(out, outcome.float_nodes)
+    outcome.speed = quantizer.speed(out, min_speedup)
+    slow = [b for b, m in outcome.speed["batches"].items() if m["speedup"] < min_speedup]
+    if min_speedup > 0 and slow:
+        kept = f"{outcome.float_groups} of {len(ranked)} node groups in float" if ranked else "all int8"
+        at = ", ".join(f"{outcome.speed['batches'][b]['speedup']:.2f}x at batch {b}" for b in slow)
+        outcome.failure = (f"the model meeting the gate ({kept}) runs at {at} of fp32 speed on this CPU, below "
+                           f"--min-int8-speedup {min_speedup:g}: fp32 is the better model here")
+        return outcome
+    outcome.passed = True
+    return outcome
+
+
+def _of(source: str) -> str:
+    return f" ({source})" if source else ""
+
+
+def _gate_entry(gate: AgreementGate, step: dict[str, Any]) -> dict[str, Any]:
+    entry = gate.verdict(step["agreed"], step["images"])
+    entry["images_needed"] = gate.images_needed(entry["agreement"] or 0.0)
+    return entry
+
+
+def _more_images(entry: dict[str, Any]) -> str:
+    """How many selection images the agreement rate of a `_gate_entry` would need to pass, when more images
+    could pass it."""
+    needed = entry["images_needed"]
+    if needed is None:
+        return ""
+    return (f"; at its {entry['agreement']:.1%} agreement the bound would reach {entry['floor']:.1%} with {needed} "
+            "selection images "
+            "(--selection-data SRC, --selection-size N)")
+
+
+__all__ = ["Int8Outcome", "quantize_within_budget"]
