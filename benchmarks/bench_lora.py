@@ -46,7 +46,7 @@ def child(variant: str, backbone: str, batch: int, steps: int) -> dict:
     from bench_train_step import digits_batches
     from transfer_engine.backbones import create_backbone
     from transfer_engine.finetune.loop import EpochSums, OptimConfig, Trainer
-    from transfer_engine.finetune.runner import choose_precision
+    from transfer_engine.finetune.precision import choose_precision
     from transfer_engine.finetune.strategies import backbone_blocks, make_strategy
     from transfer_engine.runs import Classifier
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from transfer_engine.errors import UsageError
-from transfer_engine.finetune import runner
+from transfer_engine.finetune import finetune, precision
 from transfer_engine.runs import Run
 
 CPU = torch.device("cpu")
@@ -17,27 +17,27 @@ CPU = torch.device("cpu")
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
 def test_auto_on_cpu_is_bf16_only_where_the_cpu_has_it(monkeypatch, native, expected):
-    monkeypatch.setattr(runner, "cpu_has_native_bf16", lambda: native)
-    chosen, reason = runner.choose_precision("auto", CPU)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    chosen, reason = precision.choose_precision("auto", CPU)
     assert chosen == expected and reason.startswith("auto:") and "native bf16" in reason
 
 
 def test_bf16_asked_for_on_a_cpu_without_it_is_refused(monkeypatch):
-    monkeypatch.setattr(runner, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(UsageError, match="no native bf16"):
-        runner.choose_precision("bf16", CPU)
-    assert runner.choose_precision("fp32", CPU) == ("fp32", "asked for")
+        precision.choose_precision("bf16", CPU)
+    assert precision.choose_precision("fp32", CPU) == ("fp32", "asked for")
 
 
 def test_bf16_training_is_evaluated_in_fp32_so_the_start_and_the_selection_see_what_is_shipped(monkeypatch, tmp_path):
     # Allowed on any CPU for this test (emulated bf16 is slow, but this model is tiny at 32 px).
-    monkeypatch.setattr(runner, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     runs = {}
-    for precision in ("fp32", "bf16"):
-        runner.finetune(tmp_path / precision, backbone="mobilenet_v3_small", weights="none", data="builtin:digits",
-                        head="linear", input_size=32, limit=120, batch_size=16, epochs=1, lr=1e-3, augment="none",
-                        precision=precision, progress=False)
-        runs[precision] = Run.open(tmp_path / precision)
+    for chosen in ("fp32", "bf16"):
+        finetune(tmp_path / chosen, backbone="mobilenet_v3_small", weights="none", data="builtin:digits",
+                 head="linear", input_size=32, limit=120, batch_size=16, epochs=1, lr=1e-3, augment="none",
+                 precision=chosen, progress=False)
+        runs[chosen] = Run.open(tmp_path / chosen)
     fp32, bf16 = (runs[p].metrics for p in ("fp32", "bf16"))
     assert runs["bf16"].info.hyperparameters["precision"] == "bf16"
     # The same start evaluated bit for bit alike: an autocast evaluation would round its logits to bf16.

@@ -16,8 +16,9 @@ from linear_run import make_linear_run
 from transfer_engine.core.runtime import torch_threads
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import finetune
-from transfer_engine.finetune import runner as runner_mod
-from transfer_engine.finetune.search import LR_GRID, TRIAL_EPOCHS, search_dir
+from transfer_engine.finetune import fixed as fixed_mod
+from transfer_engine.finetune.search import LR_GRID, TRIAL_EPOCHS
+from transfer_engine.finetune.trials import search_dir
 from transfer_engine.runs import Run
 
 NEW_HEAD = dict(backbone="mobilenet_v3_small", weights="none", data="builtin:digits", head="linear", input_size=32,
@@ -80,7 +81,7 @@ def test_patience_stops_a_fixed_recipe_and_keeps_the_best_epoch(tmp_path, linear
 
 
 def test_a_killed_search_continues_with_resume_and_reuses_finished_trials(tmp_path, monkeypatch, one_thread):
-    real = runner_mod.finetune
+    real = fixed_mod.run_fixed
     calls = []
 
     def dies_on_the_second_trial(out, config=None, **kw):
@@ -89,13 +90,13 @@ def test_a_killed_search_continues_with_resume_and_reuses_finished_trials(tmp_pa
             raise KeyboardInterrupt  # the user's Ctrl-C (or a kill) during the second trial
         return real(out, config, **kw)
 
-    monkeypatch.setattr(runner_mod, "finetune", dies_on_the_second_trial)
+    monkeypatch.setattr(fixed_mod, "run_fixed", dies_on_the_second_trial)
     with pytest.raises(KeyboardInterrupt):
         finetune(tmp_path / "ft", **NEW_HEAD)
     assert not (tmp_path / "ft").exists() and search_dir(tmp_path / "ft").is_dir()
     with pytest.raises(UsageError, match="--resume"):
-        real(tmp_path / "ft", **NEW_HEAD)  # neither resumed nor overwritten: refused, nothing lost
-    monkeypatch.setattr(runner_mod, "finetune", real)
+        finetune(tmp_path / "ft", **NEW_HEAD)  # neither resumed nor overwritten: refused, nothing lost
+    monkeypatch.setattr(fixed_mod, "run_fixed", real)
     summary = finetune(tmp_path / "ft", **NEW_HEAD, resume=True)
     statuses = [t["status"] for t in summary.search["trials"]]
     assert statuses[0] == "reused" and "reused" not in statuses[1:]

@@ -16,9 +16,11 @@ from linear_run import make_linear_run
 from transfer_engine.core.runtime import torch_threads
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import finetune
-from transfer_engine.finetune import runner as runner_mod
+from transfer_engine.finetune import cost as cost_mod
+from transfer_engine.finetune import fixed as fixed_mod
 from transfer_engine.finetune.search import (MIN_TRIAL_EPOCHS, SCHEDULE_EPOCHS, SCHEDULE_JSON, SCHEDULE_LR,
-                                             SCHEDULE_SETTINGS, search_dir)
+                                             SCHEDULE_SETTINGS)
+from transfer_engine.finetune.trials import search_dir
 from transfer_engine.runs import Run
 
 NEW_HEAD = dict(backbone="mobilenet_v3_small", weights="none", data="builtin:digits", head="linear", input_size=32,
@@ -68,8 +70,8 @@ def test_an_option_the_user_gives_wins_over_the_schedule_s_own(tmp_path, linear,
 
 def test_the_budget_sets_the_length_of_the_run(tmp_path, linear, one_thread, monkeypatch):
     costs = []
-    real = runner_mod.measure_cost
-    monkeypatch.setattr(runner_mod, "measure_cost", lambda cfg: costs.append(real(cfg)) or costs[-1])
+    real = cost_mod.measure_cost
+    monkeypatch.setattr(cost_mod, "measure_cost", lambda cfg: costs.append(real(cfg)) or costs[-1])
     summary = finetune(tmp_path / "ft", from_run_dir=linear, recipe="schedule", batch_size=16, budget_minutes=0.05,
                        epochs=6, progress=False)
     (cost,) = costs
@@ -99,19 +101,19 @@ def test_keep_final_keeps_the_last_epoch_when_it_is_not_worse_on_val(tmp_path, l
 
 
 def test_a_killed_schedule_resumes_with_the_same_length(tmp_path, monkeypatch, one_thread):
-    real = runner_mod.finetune
+    real = fixed_mod.run_fixed
 
     def killed(out, config=None, **kw):
         raise KeyboardInterrupt  # the user's Ctrl-C (or a kill) during the run
 
-    monkeypatch.setattr(runner_mod, "finetune", killed)
+    monkeypatch.setattr(fixed_mod, "run_fixed", killed)
     with pytest.raises(KeyboardInterrupt):
         finetune(tmp_path / "ft", **NEW_HEAD)
     planned = json.loads((search_dir(tmp_path / "ft") / SCHEDULE_JSON).read_text())
     with pytest.raises(UsageError, match="--resume"):
-        real(tmp_path / "ft", **NEW_HEAD)  # neither resumed nor overwritten: refused, nothing lost
-    monkeypatch.setattr(runner_mod, "finetune", real)
-    monkeypatch.setattr(runner_mod, "measure_cost", lambda cfg: pytest.fail("a resumed schedule measured again"))
+        finetune(tmp_path / "ft", **NEW_HEAD)  # neither resumed nor overwritten: refused, nothing lost
+    monkeypatch.setattr(fixed_mod, "run_fixed", real)
+    monkeypatch.setattr(cost_mod, "measure_cost", lambda cfg: pytest.fail("a resumed schedule measured again"))
     summary = finetune(tmp_path / "ft", **NEW_HEAD, resume=True)
     assert summary.search["trials"][0]["epochs"] == planned["epochs"]
 

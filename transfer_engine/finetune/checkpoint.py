@@ -28,6 +28,7 @@ import torch
 
 from transfer_engine._durable import write_durably
 from transfer_engine.errors import UsageError, first_line
+from transfer_engine.finetune.records import Candidate, EpochRecord
 
 FORMAT = "te-finetune-checkpoint"
 VERSION = 1
@@ -42,15 +43,15 @@ def checkpoint_dir(out: Path) -> Path:
 
 @dataclass
 class TrainState:
-    """Where training stands (saved in every checkpoint).
+    """Where training stands (saved in every checkpoint, as `to_dict()`).
 
     Attributes:
         epoch: the epoch in progress, 0-based (== epochs once training is done).
         step: the next optimizer step within that epoch.
         sums: running loss/correct/count of that epoch's training batches.
         history: one record per finished epoch (what metrics.json["epochs"] holds).
-        best: {"epoch", "val_accuracy", "val_loss"} of the best weights so far (epoch 0: the start).
-        before: accuracies of the starting model.
+        best: the best weights so far (epoch 0: the start); None before the start is evaluated.
+        before: accuracies and losses of the starting model, and whether it is a candidate ("start_candidate").
         seconds: training time so far (excluding evaluation), over all sessions.
         images: training images processed so far.
     """
@@ -58,11 +59,19 @@ class TrainState:
     epoch: int = 0
     step: int = 0
     sums: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "count": 0})
-    history: list = field(default_factory=list)
-    best: dict = field(default_factory=dict)
+    history: list[EpochRecord] = field(default_factory=list)
+    best: Candidate | None = None
     before: dict = field(default_factory=dict)
     seconds: float = 0.0
     images: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "best": self.best.to_dict() if self.best is not None else {}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainState":
+        return cls(**{**data, "history": [EpochRecord.from_dict(r) for r in data["history"]],
+                      "best": Candidate.from_dict(data["best"]) if data["best"] else None})
 
 
 def rng_state() -> dict[str, Any]:
@@ -103,7 +112,7 @@ def save(directory: Path, *, config: dict, state: TrainState, model: torch.nn.Mo
 
         plain = {k: v.detach().to("cpu").contiguous() for k, v in best_weights.items()}
         write_durably(directory / BEST, lambda p: save_file(plain, str(p)))
-    payload = {"format": FORMAT, "version": VERSION, "config": config, "state": asdict(state),
+    payload = {"format": FORMAT, "version": VERSION, "config": config, "state": state.to_dict(),
                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng}
     write_durably(directory / LAST, lambda p: torch.save(payload, p))
@@ -137,7 +146,7 @@ def load(directory: Path, config: dict) -> dict[str, Any]:
         what = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed[:4])
         raise UsageError(f"--resume: the checkpoint in {directory} was made with other settings ({what}); "
                          "resume with the same command, or pass --overwrite to start over")
-    payload["state"] = TrainState(**payload["state"])
+    payload["state"] = TrainState.from_dict(payload["state"])
     payload["best"], payload["note"] = _best_weights(directory, payload)
     return payload
 
@@ -164,12 +173,13 @@ def _best_weights(directory: Path, payload: dict[str, Any]) -> tuple[dict[str, t
     except Exception as exc:  # safetensors raises its own error types for damaged files
         reason = f"{type(exc).__name__}: {first_line(exc, 200)}"
     state: TrainState = payload["state"]
-    if state.step == 0 and state.best.get("epoch") == state.epoch:
+    best_epoch = state.best.epoch if state.best is not None else None
+    if state.step == 0 and best_epoch == state.epoch:
         note = (f"{path} is damaged ({reason}); its weights are those of {LAST} (epoch {state.epoch}), "
                 "which are used instead")
         return {k: v.clone() for k, v in payload["model"].items()}, note
     raise UsageError(f"--resume: {path} is damaged ({reason}) and the best weights of epoch "
-                     f"{state.best.get('epoch')} are nowhere else; delete {directory} (or run without --resume and "
+                     f"{best_epoch} are nowhere else; delete {directory} (or run without --resume and "
                      "with --overwrite) to start over")
 
 

@@ -45,13 +45,14 @@ def write_run(writer: RunWriter, start, sets: dict, summary, results: dict[str, 
         sets: the ImageSets per split (their preprocessing is what the model was trained at).
         summary: the FinetuneSummary.
         results: final evaluations per split.
-        state: the TrainState (history, best epoch, before).
+        state: the TrainState (history, before).
         config: the run's configuration (recorded as hyper-parameters).
         model: the Classifier with the kept weights.
         precision_reason: why this precision was used.
     """
     from transfer_engine.finetune.plots import plot_confusion, plot_curve
 
+    history = [record.to_dict() for record in state.history]
     writer.save_tensors(MODEL_WEIGHTS, model.state_dict(), metadata={"format": "pt", "kind": "finetune"})
     shown = "test" if "test" in results else ("val" if "val" in results else "train")
     metrics = {
@@ -65,7 +66,7 @@ def write_run(writer: RunWriter, start, sets: dict, summary, results: dict[str, 
         "start_candidate": summary.start_candidate,
         "before": {k: v for k, v in state.before.items() if k != "start_candidate"},
         "parent": summary.parent,
-        "epochs": state.history,
+        "epochs": history,
         "per_class_recall": per_class_recall(results[shown].confusion, start.class_names),
         "macro_f1": macro_f1(results[shown].confusion),
         "evaluated_on": shown,
@@ -76,7 +77,7 @@ def write_run(writer: RunWriter, start, sets: dict, summary, results: dict[str, 
     }
     writer.write_json(METRICS_JSON, metrics)
     title = f"te finetune {start.backbone.name} + {start.head.name} ({config['strategy']})"
-    plot_curve(writer.file(CURVE_PNG), state.history, state.before, title)
+    plot_curve(writer.file(CURVE_PNG), history, state.before, title)
     plot_confusion(writer.file(CONFUSION_PNG), results[shown].confusion, start.class_names,
                    f"{shown} split: {100 * results[shown].accuracy:.1f}% accurate")
     preprocess = sets["train"].preprocess
