@@ -24,7 +24,7 @@ def _cli_params() -> dict[str, click.Parameter]:
 def test_every_config_field_is_a_cli_option_with_the_same_default():
     params = _cli_params()
     for f in dataclasses.fields(FinetuneConfig):
-        name = {"from_run_dir": "from_run"}.get(f.name, f.name)
+        name = f.name  # the option's parameter is the field's name (cli/_options.py)
         if f.name == "head_options":
             assert name not in params  # a new head's options come from Python only
             continue
@@ -77,7 +77,7 @@ def test_the_config_is_frozen_and_needs_no_torch():
 def test_every_train_config_field_is_a_te_train_option_with_the_same_default():
     params = {p.name: p for p in train_command.params}
     for f in dataclasses.fields(TrainConfig):
-        name = {"cache": "cache_dir", "options": "option_pairs"}.get(f.name, f.name)
+        name = f.name  # the option's parameter is the field's name (cli/_options.py)
         assert name in params, f"--{f.name.replace('_', '-')} missing from te train"
         if f.name in ("cache", "head"):
             assert params[name].required  # no default on the command line

@@ -15,6 +15,9 @@ json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object on stdout (and nothing else there)."
 )
 
+# An option of how a command runs, not of what it computes, declared once for every command that writes.
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace what is already at --out.")
+
 
 def emit_json(obj: Any) -> None:
     """Print `obj` as one JSON document on stdout."""

@@ -7,136 +7,21 @@ from pathlib import Path
 
 import click
 
-from transfer_engine.cli._common import emit_json, json_option
-from transfer_engine.core.choices import AUGMENTS, DEVICES, FINETUNE_PRECISIONS, KEEP, LORA_TARGETS, OPTIMIZERS, RECIPES, STRATEGIES
-from transfer_engine.core.configs import FIXED_EPOCHS, FIXED_LR, FIXED_SETTINGS, SCHEDULE_EPOCHS, SCHEDULE_LR, SCHEDULE_SETTINGS
+from transfer_engine.cli._common import emit_json, json_option, overwrite_option
+from transfer_engine.cli._options import options_from
 from transfer_engine.core.configs import FinetuneConfig
-
-D = FinetuneConfig.default  # every default comes from the config (torch-free), so the CLI and Python agree
-
-
-def _milestones(ctx, param, value: str | None) -> tuple[int, ...]:
-    if not value:
-        return ()
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated epochs such as 1,2, got {value!r}") from None
-
-
-class _LoraTargets(click.ParamType):
-    """Comma-separated roles from LORA_TARGETS, e.g. qkv,mlp (the default arrives as the config's tuple)."""
-
-    name = "targets"
-
-    def convert(self, value, param, ctx) -> tuple[str, ...]:
-        if isinstance(value, tuple):
-            return value
-        targets = tuple(v.strip() for v in str(value).split(",") if v.strip())
-        if not targets or any(t not in LORA_TARGETS for t in targets):
-            self.fail(f"expected one or more of {','.join(LORA_TARGETS)}, got {value!r}", param, ctx)
-        return targets
 
 
 @click.command("finetune")
-@click.option("--from", "from_run", type=click.Path(path_type=Path), default=D("from_run_dir"), metavar="RUN",
-              help="A `te train` run: its backbone, weights, preprocessing, head, data set and splits (LP-FT).")
-@click.option("--backbone", default=D("backbone"), metavar="NAME", help="Instead of --from: a backbone (`te backbones`), with --data, --head.")
-@click.option("--data", default=D("data"), metavar="SRC", help="With --backbone: image folder, .csv/.jsonl manifest or builtin:digits.")
-@click.option("--head", default=D("head"), metavar="HEAD", help="With --backbone: a new head (`te heads`), e.g. linear.")
-@click.option("--weights", default=D("weights"), show_default=True, metavar="W",
-              help="With --backbone: weights name, 'none' (random init, seeded) or a local state-dict path.")
+@options_from(FinetuneConfig)
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="RUN",
               help="Run directory to write (what `te export` reads); checkpoints go to RUN.ckpt/ meanwhile.")
-@click.option("--recipe", type=click.Choice(RECIPES), default=D("recipe"), show_default=True,
-              help=f"schedule: one run of up to {SCHEDULE_EPOCHS} epochs (--epochs) at peak lr {SCHEDULE_LR:g}, as "
-                   "many as --budget fits, keeping the last epoch unless the start is better on val; search: a run "
-                   "per peak learning rate (3e-4, 1e-4, 3e-5 in turn) within --budget, keeping what did best on val "
-                   "(the start included); fixed: --epochs at --lr once; auto: the schedule unless --epochs or --lr "
-                   "is given.")
-@click.option("--budget", "budget_minutes", type=click.FloatRange(min=0, min_open=True), default=D("budget_minutes"),
-              show_default=True, metavar="MINUTES", help="Wall-clock bound of the schedule or the search (its cost is timed before training).")
-@click.option("--epochs", type=click.IntRange(min=1), default=D("epochs"), metavar="N",
-              help=f"Epochs to train [fixed recipe: {FIXED_EPOCHS}; schedule and search: the most a run takes].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=D("lr"), metavar="X",
-              help=f"Peak learning rate of the head [fixed recipe: {FIXED_LR:g}; schedule: {SCHEDULE_LR:g}; search: "
-                   "searched]; backbone blocks "
-                   "get X * layer-decay ** depth-from-top.")
-@click.option("--patience", type=click.IntRange(min=0), default=D("patience"), show_default=True, metavar="N",
-              help="Stop when val (accuracy, then loss) has not improved on the best trained epoch for N epochs "
-                   "(0: never; a search's trials use 2).")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default=D("strategy"),
-              help="What trains when [default: no_freeze with --from (LP-FT), freeze_unfreeze with --head].")
-@click.option("--unfreeze-epoch", type=click.IntRange(min=0), default=D("unfreeze_epoch"), show_default=True, metavar="K",
-              help="freeze_unfreeze: epochs of head-only training before the whole backbone trains.")
-@click.option("--milestones", callback=_milestones, default=None, metavar="E1,E2,...",
-              help="unfreeze_milestones: after E1 epochs the top group of backbone blocks trains, after E2 the "
-                   "next, ... (as many groups as milestones).")
-@click.option("--lora-rank", type=click.IntRange(min=1), default=D("lora_rank"), show_default=True, metavar="R",
-              help="lora: rank of each adapter.")
-@click.option("--lora-alpha", type=click.FloatRange(min=0, min_open=True), default=D("lora_alpha"), show_default=True,
-              metavar="A", help="lora: adapter scale numerator (each update is scaled by A / R).")
-@click.option("--lora-targets", type=_LoraTargets(), default=D("lora_targets"), show_default=",".join(D("lora_targets")),
-              metavar="T1,T2", help="lora: which linear layers get adapters: qkv (attention input projections), proj "
-                                   "(attention output), mlp.")
-@click.option("--layer-decay", type=click.FloatRange(min=0, max=1, min_open=True), default=D("layer_decay"), show_default=True,
-              metavar="D", help="Learning-rate factor per backbone block, from the top (1 = same rate everywhere).")
-@click.option("--freeze-bn/--train-bn", default=D("freeze_bn"), show_default=True,
-              help="Keep BatchNorm running statistics frozen in trainable blocks too, or let them follow the "
-                   "new data (frozen blocks never update them).")
-@click.option("--backbone-dropout/--no-backbone-dropout", default=D("backbone_dropout"), show_default=True,
-              help="Dropout and stochastic depth inside the backbone while training (off: with frozen BatchNorm "
-                   "statistics the backbone computes what te extract computed, so the --from head fits it).")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D("optimizer"), show_default=True,
-              help="AdamW (decoupled weight decay) or SGD (Nesterov momentum 0.9).")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=D("weight_decay"), metavar="X",
-              help="Weight decay of weights (not of biases and norm layers) "
-                   f"[schedule: {SCHEDULE_SETTINGS['weight_decay']:g}; otherwise {FIXED_SETTINGS['weight_decay']:g}].")
-@click.option("--warmup", type=click.FloatRange(min=0, max=1), default=D("warmup"), show_default=True, metavar="F",
-              help="Fraction of the steps with a linear warmup; cosine decay after it.")
-@click.option("--clip-grad", type=click.FloatRange(min=0), default=D("clip_grad"), show_default=True, metavar="X",
-              help="Clip the global gradient norm to X (0: no clipping).")
-@click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=D("label_smoothing"),
-              metavar="X", help="Cross-entropy label smoothing "
-              f"[schedule: {SCHEDULE_SETTINGS['label_smoothing']:g}; otherwise {FIXED_SETTINGS['label_smoothing']:g}].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=D("batch_size"), show_default=True, metavar="N",
-              help="Images per optimizer step, over all processes.")
-@click.option("--input-size", type=click.IntRange(min=16), default=D("input_size"), metavar="N",
-              help="Train at NxN pixels instead of the weights' size (recorded: export and predict use it).")
-@click.option("--augment", type=click.Choice(AUGMENTS), default=D("augment"), show_default=True,
-              help="Training augmentation: random resized crop (and horizontal flip); none for tiny images "
-                   "such as the 8x8 digits.")
-@click.option("--crop-scale", type=click.FloatRange(min=0, max=1, min_open=True), default=D("crop_scale"),
-              metavar="F", help="Smallest area fraction of the random resized crop "
-              f"[schedule: {SCHEDULE_SETTINGS['crop_scale']:g}; otherwise {FIXED_SETTINGS['crop_scale']:g}].")
-@click.option("--precision", type=click.Choice(FINETUNE_PRECISIONS), default=D("precision"), show_default=True,
-              help="Autocast precision; auto = bf16 where the GPU or CPU has it natively (fp16 + loss scaling on older GPUs), fp32 otherwise.")
-@click.option("--device", type=click.Choice(DEVICES), default=D("device"), show_default=True,
-              help="Where to train.")
-@click.option("--channels-last/--no-channels-last", default=D("channels_last"), show_default=True,
-              help="NHWC memory layout for convolutions (faster on CPUs and tensor cores).")
-@click.option("--seed", type=int, default=D("seed"), show_default=True,
-              help="Seed of the data order, augmentations, dropout and a new head.")
-@click.option("--workers", type=click.IntRange(min=0), default=D("workers"), metavar="N",
-              help="Image decoding processes per process (default: 0 on machines with few cores).")
-@click.option("--limit", type=click.IntRange(min=1), default=D("limit"), metavar="N", help="Only the first N images.")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=D("checkpoint_every"), show_default=True, metavar="N",
-              help="Also checkpoint every N steps within an epoch (0: at the end of each epoch only).")
-@click.option("--keep", type=click.Choice(KEEP), default=D("keep"),
-              help="Weights to write: final = the last epoch's unless the start is better on val [the schedule's]; "
-                   "best = the best epoch on val, the start included [otherwise]; last = the last epoch's.")
-@click.option("--no-val", is_flag=True, default=D("no_val"),
-              help="When the data has no val split, train on all of train and keep the last epoch (by default "
-                   "te holds out the val te train held out, 15% of each class, and selects on it).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from RUN.ckpt/ (same settings).")
-@click.option("--overwrite", is_flag=True, help="Replace a run at --out; start over instead of resuming.")
+@overwrite_option
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes to train with (launches torchrun: DDP, gloo on CPU, NCCL on GPUs).")
 @json_option
-def finetune(from_run, backbone, data, head, weights, out, recipe, budget_minutes, epochs, lr, patience, strategy, unfreeze_epoch, milestones,
-             lora_rank, lora_alpha, lora_targets, layer_decay, freeze_bn, backbone_dropout, optimizer, weight_decay, warmup, clip_grad, label_smoothing, batch_size,
-             input_size, augment, crop_scale, precision, device, channels_last, seed, workers, limit,
-             checkpoint_every, keep, no_val, resume, overwrite, nproc, as_json) -> None:
+def finetune(out, resume, overwrite, nproc, as_json, **fields) -> None:
     """Fine-tune backbone and head end to end, from a trained head (LP-FT) or a new one.
 
     Writes a run directory (run.json, metrics.json, model.safetensors, learning_curve.png,
@@ -158,15 +43,7 @@ def finetune(from_run, backbone, data, head, weights, out, recipe, budget_minute
         raise SystemExit(relaunch_under_torchrun(nproc))
     from transfer_engine.finetune import finetune as run_finetune
 
-    config = FinetuneConfig(
-        from_run_dir=from_run, backbone=backbone, data=data, head=head, weights=weights, recipe=recipe,
-        budget_minutes=budget_minutes, epochs=epochs, lr=lr, patience=patience,
-        strategy=strategy, unfreeze_epoch=unfreeze_epoch, milestones=milestones, layer_decay=layer_decay,
-        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
-        freeze_bn=freeze_bn, backbone_dropout=backbone_dropout, optimizer=optimizer, weight_decay=weight_decay, warmup=warmup, clip_grad=clip_grad,
-        label_smoothing=label_smoothing, batch_size=batch_size, input_size=input_size, augment=augment,
-        crop_scale=crop_scale, precision=precision, device=device, channels_last=channels_last, seed=seed, workers=workers, limit=limit,
-        checkpoint_every=checkpoint_every, keep=keep, no_val=no_val)
+    config = FinetuneConfig(**fields)
     from transfer_engine.core import distributed
 
     with distributed.guarded("fine-tuning"):  # DDP's all-reduces: a lost rank is one line, not an internal error

@@ -7,27 +7,15 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, info, json_option, warn_skipped
-from transfer_engine.core.choices import PREDICT_PROVIDERS
+from transfer_engine.cli._options import options_from
+from transfer_engine.core.configs import PredictConfig
 
 
 @click.command("predict")
 @click.argument("model", type=click.Path(path_type=Path), metavar="FILE.onnx")
-@click.option("--data", required=True, metavar="SRC",
-              help="Images: a folder (flat, or CLASS/IMAGE to get accuracy too), one image file, a .csv/.jsonl "
-                   "manifest, or builtin:digits.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, metavar="FILE.csv|FILE.jsonl",
-              help="Write the predictions there (default: print them).")
-@click.option("--provider", type=click.Choice(PREDICT_PROVIDERS), default="auto", show_default=True,
-              help="onnxruntime provider; auto = CUDA when onnxruntime-gpu and a GPU are present, else CPU.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, metavar="N",
-              help="Images per onnxruntime call.")
-@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
-              help="How many classes (with probabilities) to give per image.")
-@click.option("--follow-symlinks", is_flag=True,
-              help="In a --data folder, follow symlinks that lead out of it (by default they are skipped, with "
-                   "the reason).")
+@options_from(PredictConfig)
 @json_option
-def predict(model, data, out, provider, batch_size, top_k, follow_symlinks, as_json) -> None:
+def predict(model, as_json, **fields) -> None:
     """Classify images with an ONNX model written by `te export`.
 
     Class names and preprocessing come from the model's te metadata (or the graph does the
@@ -42,8 +30,7 @@ def predict(model, data, out, provider, batch_size, top_k, follow_symlinks, as_j
     """
     from transfer_engine.predict.runner import predict as run_predict
 
-    summary = run_predict(model, data, out=out, provider=provider, batch_size=batch_size, top_k=top_k,
-                          progress=True, follow_symlinks=follow_symlinks, log=info)
+    summary = run_predict(model, **PredictConfig(**fields).values(), progress=True, log=info)
     warn_skipped(summary.failed)
     if as_json:
         emit_json(summary.to_dict())

@@ -19,7 +19,7 @@ import torch
 
 from transfer_engine.cache import identity
 from transfer_engine.cache.records import display_path
-from transfer_engine.core.choices import STORED_DTYPES
+from transfer_engine.core.configs import ExtractConfig
 from transfer_engine.core.runtime import device_of_this_rank, resolve_device, torch_threads
 from transfer_engine.data.sources import (DataSource, Sample, content_key, default_dataset_name, derived_split, open_source,
                                           recorded_data)
@@ -33,7 +33,6 @@ from transfer_engine.extract.progress import Progress
 from transfer_engine.extract.spool import RecordSpool
 from transfer_engine.extract.stages import StageClock
 
-STORES = STORED_DTYPES
 CHUNK = 512  # keys asked of the cache at once
 
 
@@ -68,39 +67,18 @@ class ExtractSummary:
         return dict(self.__dict__)
 
 
-def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str = "DEFAULT",
-            name: str | None = None, replace: bool = False, batch_size: int | None = None,
-            workers: int | None = None,
-            device: str = "auto", precision: str = "auto", backend: str = "auto", store: str = "int8",
-            resampler: str = "auto", limit: int | None = None, strict: bool = False, seed: int = 0, follow_symlinks: bool = False,
-            node_cache: str | os.PathLike | None = None, progress: bool = True) -> ExtractSummary:
-    """Extract features of `data` with `backbone` into the cache at `cache`.
+def extract(backbone: "str | ExtractConfig", data: str | None = None, cache: str | os.PathLike | None = None, *,
+            progress: bool = True, **fields: Any) -> ExtractSummary:
+    """Extract the features of a data set with a backbone into a feature cache.
 
     Args:
-        backbone: a registered backbone name.
-        data: a folder, a .csv/.jsonl manifest, or builtin:NAME.
-        cache: the cache directory (created when missing).
-        weights: the backbone's weights ("DEFAULT", a name, "none", or a state-dict path).
-        name: the data set's name in the cache (default: the folder/manifest name).
-        replace: replace a data set of that name from another source or with other classes (refused
-            otherwise, before any work; see `transfer_engine.cache.identity`).
-        batch_size: images per forward pass (default: 32 on CPU, 128 on CUDA).
-        workers: decode/transform threads (default: the number of CPUs, at most 8).
-        device: "auto", "cpu" or "cuda".
-        precision: "auto", "fp32", "bf16" or "fp16" compute.
-        backend: "auto", "torch" or "onnxruntime"; auto (with precision auto) picks the fastest pair
-            that keeps features within bound of PyTorch fp32 (see transfer_engine.extract.backend).
-        store: stored dtype of the rows: "int8" (per-row scale), "fp16" or "fp32".
-        resampler: "auto", "pil" or "torch": what resizes the images (part of the feature space); auto
-            takes the fastest within bound of PIL's (see transfer_engine.extract.resampler).
-        limit: use only the first N images of the data set.
-        strict: a file that cannot be read or decoded is an error (exit 1) instead of a warning.
-        seed: seed of a random initialization (weights "none").
-        follow_symlinks: in a folder, follow symlinks that lead out of it (te never does by default;
-            see transfer_engine.data.walk for the rule).
-        node_cache: under torchrun across several machines, the folder of the nodes' delta caches (default
-            CACHE/nodes; it must be readable from node 0); see `transfer_engine.extract.nodes`.
+        backbone: a registered backbone name, or a whole `core.configs.ExtractConfig` (whose fields' help
+            describes every option: weights, name, replace, batch_size, workers, device, precision,
+            backend, store, resampler, limit, strict, seed, follow_symlinks, node_cache).
+        data: a folder, a .csv/.jsonl manifest, or builtin:NAME (with a backbone name).
+        cache: the cache directory, created when missing (with a backbone name).
         progress: show progress on stderr.
+        fields: the config's fields as keywords (they override those of a config given).
 
     Returns:
         The `ExtractSummary`.
@@ -109,53 +87,51 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
         UsageError: bad --data, an empty data set, an unknown backbone or option value.
         TEError: weights unavailable, or (strict) files that failed.
     """
+    cfg = (ExtractConfig.of(backbone, **fields) if isinstance(backbone, ExtractConfig)
+           else ExtractConfig(backbone=backbone, data=data, cache=cache, **fields))
     from transfer_engine.backbones import create_backbone
     from transfer_engine.cache import FeatureCache, FeatureSpace
     from transfer_engine.cache.lock import read_only_error
     from transfer_engine.cache.store import writable
 
-    if store not in STORES:
-        raise UsageError(f"--store must be one of {', '.join(STORES)}, got {store!r}")
-    if limit is not None and limit <= 0:
-        raise UsageError(f"--limit must be positive, got {limit}")
     start = time.perf_counter()
     clock = StageClock()
     # Join the job first: a rank whose --data or options fail then tells the others, which stop at once.
     rank, world = dist.rank_and_world()
-    source = open_source(data, follow_symlinks)
-    if name is not None and display_path(name) != name:
-        raise UsageError(f"--name {display_path(name)}: a data set's name must be valid UTF-8 text")
-    dataset = name or default_dataset_name(source, data)
+    source = open_source(cfg.data, cfg.follow_symlinks)
+    if cfg.name is not None and display_path(cfg.name) != cfg.name:
+        raise UsageError(f"--name {display_path(cfg.name)}: a data set's name must be valid UTF-8 text")
+    dataset = cfg.name or default_dataset_name(source, cfg.data)
     layout = nodes.node_layout(world)
     # Count first (a listing, no reads), then stream: the sample list is never held in memory.
-    counted = sum(1 for _ in _limited(source.samples(), limit))
+    counted = sum(1 for _ in _limited(source.samples(), cfg.limit))
     if not counted:
-        raise UsageError(f"--data {data}: the data set holds no images")
+        raise UsageError(f"--data {cfg.data}: the data set holds no images")
 
-    target = device_of_this_rank(resolve_device(device), world)
-    bb = create_backbone(backbone, weights=weights, seed=seed)
+    target = device_of_this_rank(resolve_device(cfg.device), world)
+    bb = create_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed)
     # Across machines, node k >= 1 writes its own delta cache: no index is ever opened from two hosts.
-    delta = nodes.delta_path(Path(cache), node_cache, layout) if layout.writes_delta else None
-    cache_obj = FeatureCache.open(delta or cache)
+    delta = nodes.delta_path(Path(cfg.cache), cfg.node_cache, layout) if layout.writes_delta else None
+    cache_obj = FeatureCache.open(delta or cfg.cache)
     if not writable(cache_obj.root):  # before the backbone is built and any image read: nothing could be kept
         cache_obj.close()
         raise read_only_error(cache_obj.root)
     try:
         # A name is not an identity: another folder's images, or other classes, replace a data set only
         # when asked (before any work; a node's delta holds no data set, so rank 0 decides there).
-        identity.check_replacement(cache_obj, dataset, recorded_data(data), source.class_names, replace)
-        resized, how = _choose_how(resampler, backend, precision, bb, target, cache_obj, source, limit, rank, world,
+        identity.check_replacement(cache_obj, dataset, recorded_data(cfg.data), source.class_names, cfg.replace)
+        resized, how = _choose_how(cfg.resampler, cfg.backend, cfg.precision, bb, target, cache_obj, source, cfg.limit, rank, world,
                                    layout)
         chosen = how.precision
-        config = FeatureSpace.of_backbone(bb, stored=store, precision=chosen)
+        config = FeatureSpace.of_backbone(bb, stored=cfg.store, precision=chosen)
         present = nodes.shared_present_keys(cache_obj, config.id, rank) if layout.multi else None
         space = _SpaceOnDemand(cache_obj, config, bb, also_present=present if delta else None)
-        batch = batch_size or (128 if target.type == "cuda" else 32)
-        threads = workers or min(8, os.cpu_count() or 1)
+        batch = cfg.batch_size or (128 if target.type == "cuda" else 32)
+        threads = cfg.workers or min(8, os.cpu_count() or 1)
         meter = Progress(len(range(rank, counted, world)), enabled=progress and rank == 0, label=f"extract {bb.name}")
         with RecordSpool(cache_obj.root) as spool:
             run = _Run()
-            mine = ((i, s) for i, s in enumerate(_limited(source.samples(), limit)) if i % world == rank)
+            mine = ((i, s) for i, s in enumerate(_limited(source.samples(), cfg.limit)) if i % world == rank)
             items = _pending(source, mine, space, spool, run, meter, clock, bb.preprocess.resampler == "torch")
             engine = how.engine(bb, target, threads=torch.get_num_threads())
             # On a GPU with the torch resampler, images decode (nvjpeg) and resize there, batch by batch.
@@ -192,11 +168,11 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
                 earlier = cache_obj.provenance(space.id) or {}
                 backends = sorted({*earlier.get("backends", []), how.backend})
                 provenance = {"backbone": bb.name, "weights": bb.weights, "seed": bb.seed, "plugin": bb.plugin,
-                              "data": recorded_data(data), "dataset": dataset, "backends": backends}
-                if follow_symlinks:
+                              "data": recorded_data(cfg.data), "dataset": dataset, "backends": backends}
+                if cfg.follow_symlinks:
                     provenance["follow_symlinks"] = True
                 cache_obj.set_provenance(space.id, provenance)
-                identity.record_source(cache_obj, dataset, recorded_data(data))
+                identity.record_source(cache_obj, dataset, recorded_data(cfg.data))
         reused, failed, splits = dist.from_rank0(outcome, "waiting for rank 0 to write the data set")
         failed = [{**f, "path": display_path(f["path"])} for f in failed]  # shown as people read names
         dist.barrier("finishing")
@@ -206,13 +182,13 @@ def extract(backbone: str, data: str, cache: str | os.PathLike, *, weights: str 
             reused=reused, failed=failed, seconds=round(seconds, 3),
             images_per_second=round(extracted / seconds, 2) if seconds > 0 else 0.0,
             precision=chosen, precision_reason=how.reason, backend=how.backend, backend_measured=how.measured,
-            store=store, resampler=resized.resampler, resampler_reason=resized.reason,
+            store=cfg.store, resampler=resized.resampler, resampler_reason=resized.reason,
             stages={**clock.seconds(), "wall": round(seconds, 3)}, device=str(target), weights=bb.weights,
             cache=str(cache_obj.root), classes=len(source.class_names), splits=splits,
         )
     finally:
         cache_obj.close()
-    if strict and summary.failed:
+    if cfg.strict and summary.failed:
         first = summary.failed[0]
         raise TEError(f"{len(summary.failed)} file(s) could not be read or decoded (--strict), first: "
                       f"{first['path']}: {first['reason']}")

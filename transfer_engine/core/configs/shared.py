@@ -1,0 +1,50 @@
+"""Options that several commands take with the same meaning, declared once each.
+
+A dataclass field cannot be shared between classes, so each is a function returning a fresh field;
+a command whose help must say something else declares its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transfer_engine.core.choices import BACKEND_CHOICES, DEVICES, SELECTIONS
+from transfer_engine.core.options import option
+from transfer_engine.core.selection import DEFAULT_FOLDS, DEFAULT_SELECT, KFOLD_MAX_RECORDS
+
+
+def data_source(help: str = "Image folder (CLASS/IMAGE, optionally under train/val/test), a .csv/.jsonl manifest "
+                            "(path,label[,split]) or builtin:digits.") -> Any:
+    return option(help=help, metavar="SRC", required=True)
+
+
+def device() -> Any:
+    return option("auto", choices=DEVICES, help="Where to compute.")
+
+
+def limit() -> Any:
+    return option(None, low=1, metavar="N", help="Only the first N images.")
+
+
+def follow_symlinks() -> Any:
+    return option(False, help="In a --data folder, follow symlinks that lead out of it (by default they are skipped, "
+                              "with the reason; links to what te reads anyway are always skipped: no image counts "
+                              "twice).")
+
+
+def backend(help: str) -> Any:
+    return option("auto", choices=BACKEND_CHOICES, help=help)
+
+
+def dataset_name() -> Any:
+    return option(None, flag="--name", metavar="DATASET", help="Data set name in the cache (default: from --data).")
+
+
+def select(what: str) -> Any:
+    return option(DEFAULT_SELECT, choices=SELECTIONS,
+                  help=f"How {what}: kfold (stratified k-fold over train+val), val, or auto (kfold up to "
+                       f"{KFOLD_MAX_RECORDS} train+val records, val above).")
+
+
+def folds() -> Any:
+    return option(DEFAULT_FOLDS, low=2, metavar="K", help="k of k-fold selection.")
