@@ -177,9 +177,14 @@ def wait_for_rows(cache_dir, at_least, proc, timeout=120):
     return False
 
 
+IMAGES_TO_KILL = 600
+
+
 def test_kill_9_mid_run_then_the_same_command_resumes_to_the_uninterrupted_result(te, env, tmp_path):
     data = tmp_path / "data"
-    make_folder(data, 240, size=24)
+    # Enough images that the run is still going when the watcher sees its first 40 rows: with 240 the tiny
+    # model finished them (~0.6 s) before a poll on a busy machine, and the test failed without a kill.
+    make_folder(data, IMAGES_TO_KILL, size=24)
     args = [*TINY, *ONE_BACKEND, "--data", str(data), "--batch-size", "4", "--workers", "1"]
     full_env = {**os.environ, **env}
     proc = subprocess.Popen([sys.executable, "-m", "transfer_engine", "extract", *args, "--cache",
@@ -190,9 +195,9 @@ def test_kill_9_mid_run_then_the_same_command_resumes_to_the_uninterrupted_resul
     proc.wait()
     assert reached, "the run finished before it could be killed; make the data set larger"
     resumed, _ = extract_json(te, env, *args[len(TINY):], "--cache", str(tmp_path / "killed"))
-    assert resumed["reused"] >= 40 and resumed["extracted"] + resumed["reused"] == 240
+    assert resumed["reused"] >= 40 and resumed["extracted"] + resumed["reused"] == IMAGES_TO_KILL
     straight, _ = extract_json(te, env, *args[len(TINY):], "--cache", str(tmp_path / "straight"))
-    assert straight["extracted"] == 240
+    assert straight["extracted"] == IMAGES_TO_KILL
     got, got_records = features_by_key(tmp_path / "killed", "data")
     want, want_records = features_by_key(tmp_path / "straight", "data")
     assert got_records == want_records
