@@ -161,9 +161,10 @@ def compute_rates(backbone: str, batch: int, tmp: Path, eager: bool = True) -> d
     import copy
 
     from transfer_engine.backbones import create_backbone
-    from transfer_engine.onnx.export import export_backbone
-    from transfer_engine.extract.engines import OrtEngine, TorchEngine, ort_available
     from transfer_engine.core.runtime import cpu_has_native_bf16
+    from transfer_engine.extract.engines import OrtEngine, TorchEngine
+    from transfer_engine.onnx.export import export_backbone
+    from transfer_engine.onnx.runtime import ort_available
 
     cpu = torch.device("cpu")
     bb = create_backbone(backbone, weights=weights_for(backbone))
@@ -185,8 +186,9 @@ def auto_choice(backbone: str, folder: Path, tmp: Path):
     """What `--backend auto` decides for `backbone` on the first 8 images of `folder` (a scratch cache)."""
     from transfer_engine.backbones import create_backbone
     from transfer_engine.cache import FeatureCache
+    from transfer_engine.backbones.calibration import calibration_batch
     from transfer_engine.data.sources import open_source
-    from transfer_engine.extract.backend import calibration_batch, choose
+    from transfer_engine.extract.backend import choose
 
     bb = create_backbone(backbone, weights=weights_for(backbone))
     source = open_source(str(folder))

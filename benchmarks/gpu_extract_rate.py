@@ -75,8 +75,9 @@ def pixel_differences(datas: list[bytes], device: torch.device) -> None:
 def engines(name: str, device: torch.device, tmp: Path):
     """The backbone, its preprocessing (torch resampler where the spec has one) and each available engine."""
     from transfer_engine.backbones import create_backbone
+    from transfer_engine.extract.engines import OrtEngine, TorchEngine
     from transfer_engine.onnx.export import export_backbone
-    from transfer_engine.extract.engines import OrtEngine, TorchEngine, ort_available
+    from transfer_engine.onnx.runtime import ort_available
 
     bb = create_backbone(name, weights="none")
     spec = bb.preprocess

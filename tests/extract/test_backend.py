@@ -14,6 +14,7 @@ from PIL import Image
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.extract import backend as backend_mod
 from transfer_engine.extract import engines
+from transfer_engine.onnx.runtime import ort_available
 
 
 def make_folder(root, n, start=0):
@@ -53,7 +54,7 @@ def cache_state(cache_dir):
         return cache.info()["artifacts"], cache.provenance(space.id), cache.verify()
 
 
-needs_ort = pytest.mark.skipif(not engines.ort_available(torch.device("cpu")), reason="onnxruntime not installed")
+needs_ort = pytest.mark.skipif(not ort_available(torch.device("cpu")), reason="onnxruntime not installed")
 
 
 @needs_ort
@@ -195,7 +196,7 @@ def test_cpu_candidates_start_with_the_reference_and_follow_the_machine():
     labels = [c.label for c in backend_mod.candidates(cpu)]
     assert labels[0] == "torch fp32"
     assert ("torch bf16" in labels) == backend_mod.cpu_has_native_bf16()
-    assert ("onnxruntime fp32" in labels) == engines.ort_available(cpu)
+    assert ("onnxruntime fp32" in labels) == ort_available(cpu)
     assert [c.label for c in backend_mod.candidates(cpu, "torch", "fp32")] == ["torch fp32"]
 
 

@@ -200,8 +200,9 @@ def tiny_graph(path, *, symbolic_dim: bool = False, channels: int = 8):
 
 def ort_engine(path, device: str):
     from transfer_engine.extract import engines
+    from transfer_engine.onnx.runtime import ort_available
 
-    if not engines.ort_available(torch.device(device)):
+    if not ort_available(torch.device(device)):
         pytest.skip(f"onnxruntime has no provider for {device}")
     return engines.OrtEngine(path, torch.device(device))
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from transfer_engine.extract.engines import ort_available
+from transfer_engine.onnx.runtime import ort_available
 
 TINY = ["--backbone", "tiny_cnn", "--weights", "none"]  # from tests/plugins/te-test-good: fast
 # The tests that compare two caches bit for bit name the backend and the resampler: `auto` decides each

@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 
 from transfer_engine.backbones import create_backbone
+from transfer_engine.backbones.calibration import row_cosines
 from transfer_engine.backbones.spec import PreprocessSpec
 from transfer_engine.cache import FeatureCache
 from transfer_engine.data.decode import decode_image, decode_tensor
 from transfer_engine.errors import UsageError
 from transfer_engine.extract import extract
-from transfer_engine.extract.backend import row_cosines
 from transfer_engine.onnx.metadata import read_metadata
 from transfer_engine.extract.resampler import MIN_SPEEDUP, RESAMPLER_BOUND, choose_resampler
 

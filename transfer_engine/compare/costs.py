@@ -90,11 +90,11 @@ def int8_costs(onnx_path: str | Path, calibration: np.ndarray, check: np.ndarray
     Raises:
         QuantizationError: onnxruntime's tools failed; RuntimeUnavailableError: no onnxruntime.
     """
+    from transfer_engine.backbones.calibration import row_cosines
     from transfer_engine.onnx.export import FEATURES, INPUT
     from transfer_engine.onnx.int8 import quantize_fully
     from transfer_engine.onnx.recipes import DEFAULT_INT8_TARGET, RECIPES
     from transfer_engine.onnx.runtime import CPU, open_session, run_grouped
-    from transfer_engine.extract.backend import row_cosines
 
     recipe = RECIPES[DEFAULT_INT8_TARGET]
     with tempfile.TemporaryDirectory(prefix="te-compare-int8-") as tmp:
@@ -114,13 +114,13 @@ def int8_costs(onnx_path: str | Path, calibration: np.ndarray, check: np.ndarray
 def split_images(backbone, data: str, records_by_split: dict[str, list], splits: tuple[str, ...],
                  limit: int) -> tuple[np.ndarray, str]:
     """Up to `limit` images of the first of `splits` that has records, spread evenly over it, decoded and
-    preprocessed as te extract does (`extract.backend.calibration_batch`).
+    preprocessed as te extract does (`backbones.calibration.calibration_batch`).
 
     Returns:
         (float32 [N, 3, S, S], the split's name; "" with no images when none of `splits` has records).
     """
+    from transfer_engine.backbones.calibration import calibration_batch
     from transfer_engine.data.sources import Sample, open_source
-    from transfer_engine.extract.backend import calibration_batch
 
     split, records = next(((s, records_by_split[s]) for s in splits if records_by_split.get(s)), ("", []))
     if len(records) > limit:

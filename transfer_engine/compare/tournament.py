@@ -197,8 +197,8 @@ def _costs(entry: Entry, backbone: str, weights: str, seed: int, data: str, cach
     from transfer_engine.backbones import create_backbone
     from transfer_engine.cache import FeatureCache
     from transfer_engine.compare import costs
-    from transfer_engine.extract.backend import exported_backbone
-    from transfer_engine.extract.engines import ort_available
+    from transfer_engine.onnx.backbone import exported_backbone
+    from transfer_engine.onnx.runtime import ort_available
 
     bb = create_backbone(backbone, weights, seed=seed)
     size = bb.preprocess.crop_size

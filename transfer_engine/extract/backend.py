@@ -15,34 +15,34 @@ its bound wins:
   it is not used.
 
 The backbone is exported to ONNX once per (backbone, weights digest, input size, opset) and kept in the
-cache as an artifact (content-addressed, checked when loaded and by `te cache verify`). A backbone that
-cannot be exported, or that onnxruntime cannot run, falls back to PyTorch with the reason. The decision
+cache as an artifact (`onnx.backbone`: content-addressed, checked when loaded and by `te cache verify`). A
+backbone that cannot be exported, or that onnxruntime cannot run, falls back to PyTorch with the reason. The decision
 (and why, with the timings) is remembered in the cache per backbone, requests and machine (CPU model
 and features, torch and onnxruntime versions, GPU), so a re-run does no calibration.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 
+from transfer_engine.backbones.calibration import min_row_cosine
 from transfer_engine.core.runtime import cpu_has_native_bf16
 from transfer_engine.errors import TEError, UsageError, first_line
-from transfer_engine.extract.engines import BACKEND_CHOICES, OrtEngine, TorchEngine, ort_available
+from transfer_engine.extract.engines import BACKEND_CHOICES, OrtEngine, TorchEngine
 from transfer_engine.extract.pipeline import PRECISIONS
+from transfer_engine.onnx.backbone import exported_backbone, forget_exported
+from transfer_engine.onnx.runtime import ort_available
 
 PRECISION_BOUND = 0.999
 SAME_SPACE_BOUND = 0.99999
-CALIBRATION_IMAGES = 8  # enough to expose a candidate that breaks; each costs two passes per candidate
-ONNX_OPSET = 18
 _DECISION_VERSION = 1  # bump when the way of deciding changes: remembered decisions are then made again
 
 
@@ -225,25 +225,8 @@ def _calibrate(options: list[Candidate], backbone, device: torch.device, cache, 
     if choice.backend == "onnxruntime":
         choice.onnx = onnx
     elif onnx is not None:  # exported for nothing: do not keep a model no run uses
-        _forget_exported(backbone, cache)
+        forget_exported(backbone, cache)
     return choice
-
-
-def row_cosines(reference: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
-    """The cosine between matching rows, in float64 with no norm floor: features of some randomly
-    initialized nets are ~1e-13 (EfficientNet-B0), where torch's eps=1e-8 floor would report 0; two
-    all-zero rows agree."""
-    a, b = reference.double(), candidate.double()
-    na, nb = a.norm(dim=1), b.norm(dim=1)
-    cos = (a * b).sum(dim=1) / (na * nb).clamp_min(torch.finfo(torch.float64).tiny)
-    cos[(na == 0) & (nb == 0)] = 1.0
-    return cos
-
-
-def min_row_cosine(reference: torch.Tensor, candidate: torch.Tensor) -> float:
-    """The lowest of `row_cosines` (1.0 for no rows)."""
-    cos = row_cosines(reference, candidate)
-    return float(cos.min()) if len(cos) else 1.0
 
 
 def _timed(engine, batch: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -260,37 +243,6 @@ def _timed(engine, batch: torch.Tensor) -> tuple[torch.Tensor, float]:
 def _sync(engine) -> None:
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
-
-
-# -- the exported backbone ----------------------------------------------------------------------------------
-def artifact_name(backbone) -> str:
-    """The cache artifact that holds this backbone's ONNX graph: one per (name, weights, input size, opset)."""
-    ident = {"backbone": backbone.name, "weights": backbone.weights_digest,
-             "input_size": list(backbone.preprocess.input_size), "opset": ONNX_OPSET}
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
-    return f"onnx-backbone:{backbone.name}:{digest}"
-
-
-def exported_backbone(backbone, cache) -> Path:
-    """The backbone's ONNX file from the cache, exported (once) when missing or damaged."""
-    from transfer_engine.onnx.export import export_backbone
-
-    name = artifact_name(backbone)
-    path, _why = cache.artifact(name)
-    if path is not None:
-        return path
-    crop = backbone.preprocess.crop_size
-    model = backbone.model
-    if any(p.device.type != "cpu" for p in model.parameters()):  # a copy: engines keep theirs on the GPU
-        model = copy.deepcopy(model).to("cpu")
-    return cache.put_artifact(name, lambda tmp: export_backbone(model, tmp, crop_size=crop, opset=ONNX_OPSET),
-                              suffix=".onnx")
-
-
-def _forget_exported(backbone, cache) -> None:
-    from transfer_engine.cache import artifacts
-
-    artifacts.forget(cache, artifact_name(backbone))
 
 
 # -- remembering ----------------------------------------------------------------------------------------------
@@ -316,18 +268,3 @@ def machine_fingerprint(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     return out
-
-
-def calibration_batch(backbone, source, samples: Iterable, limit: int = CALIBRATION_IMAGES) -> torch.Tensor | None:
-    """The first `limit` decodable images of `samples`, preprocessed for `backbone` (None: none decodes)."""
-    from transfer_engine.extract.resampler import calibration_images
-
-    return preprocessed(backbone, source, calibration_images(source, samples, limit))
-
-
-def preprocessed(backbone, source, images: list[tuple[Any, bytes]]) -> torch.Tensor | None:
-    """Images given as (sample, bytes), decoded and preprocessed for `backbone` (None: there are none)."""
-    transform = backbone.transform()
-    tensor = backbone.preprocess.resampler == "torch"
-    tensors = [transform(source.decode(sample, data, tensor)) for sample, data in images]
-    return torch.stack(tensors) if tensors else None

@@ -3,10 +3,10 @@
     engine(images: float32 [N, 3, S, S]) -> float32 features [N, dim] on the extraction device
 
 `TorchEngine` runs the backbone eagerly (channels_last, autocast for bf16/fp16). `OrtEngine` runs the
-same backbone exported to ONNX (`export_backbone`) through onnxruntime: on CPUs without native bf16 its
-fp32 kernels can be much faster than PyTorch's for the same features, by how much depends on the CPU and
-the backbone (docs/extract.md, "Execution backend"). Which engine a run uses is therefore measured, not
-assumed: `transfer_engine.extract.backend`.
+same backbone exported to ONNX (`onnx.backbone.exported_backbone`) through onnxruntime: on CPUs without
+native bf16 its fp32 kernels can be much faster than PyTorch's for the same features, by how much depends
+on the CPU and the backbone (docs/extract.md, "Execution backend"). Which engine a run uses is therefore
+measured, not assumed: `transfer_engine.extract.backend`.
 """
 
 from __future__ import annotations
@@ -107,14 +107,3 @@ def _declared_dim(session) -> int | None:
         if output.name == FEATURES and len(output.shape) == 2 and isinstance(output.shape[1], int):
             return output.shape[1]
     return None
-
-
-def ort_available(device: torch.device) -> bool:
-    """True when onnxruntime is installed with a provider for `device` (CUDA needs onnxruntime-gpu)."""
-    try:
-        from transfer_engine.onnx.runtime import CPU, CUDA, import_ort
-
-        providers = import_ort().get_available_providers()
-    except Exception:  # not installed, or a broken install: torch stays the only backend
-        return False
-    return (CUDA if device.type == "cuda" else CPU) in providers

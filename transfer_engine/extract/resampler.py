@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 
+from transfer_engine.backbones.calibration import min_row_cosine
 from transfer_engine.core.choices import RESAMPLER_CHOICES, RESAMPLERS
 from transfer_engine.core.runtime import torch_threads
 from transfer_engine.errors import UsageError, first_line
@@ -121,8 +121,6 @@ def choose_resampler(request: str, backbone, cache, images: Callable[[], list[tu
 def _calibrate(backbone, reference, pairs: list[tuple[Any, bytes]], decode) -> ResamplerChoice:
     """Each resampler's time per image; the features (the model's two passes) only when a resampler
     other than PIL is faster: the fastest within bound of PIL's features wins."""
-    from transfer_engine.extract.backend import min_row_cosine
-
     measured: dict[str, dict[str, Any]] = {}
     batches: dict[str, torch.Tensor] = {}
     for name in RESAMPLERS:
@@ -199,26 +197,3 @@ def _decision_key(backbone, reference) -> str:
              "transform": reference.to_dict(), "bound": RESAMPLER_BOUND,
              "machine": machine_fingerprint(torch.device("cpu"))}
     return "auto_resampler:" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def calibration_images(source, samples: Iterable, limit: int) -> list[tuple[Any, bytes]]:
-    """The first `limit` samples that decode, with their bytes: the calibrations then time and compare
-    images that every path can read. (Checked with the tensor decoder, on every core: it reads what PIL
-    reads, without PIL's RGB copy.)"""
-    def readable(sample) -> tuple[Any, bytes | None]:
-        try:
-            data = source.read_bytes(sample)
-            source.decode(sample, data, True)
-        except Exception:  # a bad file is reported by the extraction itself
-            return sample, None
-        return sample, data
-
-    out: list[tuple[Any, bytes]] = []
-    remaining = iter(samples)
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        while len(out) < limit:
-            chunk = list(itertools.islice(remaining, limit - len(out)))
-            if not chunk:
-                break
-            out += [(sample, data) for sample, data in pool.map(readable, chunk) if data is not None]
-    return out

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import torch
 
+from transfer_engine.backbones.calibration import CALIBRATION_IMAGES, calibration_images, preprocessed
 from transfer_engine.cache import identity
 from transfer_engine.cache.records import display_path
 from transfer_engine.core.configs import ExtractConfig
@@ -27,8 +28,8 @@ from transfer_engine.errors import PluginError, TEError, UsageError
 from transfer_engine.extract import distributed as dist
 from transfer_engine.extract import nodes
 from transfer_engine.extract.pipeline import FeatureExtractor, Item
-from transfer_engine.extract.backend import CALIBRATION_IMAGES, adopt, choose, preprocessed
-from transfer_engine.extract.resampler import ResamplerChoice, calibration_images, choose_resampler, with_resampler
+from transfer_engine.extract.backend import adopt, choose
+from transfer_engine.extract.resampler import ResamplerChoice, choose_resampler, with_resampler
 from transfer_engine.extract.progress import Progress
 from transfer_engine.extract.spool import RecordSpool
 from transfer_engine.extract.stages import StageClock

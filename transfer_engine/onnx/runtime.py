@@ -160,6 +160,16 @@ def resolve_provider(choice: str) -> tuple[str, str]:
     return CPU, "no CUDA provider in this onnxruntime (the GPU build is te's gpu extra)"
 
 
+def ort_available(device: Any) -> bool:
+    """True when onnxruntime is installed with a provider for `device` (a torch.device; CUDA needs
+    onnxruntime-gpu)."""
+    try:
+        providers = import_ort().get_available_providers()
+    except Exception:  # not installed, or a broken install: torch stays the only backend
+        return False
+    return (CUDA if device.type == "cuda" else CPU) in providers
+
+
 def _preload_cuda_libraries(ort: Any) -> None:
     """Make the CUDA/cuDNN libraries of the pip-installed nvidia packages loadable.
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from transfer_engine._durable import write_text_durably
 from transfer_engine.cache.records import display_path
+from transfer_engine.data.unlabelled import open_images
 from transfer_engine.errors import UsageError
-from transfer_engine.export.images import open_images
 from transfer_engine.onnx.metadata import ModelMetadata, read_metadata
 from transfer_engine.onnx.recipes import recipe_warning
 from transfer_engine.onnx.runtime import open_session, resolve_provider, run_grouped, uint8_array
