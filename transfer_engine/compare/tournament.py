@@ -80,7 +80,7 @@ def compare(data: str, cache: str | Path, backbones: str | list[str], *, out: st
     Raises:
         UsageError: an unknown backbone, bad data (before any work, for every backbone).
     """
-    from transfer_engine.extract.runner import extract
+    from transfer_engine.extract import extract
 
     check_select(select)
     check_folds(folds)
@@ -152,8 +152,7 @@ def _score(entry: Entry, cache, dataset: str, quick: bool, old: dict[str, Any] |
            select: str, folds: int) -> None:
     """LogME on the train features; the linear and k-NN probes (or theirs from the last compare.json, when
     they were selected the same way)."""
-    from transfer_engine.train import train
-    from transfer_engine.train.data import load_training_data
+    from transfer_engine.train import load_training_data, train
 
     data = load_training_data(cache, dataset=dataset, space=entry.space)
     try:

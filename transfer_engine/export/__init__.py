@@ -20,6 +20,7 @@ from typing import Any
 
 _LAZY = {
     "export_onnx": "export.exporter", "ExportResult": "export.exporter", "ParityError": "export.exporter",
+    "DEFAULT_MIN_SPEEDUP": "export.recipes", "DEFAULT_SELECTION_SIZE": "export.recipes",
     "ModelMetadata": "onnx.metadata", "InputSpec": "onnx.metadata", "read_metadata": "onnx.metadata",
 }
 

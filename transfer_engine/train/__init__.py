@@ -7,12 +7,15 @@
     >>> cfg = TrainConfig(cache="feats/", head="mlp", sweep=True)                 # doctest: +SKIP
     >>> train(cfg, out="runs/mlp"), train(cfg, seed=1, out="runs/mlp-seed1")      # doctest: +SKIP
 
-Modules: data (splits from the cache, in memory or streamed), fit (one fit of one head), lbfgs (the
+Modules: data (splits from the cache, in memory or streamed: `load_training_data`, public because te
+compare scores a backbone's cached features as te train sees them), fit (one fit of one head), lbfgs (the
 linear head's full-batch solver), sweep (hyper-parameter search on val), metrics, plots, runner (`train`,
 `train_all`). The configuration is `transfer_engine.core.configs.TrainConfig`.
 """
 
 from transfer_engine.core.configs import TrainConfig
+from transfer_engine.train.data import TrainingData, load_training_data
 from transfer_engine.train.runner import ALL, LEADERBOARD_JSON, Leaderboard, TrainResult, train, train_all
 
-__all__ = ["ALL", "LEADERBOARD_JSON", "Leaderboard", "TrainConfig", "TrainResult", "train", "train_all"]
+__all__ = ["ALL", "LEADERBOARD_JSON", "Leaderboard", "TrainConfig", "TrainResult", "TrainingData", "load_training_data",
+           "train", "train_all"]
