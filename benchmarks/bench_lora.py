@@ -45,7 +45,8 @@ def child(variant: str, backbone: str, batch: int, steps: int) -> dict:
 
     from bench_train_step import digits_batches
     from transfer_engine.backbones import create_backbone
-    from transfer_engine.finetune.loop import EpochSums, OptimConfig, Trainer
+    from transfer_engine.core.configs import FinetuneConfig
+    from transfer_engine.finetune.loop import EpochSums, Trainer
     from transfer_engine.finetune.precision import choose_precision
     from transfer_engine.finetune.strategies import backbone_blocks, make_strategy
     from transfer_engine.runs import Classifier
@@ -64,7 +65,8 @@ def child(variant: str, backbone: str, batch: int, steps: int) -> dict:
                              adapters=[b.has_adapters for b in blocks])
     device = torch.device("cpu")
     precision, _ = choose_precision("auto", device)
-    trainer = Trainer(model, blocks, strategy, OptimConfig(lr=1e-4), num_classes=10, total_steps=steps,
+    settings = FinetuneConfig(from_run_dir="bench", lr=1e-4).fixed()  # the fixed recipe at lr 1e-4; no run is read
+    trainer = Trainer(model, blocks, strategy, settings, num_classes=10, total_steps=steps,
                       device=device, precision=precision)
     trainer.set_phase(0)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -58,15 +58,17 @@ def digits_batches(preprocess, batch: int, steps: int) -> list[tuple[torch.Tenso
 
 def run_variant(name: str, model: torch.nn.Module, batches, total_steps: int) -> dict:
     """Train `model` (a copy) over `batches` with te's Trainer; images/s after the first step, last loss."""
-    from transfer_engine.finetune.loop import EpochSums, OptimConfig, Trainer
+    from transfer_engine.core.configs import FinetuneConfig
+    from transfer_engine.finetune.loop import EpochSums, Trainer
     from transfer_engine.finetune.strategies import backbone_blocks, make_strategy
 
     model = copy.deepcopy(model)
     blocks = backbone_blocks(model.backbone)
     strategy = make_strategy("no_freeze", len(blocks), freeze_bn=True)
-    trainer = Trainer(model, blocks, strategy, OptimConfig(lr=1e-4), num_classes=10, total_steps=total_steps,
-                      device=torch.device("cpu"), precision="bf16" if name == "bf16" else "fp32",
-                      channels_last=name != "nchw")
+    # the fixed recipe's settings at lr 1e-4 (from_run_dir only names the run: no run is read)
+    settings = FinetuneConfig(from_run_dir="bench", lr=1e-4, channels_last=name != "nchw").fixed()
+    trainer = Trainer(model, blocks, strategy, settings, num_classes=10, total_steps=total_steps,
+                      device=torch.device("cpu"), precision="bf16" if name == "bf16" else "fp32")
     if name == "compiled":
         trainer.replica.model = torch.compile(trainer.model)  # what train_steps calls
     trainer.set_phase(0)

@@ -8,7 +8,7 @@ strategy, the trainer); `resume_settings` says what a checkpoint must match for 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from transfer_engine.errors import UsageError
 from transfer_engine.finetune import data as fdata
 from transfer_engine.finetune import distributed as dist
 from transfer_engine.finetune import lora
-from transfer_engine.finetune.loop import OptimConfig, Trainer
+from transfer_engine.finetune.loop import Trainer
 from transfer_engine.finetune.precision import choose_precision
 from transfer_engine.finetune.start import Start, from_backbone, from_run
 from transfer_engine.finetune.strategies import Strategy, backbone_blocks, make_strategy
@@ -82,8 +82,7 @@ def build_job(cfg: FinetuneConfig, ckpt_dir: Path) -> Job:
     plan = make_strategy(name, len(blocks), unfreeze_epoch=cfg.unfreeze_epoch, milestones=cfg.milestones,
                          freeze_bn=cfg.freeze_bn, adapters=[b.has_adapters for b in blocks])
     steps = fdata.steps_per_epoch(len(sets["train"]), cfg.batch_size)
-    trainer = Trainer(start.model, blocks, plan, optim_config(cfg), len(start.class_names), cfg.epochs * steps, target,
-                      chosen, cfg.channels_last, cfg.backbone_dropout)
+    trainer = Trainer(start.model, blocks, plan, cfg, len(start.class_names), cfg.epochs * steps, target, chosen)
     return Job(cfg, start, trainer, sets, plan, name, chosen, precision_reason, preprocess.crop_size, val_note,
                ckpt_dir, rank, world, _default_workers(world) if cfg.workers is None else cfg.workers, adapters)
 
@@ -94,36 +93,30 @@ def strategy_name(cfg: FinetuneConfig) -> str:
     return cfg.strategy or ("no_freeze" if cfg.from_run_dir is not None else "freeze_unfreeze")
 
 
-def optim_config(cfg: FinetuneConfig) -> OptimConfig:
-    """How `cfg`'s run updates its parameters."""
-    return OptimConfig(cfg.optimizer, cfg.lr, cfg.layer_decay, cfg.weight_decay, cfg.warmup, cfg.clip_grad,
-                       cfg.label_smoothing)
-
-
 def resume_settings(cfg: FinetuneConfig, job: Job) -> dict[str, Any]:
     """The settings that decide a run's trajectory: a checkpoint resumes only under the same ones (a changed
     run must not continue silently), and run.json records them as the run's hyper-parameters.
 
-    This is the only place that decides which settings those are: an option that changes the run belongs
-    here. Most entries are `cfg`'s fields as given; the others are what `build_job` resolved from them.
+    They are derived, not listed: every field of `FinetuneConfig` declared `changes_run` (all but the ones
+    that say how the work is done: recipe, budget, workers), then, under the same names, what `build_job`
+    resolved from them, so that "auto" is recorded as what it chose. A new option is in them by default.
 
     Args:
-        cfg: the run's config (`job.cfg`).
+        cfg: the run's config (`job.cfg`, a fixed recipe: every setting resolved).
         job: what was resolved: the start's backbone, weights, data and head, the strategy's name and
             head-only epochs, the crop size, the precision, the device type, the world size, the adapters.
     """
     start = job.start
-    return {"from": str(Path(cfg.from_run_dir).absolute()) if cfg.from_run_dir is not None else None,
-            "backbone": start.backbone.name, "weights": start.backbone.weights, "data": start.dataset["data"],
-            "head": start.head.name, "head_options": start.head.options, "epochs": cfg.epochs,
-            "strategy": job.strategy_name, "start_epochs": job.plan.start_epochs, "freeze_bn": cfg.freeze_bn,
-            "backbone_dropout": cfg.backbone_dropout,
-            **asdict(optim_config(cfg)), "batch_size": cfg.batch_size, "input_size": job.input_size,
-            "augment": cfg.augment, "crop_scale": cfg.crop_scale, "precision": job.precision,
-            "device_type": job.trainer.device.type, "channels_last": cfg.channels_last, "seed": cfg.seed,
-            "limit": cfg.limit, "world_size": job.world, "keep": cfg.keep, "no_val": cfg.no_val,
-            "patience": cfg.patience, "checkpoint_every": cfg.checkpoint_every,
-            **(job.adapters.settings() if job.adapters is not None else {})}
+    given = cfg.run_settings()
+    given.pop("from_run_dir")  # recorded as an absolute path under "from"
+    given.pop("device")  # recorded as what it resolved to, "device_type"
+    resolved = {"from": str(Path(cfg.from_run_dir).absolute()) if cfg.from_run_dir is not None else None,
+                "backbone": start.backbone.name, "weights": start.backbone.weights, "data": start.dataset["data"],
+                "head": start.head.name, "head_options": start.head.options, "strategy": job.strategy_name,
+                "start_epochs": job.plan.start_epochs, "input_size": job.input_size, "precision": job.precision,
+                "device_type": job.trainer.device.type, "world_size": job.world,
+                **(job.adapters.settings() if job.adapters is not None else {})}
+    return {**given, **resolved}
 
 
 def _data_sets(cfg: FinetuneConfig, start: Start, preprocess) -> tuple[FinetuneConfig, dict, str | None]:

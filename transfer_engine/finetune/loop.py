@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transfer_engine.core.choices import OPTIMIZERS
+from transfer_engine.core.configs import FinetuneConfig
 from transfer_engine.core.progress import ProgressLine
 from transfer_engine.core.runtime import autocast_context
 from transfer_engine.errors import TEError, UsageError
@@ -39,30 +40,7 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-@dataclass
-class OptimConfig:
-    """How the parameters are updated.
-
-    Attributes:
-        optimizer: "adamw" or "sgd" (momentum 0.9, Nesterov).
-        lr: peak learning rate of the head; backbone blocks get lr * layer_decay ** depth-from-top.
-        layer_decay: per-block factor of the layer-wise decayed rates (1 = the same rate everywhere).
-        weight_decay: decoupled (AdamW) or L2 (SGD) decay of weight matrices and convolutions.
-        warmup: fraction of all steps spent warming up linearly.
-        clip_grad: max global gradient norm (0 disables clipping).
-        label_smoothing: cross-entropy label smoothing.
-    """
-
-    optimizer: str = "adamw"
-    lr: float = 3e-4
-    layer_decay: float = 0.9
-    weight_decay: float = 0.01
-    warmup: float = 0.1
-    clip_grad: float = 1.0
-    label_smoothing: float = 0.0
-
-
-def make_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+def make_optimizer(groups: list[dict], cfg: FinetuneConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
@@ -99,7 +77,11 @@ class Trainer:
         model: the Classifier (backbone + head).
         blocks: the backbone's blocks (`backbone_blocks(model.backbone)`).
         strategy: when which block trains.
-        cfg: the optimizer settings.
+        cfg: the run's config, with every setting resolved (`FinetuneConfig.fixed()`): its optimizer,
+            lr, layer_decay, weight_decay, warmup, clip_grad, label_smoothing, channels_last (convolutions
+            in NHWC memory layout) and backbone_dropout (dropout and stochastic depth inside the backbone
+            while training; False, with frozen BatchNorm statistics, trains the backbone in eval mode, so it
+            computes what te extract computed and the warm-started head fits it from the first step).
         num_classes: outputs of the head.
         total_steps: optimizer steps of the whole run (for the schedule).
         device: where to train.
@@ -107,15 +89,11 @@ class Trainer:
             fp32, the precision te export writes: a sharp warm-start head turns bf16's feature error into
             changed answers (docs/finetune.md, "Precision and speed"), so selecting on a bf16 evaluation
             would select on what is not shipped and would not reproduce the start.
-        channels_last: convolutions in NHWC memory layout (faster on CPU and GPU).
-        backbone_dropout: dropout and stochastic depth inside the backbone while training; False (with
-            frozen BatchNorm statistics) trains the backbone in eval mode, so it computes what te extract
-            computed and the warm-started head fits it from the first step.
     """
 
-    def __init__(self, model: nn.Module, blocks: list[Block], strategy: Strategy, cfg: OptimConfig,
-                 num_classes: int, total_steps: int, device: torch.device, precision: str,
-                 channels_last: bool = True, backbone_dropout: bool = False) -> None:
+    def __init__(self, model: nn.Module, blocks: list[Block], strategy: Strategy, cfg: FinetuneConfig,
+                 num_classes: int, total_steps: int, device: torch.device, precision: str) -> None:
+        channels_last, backbone_dropout = cfg.channels_last, cfg.backbone_dropout
         self.model = model.to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
