@@ -8,11 +8,11 @@ weights were trained with.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 from transfer_engine.core.choices import RESAMPLERS
+from transfer_engine.core import digest
 
 if TYPE_CHECKING:  # torch is imported only when a model is built
     import torch
@@ -204,18 +204,10 @@ class Backbone:
 
     @property
     def weights_digest(self) -> str:
-        """SHA-256 over the model's parameters and buffers (names, dtypes, shapes, bytes).
-
-        Content-addressed: two builds with the same weights give the same digest, whatever the file
-        they came from. Computed once, on first use (it hashes every weight byte).
+        """The content hash of the model's weights (`transfer_engine.core.digest.weights_digest`): two
+        builds with the same weights give the same digest. Computed once, on first use (it hashes every
+        weight byte).
         """
         if self._digest is None:
-            import torch
-
-            h = hashlib.sha256()
-            for key, tensor in sorted(self.model.state_dict().items()):
-                t = tensor.detach().to("cpu").contiguous()
-                h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            self._digest = h.hexdigest()
+            self._digest = digest.weights_digest(self.model)
         return self._digest

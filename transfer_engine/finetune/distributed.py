@@ -13,14 +13,13 @@ is a no-op on a single process.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from transfer_engine.errors import TEError
+from transfer_engine.core.digest import weights_digest
 from transfer_engine.core.distributed import all_gathered, barrier, rank_and_world
+from transfer_engine.errors import TEError
 
 __all__ = ["Replica", "all_gather_object", "barrier", "check_in_sync", "rank_and_world", "sum_tensor"]
 
@@ -82,16 +81,6 @@ def sum_tensor(t: torch.Tensor) -> torch.Tensor:
 def all_gather_object(obj, what: str = "exchanging results between ranks"):
     """[obj of rank 0, obj of rank 1, ...] ([obj] without torchrun)."""
     return all_gathered(obj, what)
-
-
-def weights_digest(model: nn.Module) -> str:
-    """SHA-256 over a model's parameters and buffers, in state-dict order."""
-    h = hashlib.sha256()
-    for key, t in model.state_dict().items():
-        t = t.detach().to("cpu").contiguous()
-        h.update(key.encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def check_in_sync(model: nn.Module) -> None:
