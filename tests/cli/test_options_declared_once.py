@@ -23,7 +23,7 @@ COMMANDS = {
     "extract": (extract.extract, configs.ExtractConfig, {"nproc", "as_json"}),
     "train": (train.train, configs.TrainConfig, {"out", "overwrite", "as_json"}),
     "finetune": (finetune.finetune, configs.FinetuneConfig, {"out", "resume", "overwrite", "nproc", "as_json"}),
-    # "export": (export.export, configs.ExportConfig, {"run", "to_onnx", "out", "overwrite", "as_json"}),
+    "export": (export.export, configs.ExportConfig, {"run", "to_onnx", "out", "overwrite", "as_json"}),
     "predict": (predict.predict, configs.PredictConfig, {"model", "as_json"}),
     "compare": (compare.compare, configs.CompareConfig, {"as_json"}),
     "bench": (bench.bench, configs.BenchConfig, {"as_json"}),
@@ -31,8 +31,10 @@ COMMANDS = {
 
 
 def _cli_default(param: click.Parameter):
-    default = param.default
-    return () if default is None and param.multiple else default
+    """The default as the command receives it (a list option's default is typed as text, "1,8")."""
+    if param.type.name == "list":
+        return param.type.convert(param.default or "", param, None)
+    return param.default
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

@@ -104,8 +104,9 @@ def click_option(field: Any, spec: Option, annotation: Any, default: Any) -> Cal
         kw.update(type=_GiB(), default=default, show_default=show)
     elif typing.get_origin(kind) is tuple:
         item = typing.get_args(kind)[0]
-        kw.update(type=_CommaSeparated(item, spec.choices), default=default,
-                  show_default=",".join(map(str, default)) if show and default else False)
+        # the default as it is typed ("1,8"), so the help shows it that way
+        kw.update(type=_CommaSeparated(item, spec.choices), default=",".join(map(str, default)),
+                  show_default=bool(show and default))
     elif spec.choices is not None:
         kw.update(type=click.Choice([c for c in spec.choices if c is not None]), default=default, show_default=show)
         kw.pop("metavar")

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from transfer_engine.cli._common import emit_json, info, json_option
-from transfer_engine.demo import DEMO_FINETUNE_BUDGET, INT8_MIN_AGREEMENT  # the demo module imports no torch at the top
-from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP
+from transfer_engine.demo import DEMO_FINETUNE_BUDGET  # the demo module imports no torch at the top
+from transfer_engine.core.configs.export import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_SPEEDUP
 
 
 @click.command("demo")
@@ -26,7 +26,7 @@ from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP
 @click.option("--finetune-size", type=click.IntRange(min=32), default=None, metavar="PX",
               help="Input size fine-tuning trains (and the exported model runs) at (default: the backbone's own, "
                    "224 for EfficientNet-Lite0); smaller is faster on a CPU.")
-@click.option("--int8-min-agreement", type=click.FloatRange(0, 1, min_open=True), default=INT8_MIN_AGREEMENT,
+@click.option("--int8-min-agreement", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_MIN_AGREEMENT,
               show_default=True, metavar="F",
               help="The int8 model's gate: the floor of the 95% lower bound of its top-1 agreement on digits the "
                    "model was not fitted on (te export's default). Below it, the demo says why and deploys fp32.")

@@ -6,20 +6,9 @@ from pathlib import Path
 
 import click
 
-from transfer_engine.cli._common import emit_json, info, json_option, table
-from transfer_engine.core.choices import EXPORTERS, LAYOUTS, QUANTIZE
-from transfer_engine.export.recipes import (DEFAULT_INT8_TARGET, DEFAULT_MIN_SPEEDUP, DEFAULT_SELECTION_SIZE,
-                                           INT8_TARGETS)
-
-
-def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated positive integers, e.g. 1,8") from None
-    if not sizes or min(sizes) < 1:
-        raise click.BadParameter(f"{value!r}: expected comma-separated positive integers, e.g. 1,8")
-    return sizes
+from transfer_engine.cli._common import emit_json, info, json_option, overwrite_option, table
+from transfer_engine.cli._options import options_from
+from transfer_engine.core.configs import ExportConfig
 
 
 @click.command("export")
@@ -27,47 +16,10 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @click.option("--onnx", "to_onnx", is_flag=True, help="Export to ONNX (the one format so far; required).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="FILE.onnx",
               help="The model to write (the quantized one with --quantize; fp32 goes beside it as FILE.fp32.onnx).")
-@click.option("--opset", type=int, default=18, show_default=True, metavar="N", help="ONNX opset to write.")
-@click.option("--quantize", type=click.Choice(QUANTIZE), default=None,
-              help="int8: static QDQ, per-channel, calibrated on train images (CPU); fp16: for GPUs.")
-@click.option("--preprocess", is_flag=True,
-              help="Bake resize/crop/normalize into the graph: the model takes uint8 RGB images of any size.")
-@click.option("--layout", type=click.Choice(LAYOUTS), default=LAYOUTS[0], show_default=True,
-              help="Layout of the uint8 input with --preprocess.")
-@click.option("--split", is_flag=True,
-              help="Also write FILE.backbone.onnx (images -> features) and FILE.head.onnx (features -> logits).")
-@click.option("--check-data", metavar="SRC", default=None,
-              help="Labelled images to check parity on (default: the test split of the run's data set; val without one).")
-@click.option("--calibration-data", metavar="SRC", default=None,
-              help="Images to calibrate int8 on (default: the train split of the run's data set).")
-@click.option("--selection-data", metavar="SRC", default=None,
-              help="Images the int8 gate judges on, labels not needed (default: the run's val images that its "
-                   "model was not fitted on).")
-@click.option("--batch-sizes", default="1,8", show_default=True, callback=_batch_sizes, metavar="N,N,...",
-              help="Batch sizes the fp32 model is run at to prove its batch axis is dynamic.")
-@click.option("--check-size", type=click.IntRange(min=1), default=200, show_default=True, metavar="N",
-              help="At most this many check images (spread over the held-out set).")
-@click.option("--calibration-size", type=click.IntRange(min=1), default=128, show_default=True, metavar="N",
-              help="At most this many int8 calibration images.")
-@click.option("--selection-size", type=click.IntRange(min=1), default=DEFAULT_SELECTION_SIZE, show_default=True,
-              metavar="N", help="At most this many int8 selection images (the gate's evidence).")
-@click.option("--min-agreement", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.99, show_default=True,
-              metavar="F", help="The agreement floor: int8 ships when the 95% lower bound of its top-1 agreement with "
-                                "the fp32 model on the selection images reaches F; fp16 must agree F on the check images.")
-@click.option("--int8-target", type=click.Choice(list(INT8_TARGETS)), default=DEFAULT_INT8_TARGET, show_default=True,
-              help="int8 recipe. portable: 7-bit weights (8-bit in depthwise convolutions), the same integer "
-                   "results on x86 CPUs with and without VNNI; vnni: 8-bit weights, exact only on VNNI CPUs (saturates on AVX2).")
-@click.option("--min-int8-speedup", type=click.FloatRange(0.0, 100.0, max_open=True), default=DEFAULT_MIN_SPEEDUP,
-              show_default=True, metavar="R",
-              help="Refuse int8 that is not R times as fast as fp32 at batch 1 and at batch 32 on this CPU "
-                   "(0: no speed rule).")
-@click.option("--exporter", type=click.Choice(EXPORTERS), default="auto", show_default=True,
-              help="torch.onnx exporter; auto: TorchScript for opsets <= 20 (faster), else dynamo.")
-@click.option("--overwrite", is_flag=True, help="Replace files already at --out.")
+@options_from(ExportConfig)
+@overwrite_option
 @json_option
-def export(run, to_onnx, out, opset, quantize, preprocess, layout, split, check_data, calibration_data,
-           selection_data, batch_sizes, check_size, calibration_size, selection_size, min_agreement, int8_target, min_int8_speedup, exporter, overwrite,
-           as_json) -> None:
+def export(run, to_onnx, out, overwrite, as_json, **fields) -> None:
     """Export a run to ONNX and prove it matches PyTorch on real held-out images.
 
     Every variant (fp32, and the quantized one) is run through onnxruntime on every provider present
@@ -92,12 +44,7 @@ def export(run, to_onnx, out, opset, quantize, preprocess, layout, split, check_
     if not to_onnx:
         raise UsageError("te export needs a format: --onnx (the only one so far), e.g. te export RUN --onnx --out model.onnx")
     try:
-        result = export_onnx(run, out, opset=opset, quantize=quantize, preprocess=preprocess, layout=layout,
-                             split=split, check_data=check_data, calibration_data=calibration_data,
-                             selection_data=selection_data, batch_sizes=batch_sizes, check_size=check_size,
-                             calibration_size=calibration_size, selection_size=selection_size,
-                             min_agreement=min_agreement, int8_target=int8_target,
-                             min_int8_speedup=min_int8_speedup, exporter=exporter, overwrite=overwrite,
+        result = export_onnx(run, out, ExportConfig(**fields), overwrite=overwrite,
                              log=lambda m: info(f"te export: {m}"))
     except ParityError as exc:
         if as_json:

@@ -24,6 +24,8 @@ QUANTIZE = ("int8", "fp16")
 LAYOUTS = ("nhwc", "nchw")  # of the uint8 image input; nhwc (numpy/PIL/OpenCV arrays) is the default
 EXPORTERS = ("auto", "torchscript", "dynamo")
 PREDICT_PROVIDERS = ("auto", "cuda", "cpu")
+# te export --int8-target: the int8 recipes (transfer_engine/onnx/recipes.py RECIPES holds one per name)
+INT8_TARGETS = ("portable", "vnni")
 # te train / te compare: how a choice is made on small data (core/selection.py)
 SELECTIONS = ("auto", "kfold", "val")
 # te finetune

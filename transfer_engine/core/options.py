@@ -109,7 +109,8 @@ def check_options(config: Any) -> None:
                 raise UsageError(f"{name} must be {'one or more' if isinstance(value, tuple) else 'one'} of "
                                  f"{shown}, got {_shown(value)}")
         if spec.low is not None or spec.high is not None:
-            _check_range(name, value, spec)
+            for item in value if isinstance(value, tuple) else (value,):  # a list: each of its items
+                _check_range(name, item, spec)
 
 
 def _check_range(name: str, value: Any, spec: Option) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 _LAZY = {
     "export_onnx": "export.exporter", "ExportResult": "export.exporter", "ParityError": "export.exporter",
-    "DEFAULT_MIN_SPEEDUP": "export.recipes", "DEFAULT_SELECTION_SIZE": "export.recipes",
+    "DEFAULT_MIN_SPEEDUP": "core.configs.export", "DEFAULT_SELECTION_SIZE": "core.configs.export",
     "ModelMetadata": "onnx.metadata", "InputSpec": "onnx.metadata", "read_metadata": "onnx.metadata",
 }
 

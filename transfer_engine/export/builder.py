@@ -17,10 +17,10 @@ import numpy as np
 from transfer_engine.errors import UsageError, first_line
 from transfer_engine.export import parity
 from transfer_engine.export.images import ImageSet
-from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP
+from transfer_engine.core.configs.export import DEFAULT_INT8_TARGET, DEFAULT_MIN_SPEEDUP
 from transfer_engine.onnx.export import INPUT, OUTPUTS, export_classifier, extract_part
 from transfer_engine.onnx.metadata import InputSpec, input_spec, metadata_for, write_with_metadata
-from transfer_engine.onnx.recipes import DEFAULT_INT8_TARGET, RECIPES
+from transfer_engine.onnx.recipes import RECIPES
 from transfer_engine.onnx.runtime import (CPU, RuntimeUnavailableError, Session, available_providers, open_session,
                                          run_grouped, uint8_array)
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from transfer_engine.core import cpu
 from transfer_engine.export.gate import AgreementGate
-from transfer_engine.export.recipes import DEFAULT_MIN_SPEEDUP
+from transfer_engine.core.configs.export import DEFAULT_MIN_SPEEDUP
 from transfer_engine.onnx.int8 import Quantizer, int8_nodes
 from transfer_engine.onnx.recipes import Int8Recipe
 from transfer_engine.onnx.runtime import import_ort

@@ -23,8 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+
 FP32_RTOL = 1e-4
-DEFAULT_MIN_AGREEMENT = 0.99
 PIXEL_LEVELS = 1.0
 PIXEL_MISMATCH_FRACTION = 0.005
 

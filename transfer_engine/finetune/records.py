@@ -136,5 +136,5 @@ class FinetuneSummary(_Record):
 
 
 def pct(value: float | None) -> str:
-    """An accuracy as te's fine-tuning lines print it: "93.1%", or "n/a" when not measured."""
+    """An accuracy as te's fine-tuning lines print it: a percentage with one decimal, or "n/a" when not measured."""
     return "n/a" if value is None else f"{100 * value:.1f}%"

@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from transfer_engine.core.choices import EXPORTERS  # noqa: F401  (the module's API)
+from transfer_engine.core.configs.export import DEFAULT_OPSET
 from transfer_engine.errors import TEError, UsageError, first_line
 from transfer_engine.onnx.runtime import quiet_stdout
 
 if TYPE_CHECKING:
     import onnx
 
-DEFAULT_OPSET = 18  # widely served (TensorRT, ORT >= 1.14), and the first with an antialiasing Resize
 TORCHSCRIPT_OPSETS = (7, 20)
 DYNAMO_OPSETS = (18, 23)
 INPUT = "images"

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from transfer_engine.core import cpu
+from transfer_engine.core.choices import INT8_TARGETS
+from transfer_engine.core.configs.export import DEFAULT_INT8_TARGET
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,9 @@ RECIPES = {
                            depthwise_full_range=True),
     "vnni": Int8Recipe("vnni", reduce_range=False, exact_on=(cpu.X86_VNNI,)),
 }
-INT8_TARGETS = tuple(RECIPES)
-DEFAULT_INT8_TARGET = "portable"
+# --int8-target offers core.choices.INT8_TARGETS (the CLI and the config are built before this module loads);
+# a recipe added here and not there, or the other way round, fails at import.
+assert tuple(RECIPES) == INT8_TARGETS, f"onnx/recipes.py RECIPES {tuple(RECIPES)} != core.choices.INT8_TARGETS"
 
 
 def recipe_warning(quantization: dict[str, Any] | None, here: str | None = None) -> str | None:
