@@ -2,10 +2,10 @@
 
 Ranks append their rows to the same cache; the cache's writer lock serializes the short commits, so
 the shards stay consistent. Each rank spools its records to disk (`RecordSpool`); rank 0 merges them
-into data-set order a window at a time, so no rank ever holds the whole data set's records. The
-collectives are te's watched ones (`transfer_engine.core.distributed`): a lost peer ends the run with one
-line instead of a hang. Without torchrun (WORLD_SIZE unset or 1) every function works on the one
-process's own data.
+into data-set order a window at a time (`records_in_order`, this module), so no rank ever holds the whole
+data set's records. The collectives are te's watched ones, which extraction takes from
+`transfer_engine.core.distributed` as te finetune does: a lost peer ends the run with one line instead of
+a hang. Without torchrun (WORLD_SIZE unset or 1) the merge yields the one process's own records.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from __future__ import annotations
 import heapq
 from typing import Iterable, Iterator
 
-from transfer_engine.core.distributed import (all_gathered, barrier, from_rank0, gathered_on_rank0,  # noqa: F401
-                                              rank_and_world)  # this module's API, used as dist.NAME
+from transfer_engine.core.distributed import all_gathered, gathered_on_rank0, rank_and_world
 
 MERGE_WINDOW = 8192  # data-set positions merged per exchange: ~1 MB of records on the wire
 

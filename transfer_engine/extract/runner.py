@@ -20,13 +20,14 @@ import torch
 from transfer_engine.backbones.calibration import CALIBRATION_IMAGES, calibration_images, preprocessed
 from transfer_engine.cache import identity
 from transfer_engine.cache.records import display_path
+from transfer_engine.core import distributed as dist
 from transfer_engine.core.configs import ExtractConfig
 from transfer_engine.core.runtime import device_of_this_rank, resolve_device, torch_threads
 from transfer_engine.data.sources import (DataSource, Sample, content_key, default_dataset_name, derived_split, open_source,
                                           recorded_data)
 from transfer_engine.errors import PluginError, TEError, UsageError
-from transfer_engine.extract import distributed as dist
 from transfer_engine.extract import nodes
+from transfer_engine.extract.distributed import records_in_order
 from transfer_engine.extract.pipeline import FeatureExtractor, Item
 from transfer_engine.extract.backend import adopt, choose
 from transfer_engine.extract.resampler import ResamplerChoice, choose_resampler, with_resampler
@@ -419,7 +420,7 @@ def _merge_and_write(cache, space, dataset: str, class_names: list[str], spool: 
     The merge goes to a second spool first, so no collective runs while rank 0 holds the cache's
     write transaction (a rank that stalls then cannot keep the cache locked).
     """
-    records = dist.records_in_order(spool, spool.last_index)
+    records = records_in_order(spool, spool.last_index)
     if rank != 0:
         for _ in records:  # takes part in the exchange; yields nothing here
             pass

@@ -1,4 +1,5 @@
-"""Fine-tuning under torchrun: DDP wrapping that follows the strategy, and the collectives the loop needs.
+"""Fine-tuning under torchrun: DDP wrapping that follows the strategy, the gradient-side sums the loop needs,
+and the check that the ranks ended in step.
 
 The trap this module exists for: DistributedDataParallel decides at construction which parameters it
 synchronizes (those with requires_grad=True then). Unfreeze a layer after wrapping and its gradients are
@@ -6,8 +7,9 @@ never all-reduced: every rank silently trains its own copy. So the wrapper is re
 trainable parameters changes (`Replica.wrap`), and at the end the ranks compare a digest of their
 weights (`check_in_sync`), so divergence can never go unnoticed.
 
-The object collectives are te's watched ones (`transfer_engine.core.distributed`): a rank that dies or
-freezes ends the run with one line naming it. Without torchrun (WORLD_SIZE unset or 1) everything here
+The object collectives (rank and world, barrier, all-gather, rank 0's value) are te's watched ones, taken
+from `transfer_engine.core.distributed` as te extract takes them: a rank that dies or freezes ends the run
+with one line naming it. Without torchrun (WORLD_SIZE unset or 1) everything here
 is a no-op on a single process.
 """
 
@@ -18,10 +20,10 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from transfer_engine.core.digest import weights_digest
-from transfer_engine.core.distributed import all_gathered, barrier, rank_and_world
+from transfer_engine.core.distributed import all_gathered
 from transfer_engine.errors import TEError
 
-__all__ = ["Replica", "all_gather_object", "barrier", "check_in_sync", "rank_and_world", "sum_tensor"]
+__all__ = ["Replica", "check_in_sync", "sum_tensor"]
 
 
 class Replica:
@@ -78,14 +80,9 @@ def sum_tensor(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_gather_object(obj, what: str = "exchanging results between ranks"):
-    """[obj of rank 0, obj of rank 1, ...] ([obj] without torchrun)."""
-    return all_gathered(obj, what)
-
-
 def check_in_sync(model: nn.Module) -> None:
     """Raise TEError when the ranks' weights differ (a no-op on one process)."""
-    digests = all_gather_object(weights_digest(model))
+    digests = all_gathered(weights_digest(model), "comparing the ranks' weights")
     if len(set(digests)) > 1:
         raise TEError(f"the {len(digests)} ranks ended with different weights (DDP lost synchronization); "
                       "this is a bug in te, please report it with the command line")

@@ -12,9 +12,10 @@ from typing import Callable
 
 import torch
 
+from transfer_engine.core import distributed as dist
 from transfer_engine.finetune import checkpoint as ckpt
 from transfer_engine.finetune import data as fdata
-from transfer_engine.finetune import distributed as dist
+from transfer_engine.finetune.distributed import check_in_sync
 from transfer_engine.finetune.job import Job, resume_settings
 from transfer_engine.finetune.loop import EpochSums, Evaluation, StepProgress
 from transfer_engine.finetune.records import Candidate, EpochRecord, pct
@@ -186,7 +187,7 @@ class EpochLoop:
             kept_stored = keep == "best"
         if kept_stored:
             self.model.load_state_dict(self.best_weights)
-        dist.check_in_sync(self.model)
+        check_in_sync(self.model)
 
     @property
     def best_epoch(self) -> int:
@@ -201,7 +202,7 @@ class EpochLoop:
 
     def _save(self, best: Weights | None = None) -> None:
         """Checkpoint (every rank's RNG state gathered; rank 0 writes), with the best weights when they changed."""
-        rng = dist.all_gather_object(ckpt.rng_state())
+        rng = dist.all_gathered(ckpt.rng_state(), "gathering the ranks' random states")
         if self.job.rank == 0:
             trainer = self.trainer
             ckpt.save(self.job.ckpt_dir, config=self.settings, state=self.state, model=self.model,

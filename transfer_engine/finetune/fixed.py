@@ -13,11 +13,11 @@ from typing import Callable
 
 import torch
 
+from transfer_engine.core import distributed as dist
 from transfer_engine.core.configs import FinetuneConfig
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import checkpoint as ckpt
 from transfer_engine.finetune import data as fdata
-from transfer_engine.finetune import distributed as dist
 from transfer_engine.finetune.epochs import EpochLoop
 from transfer_engine.finetune.finish import evaluate_all, write_run
 from transfer_engine.finetune.job import Job, build_job

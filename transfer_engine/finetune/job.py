@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
+from transfer_engine.core import distributed as dist
 from transfer_engine.core.configs import FinetuneConfig
 from transfer_engine.core.runtime import device_of_this_rank, resolve_device
 from transfer_engine.core.splits import HOLDOUT_FRACTION, hold_out
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import data as fdata
-from transfer_engine.finetune import distributed as dist
 from transfer_engine.finetune import lora
 from transfer_engine.finetune.loop import Trainer
 from transfer_engine.finetune.precision import choose_precision

@@ -36,10 +36,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from transfer_engine.core import distributed as dist
 from transfer_engine.core.configs import SCHEDULE_EPOCHS, SCHEDULE_LR, SCHEDULE_SETTINGS, FinetuneConfig
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import cost
-from transfer_engine.finetune import distributed as dist
 from transfer_engine.finetune.job import strategy_name
 from transfer_engine.finetune.records import FinetuneSummary, Trial, pct
 from transfer_engine.finetune.selection import best_trial
@@ -89,7 +89,7 @@ def _search(space: Workspace, cfg: FinetuneConfig) -> FinetuneSummary:
               "allows; every trial keeps its best epoch on val, the start included")
     trials: list[Trial] = []
     for lr in lrs:
-        left = dist.all_gather_object(budget - _spent(trials))[0]
+        left = dist.from_rank0(budget - _spent(trials), "taking rank 0's budget left")
         epochs = _fitting_epochs(trials, most, left)
         if epochs < fewest:
             why = f"needs about {_estimate(trials, fewest):.0f} s, {max(left, 0):.0f} s of the budget left"
@@ -144,7 +144,7 @@ def _schedule_epochs(space: Workspace, cfg: FinetuneConfig, most: int) -> tuple[
     estimate = measured.run_seconds(epochs)
     why = (f"about {estimate:.0f} s of the {cfg.budget_minutes:g}-minute budget" if estimate <= left else
            f"about {estimate:.0f} s: the fewest epochs te trains, over the {cfg.budget_minutes:g}-minute budget")
-    epochs, why = dist.all_gather_object((epochs, why))[0]
+    epochs, why = dist.from_rank0((epochs, why), "taking rank 0's epochs for the schedule")
     if space.rank == 0:
         write_json(path, {"epochs": epochs, "why": why, "cost": asdict(measured)})
     return epochs, why

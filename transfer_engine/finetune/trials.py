@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from transfer_engine._durable import write_durably
+from transfer_engine.core import distributed as dist
 from transfer_engine.core.configs import FinetuneConfig
 from transfer_engine.errors import UsageError
-from transfer_engine.finetune import distributed as dist
 from transfer_engine.finetune import fixed
 from transfer_engine.finetune.records import FinetuneSummary, Trial, pct
 from transfer_engine.runs import METRICS_JSON, RUN_JSON
@@ -67,7 +67,7 @@ class Workspace:
         work = search_dir(out)
         plan = {"config": _jsonable(asdict(cfg))}
         done = _prepare(work, plan, resume, overwrite) if rank == 0 else {}
-        done = dist.all_gather_object(done)[0]
+        done = dist.from_rank0(done, "taking the trials rank 0 found done")
         dist.barrier()
         return cls(out, work, done, resume, overwrite, progress, rank)
 
@@ -108,7 +108,7 @@ class Workspace:
         source = self.work / chosen.name
         files = ({name: json.loads((source / name).read_text()) for name in (METRICS_JSON, RUN_JSON)}
                  if self.rank == 0 else {})
-        files = dist.all_gather_object(files)[0]
+        files = dist.from_rank0(files, "taking the chosen trial's files from rank 0")
         metrics = files[METRICS_JSON]
         paid, verdict = _verdict(metrics, chosen)
         total = round(sum(t.seconds for t in trials), 3)
