@@ -14,10 +14,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from transfer_engine.core.configs import ExportConfig
 from transfer_engine.errors import UsageError, first_line
 from transfer_engine.export import parity
 from transfer_engine.export.images import ImageSet
-from transfer_engine.core.configs.export import DEFAULT_INT8_TARGET, DEFAULT_MIN_SPEEDUP
 from transfer_engine.onnx.export import INPUT, OUTPUTS, export_classifier, extract_part
 from transfer_engine.onnx.metadata import InputSpec, input_spec, metadata_for, write_with_metadata
 from transfer_engine.onnx.recipes import RECIPES
@@ -32,18 +32,21 @@ class Builder:
         run: the `Run`.
         staging: the folder files are written into (moved into place by the caller).
         targets: role -> final path ("model", "fp32", "backbone", "head", ...).
-        opset: ONNX opset; exporter: "torchscript" or "dynamo"; layout: uint8 layout for --preprocess.
+        cfg: what to write and check (`core.configs.ExportConfig`).
+        opset: the ONNX opset; exporter: "torchscript" or "dynamo" (both as `onnx.export.check_opset`
+            resolved the config's).
         say: progress lines.
     """
 
-    def __init__(self, run: Any, staging: Path, targets: dict[str, Path], *, opset: int, exporter: str, layout: str,
-                 say: Callable[[str], None]) -> None:
+    def __init__(self, run: Any, staging: Path, targets: dict[str, Path], cfg: ExportConfig, *, opset: int,
+                 exporter: str, say: Callable[[str], None]) -> None:
         self.run = run
         self.staging = staging
         self.targets = targets
+        self.cfg = cfg
         self.opset = opset
         self.exporter = exporter
-        self.layout = layout
+        self.layout = cfg.layout
         self.say = say
         self.failures: list[str] = []
         self.skipped: dict[str, str] = {}
@@ -51,12 +54,12 @@ class Builder:
 
     # -- the whole sequence ---------------------------------------------------------------------------
     def build_and_check(self, model: Any, ref: parity.Reference, x: np.ndarray, images: list[Any], *,
-                        quantize: str | None, preprocess: bool, split: bool,
                         int8_sets: tuple[ImageSet, ImageSet] | None, check_keys: Sequence[str],
-                        batch_sizes: list[int], min_agreement: float, providers: Sequence[str] | None,
-                        timings: dict[str, float], int8_target: str = DEFAULT_INT8_TARGET,
-                        min_int8_speedup: float = DEFAULT_MIN_SPEEDUP) -> dict[str, Any]:
+                        providers: Sequence[str] | None, timings: dict[str, float]) -> dict[str, Any]:
         """Export, quantize, join preprocessing, split, and measure everything; returns the report."""
+        cfg = self.cfg
+        quantize, preprocess, split, min_agreement = cfg.quantize, cfg.preprocess, cfg.split, cfg.min_agreement
+        batch_sizes = list(cfg.batch_sizes)
         self.providers = available_providers(providers)
         variants = ["fp32"] + ([quantize] if quantize else [])
         deploy = variants[-1]
@@ -75,8 +78,7 @@ class Builder:
         calibration = None
         if quantize:
             t = time.perf_counter()
-            calibration = self._quantize(quantize, core["fp32"], core[quantize], int8_sets, check_keys,
-                                         min_agreement, int8_target, min_int8_speedup)
+            calibration = self._quantize(quantize, core["fp32"], core[quantize], int8_sets, check_keys)
             self._stamp(core[quantize], quantize, "model", tensor_input, list(OUTPUTS))
             timings["quantize"] = time.perf_counter() - t
 
@@ -128,8 +130,7 @@ class Builder:
 
     # -- steps -----------------------------------------------------------------------------------------
     def _quantize(self, quantize: str, fp32: Path, out: Path, int8_sets: tuple[ImageSet, ImageSet] | None,
-                  check_keys: Sequence[str], min_agreement: float, int8_target: str, min_int8_speedup: float
-                  ) -> dict[str, Any] | None:
+                  check_keys: Sequence[str]) -> dict[str, Any] | None:
         from transfer_engine.export.gate import AgreementGate
         from transfer_engine.export.int8_budget import quantize_within_budget
         from transfer_engine.onnx.quantize import convert_fp16
@@ -140,7 +141,7 @@ class Builder:
             return None
         assert int8_sets is not None
         cal_set, sel_set = int8_sets
-        recipe = RECIPES[int8_target]
+        recipe = RECIPES[self.cfg.int8_target]
         self.say(f"quantizing to int8 ({recipe.name} recipe: QDQ, per-channel, "
                  f"{recipe.weight_bits()} weights), calibrated on {cal_set.description}")
         transform = self.run.preprocess.transform()
@@ -157,7 +158,7 @@ class Builder:
         work = self.staging / "int8-work"
         work.mkdir()
         outcome = quantize_within_budget(fp32, out, calibration, selection, recipe=recipe,
-                                         gate=AgreementGate(min_agreement), min_speedup=min_int8_speedup,
+                                         gate=AgreementGate(self.cfg.min_agreement), min_speedup=self.cfg.min_int8_speedup,
                                          workdir=work, input_name=INPUT, selection_source=sel_set.description,
                                          calibration_source=cal_set.description, say=self.say)
         shutil.rmtree(work, ignore_errors=True)

@@ -136,12 +136,9 @@ def export_onnx(run: Any, out: str | os.PathLike, config: ExportConfig | None = 
     makedirs_durably(out.parent)  # a new folder must survive a crash with the files moved into it
     staging.mkdir()
     try:
-        builder = Builder(run, staging, targets, opset=opset, exporter=exporter, layout=cfg.layout, say=say)
-        report = builder.build_and_check(model, ref, x, check_images, quantize=quantize, preprocess=preprocess,
-                                         split=cfg.split, int8_sets=int8_sets, check_keys=check_set.loaded_keys,
-                                         batch_sizes=list(cfg.batch_sizes),
-                                         min_agreement=cfg.min_agreement, providers=providers, timings=timings,
-                                         int8_target=cfg.int8_target, min_int8_speedup=cfg.min_int8_speedup)
+        builder = Builder(run, staging, targets, cfg, opset=opset, exporter=exporter, say=say)
+        report = builder.build_and_check(model, ref, x, check_images, int8_sets=int8_sets,
+                                         check_keys=check_set.loaded_keys, providers=providers, timings=timings)
         report["check"] = {"images": len(check_images), "source": check_set.description, "failed": check_failed,
                            "labelled": label_array is not None, "torch_accuracy": ref.accuracy()}
         report["seconds"] = time.perf_counter() - started
