@@ -6,7 +6,7 @@
 Both answer the question on the same images (scikit-learn's digits, as te's builtin:digits source decodes
 them) with the same splits (te's data set records: train / val / test), in this one process:
 
-  te     `transfer_engine.compare.tournament.compare(...)` into an empty cache, end to end: every backbone's
+  te     `transfer_engine.compare.compare(...)` into an empty cache, end to end: every backbone's
          extraction (te extract's backend choice, its cache writes), LogME, the linear probe with te train's
          sweep and a k-NN probe, and each backbone's serving costs (PyTorch and onnxruntime fp32 timings, the
          ONNX file). Then the re-run a user makes with one more backbone (the last of --backbones, left out
@@ -49,7 +49,7 @@ SMOKE = {"backbones": "mobilenet_v3_small,resnet18", "limit": 40, "weights": "no
 
 
 def run_te(names: list[str], cache: Path, out: Path, limit: int | None, weights: str):
-    from transfer_engine.compare.tournament import compare
+    from transfer_engine.compare import compare
 
     t = time.perf_counter()
     result = compare("builtin:digits", cache, names, out=out, limit=limit, weights=weights, progress=False)

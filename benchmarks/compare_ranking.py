@@ -38,7 +38,7 @@ def pairs(a: list[float], b: list[float]) -> tuple[int, int]:
 
 def main() -> None:
     from transfer_engine.compare.ranking import kendall_tau
-    from transfer_engine.compare.tournament import compare
+    from transfer_engine.compare import compare
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--domains", default="digits,glyphs,digits-blocky")

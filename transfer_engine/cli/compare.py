@@ -30,7 +30,7 @@ def compare(as_json, **fields) -> None:
       te compare --data builtin:digits --cache C --backbones 'resnet*' --quick
     """
     from transfer_engine.compare.report import notes, table
-    from transfer_engine.compare.tournament import compare as run_compare
+    from transfer_engine.compare.run import compare as run_compare
 
     result = run_compare(**CompareConfig(**fields).values(), progress=not as_json)
     if as_json:

@@ -20,10 +20,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
+
+from transfer_engine.errors import first_line
+
+if TYPE_CHECKING:
+    from transfer_engine.compare.results import Entry
 
 LATENCY_CALLS = 5
 THROUGHPUT_CALLS = 2
@@ -130,3 +135,46 @@ def split_images(backbone, data: str, records_by_split: dict[str, list], splits:
                               limit)
     size = backbone.preprocess.crop_size
     return (np.zeros((0, 3, size, size), np.float32) if batch is None else batch.numpy().astype(np.float32)), split
+
+
+def measure(entry: "Entry", backbone: str, weights: str, seed: int, data: str, cache, dataset: str,
+            int8: bool) -> None:
+    """Fill `entry`'s cost columns: parameters, and what serving the backbone costs here: PyTorch fp32,
+    onnxruntime fp32 and the ONNX file's size, int8 when asked. A runtime that cannot run it leaves its
+    columns empty and says why in `costs_note`; the PyTorch figures are always measured."""
+    from transfer_engine.backbones import create_backbone
+    from transfer_engine.cache import FeatureCache
+    from transfer_engine.onnx.backbone import exported_backbone
+    from transfer_engine.onnx.runtime import ort_available
+
+    bb = create_backbone(backbone, weights, seed=seed)
+    size = bb.preprocess.crop_size
+    entry.parameters = sum(p.numel() for p in bb.model.parameters())
+    onnx, timing = None, None
+    if not ort_available(torch.device("cpu")):
+        entry.costs_note = "onnxruntime is not installed: no onnxruntime or int8 figures"
+    else:
+        try:  # before PyTorch's timing, which converts the model to channels_last
+            with FeatureCache.open(cache, create=False) as fc:
+                onnx = exported_backbone(bb, fc)
+                if int8:  # the images it is calibrated and checked on
+                    ds = fc.dataset(dataset)
+                    by_split = {split: ds.select(split) for split in ("train", "val", "test")}
+            timing = ort_timing(onnx, size)
+        except Exception as exc:  # cannot export or run: the row keeps its PyTorch figures
+            entry.costs_note = f"onnxruntime: {first_line(exc, 200)}"
+    pt = torch_timing(bb.model, size)
+    entry.latency_ms_batch1, entry.images_per_second_batch32 = pt.latency_ms_batch1, pt.images_per_second_batch32
+    if onnx is None or timing is None:
+        return
+    entry.onnx_bytes = onnx.stat().st_size
+    entry.ort_latency_ms_batch1, entry.ort_images_per_second_batch32 = (timing.latency_ms_batch1,
+                                                                        timing.images_per_second_batch32)
+    if not int8:
+        return
+    try:
+        calibration, _ = split_images(bb, data, by_split, ("train",), INT8_CALIBRATION_IMAGES)
+        check, split = split_images(bb, data, by_split, ("val", "test", "train"), INT8_CHECK_IMAGES)
+        entry.int8 = int8_costs(onnx, calibration, check, size) | {"check_split": split}
+    except Exception as exc:
+        entry.costs_note = f"int8: {first_line(exc, 200)}"

@@ -47,6 +47,25 @@ def val_noise(a: float, b: float, n: int) -> float:
     return Z95 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
 
 
+def rank(entries: Sequence["Entry"]) -> list["Entry"]:
+    """The entries best first by their ranking score (`Entry.rank_value`); a backbone that failed last."""
+    return sorted(entries, key=lambda e: (e.error is not None, -e.rank_value))
+
+
+def selected_by(ranked: Sequence["Entry"], quick: bool) -> str:
+    """"LogME" (--quick), "kfold" when every ranked backbone's linear probe was cross-validated, else "val"."""
+    if quick:
+        return "LogME"
+    scored = [e for e in ranked if e.error is None]
+    return "kfold" if scored and all(e.linear_kfold for e in scored) else "val"
+
+
+def ranked_by(selected_by: str, folds: int) -> str:
+    """The ranking score in words (compare.json's `ranked_by`, the chart's axis)."""
+    return {"LogME": "LogME", "val": "linear probe val accuracy",
+            "kfold": f"linear probe {folds}-fold accuracy over train+val"}[selected_by]
+
+
 def recommend(ranked: Sequence["Entry"], selected_by: str) -> Verdict:
     """The verdict on `ranked` (best first) under `selected_by` ("kfold", "val" or "LogME")."""
     good = [e for e in ranked if e.error is None and e.rank_value > -math.inf]

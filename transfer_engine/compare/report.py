@@ -1,4 +1,5 @@
-"""What `te compare` prints and writes: the leaderboard table, notes, compare.json / .md / .png."""
+"""What `te compare` prints and writes: each backbone's progress line, the leaderboard table, notes,
+compare.json / .md / .png."""
 
 from __future__ import annotations
 
@@ -69,6 +70,23 @@ def notes(result: Comparison) -> list[str]:
                      f"{done[0]['check_images']} {done[0]['check_split']} images; te export --quantize int8 keeps "
                      "sensitive nodes in float to meet its accuracy gate")
     return lines
+
+
+def progress_line(e: Entry) -> str:
+    """The line te compare says about a backbone when it is done (stderr, with progress on)."""
+    if e.error:
+        return f"compare: {e.backbone}: failed: {e.error}"
+    probes = ""
+    if e.linear_val is not None:
+        kfold = (f", linear {e.linear_kfold['k']}-fold {100 * e.linear_kfold['accuracy']:.1f}%" if e.linear_kfold
+                 else "")
+        probes = (f"{kfold}, linear val {_pct(e.linear_val)}, knn val {_pct(e.knn_val)}"
+                  + (" (probes reused)" if e.probes_reused else ""))
+    return (f"compare: {e.backbone}: {e.extracted} extracted, {e.reused} reused; LogME {e.logme:.3f}{probes}; "
+            f"{e.latency_ms_batch1:.1f} ms at batch 1 (PyTorch)"
+            + ("" if e.ort_latency_ms_batch1 is None else f", {e.ort_latency_ms_batch1:.1f} (onnxruntime)")
+            + ("" if e.int8 is None else f", int8 {e.int8['images_per_second_batch32']:.1f} img/s at batch 32")
+            + ("" if not e.costs_note else f"; {e.costs_note}"))
 
 
 def write(result: Comparison, out: Path) -> None:

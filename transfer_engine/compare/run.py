@@ -1,8 +1,9 @@
-"""`compare()`: which backbone for this data? Every candidate's features once into the shared cache, then
-a score without training (LogME), te train's linear probe (with its sweep) and a k-NN probe on the cached
-features, and what each backbone costs to run, in one leaderboard. The probes choose and rank by te
-train's selection rule (`core.selection`: k-fold cross-validation over train+val on small data, the val
-split otherwise); what is recommended follows from it (`ranking`).
+"""The run of `te compare` (`compare()`): which backbone for this data? For each candidate in turn, its
+features once into the shared cache (te extract), then a score without training (LogME), te train's linear
+probe (with its sweep) and a k-NN probe on the cached features, and what the backbone costs to run
+(`costs.measure`); then one leaderboard. The probes choose and rank by te train's selection rule
+(`core.selection`: k-fold cross-validation over train+val on small data, the val split otherwise); the
+order and what is recommended follow from it (`ranking`); `report` says and writes the result.
 
 What a re-run costs: extraction reuses every row the cache has (te extract's rule), and the probes of a
 backbone whose space and data set are unchanged are taken from the previous `compare.json` in --out
@@ -17,11 +18,10 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
+from transfer_engine.compare import costs
 from transfer_engine.compare.logme import logme
-from transfer_engine.compare.ranking import recommend
-from transfer_engine.compare.report import COMPARE_JSON, write
+from transfer_engine.compare.ranking import rank, ranked_by, recommend, selected_by
+from transfer_engine.compare.report import COMPARE_JSON, progress_line, write
 from transfer_engine.compare.results import Comparison, Entry
 from transfer_engine.core.selection import DEFAULT_FOLDS, DEFAULT_SELECT, check_folds, check_select, resolve_selection
 from transfer_engine.errors import TEError, UsageError, first_line
@@ -111,27 +111,17 @@ def compare(data: str, cache: str | Path, backbones: str | list[str], *, out: st
         try:
             _score(entry, cache, dataset, quick, previous.get(_reuse_key(entry.space, entry.images)), out, seed,
                    select, folds)
-            _costs(entry, backbone, weights, seed, data, cache, dataset, int8)
+            costs.measure(entry, backbone, weights, seed, data, cache, dataset, int8)
         except TEError as exc:
             entry.error = first_line(exc)
         entries.append(entry)
-        say(_progress_line(entry))
-    ranked = sorted(entries, key=lambda e: (e.error is not None, -e.rank_value))
-    selected_by = _selected_by(ranked, quick)
-    ranked_by = {"LogME": "LogME", "val": "linear probe val accuracy",
-                 "kfold": f"linear probe {folds}-fold accuracy over train+val"}[selected_by]
-    result = Comparison(dataset or "", data, str(Path(cache).expanduser().absolute()), ranked_by, ranked,
-                        recommend(ranked, selected_by), selected_by)
+        say(progress_line(entry))
+    ranked = rank(entries)
+    basis = selected_by(ranked, quick)
+    result = Comparison(dataset or "", data, str(Path(cache).expanduser().absolute()), ranked_by(basis, folds),
+                        ranked, recommend(ranked, basis), basis)
     write(result, out)
     return result
-
-
-def _selected_by(ranked: list[Entry], quick: bool) -> str:
-    """"LogME" (--quick), "kfold" when every ranked backbone's linear probe was cross-validated, else "val"."""
-    if quick:
-        return "LogME"
-    scored = [e for e in ranked if e.error is None]
-    return "kfold" if scored and all(e.linear_kfold for e in scored) else "val"
 
 
 def _reuse_key(space: str | None, images: int | None) -> str:
@@ -186,67 +176,3 @@ def _score(entry: Entry, cache, dataset: str, quick: bool, old: dict[str, Any] |
 def _same_selection(old_kfold: dict[str, Any] | None, kfold: bool, folds: int) -> bool:
     """Whether a probe of the last compare.json was selected as this run would select it."""
     return (old_kfold or {}).get("k") == folds if kfold else old_kfold is None
-
-
-def _costs(entry: Entry, backbone: str, weights: str, seed: int, data: str, cache, dataset: str,
-           int8: bool) -> None:
-    """Parameters, and what serving the backbone costs here (`costs`): PyTorch fp32, onnxruntime fp32 and
-    the ONNX file's size, int8 when asked. A runtime that cannot run it leaves its columns empty and says
-    why in `costs_note`; the PyTorch figures are always measured."""
-    from transfer_engine.backbones import create_backbone
-    from transfer_engine.cache import FeatureCache
-    from transfer_engine.compare import costs
-    from transfer_engine.onnx.backbone import exported_backbone
-    from transfer_engine.onnx.runtime import ort_available
-
-    bb = create_backbone(backbone, weights, seed=seed)
-    size = bb.preprocess.crop_size
-    entry.parameters = sum(p.numel() for p in bb.model.parameters())
-    onnx, timing = None, None
-    if not ort_available(torch.device("cpu")):
-        entry.costs_note = "onnxruntime is not installed: no onnxruntime or int8 figures"
-    else:
-        try:  # before PyTorch's timing, which converts the model to channels_last
-            with FeatureCache.open(cache, create=False) as fc:
-                onnx = exported_backbone(bb, fc)
-                if int8:  # the images it is calibrated and checked on
-                    ds = fc.dataset(dataset)
-                    by_split = {split: ds.select(split) for split in ("train", "val", "test")}
-            timing = costs.ort_timing(onnx, size)
-        except Exception as exc:  # cannot export or run: the row keeps its PyTorch figures
-            entry.costs_note = f"onnxruntime: {first_line(exc, 200)}"
-    pt = costs.torch_timing(bb.model, size)
-    entry.latency_ms_batch1, entry.images_per_second_batch32 = pt.latency_ms_batch1, pt.images_per_second_batch32
-    if onnx is None or timing is None:
-        return
-    entry.onnx_bytes = onnx.stat().st_size
-    entry.ort_latency_ms_batch1, entry.ort_images_per_second_batch32 = (timing.latency_ms_batch1,
-                                                                        timing.images_per_second_batch32)
-    if not int8:
-        return
-    try:
-        calibration, _ = costs.split_images(bb, data, by_split, ("train",), costs.INT8_CALIBRATION_IMAGES)
-        check, split = costs.split_images(bb, data, by_split, ("val", "test", "train"), costs.INT8_CHECK_IMAGES)
-        entry.int8 = costs.int8_costs(onnx, calibration, check, size) | {"check_split": split}
-    except Exception as exc:
-        entry.costs_note = f"int8: {first_line(exc, 200)}"
-
-
-def _progress_line(e: Entry) -> str:
-    if e.error:
-        return f"compare: {e.backbone}: failed: {e.error}"
-    probes = ""
-    if e.linear_val is not None:
-        kfold = (f", linear {e.linear_kfold['k']}-fold {100 * e.linear_kfold['accuracy']:.1f}%" if e.linear_kfold
-                 else "")
-        probes = (f"{kfold}, linear val {_pct(e.linear_val)}, knn val {_pct(e.knn_val)}"
-                  + (" (probes reused)" if e.probes_reused else ""))
-    return (f"compare: {e.backbone}: {e.extracted} extracted, {e.reused} reused; LogME {e.logme:.3f}{probes}; "
-            f"{e.latency_ms_batch1:.1f} ms at batch 1 (PyTorch)"
-            + ("" if e.ort_latency_ms_batch1 is None else f", {e.ort_latency_ms_batch1:.1f} (onnxruntime)")
-            + ("" if e.int8 is None else f", int8 {e.int8['images_per_second_batch32']:.1f} img/s at batch 32")
-            + ("" if not e.costs_note else f"; {e.costs_note}"))
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
