@@ -161,3 +161,13 @@ def test_the_shared_onnx_machinery_imports_no_command():
             if source.split(".")[1] in ("cli", "demo", *COMMANDS)]
     assert onnx, "transfer_engine/onnx/ holds the ONNX machinery commands share"
     assert not uses, "\n".join(uses)
+
+
+def test_the_cache_knows_no_models_and_no_command():
+    """cache/ stores the features of a space given as plain values (a backbone's name, weights digest,
+    transform, dim: `Backbone.space_fields()`, on the caller's side), so it imports no backbone and no command."""
+    cache = [(module, path) for module, path in _modules() if module.startswith("transfer_engine.cache.")]
+    uses = [f"{module} imports {source}" for module, path in cache for source, _ in _imported(module, path)
+            if source.split(".")[1] in ("backbones", "cli", "demo", *COMMANDS)]
+    assert cache, "transfer_engine/cache/ holds the feature cache"
+    assert not uses, "\n".join(uses)

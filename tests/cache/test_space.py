@@ -53,11 +53,35 @@ def test_space_of_a_backbone_uses_its_weights_digest_and_transform():
     from transfer_engine.backbones import create_backbone
 
     bb = create_backbone("resnet18", weights="none", seed=0)
-    space = FeatureSpace.of_backbone(bb, stored="fp16")
+    space = FeatureSpace(**bb.space_fields(), stored="fp16")
     assert (space.backbone, space.dim, space.stored) == ("resnet18", 512, "fp16")
     assert space.weights_digest == bb.weights_digest and space.transform == bb.preprocess.to_dict()
     other_seed = create_backbone("resnet18", weights="none", seed=1)
-    assert FeatureSpace.of_backbone(other_seed, stored="fp16").id != space.id
+    assert FeatureSpace(**other_seed.space_fields(), stored="fp16").id != space.id
+
+
+# Space ids as te computed them before the cache stopped importing backbones/ (issue 36): existing caches
+# hold their rows under these ids, so a change here would orphan them.
+BASE_ID = "75e0553cc4f1496f9ec77672b6fa082c53df349650e2f8eb0fdcec8e7c34bd91"
+LITE0_DIGEST = "753c7cf4f2cf40a406ab1d18966d264a43023f5bf31d3d3b7ed5007d6307a418"
+LITE0_IDS = {("int8", "fp32"): "328386c159825eaf17db1d668a12a660c21f89ae146d6fe8b62f455a2e0126c8",
+             ("fp16", "fp32"): "e1ec985cead024b0bd01deeb70091d8bc2dee8f3ef54f9c850571e1e91fb9625",
+             ("int8", "bf16"): "58dab9920de5fd7197d573a3d0395afa7b7109623c46d320ed1997162f5012fa"}
+
+
+def test_a_space_keeps_the_id_existing_caches_were_built_under():
+    assert FeatureSpace(**BASE).id == BASE_ID
+
+
+def test_the_space_of_a_known_backbone_keeps_the_id_existing_caches_were_built_under():
+    from transfer_engine.backbones import create_backbone, list_backbones
+
+    if "efficientnet_lite0" not in list_backbones():
+        pytest.skip("the te-efficientnet-lite plugin is not installed")
+    bb = create_backbone("efficientnet_lite0")
+    assert bb.weights_digest == LITE0_DIGEST
+    for (stored, precision), known in LITE0_IDS.items():
+        assert FeatureSpace(**bb.space_fields(), stored=stored, precision=precision).id == known, (stored, precision)
 
 
 @pytest.mark.parametrize("bad, message", [

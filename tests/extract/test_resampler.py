@@ -121,7 +121,7 @@ def test_a_cache_holding_pil_features_keeps_them_and_nearest_stays_with_pil(tmp_
 
     bb = create_backbone(BACKBONE, weights="none", seed=0)
     with FeatureCache.open(tmp_path / "cache") as cache:
-        cache.space(FeatureSpace.of_backbone(bb))  # what an older te, or --resampler pil, left there
+        cache.space(FeatureSpace(**bb.space_fields()))  # what an older te, or --resampler pil, left there
         choice = choose_resampler("auto", bb, cache, lambda: pytest.fail("nothing to measure"), _decode)
         assert choice.resampler == "pil" and "already holds" in choice.reason
     bb.preprocess = dataclasses.replace(bb.preprocess, interpolation="nearest")

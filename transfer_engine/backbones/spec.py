@@ -191,6 +191,12 @@ class Backbone:
     def feature_dim(self) -> int:
         return self.spec.feature_dim
 
+    def space_fields(self) -> dict[str, Any]:
+        """What these features are as plain values: name, weights digest, transform and dim, the fields of
+        the feature cache's space (`FeatureSpace(**bb.space_fields(), stored=..., precision=...)`)."""
+        return {"backbone": self.name, "weights_digest": self.weights_digest,
+                "transform": self.preprocess.to_dict(), "dim": self.feature_dim}
+
     def transform(self) -> Callable[[Any], "torch.Tensor"]:
         """The image transform these weights expect (see `PreprocessSpec.transform`)."""
         return self.preprocess.transform()

@@ -2,7 +2,7 @@
 
     >>> from transfer_engine.cache import FeatureCache, FeatureSpace, content_key   # doctest: +SKIP
     >>> cache = FeatureCache.open("features/")                                      # doctest: +SKIP
-    >>> space = cache.space(FeatureSpace.of_backbone(backbone, stored="int8"))      # doctest: +SKIP
+    >>> space = cache.space(FeatureSpace(**backbone.space_fields(), stored="int8"))  # doctest: +SKIP
     >>> space.append(keys, features)           # skips keys already present        # doctest: +SKIP
     >>> space.gather(keys)                     # float32 [N, dim]                   # doctest: +SKIP
 

@@ -11,13 +11,10 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from transfer_engine.core.choices import COMPUTE_PRECISIONS, STORED_DTYPES
 from transfer_engine.errors import UsageError
-
-if TYPE_CHECKING:
-    from transfer_engine.backbones.spec import Backbone
 
 # Bump when the meaning of stored bytes changes (row layout, header, hashing): old spaces then stop
 # matching new ones instead of being read wrongly.
@@ -36,8 +33,8 @@ class FeatureSpace:
 
     Attributes:
         backbone: the backbone name (`te backbones`).
-        weights_digest: `Backbone.weights_digest`, the content hash of the weights.
-        transform: the preprocessing config (`PreprocessSpec.to_dict()`).
+        weights_digest: the content hash of the weights (`transfer_engine.core.digest`).
+        transform: the preprocessing config, plain JSON data.
         dim: features per row.
         stored: how rows are stored on disk: "fp32", "fp16" or "int8" (per-row scale).
         pooling: which layer and pooling produced the vector (e.g. "avg").
@@ -102,24 +99,6 @@ class FeatureSpace:
         """Inverse of `to_dict`."""
         return cls(**{k: data[k] for k in ("backbone", "weights_digest", "transform", "dim", "stored", "pooling",
                                            "precision", "format_version")})
-
-    @classmethod
-    def of_backbone(cls, backbone: "Backbone", *, stored: str = "int8", pooling: str = "avg",
-                    precision: str = "fp32") -> "FeatureSpace":
-        """The space of a built backbone's features (name, weights digest, transform and dim taken from it).
-
-        Args:
-            backbone: a `Backbone` from `create_backbone`.
-            stored: stored dtype of the rows.
-            pooling: the layer/pooling that produced the features.
-            precision: compute precision of the forward pass.
-
-        Returns:
-            The `FeatureSpace`.
-        """
-        return cls(backbone=backbone.name, weights_digest=backbone.weights_digest,
-                   transform=backbone.preprocess.to_dict(), dim=backbone.feature_dim, stored=stored,
-                   pooling=pooling, precision=precision)
 
 
 def config_digest(config: Any) -> str | None:

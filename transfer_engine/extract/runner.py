@@ -125,7 +125,7 @@ def extract(backbone: "str | ExtractConfig", data: str | None = None, cache: str
         resized, how = _choose_how(cfg.resampler, cfg.backend, cfg.precision, bb, target, cache_obj, source, cfg.limit, rank, world,
                                    layout)
         chosen = how.precision
-        config = FeatureSpace.of_backbone(bb, stored=cfg.store, precision=chosen)
+        config = FeatureSpace(**bb.space_fields(), stored=cfg.store, precision=chosen)
         present = nodes.shared_present_keys(cache_obj, config.id, rank) if layout.multi else None
         space = _SpaceOnDemand(cache_obj, config, bb, also_present=present if delta else None)
         batch = cfg.batch_size or (128 if target.type == "cuda" else 32)
