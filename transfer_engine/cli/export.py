@@ -9,6 +9,7 @@ import click
 from transfer_engine.cli._common import emit_json, info, json_option, overwrite_option, table
 from transfer_engine.cli._options import options_from
 from transfer_engine.core.configs import ExportConfig
+from transfer_engine.core.format import points
 
 
 @click.command("export")
@@ -75,7 +76,7 @@ def _print_int8(report: dict, search: dict, out) -> None:
         delta = unbiased["accuracy_delta"]
         out(f"int8 on the {unbiased['images']} check images, which chose nothing: agreement with PyTorch "
             f"{unbiased['agreement']:.1%} ({unbiased['agreed']} of {unbiased['images']}; 95% lower bound "
-            f"{unbiased['lower_bound']:.1%})" + ("" if delta is None else f", accuracy {delta * 100:+.1f} points"))
+            f"{unbiased['lower_bound']:.1%})" + ("" if delta is None else f", accuracy {points(delta)}"))
 
 
 def _print_report(report: dict, out) -> None:

@@ -10,6 +10,7 @@ import click
 from transfer_engine.cli._common import emit_json, json_option, overwrite_option
 from transfer_engine.cli._options import options_from
 from transfer_engine.core.configs import FinetuneConfig
+from transfer_engine.core.format import percent
 
 
 @click.command("finetune")
@@ -63,15 +64,11 @@ def finetune(out, resume, overwrite, nproc, as_json, **fields) -> None:
         click.echo(summary.search["verdict"])
     kept = (f"kept the weights of epoch {summary.best_epoch}" if summary.best_epoch else
             "kept the starting weights: no epoch beat them on val, fine-tuning did not pay")
-    click.echo(f"test accuracy: {_pct(summary.before.get('test_accuracy'))} before -> {_pct(summary.test_accuracy)} "
-               f"after (val {_pct(summary.before.get('val_accuracy'))} -> {_pct(summary.val_accuracy)}; {kept})")
+    click.echo(f"test accuracy: {percent(summary.before.get('test_accuracy'))} before -> {percent(summary.test_accuracy)} "
+               f"after (val {percent(summary.before.get('val_accuracy'))} -> {percent(summary.val_accuracy)}; {kept})")
     if summary.parent is not None:
         click.echo(f"the --from run {summary.parent['path']} reported test accuracy "
-                   f"{_pct(summary.parent.get('test_accuracy'))} on its cached features")
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
+                   f"{percent(summary.parent.get('test_accuracy'))} on its cached features")
 
 
 def _trial_line(t: dict, chosen: str) -> str:
@@ -79,6 +76,6 @@ def _trial_line(t: dict, chosen: str) -> str:
     if t["best_epoch"] is None:
         return f"  trial {t['name']:<14} {t['status']}"
     kept = f"epoch {t['best_epoch']}" if t["best_epoch"] else "the start"
-    return (f"  trial {t['name']:<14} val {_pct(t['val_accuracy'])}  test {_pct(t['test_accuracy'])}  kept {kept}  "
+    return (f"  trial {t['name']:<14} val {percent(t['val_accuracy'])}  test {percent(t['test_accuracy'])}  kept {kept}  "
             f"{t['epochs_run']}/{t['epochs']} epochs  {t['seconds']:.0f} s  {t['status']}"
             + ("  <- chosen" if t["name"] == chosen else ""))

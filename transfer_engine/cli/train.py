@@ -10,6 +10,7 @@ import click
 from transfer_engine.cli._common import emit_json, json_option, overwrite_option, table
 from transfer_engine.cli._options import options_from
 from transfer_engine.core.configs import TrainConfig
+from transfer_engine.core.format import TABLE_MISSING, percent, percent_interval
 
 
 @click.command("train")
@@ -42,8 +43,9 @@ def train(out, overwrite, as_json, **fields) -> None:
             return
         board = board_result.to_dict()
         kfold = board["selected_by"] == "kfold"
-        table([(r["rank"], r["head"], *((_interval(r["kfold_accuracy"], r["kfold_interval"]),) if kfold else ()),
-                _pct(r["val_accuracy"]), _pct(r["test_accuracy"]), _pct(r["train_accuracy"]), f"{r['seconds']:.1f}")
+        table([(r["rank"], r["head"],
+                *((percent_interval(r["kfold_accuracy"], r["kfold_interval"], missing=TABLE_MISSING),) if kfold else ()),
+                _cell(r["val_accuracy"]), _cell(r["test_accuracy"]), _cell(r["train_accuracy"]), f"{r['seconds']:.1f}")
                for r in board["leaderboard"]],
               ["rank", "head", *((f"{cfg.folds}-fold acc [95%]",) if kfold else ()), "val acc", "test acc", "train acc",
                "seconds"])
@@ -60,23 +62,16 @@ def train(out, overwrite, as_json, **fields) -> None:
         emit_json(result.to_dict())
         return
     m = result.metrics
-    click.echo(f"{m['head']} on {m['dataset']} ({m['backbone']} features): train {_pct(m['train_accuracy'])}, "
-               f"val {_pct(m['val_accuracy'])}, test {_pct(m['test_accuracy'])}, macro F1 {m['macro_f1']:.3f} "
+    click.echo(f"{m['head']} on {m['dataset']} ({m['backbone']} features): train {percent(m['train_accuracy'])}, "
+               f"val {percent(m['val_accuracy'])}, test {percent(m['test_accuracy'])}, macro F1 {m['macro_f1']:.3f} "
                f"({m['evaluated_on']}) in {m['seconds']:.1f} s")
     chosen = {k: v for k, v in m["hyperparameters"].items() if k in ("weight_decay", "lr", "epochs", "options")}
     kfold = m.get("kfold")
     click.echo(f"{m['hyperparameters']['selected_by']}: {json.dumps(chosen)}"
-               + (f"; {kfold['k']}-fold accuracy {_interval(kfold['accuracy'], kfold['interval'])} on {kfold['total']} "
-                  "train+val images" if kfold else ""))
+               + (f"; {kfold['k']}-fold accuracy {percent_interval(kfold['accuracy'], kfold['interval'])} on "
+                  f"{kfold['total']} train+val images" if kfold else ""))
     click.echo(f"run: {result.run}")
 
 
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def _interval(value, interval) -> str:
-    """An accuracy in percent with its 95% interval in brackets, in points."""
-    if value is None:
-        return "-"
-    return f"{100 * value:.2f}% [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+def _cell(value) -> str:
+    return percent(value, missing=TABLE_MISSING)

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from transfer_engine.core.format import percent_interval
 from transfer_engine.core.selection import Z95, CrossValidated, wilson_interval
 
 if TYPE_CHECKING:
@@ -130,8 +131,7 @@ def _noise_test(best: "Entry", tied: list["Entry"]) -> str:
 
 
 def _score(e: "Entry") -> str:
-    low, high = interval(e)
-    return f"{100 * e.linear_accuracy:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+    return percent_interval(e.linear_accuracy, interval(e))
 
 
 def interval(e: "Entry") -> tuple[float, float]:

@@ -9,25 +9,25 @@ from pathlib import Path
 from transfer_engine._durable import write_text_durably
 from transfer_engine.compare.ranking import chart_points, interval, pareto_front
 from transfer_engine.compare.results import Comparison, Entry
+from transfer_engine.core.format import TABLE_MISSING, percent, percent_interval
 
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
+def _cell(v: float | None) -> str:
+    return percent(v, missing=TABLE_MISSING)
 
 
 def _num(v: float | None, fmt: str = ".1f") -> str:
-    return "-" if v is None else format(v, fmt)
+    return TABLE_MISSING if v is None else format(v, fmt)
 
 
 def _kfold_cell(e: Entry) -> str:
     if not e.linear_kfold:
-        return "-"
-    low, high = interval(e)
-    return f"{100 * e.linear_kfold['accuracy']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+        return TABLE_MISSING
+    return percent_interval(e.linear_kfold["accuracy"], interval(e))
 
 
 def table(result: Comparison) -> list[str]:
@@ -47,7 +47,7 @@ def table(result: Comparison) -> list[str]:
             rows.append((str(i), e.backbone, "failed: " + e.error))
             continue
         row = ((str(i), e.backbone, f"{e.logme:.3f}") + ((_kfold_cell(e),) if kfold else ())
-               + (_pct(e.linear_val), _pct(e.linear_test), _pct(e.knn_val), _pct(e.knn_test),
+               + (_cell(e.linear_val), _cell(e.linear_test), _cell(e.knn_val), _cell(e.knn_test),
                   _num(e.latency_ms_batch1), _num(e.ort_latency_ms_batch1), _num(e.images_per_second_batch32),
                   _num(e.ort_images_per_second_batch32), _num(None if e.onnx_bytes is None else e.onnx_bytes / 2**20),
                   f"{e.parameters / 1e6:.1f}M", str(e.feature_dim)))
@@ -78,9 +78,8 @@ def progress_line(e: Entry) -> str:
         return f"compare: {e.backbone}: failed: {e.error}"
     probes = ""
     if e.linear_val is not None:
-        kfold = (f", linear {e.linear_kfold['k']}-fold {100 * e.linear_kfold['accuracy']:.1f}%" if e.linear_kfold
-                 else "")
-        probes = (f"{kfold}, linear val {_pct(e.linear_val)}, knn val {_pct(e.knn_val)}"
+        kfold = f", linear {e.linear_kfold['k']}-fold {percent(e.linear_kfold['accuracy'])}" if e.linear_kfold else ""
+        probes = (f"{kfold}, linear val {percent(e.linear_val)}, knn val {percent(e.knn_val)}"
                   + (" (probes reused)" if e.probes_reused else ""))
     return (f"compare: {e.backbone}: {e.extracted} extracted, {e.reused} reused; LogME {e.logme:.3f}{probes}; "
             f"{e.latency_ms_batch1:.1f} ms at batch 1 (PyTorch)"

@@ -23,6 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from transfer_engine.core.format import points
+
 
 FP32_RTOL = 1e-4
 PIXEL_LEVELS = 1.0
@@ -104,7 +106,7 @@ def agreement_failure(measures: dict[str, Any], min_agreement: float) -> str | N
     """Why a quantized (or end-to-end) variant is refused (None when it is accepted)."""
     if measures["top1_agreement"] < min_agreement:
         return (f"top-1 agreement with PyTorch {measures['top1_agreement']:.1%} < --min-agreement "
-                f"{min_agreement:.1%} (accuracy delta {_pct(measures['accuracy_delta'])})")
+                f"{min_agreement:.1%} (accuracy delta {points(measures['accuracy_delta'])})")
     return None
 
 
@@ -159,7 +161,3 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     cos = (a * b).sum(1) / np.maximum(na * nb, 1e-30)
     cos[both_zero] = 1.0
     return float(cos.min())
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 100:+.1f} points"

@@ -13,12 +13,13 @@ from typing import Callable
 import torch
 
 from transfer_engine.core import distributed as dist
+from transfer_engine.core.format import percent
 from transfer_engine.finetune import checkpoint as ckpt
 from transfer_engine.finetune import data as fdata
 from transfer_engine.finetune.distributed import check_in_sync
 from transfer_engine.finetune.job import Job, resume_settings
 from transfer_engine.finetune.loop import EpochSums, Evaluation, StepProgress
-from transfer_engine.finetune.records import Candidate, EpochRecord, pct
+from transfer_engine.finetune.records import Candidate, EpochRecord
 from transfer_engine.finetune.selection import better_on_val, epochs_since_best_trained, start_or_last
 from transfer_engine.runs.format import FITTED_ON_TRAIN_VAL
 
@@ -91,7 +92,7 @@ class EpochLoop:
         if job.val_note:
             self.meter.line(job.val_note)
         self.meter.line(f"finetune: {job.plan.describe(self.trainer.blocks)}; {job.precision} ({job.precision_reason}); "
-                        f"start: val accuracy {pct(state.before.get('val_accuracy'))}" + (_seen_val_note(self.cfg.keep)
+                        f"start: val accuracy {percent(state.before.get('val_accuracy'))}" + (_seen_val_note(self.cfg.keep)
                                                                                         if seen_val else ""))
 
     # -- the epochs
@@ -133,7 +134,7 @@ class EpochLoop:
         improved, replaced = self._select(record)
         state.epoch, state.step, state.sums = epoch + 1, 0, EpochSums().as_dict()
         self.meter.line(f"finetune: epoch {epoch + 1}/{self.cfg.epochs}: train loss {record.train_loss:.4f}, "
-                        f"val accuracy {pct(record.val_accuracy)}" + (" (best)" if improved else ""))
+                        f"val accuracy {percent(record.val_accuracy)}" + (" (best)" if improved else ""))
         if self.on_epoch_end is not None:
             self.on_epoch_end(epoch + 1, self.model)
         self._save(self.best_weights if replaced else None)

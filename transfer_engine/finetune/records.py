@@ -133,8 +133,3 @@ class FinetuneSummary(_Record):
     start_candidate: bool = True  # False: the start's head saw val (te train --sweep), so it could not be kept
     search: dict | None = None   # a recipe search: its trials and what it chose (finetune/search.py)
     val_loss: float | None = None  # of the kept weights (breaks ties of val accuracy: selection.better_on_val)
-
-
-def pct(value: float | None) -> str:
-    """An accuracy as te's fine-tuning lines print it: a percentage with one decimal, or "n/a" when not measured."""
-    return "n/a" if value is None else f"{100 * value:.1f}%"

@@ -38,10 +38,11 @@ from pathlib import Path
 
 from transfer_engine.core import distributed as dist
 from transfer_engine.core.configs import SCHEDULE_EPOCHS, SCHEDULE_LR, SCHEDULE_SETTINGS, FinetuneConfig
+from transfer_engine.core.format import percent
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import cost
 from transfer_engine.finetune.job import strategy_name
-from transfer_engine.finetune.records import FinetuneSummary, Trial, pct
+from transfer_engine.finetune.records import FinetuneSummary, Trial
 from transfer_engine.finetune.selection import best_trial
 from transfer_engine.finetune.trials import Workspace, write_json
 from transfer_engine.runs.writer import check_out
@@ -103,7 +104,7 @@ def _search(space: Workspace, cfg: FinetuneConfig) -> FinetuneSummary:
 
 
 def _trial_line(trial: Trial) -> str:
-    return (f"finetune: trial {trial.name}: val accuracy {pct(trial.val_accuracy)}"
+    return (f"finetune: trial {trial.name}: val accuracy {percent(trial.val_accuracy)}"
             + (f", val loss {trial.val_loss:.4f}" if trial.val_loss is not None else "") + " (kept "
             + (f"epoch {trial.best_epoch}" if trial.best_epoch else "the start") + f"), {trial.seconds:.0f} s"
             + (" (reused)" if trial.status == "reused" else ""))

@@ -21,9 +21,10 @@ from typing import Any
 from transfer_engine._durable import write_durably
 from transfer_engine.core import distributed as dist
 from transfer_engine.core.configs import FinetuneConfig
+from transfer_engine.core.format import percent
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import fixed
-from transfer_engine.finetune.records import FinetuneSummary, Trial, pct
+from transfer_engine.finetune.records import FinetuneSummary, Trial
 from transfer_engine.runs import METRICS_JSON, RUN_JSON
 
 TRIALS_JSON = "trials.json"
@@ -150,16 +151,16 @@ def _verdict(metrics: dict, chosen: Trial) -> tuple[bool | None, str]:
     held_out = (metrics.get("parent") or {}).get("val_accuracy")
     start_saw_val = not metrics.get("start_candidate", True)
     if start_saw_val and not chosen.best_epoch:
-        return False, (f"fine-tuning did not reach the start's val accuracy ({pct(start_val)}, optimistic: the "
+        return False, (f"fine-tuning did not reach the start's val accuracy ({percent(start_val)}, optimistic: the "
                        "--from head was refitted on train+val), so the run holds the starting model")
     if start_saw_val:
         return None, (f"val cannot say whether fine-tuning paid: the --from head was refitted on train+val (te train "
-                      f"--sweep); its held-out val accuracy was {pct(held_out)}, the chosen trial {chosen.name} "
-                      f"reached {pct(chosen.val_accuracy)} on a val its head has seen; compare the test accuracies")
+                      f"--sweep); its held-out val accuracy was {percent(held_out)}, the chosen trial {chosen.name} "
+                      f"reached {percent(chosen.val_accuracy)} on a val its head has seen; compare the test accuracies")
     if chosen.best_epoch:
-        return True, (f"fine-tuning paid: {chosen.name} reached val accuracy {pct(chosen.val_accuracy)} against "
-                      f"{pct(start_val)} at the start")
-    return False, (f"fine-tuning did not pay on this data: no trial beat the start on val ({pct(start_val)}); "
+        return True, (f"fine-tuning paid: {chosen.name} reached val accuracy {percent(chosen.val_accuracy)} against "
+                      f"{percent(start_val)} at the start")
+    return False, (f"fine-tuning did not pay on this data: no trial beat the start on val ({percent(start_val)}); "
                    "the run holds the starting model")
 
 

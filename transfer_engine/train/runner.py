@@ -24,6 +24,7 @@ import torch
 from transfer_engine._durable import write_text_durably
 from transfer_engine.core.configs import ALL_HEADS as ALL
 from transfer_engine.core.configs import TrainConfig
+from transfer_engine.core.format import percent
 from transfer_engine.core.runtime import resolve_device
 from transfer_engine.core.selection import CrossValidated, resolve_selection
 from transfer_engine.errors import TEError, UsageError
@@ -291,9 +292,9 @@ def _train_one(spec, data: TrainingData, hp: HyperParameters, writer: RunWriter,
     metrics = _metrics(spec, data, final, chosen, train_eval, held_out, test_eval, shown, sweep_result, kfold, seed,
                        time.perf_counter() - started)
     _write_run(spec, data, final, chosen, metrics, curve, shown, sweep_result, writer, seed)
-    log(f"{spec.name}: train {100 * train_eval.accuracy:.2f}%, val {100 * held_out.accuracy:.2f}%"
-        f"{f', test {100 * test_eval.accuracy:.2f}%' if test_eval else ''}"
-        f"{f', {kfold.score.k}-fold {100 * kfold.score.accuracy:.2f}%' if kfold else ''} in {metrics['seconds']:.1f} s "
+    log(f"{spec.name}: train {percent(train_eval.accuracy)}, val {percent(held_out.accuracy)}"
+        f"{f', test {percent(test_eval.accuracy)}' if test_eval else ''}"
+        f"{f', {kfold.score.k}-fold {percent(kfold.score.accuracy)}' if kfold else ''} in {metrics['seconds']:.1f} s "
         f"-> {writer.out}")
     return TrainResult(spec.name, writer.out, metrics)
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from transfer_engine.core.format import percent, percent_interval
 from transfer_engine.train.crossval import FoldPlan, FoldScore, cross_validate
 from transfer_engine.train.fit import Fitted, HyperParameters, TrainingDiverged, fit_head
 from transfer_engine.train.metrics import Evaluation, evaluate
@@ -123,7 +124,7 @@ class _Search:
         self._seen[key] = trial
         if self.log is not None:
             what = ", ".join(_describe(hp, self.spec))
-            result = f"val accuracy {100 * trial.val.accuracy:.2f}%" if trial.val else f"failed: {trial.error}"
+            result = f"val accuracy {percent(trial.val.accuracy)}" if trial.val else f"failed: {trial.error}"
             self.log(f"  sweep {self.spec.name} [{stage}] {what}: {result} ({trial.seconds:.1f} s)")
         return trial
 
@@ -182,9 +183,8 @@ def _cross_validate_finalists(search: _Search, folds: FoldPlan) -> Trial:
             continue
         warm = trial.kfold.warm if any(w is not None for w in trial.kfold.warm) else None
         if search.log is not None:
-            low, high = trial.kfold.score.interval
             search.log(f"  sweep {search.spec.name} [{folds.k}-fold] {', '.join(_describe(trial.hp, search.spec))}: "
-                       f"accuracy {100 * trial.kfold.score.accuracy:.2f}% [{100 * low:.1f}, {100 * high:.1f}] "
+                       f"accuracy {percent_interval(trial.kfold.score.accuracy, trial.kfold.score.interval)} "
                        f"({trial.kfold.seconds:.1f} s)")
     judged = [t for t in ranked[:FINALISTS] if t.kfold is not None]
     if not judged:
@@ -203,7 +203,7 @@ def _from_scratch(search: _Search, best: Trial) -> Trial:
     val = evaluate(fitted.module, search.data, search.data.splits["val"])
     if search.log is not None:
         search.log(f"  sweep {search.spec.name} [chosen, from scratch] {', '.join(_describe(best.hp, search.spec))}: "
-                   f"val accuracy {100 * val.accuracy:.2f}%")
+                   f"val accuracy {percent(val.accuracy)}")
     return Trial(best.stage, best.hp, val, fitted, best.seconds + time.perf_counter() - start, kfold=best.kfold)
 
 
