@@ -14,7 +14,6 @@ def test_a_share_is_a_percentage_with_one_decimal_and_n_a_when_not_measured():
     assert percent(1.0) == "100.0%"
     assert percent(None) == "n/a"
     assert percent(None, missing=TABLE_MISSING) == "-"
-    assert percent(0.00046, 2) == "0.05%"  # a share too small for one decimal
 
 
 def test_a_difference_is_in_signed_points_and_an_interval_in_brackets():
