@@ -55,6 +55,22 @@ def test_a_failed_run_leaves_nothing_that_looks_finished(tmp_path, backbone):
     assert list(tmp_path.iterdir()) == []  # no staging directory left behind either
 
 
+
+def test_a_writer_finished_inside_its_block_is_left_as_it_is(tmp_path, backbone):
+    """te train --head all enters every head's writer into one stack: a head that failed was aborted in
+    its own block, so the end of the stack must not try to commit it (nor abort one committed)."""
+    with RunWriter(tmp_path / "failed") as w:
+        w.abort()
+    assert list(tmp_path.iterdir()) == []
+    with RunWriter(tmp_path / "done") as w:
+        w.write_json(RUN_JSON, {"format": "x"})
+        w.commit()
+    assert (tmp_path / "done" / RUN_JSON).is_file()
+    with pytest.raises(KeyboardInterrupt):
+        with RunWriter(tmp_path / "interrupted"):
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done"]
+
 def test_out_holding_another_run_is_refused_unless_overwrite(tmp_path, backbone):
     _write(tmp_path / "run", backbone)
     before = (tmp_path / "run" / RUN_JSON).read_text()

@@ -8,6 +8,7 @@ and remove the checkpoints.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -47,12 +48,8 @@ def run_fixed(out: Path, cfg: FinetuneConfig, *, resume: bool = False, overwrite
         from transfer_engine.runs import RunWriter
 
         writer = RunWriter(out, overwrite=overwrite)  # --out is checked and staged before any training
-    try:
+    with writer or nullcontext():  # an error aborts the staged run (RunWriter.__exit__)
         return _train_and_write(job, writer, resume, progress, on_epoch_end)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
 
 
 def _train_and_write(job: Job, writer, resume: bool, progress: bool, on_epoch_end) -> FinetuneSummary:

@@ -126,15 +126,10 @@ class Workspace:
     def _move_into_out(self, source: Path, metrics: dict) -> None:
         from transfer_engine.runs import RunWriter
 
-        writer = RunWriter(self.out, overwrite=self.overwrite)
-        try:
+        with RunWriter(self.out, overwrite=self.overwrite) as writer:  # committed at the end, aborted on an error
             for item in source.iterdir():
                 shutil.move(str(item), str(writer.file(item.name)))
             writer.write_json(METRICS_JSON, metrics)
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
         shutil.rmtree(self.work, ignore_errors=True)
 
 

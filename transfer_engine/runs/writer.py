@@ -51,6 +51,7 @@ class RunWriter:
         shutil.rmtree(self.path, ignore_errors=True)
         self.path.mkdir()
         self.committed = False
+        self.aborted = False
 
     # -- writing files ------------------------------------------------------------------------------
     def file(self, name: str) -> Path:
@@ -99,17 +100,22 @@ class RunWriter:
         return self.out
 
     def abort(self) -> None:
-        """Remove the staging directory (the target is left as it was)."""
+        """Remove the staging directory (the target is left as it was); the writer is then done."""
         shutil.rmtree(self.path, ignore_errors=True)
+        self.aborted = True
 
     def __enter__(self) -> "RunWriter":
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if exc_type is None and not self.committed:
+        """Commit when the block ends without error, abort on any error (a KeyboardInterrupt too); a writer
+        already committed or aborted inside the block is left as it is."""
+        if self.committed or self.aborted:
+            return
+        if exc_type is None:
             self.commit()
-        elif not self.committed:
+        else:
             self.abort()
 
 

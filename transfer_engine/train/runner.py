@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -183,16 +184,12 @@ def _train_heads(cfg: TrainConfig, names: list[str], out_path: Path, *, many: bo
                                 batch_size=cfg.batch_size, options=cfg.options)
     target = resolve_device(cfg.device)
     out_path = out_path.expanduser().absolute()
-    writers = _prepare_out(out_path, names, many, overwrite)
-    try:
+    results, failed = [], []
+    with ExitStack() as staged:  # each head's block commits or aborts its writer; an error aborts the rest
+        writers = _prepare_out(out_path, names, many, overwrite, staged)
         data = load_training_data(cfg.cache, dataset=cfg.dataset, backbone=cfg.backbone, space=cfg.space,
                                   memory_budget=cfg.memory_budget, log=log)
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
-    results, failed = [], []
-    try:
+        staged.callback(data.close)
         folds = _fold_plan(cfg, data, choosing=cfg.sweep or many, log=log)
         for spec in specs:
             writer = writers[spec.name]
@@ -209,11 +206,6 @@ def _train_heads(cfg: TrainConfig, names: list[str], out_path: Path, *, many: bo
                 failed.append({"head": spec.name, "error": str(exc)})
                 log(f"te: warning: head {spec.name} failed: {exc}")
             started = time.perf_counter()
-    finally:
-        data.close()
-        for w in writers.values():
-            if not w.committed:
-                w.abort()
     return results, failed
 
 
@@ -232,10 +224,10 @@ def _fold_plan(cfg: TrainConfig, data: TrainingData, *, choosing: bool, log: Cal
     return plan
 
 
-def _prepare_out(out: Path, names: list[str], many: bool, overwrite: bool) -> dict[str, RunWriter]:
-    """Check --out before any work and open one staging writer per head."""
+def _prepare_out(out: Path, names: list[str], many: bool, overwrite: bool, staged: ExitStack) -> dict[str, RunWriter]:
+    """Check --out before any work and open one staging writer per head, each entered into `staged`."""
     if not many:
-        return {names[0]: RunWriter(out, overwrite=overwrite)}
+        return {names[0]: staged.enter_context(RunWriter(out, overwrite=overwrite))}
     if out.exists():
         if not out.is_dir():
             raise UsageError(f"--out {out} is a file; expected a directory for one run per head")
@@ -251,14 +243,7 @@ def _prepare_out(out: Path, names: list[str], many: bool, overwrite: bool) -> di
                              "empty directory")
     for name in names:
         check_out(out / name, overwrite)
-    writers: dict[str, RunWriter] = {}
-    try:
-        for name in names:
-            writers[name] = RunWriter(out / name, overwrite=overwrite)
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
+    writers = {name: staged.enter_context(RunWriter(out / name, overwrite=overwrite)) for name in names}
     (out / LEADERBOARD_JSON).unlink(missing_ok=True)  # a re-run's board is written when it is complete
     return writers
 
