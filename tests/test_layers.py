@@ -171,3 +171,13 @@ def test_the_cache_knows_no_models_and_no_command():
             if source.split(".")[1] in ("backbones", "cli", "demo", *COMMANDS)]
     assert cache, "transfer_engine/cache/ holds the feature cache"
     assert not uses, "\n".join(uses)
+
+
+def test_the_data_sources_import_nothing_from_the_cache():
+    """data/ reads images and names them; the cache stores what data/ read. How a file name is shown
+    (`core.paths`) and an image's key (`core.digest.content_key`) sit below both, so data/ needs no cache."""
+    data = [(module, path) for module, path in _modules() if module.startswith("transfer_engine.data.")]
+    uses = [f"{module} imports {source}" for module, path in data for source, _ in _imported(module, path)
+            if source.split(".")[1] == "cache"]
+    assert data, "transfer_engine/data/ holds the data sources"
+    assert not uses, "move what data/ and cache/ share into transfer_engine/core:\n" + "\n".join(uses)

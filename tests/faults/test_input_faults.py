@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from transfer_engine.cache import FeatureCache
-from transfer_engine.cache.records import fs_path
+from transfer_engine.core.paths import fs_path
 from transfer_engine.data.files import DEFAULT_MAX_FILE_BYTES
 
 NON_UTF8 = os.fsdecode(b"caf\xe9.png")  # as Python lists a name that is not UTF-8: lossless surrogate escapes
@@ -331,7 +331,7 @@ def test_a_bad_limit_is_one_usage_error_not_a_failure_of_every_file(tmp_path, mo
 def test_every_file_name_has_one_stored_form_that_gives_it_back():
     """#16 item 2: the index holds UTF-8 text; every name a folder can hold (any byte but / and NUL) must be
     stored, read back byte for byte, and never taken for another name (a literal backslash included)."""
-    from transfer_engine.cache.records import display_path, stored_path
+    from transfer_engine.core.paths import display_path, stored_path
 
     names = [os.fsdecode(b"caf" + bytes([b]) + b".png") for b in range(1, 256) if b != ord("/")]
     names += ["caf\\xe9.png", "caf\\udce9.png", "café.png", "日本.png"]

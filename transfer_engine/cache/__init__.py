@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from transfer_engine.cache.records import Dataset, Record, content_key
+from transfer_engine.cache.records import Dataset, Record
 from transfer_engine.cache.space import FORMAT_VERSION, STORED_DTYPES, FeatureSpace
 from transfer_engine.cache.store import FeatureCache
+from transfer_engine.core.digest import content_key
 
 _LAZY = {"CachedSpace": "rows", "RowLocations": "rows", "FeatureLoader": "loader", "Batch": "loader"}
 

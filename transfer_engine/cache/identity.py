@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from transfer_engine.cache.index import DATASET_SHA256
-from transfer_engine.cache.records import display_path
+from transfer_engine.core.paths import display_path
 from transfer_engine.errors import UsageError
 
 if TYPE_CHECKING:

@@ -3,71 +3,22 @@
 Records hold no features: they point at rows by key, so two data sets that share images share rows,
 and a data set re-extracted with another backbone finds its rows in that backbone's space.
 
-File names are stored losslessly. A name that is not valid UTF-8 (`caf\\xe9.png` from an old archive or
-a Samba share) reaches Python as a str with surrogate escapes, which the index (UTF-8 text) cannot
-hold. `stored_path` gives every name a text form the index can hold: a valid UTF-8 name is stored as
-it is (so every existing cache reads as before), any other as a NUL followed by its `unicode_escape`
-spelling. No real path contains a NUL, so the two kinds never collide, and a stored form maps to
-itself (`Record` normalizes its path with it, whether built by te or read back from the index).
-`fs_path` gives back the name to open; `display_path` the name for people (each byte that is not
-UTF-8 as \\xNN, as `ls -b` shows it): messages, `--json` and `te predict`'s output files use that.
+Records keep file names losslessly in their stored form (`core.paths.stored_path`: valid UTF-8, so the
+index can hold a name that is not); `core.paths` also gives the name to open and the name to show.
 """
 
 from __future__ import annotations
 
-import hashlib
 import numbers
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
+from transfer_engine.core.paths import display_path, stored_path
 from transfer_engine.errors import UsageError
 
-_STORED_ESCAPED = "\x00"  # starts the stored form of a name that is not valid UTF-8 (never in a real path)
 _HEX_KEY = re.compile(r"(?:[0-9a-f]{2}){8,64}")  # whole bytes: the index stores keys as BLOBs
-
-
-def content_key(data: bytes) -> str:
-    """The key of an image: SHA-256 hex digest of the file's bytes (decoding is never needed)."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def is_text(value: str) -> bool:
-    """True when `value` is valid Unicode text: no surrogate escapes of bytes that are not UTF-8."""
-    try:
-        value.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def stored_path(path: str) -> str:
-    """The lossless text form of a file name, valid UTF-8 (see the module docstring); idempotent."""
-    if is_text(path):
-        return path
-    return _STORED_ESCAPED + path.encode("unicode_escape").decode("ascii")  # surrogate escapes of non-UTF-8 bytes
-
-
-def fs_path(path: str) -> str:
-    """The name to open from a name or its stored form (`stored_path`'s inverse)."""
-    if path.startswith(_STORED_ESCAPED):
-        return path[len(_STORED_ESCAPED):].encode("ascii").decode("unicode_escape")
-    return path
-
-
-def display_path(path: str) -> str:
-    """A name (or its stored form) for people: valid UTF-8, each byte that is not UTF-8 shown as \\xNN."""
-    name = fs_path(path)
-    if is_text(name):
-        return name
-    raw = name.encode("utf-8", "surrogateescape") if _only_escapes(name) else name.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def _only_escapes(name: str) -> bool:
-    """True when every surrogate in `name` is one of os.fsdecode's byte escapes (U+DC80..U+DCFF)."""
-    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in name)
 
 
 def check_keys(keys: Sequence[str]) -> list[str]:

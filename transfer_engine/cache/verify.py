@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from transfer_engine.cache import artifacts
 from transfer_engine.cache import shards as shardfile
-from transfer_engine.cache.records import display_path
+from transfer_engine.core.paths import display_path
 from transfer_engine.cache.space import config_digest
 from transfer_engine.cache.writer import has_key_file
 from transfer_engine.errors import CorruptCacheError

@@ -1,4 +1,7 @@
-"""The content hash of a model's weights: one rule wherever te compares weights.
+"""te's content hashes: an image's key (its bytes) and a model's weights, one rule each wherever te uses it.
+
+An image is known by `content_key`, the SHA-256 of its file's bytes: the data sources compute it, the
+feature cache is addressed by it (the same image under two names is one row).
 
 The feature cache's identity rests on it (a feature space holds its backbone's digest, a run records it and
 a rebuild must give it again), so the rule is fixed: changing it would give every existing cache new space
@@ -10,6 +13,11 @@ from __future__ import annotations
 
 import hashlib
 from typing import Any
+
+
+def content_key(data: bytes) -> str:
+    """The key of an image: SHA-256 hex digest of the file's bytes (decoding is never needed)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def weights_digest(model: Any) -> str:

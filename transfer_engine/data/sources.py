@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from transfer_engine.cache.records import content_key, display_path, is_text  # the key: SHA-256 of the bytes
+from transfer_engine.core.digest import content_key  # the key: SHA-256 of the bytes
+from transfer_engine.core.paths import display_path, is_text
 from transfer_engine.data.decode import decode_image, decode_tensor, max_image_pixels
 from transfer_engine.data.files import is_regular_file, max_file_bytes, read_image_file
 from transfer_engine.data.walk import IMAGE_EXTENSIONS, FolderWalk

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from transfer_engine.cache.records import display_path
+from transfer_engine.core.paths import display_path
 from transfer_engine.data.files import read_image_file
 from transfer_engine.data.sources import DataSource, Sample, check_read_limits, open_source
 from transfer_engine.data.walk import IMAGE_EXTENSIONS, FolderWalk

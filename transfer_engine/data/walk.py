@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from transfer_engine.cache.records import display_path as _shown
+from transfer_engine.core.paths import display_path as _shown
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 

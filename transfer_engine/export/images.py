@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from transfer_engine.cache.records import display_path, fs_path
+from transfer_engine.core.paths import display_path, fs_path
 from transfer_engine.data.sources import (DataSource, Sample, content_key, derived_split, locate_recorded_data,
                                           open_source)
 from transfer_engine.data.unlabelled import open_images

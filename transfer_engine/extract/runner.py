@@ -19,9 +19,9 @@ import torch
 
 from transfer_engine.backbones.calibration import CALIBRATION_IMAGES, calibration_images, preprocessed
 from transfer_engine.cache import identity
-from transfer_engine.cache.records import display_path
 from transfer_engine.core import distributed as dist
 from transfer_engine.core.configs import ExtractConfig
+from transfer_engine.core.paths import display_path
 from transfer_engine.core.runtime import device_of_this_rank, resolve_device, torch_threads
 from transfer_engine.data.sources import (DataSource, Sample, content_key, default_dataset_name, derived_split, open_source,
                                           recorded_data)

@@ -19,9 +19,9 @@ import torch
 
 from transfer_engine.backbones.spec import PreprocessSpec
 from transfer_engine.data.sources import DataSource, Sample, content_key, derived_split
-from transfer_engine.cache.records import display_path
 from transfer_engine.core.choices import AUGMENTS
 from transfer_engine.core.configs import CROP_SCALE
+from transfer_engine.core.paths import display_path
 from transfer_engine.errors import TEError, UsageError
 
 CROP_RATIO = (3 / 4, 4 / 3)

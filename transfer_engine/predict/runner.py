@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from transfer_engine._durable import write_text_durably
-from transfer_engine.cache.records import display_path
+from transfer_engine.core.paths import display_path
 from transfer_engine.data.unlabelled import open_images
 from transfer_engine.errors import UsageError
 from transfer_engine.onnx.metadata import ModelMetadata, read_metadata
