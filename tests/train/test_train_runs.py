@@ -117,3 +117,11 @@ def test_a_space_without_provenance_trains_but_says_its_backbone_cannot_be_rebui
     run.build_head()  # the head itself is fine
     with pytest.raises(WeightsError, match="does not record which 'efficientnet_lite0' weights"):
         run.build_backbone()
+
+
+def test_progress_given_a_function_hands_it_every_line_and_leaves_stderr_alone(digit_cache, tmp_path, capsys):
+    lines: list[str] = []
+    result = train(digit_cache, head="linear", out=tmp_path / "linear", progress=lines.append)
+    assert capsys.readouterr().err == ""
+    assert any(line.startswith("train linear on digits") for line in lines)
+    assert lines[-1].startswith("linear: train ") and lines[-1].endswith(f"-> {result.run}")

@@ -29,9 +29,10 @@ import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from transfer_engine.core.choices import BENCH_SUITES
+from transfer_engine.core.progress import Progress, Say, renamed, say_of
 from transfer_engine.errors import UsageError
 
 SUITES = BENCH_SUITES
@@ -97,7 +98,7 @@ def find_benchmarks(directory: Path | None = None, only: list[str] | None = None
 
 
 def run_script(name: str, script: Path, quick: bool, timeout: float,
-               say: Callable[[str], None]) -> BenchResult:
+               say: Say) -> BenchResult:
     """Run one script in its own process, streaming its output through `say`, and read its JSON."""
     with tempfile.TemporaryDirectory(prefix=f"te-bench-{name}-") as tmp:
         out = Path(tmp) / "result.json"
@@ -160,7 +161,7 @@ def derive_ceiling_rows(result: BenchResult, ceilings: dict[str, float]) -> None
 
 
 def run_bench(suite: str = "quick", only: list[str] | None = None, directory: Path | None = None,
-              timeout: float | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
+              timeout: float | None = None, progress: Progress = True, *, say: Say | None = None) -> dict[str, Any]:
     """Run the benchmark suite and return the results document (what results.json holds).
 
     Args:
@@ -168,7 +169,9 @@ def run_bench(suite: str = "quick", only: list[str] | None = None, directory: Pa
         only: names of the benchmarks to run (default: all).
         directory: the benchmarks folder (default: the checkout's).
         timeout: seconds one script may run (default: DEFAULT_TIMEOUTS of the suite).
-        say: where progress lines go.
+        progress: the progress lines, the scripts' output among them: True on stderr, False none, a function
+            is handed each (`core.progress`).
+        say: deprecated, the function `progress` now takes.
 
     Returns:
         {"suite", "command", "date", "smoke", "machine", "ceilings", "benchmarks": [BenchResult dicts],
@@ -176,6 +179,7 @@ def run_bench(suite: str = "quick", only: list[str] | None = None, directory: Pa
     """
     from transfer_engine.bench.machine import describe_machine, measure_ceilings
 
+    say = say_of(renamed(progress, "say", say, "run_bench"))
     if suite not in SUITES:
         raise UsageError(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
     scripts = find_benchmarks(directory, only)

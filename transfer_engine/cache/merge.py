@@ -37,6 +37,7 @@ from transfer_engine.cache import artifacts, leases
 from transfer_engine.cache import shards as shardfile
 from transfer_engine.cache.space import FeatureSpace
 from transfer_engine.cache.writer import has_key_file
+from transfer_engine.core.progress import Progress, say_of
 from transfer_engine.errors import CorruptCacheError, UsageError
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ class MergeReport:
 
 
 def merge_caches(dest: "FeatureCache", sources: Sequence["FeatureCache"], *, on_conflict: str = "error",
-                 dry_run: bool = False, progress: Callable[[str], None] | None = None,
+                 dry_run: bool = False, progress: Progress = None,
                  require_idle: bool = True) -> MergeReport:
     """Merge `sources` into `dest` (see the module docstring); returns the report.
 
@@ -114,7 +115,8 @@ def merge_caches(dest: "FeatureCache", sources: Sequence["FeatureCache"], *, on_
         on_conflict: a source data set whose name DEST uses for other records: "error" (refuse before
             writing anything), "rename" (store it as NAME-2, NAME-3, ...) or "replace" (DEST's is replaced).
         dry_run: read and verify everything, count what would be copied, write nothing.
-        progress: called with a line per space merged.
+        progress: a line per space merged: True on stderr, False or None none, a function is handed each
+            (`core.progress`).
         require_idle: refuse a source that a live writer holds a lease on (False: the caller knows every
             writer of the sources has finished, e.g. te extract's nodes after their barrier; a lease left
             by a killed writer on another host would otherwise count as live for a day).
@@ -124,6 +126,7 @@ def merge_caches(dest: "FeatureCache", sources: Sequence["FeatureCache"], *, on_
             under on_conflict="error", an unknown on_conflict.
     """
     start = time.perf_counter()
+    say = say_of(progress)
     # before any write: a refused merge changes nothing
     plan = check_merge(dest.root, sources, on_conflict, _taken(dest), require_idle=require_idle)
     report = MergeReport(str(dest.root), [str(s.root) for s in sources], dry_run)
@@ -131,9 +134,8 @@ def merge_caches(dest: "FeatureCache", sources: Sequence["FeatureCache"], *, on_
         for space in src.index.spaces():
             done = _merge_space(dest, src, space, dry_run)
             report.spaces.append(done)
-            if progress:
-                progress(f"{src.root}: space {space.digest[:12]} ({done.backbone}): {done.copied} rows copied, "
-                         f"{done.reused} already in {dest.root.name}, {done.skipped} damaged (skipped)")
+            say(f"{src.root}: space {space.digest[:12]} ({done.backbone}): {done.copied} rows copied, "
+                f"{done.reused} already in {dest.root.name}, {done.skipped} damaged (skipped)")
         if not dry_run:
             _copy_provenance(dest, src)
             report.artifacts_copied += _copy_artifacts(dest, src)

@@ -37,7 +37,7 @@ def bench(as_json, **fields) -> None:
 
     cfg = BenchConfig(**fields)
     doc = run_bench(cfg.suite, list(cfg.only) or None, Path(cfg.benchmarks) if cfg.benchmarks else None, cfg.timeout,
-                    say=info)
+                    progress=True)
     paths = write_report(doc, Path(cfg.out))
     counts = summary_counts(doc)
     if as_json:

@@ -217,8 +217,7 @@ def merge(dest: str, sources: tuple[str, ...], rename: bool, replace: bool, dry_
             else:
                 target = FeatureCache.open(dest)
         opened.append(target)
-        say = None if as_json else (lambda line: click.echo(line, err=True))
-        report = merge_caches(target, opened[:-1], on_conflict=on_conflict, dry_run=dry_run, progress=say)
+        report = merge_caches(target, opened[:-1], on_conflict=on_conflict, dry_run=dry_run, progress=not as_json)
     finally:
         for c in opened:
             c.close()

@@ -51,7 +51,7 @@ def demo(out: Path, backbone: str | None, limit: int | None, finetune_budget: fl
     """
     from transfer_engine.demo import run_demo
 
-    result = run_demo(out, backbone=backbone, limit=limit, say=info if as_json else click.echo,
+    result = run_demo(out, backbone=backbone, limit=limit, echo=info if as_json else click.echo,
                       finetune_budget=finetune_budget, finetune_input_size=finetune_size,
                       int8_min_agreement=int8_min_agreement, int8_min_speedup=int8_min_speedup)
     if as_json:

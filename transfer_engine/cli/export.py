@@ -46,7 +46,7 @@ def export(run, to_onnx, out, overwrite, as_json, **fields) -> None:
         raise UsageError("te export needs a format: --onnx (the only one so far), e.g. te export RUN --onnx --out model.onnx")
     try:
         result = export_onnx(run, out, ExportConfig(**fields), overwrite=overwrite,
-                             log=lambda m: info(f"te export: {m}"))
+                             progress=lambda m: info(f"te export: {m}"))
     except ParityError as exc:
         if as_json:
             emit_json(exc.result.report)

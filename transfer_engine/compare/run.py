@@ -13,16 +13,16 @@ backbone whose space and data set are unchanged are taken from the previous `com
 from __future__ import annotations
 
 import json
-import sys
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from transfer_engine.compare import costs
 from transfer_engine.compare.logme import logme
 from transfer_engine.compare.ranking import rank, ranked_by, recommend, selected_by
 from transfer_engine.compare.report import COMPARE_JSON, progress_line, write
 from transfer_engine.compare.results import Comparison, Entry
+from transfer_engine.core.progress import Progress, say_of
 from transfer_engine.core.selection import DEFAULT_FOLDS, DEFAULT_SELECT, check_folds, check_select, resolve_selection
 from transfer_engine.errors import TEError, UsageError, first_line
 
@@ -54,7 +54,7 @@ def resolve_backbones(spec: str) -> list[str]:
 def compare(data: str, cache: str | Path, backbones: str | list[str], *, out: str | Path = "compare",
             weights: str = "DEFAULT", name: str | None = None, quick: bool = False, limit: int | None = None,
             backend: str = "auto", seed: int = 0, int8: bool = False, select: str = DEFAULT_SELECT,
-            folds: int = DEFAULT_FOLDS, progress: bool = True) -> Comparison:
+            folds: int = DEFAULT_FOLDS, progress: Progress = True) -> Comparison:
     """Rank `backbones` for the images of `data`, from features extracted once into `cache`.
 
     Args:
@@ -72,7 +72,8 @@ def compare(data: str, cache: str | Path, backbones: str | list[str], *, out: st
         select: how the probes choose and the backbones are ranked: "kfold", "val", or "auto" (kfold on
             small data; `core.selection`).
         folds: k of k-fold selection.
-        progress: progress lines on stderr.
+        progress: progress lines, te extract's too: True on stderr, False none, a function is handed each
+            (`core.progress`).
 
     Returns:
         The `Comparison` (also written to `out`).
@@ -84,8 +85,7 @@ def compare(data: str, cache: str | Path, backbones: str | list[str], *, out: st
 
     check_select(select)
     check_folds(folds)
-    say: Callable[[str], None] = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (
-        lambda line: None)
+    say = say_of(progress)
     names = resolve_backbones(backbones if isinstance(backbones, str) else ",".join(backbones))
     out = Path(out).expanduser().absolute()
     previous = _previous_entries(out)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from transfer_engine.core.configs import ExportConfig
+from transfer_engine.core.progress import Say
 from transfer_engine.errors import UsageError, first_line
 from transfer_engine.export import parity
 from transfer_engine.export.images import ImageSet
@@ -39,7 +40,7 @@ class Builder:
     """
 
     def __init__(self, run: Any, staging: Path, targets: dict[str, Path], cfg: ExportConfig, *, opset: int,
-                 exporter: str, say: Callable[[str], None]) -> None:
+                 exporter: str, say: Say) -> None:
         self.run = run
         self.staging = staging
         self.targets = targets

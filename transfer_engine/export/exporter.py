@@ -19,19 +19,18 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from transfer_engine._durable import makedirs_durably, replace_durably, write_text_durably
 from transfer_engine.core.configs import ExportConfig
+from transfer_engine.core.progress import Progress, Say, renamed, say_of
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.export import parity
 from transfer_engine.export.builder import Builder
 from transfer_engine.onnx.export import check_opset
 from transfer_engine.onnx.runtime import import_ort
-
-Log = Callable[[str], None]
 
 
 class ParityError(TEError):
@@ -66,7 +65,8 @@ class ExportResult:
 
 
 def export_onnx(run: Any, out: str | os.PathLike, config: ExportConfig | None = None, *, overwrite: bool = False,
-                providers: Sequence[str] | None = None, log: Log | None = None, **fields: Any) -> ExportResult:
+                providers: Sequence[str] | None = None, progress: Progress = False, log: Say | None = None,
+                **fields: Any) -> ExportResult:
     """Export a `te train`/`te finetune` run to ONNX and prove it matches PyTorch on real held-out images.
 
     Args:
@@ -82,7 +82,9 @@ def export_onnx(run: Any, out: str | os.PathLike, config: ExportConfig | None = 
     Keywords that are not part of the config (they say how to run, not what):
         overwrite: replace existing files at `out` (otherwise that is a UsageError, before any work).
         providers: onnxruntime providers to check on (default: every one available: TensorRT, CUDA, CPU).
-        log: where progress lines go (default: nowhere).
+        progress: the steps as they happen: True on stderr, False none (the default), a function is handed
+            each line (`core.progress`).
+        log: deprecated, the function `progress` now takes.
 
     Returns:
         An `ExportResult` whose report passed.
@@ -96,7 +98,7 @@ def export_onnx(run: Any, out: str | os.PathLike, config: ExportConfig | None = 
     from transfer_engine.runs import Run
 
     started = time.perf_counter()
-    say = log or (lambda _msg: None)
+    say = say_of(renamed(progress, "log", log, "export_onnx"))
     cfg = ExportConfig.of(config, **fields)
     run = run if isinstance(run, Run) else Run.open(run)
     out = Path(out).expanduser().absolute()

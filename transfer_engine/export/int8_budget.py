@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from transfer_engine.core import cpu
+from transfer_engine.core.progress import Say, say_of
 from transfer_engine.export.gate import AgreementGate
 from transfer_engine.core.configs.export import DEFAULT_MIN_SPEEDUP
 from transfer_engine.onnx.int8 import Quantizer, int8_nodes
@@ -71,7 +72,7 @@ def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray,
                            recipe: Int8Recipe, gate: AgreementGate, min_speedup: float = DEFAULT_MIN_SPEEDUP,
                            workdir: Path, input_name: str = "images", output_name: str = "logits",
                            selection_source: str = "", calibration_source: str = "",
-                           say: Callable[[str], None] = lambda _m: None) -> Int8Outcome:
+                           say: Say = say_of(False)) -> Int8Outcome:
     """Quantize `fp32_model` to int8 with `recipe`, keeping in float the fewest sensitive nodes whose
     top-1 agreement with the fp32 model on the `selection` images meets `gate`.
 

@@ -1,13 +1,13 @@
-"""te extract's progress line on stderr: done/total, reused, failed, images/s and ETA (drawn by
-`core.progress.ProgressLine`: redrawn on a terminal, a line every few seconds otherwise)."""
+"""te extract's progress line: done/total, reused, failed, images/s and ETA (drawn by
+`core.progress.ProgressLine`: redrawn on a terminal, a line every few seconds otherwise or to a function)."""
 
 from __future__ import annotations
 
-from transfer_engine.core.progress import ProgressLine
+from transfer_engine.core.progress import ProgressLine, Say
 
 
 class Progress:
-    def __init__(self, total: int, *, enabled: bool = True, label: str = "", every: float = 5.0) -> None:
+    def __init__(self, total: int, *, enabled: bool | Say = True, label: str = "", every: float = 5.0) -> None:
         self.total = total
         self.label = label
         self.done = self.reused = self.failed = 0

@@ -22,6 +22,7 @@ from transfer_engine.cache import identity
 from transfer_engine.core import distributed as dist
 from transfer_engine.core.configs import ExtractConfig
 from transfer_engine.core.paths import display_path
+from transfer_engine.core.progress import Progress
 from transfer_engine.core.runtime import device_of_this_rank, resolve_device, torch_threads
 from transfer_engine.data.sources import (DataSource, Sample, content_key, default_dataset_name, derived_split, open_source,
                                           recorded_data)
@@ -31,7 +32,7 @@ from transfer_engine.extract.distributed import records_in_order
 from transfer_engine.extract.pipeline import FeatureExtractor, Item
 from transfer_engine.extract.backend import adopt, choose
 from transfer_engine.extract.resampler import ResamplerChoice, choose_resampler, with_resampler
-from transfer_engine.extract.progress import Progress
+from transfer_engine.extract.progress import Progress as Meter
 from transfer_engine.extract.spool import RecordSpool
 from transfer_engine.extract.stages import StageClock
 
@@ -70,7 +71,7 @@ class ExtractSummary:
 
 
 def extract(backbone: "str | ExtractConfig", data: str | None = None, cache: str | os.PathLike | None = None, *,
-            progress: bool = True, **fields: Any) -> ExtractSummary:
+            progress: Progress = True, **fields: Any) -> ExtractSummary:
     """Extract the features of a data set with a backbone into a feature cache.
 
     Args:
@@ -79,7 +80,8 @@ def extract(backbone: "str | ExtractConfig", data: str | None = None, cache: str
             backend, store, resampler, limit, strict, seed, follow_symlinks, node_cache).
         data: a folder, a .csv/.jsonl manifest, or builtin:NAME (with a backbone name).
         cache: the cache directory, created when missing (with a backbone name).
-        progress: show progress on stderr.
+        progress: the progress line: True on stderr, False none, a function is handed each line
+            (`core.progress`).
         fields: the config's fields as keywords (they override those of a config given).
 
     Returns:
@@ -130,7 +132,8 @@ def extract(backbone: "str | ExtractConfig", data: str | None = None, cache: str
         space = _SpaceOnDemand(cache_obj, config, bb, also_present=present if delta else None)
         batch = cfg.batch_size or (128 if target.type == "cuda" else 32)
         threads = cfg.workers or min(8, os.cpu_count() or 1)
-        meter = Progress(len(range(rank, counted, world)), enabled=progress and rank == 0, label=f"extract {bb.name}")
+        meter = Meter(len(range(rank, counted, world)), enabled=progress if rank == 0 else False,
+                      label=f"extract {bb.name}")
         with RecordSpool(cache_obj.root) as spool:
             run = _Run()
             mine = ((i, s) for i, s in enumerate(_limited(source.samples(), cfg.limit)) if i % world == rank)
@@ -347,7 +350,7 @@ def _chunked(items: Iterable, size: int) -> Iterator[list]:
 
 
 def _pending(source: DataSource, samples: Iterable[tuple[int, Sample]], space, spool: RecordSpool, run: _Run,
-             meter: Progress, clock: StageClock, tensor: bool) -> Iterator[Item]:
+             meter: Meter, clock: StageClock, tensor: bool) -> Iterator[Item]:
     """Hash each file, spool its record, and yield an `Item` only for keys the space lacks (once per key)."""
     for chunk in _chunked(samples, CHUNK):
         keyed: list[tuple[Sample, str]] = []

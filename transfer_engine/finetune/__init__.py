@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 from transfer_engine.core.configs import FinetuneConfig
+from transfer_engine.core.progress import Progress
 from transfer_engine.finetune import fixed, lora, search
 from transfer_engine.finetune.records import FinetuneSummary
 from transfer_engine.finetune.strategies import STRATEGIES
@@ -37,7 +38,7 @@ __all__ = ["STRATEGIES", "FinetuneConfig", "FinetuneSummary", "finetune"]
 
 
 def finetune(out: str | os.PathLike, config: FinetuneConfig | None = None, *, resume: bool = False,
-             overwrite: bool = False, progress: bool = True,
+             overwrite: bool = False, progress: Progress = True,
              on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None, **options: Any) -> FinetuneSummary:
     """Fine-tune a backbone and head end to end and write a run directory (kind "finetune") at `out`.
 
@@ -49,7 +50,8 @@ def finetune(out: str | os.PathLike, config: FinetuneConfig | None = None, *, re
     Keywords that are not part of the config (they say how to run, not what):
         resume: continue from `out`.ckpt/ when it holds a checkpoint of this same configuration.
         overwrite: replace a run at `out`, and discard a checkpoint when not resuming.
-        progress: progress lines on stderr (rank 0).
+        progress: progress lines (rank 0): True on stderr, False none, a function is handed each
+            (`core.progress`).
         on_epoch_end: called with (epoch number, model) after each epoch's validation (a fixed recipe's).
 
     Returns:

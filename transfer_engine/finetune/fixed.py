@@ -16,6 +16,7 @@ import torch
 
 from transfer_engine.core import distributed as dist
 from transfer_engine.core.configs import FinetuneConfig
+from transfer_engine.core.progress import Progress
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import checkpoint as ckpt
 from transfer_engine.finetune import data as fdata
@@ -29,7 +30,7 @@ from transfer_engine.runs.writer import check_out
 
 
 def run_fixed(out: Path, cfg: FinetuneConfig, *, resume: bool = False, overwrite: bool = False,
-              progress: bool = True, on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None
+              progress: Progress = True, on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None
               ) -> FinetuneSummary:
     """Fine-tune once with the fixed recipe `cfg` (`FinetuneConfig.fixed()`) and write the run directory `out`.
 
@@ -52,9 +53,9 @@ def run_fixed(out: Path, cfg: FinetuneConfig, *, resume: bool = False, overwrite
         return _train_and_write(job, writer, resume, progress, on_epoch_end)
 
 
-def _train_and_write(job: Job, writer, resume: bool, progress: bool, on_epoch_end) -> FinetuneSummary:
+def _train_and_write(job: Job, writer, resume: bool, progress: Progress, on_epoch_end) -> FinetuneSummary:
     steps = fdata.steps_per_epoch(len(job.sets["train"]), job.cfg.batch_size)
-    meter = StepProgress(progress and job.rank == 0, job.cfg.epochs, steps)
+    meter = StepProgress(progress if job.rank == 0 else False, job.cfg.epochs, steps)
     loop = EpochLoop(job, meter, on_epoch_end)
     loop.begin(resume)
     loop.run()

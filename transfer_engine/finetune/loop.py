@@ -14,7 +14,7 @@ from torch import nn
 
 from transfer_engine.core.choices import OPTIMIZERS
 from transfer_engine.core.configs import FinetuneConfig
-from transfer_engine.core.progress import ProgressLine
+from transfer_engine.core.progress import ProgressLine, Say
 from transfer_engine.core.runtime import autocast_context
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.finetune import data as fdata
@@ -191,10 +191,10 @@ class Trainer:
 
 
 class StepProgress:
-    """te finetune's progress line on stderr (drawn by `core.progress.ProgressLine`): epoch, step, images/s,
-    loss; `line()` prints an epoch's summary on a line of its own."""
+    """te finetune's progress line (drawn by `core.progress.ProgressLine`: on stderr, or handed to a function):
+    epoch, step, images/s, loss; `line()` prints an epoch's summary on a line of its own."""
 
-    def __init__(self, enabled: bool, epochs: int, steps: int, every: float = 5.0) -> None:
+    def __init__(self, enabled: bool | Say, epochs: int, steps: int, every: float = 5.0) -> None:
         self.epochs, self.steps = epochs, steps
         self.out = ProgressLine(enabled=enabled, every=every)
 

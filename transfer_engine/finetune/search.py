@@ -39,6 +39,7 @@ from pathlib import Path
 from transfer_engine.core import distributed as dist
 from transfer_engine.core.configs import SCHEDULE_EPOCHS, SCHEDULE_LR, SCHEDULE_SETTINGS, FinetuneConfig
 from transfer_engine.core.format import percent
+from transfer_engine.core.progress import Progress
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import cost
 from transfer_engine.finetune.job import strategy_name
@@ -54,7 +55,7 @@ MIN_TRIAL_EPOCHS = 2  # fewer trained epochs than this only measure the dip belo
 PATIENCE = 2
 
 
-def search(out: Path, cfg: FinetuneConfig, *, resume: bool, overwrite: bool, progress: bool) -> FinetuneSummary:
+def search(out: Path, cfg: FinetuneConfig, *, resume: bool, overwrite: bool, progress: Progress) -> FinetuneSummary:
     """Run the recipe search for `cfg` (a config whose `searches` is true) and write its choice to `out`.
 
     Returns:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from transfer_engine._durable import write_durably
 from transfer_engine.core import distributed as dist
 from transfer_engine.core.configs import FinetuneConfig
 from transfer_engine.core.format import percent
+from transfer_engine.core.progress import Progress, say_of
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import fixed
 from transfer_engine.finetune.records import FinetuneSummary, Trial
@@ -52,12 +52,12 @@ class Workspace:
     done: dict[str, dict[str, Any]]
     resume: bool
     overwrite: bool
-    progress: bool
+    progress: Progress
     rank: int
     summaries: dict[str, FinetuneSummary] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, out: Path, cfg: FinetuneConfig, *, resume: bool, overwrite: bool, progress: bool) -> "Workspace":
+    def open(cls, out: Path, cfg: FinetuneConfig, *, resume: bool, overwrite: bool, progress: Progress) -> "Workspace":
         """Create OUT.search/ for the recipe `cfg` (or take it up again under --resume).
 
         Raises:
@@ -73,10 +73,9 @@ class Workspace:
         return cls(out, work, done, resume, overwrite, progress, rank)
 
     def say(self, text: str) -> None:
-        """A progress line on stderr (rank 0, with progress on)."""
-        if self.progress and self.rank == 0:
-            sys.stderr.write(text + "\n")
-            sys.stderr.flush()
+        """A progress line (rank 0), where `progress` sends them."""
+        if self.rank == 0:
+            say_of(self.progress)(text)
 
     def run(self, name: str, trial_cfg: FinetuneConfig) -> Trial:
         """Train the trial `name` (a fixed-recipe run in OUT.search/NAME), or reuse it when an interrupted search

@@ -1,9 +1,9 @@
-"""te predict's progress line on stderr: done/total, failed, images/s and ETA (drawn by
-`core.progress.ProgressLine`: redrawn on a terminal, a line every few seconds otherwise)."""
+"""te predict's progress line: done/total, failed, images/s and ETA (drawn by
+`core.progress.ProgressLine`: redrawn on a terminal, a line every few seconds otherwise or to a function)."""
 
 from __future__ import annotations
 
-from transfer_engine.core.progress import ProgressLine
+from transfer_engine.core.progress import ProgressLine, Say
 
 
 class Progress:
@@ -11,12 +11,12 @@ class Progress:
 
     Args:
         total: images to handle.
-        enabled: draw anything at all.
+        enabled: draw anything at all: True on stderr, a function is handed each line (`core.progress`).
         label: the line's prefix.
         every: seconds between lines when stderr is not a terminal.
     """
 
-    def __init__(self, total: int, *, enabled: bool = True, label: str = "", every: float = 5.0) -> None:
+    def __init__(self, total: int, *, enabled: bool | Say = True, label: str = "", every: float = 5.0) -> None:
         self.total, self.label = total, label
         self.done = self.failed = 0
         self.out = ProgressLine(enabled=enabled, every=every)

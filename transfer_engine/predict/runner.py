@@ -25,12 +25,13 @@ import numpy as np
 
 from transfer_engine._durable import write_text_durably
 from transfer_engine.core.paths import display_path
+from transfer_engine.core.progress import Progress, Say, renamed, say_of
 from transfer_engine.data.unlabelled import open_images
 from transfer_engine.errors import UsageError
 from transfer_engine.onnx.metadata import ModelMetadata, read_metadata
 from transfer_engine.onnx.recipes import recipe_warning
 from transfer_engine.onnx.runtime import open_session, resolve_provider, run_grouped, uint8_array
-from transfer_engine.predict.progress import Progress
+from transfer_engine.predict.progress import Progress as Meter
 
 OUT_FORMATS = (".csv", ".jsonl")
 
@@ -69,8 +70,8 @@ class PredictSummary:
 
 
 def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | None = None, provider: str = "auto",
-            batch_size: int = 32, top_k: int = 1, progress: bool = False, follow_symlinks: bool = False,
-            log: Callable[[str], None] | None = None) -> PredictSummary:
+            batch_size: int = 32, top_k: int = 1, progress: Progress = False, follow_symlinks: bool = False,
+            log: Say | None = None) -> PredictSummary:
     """Classify the images of `data` with an ONNX model written by `te export`.
 
     Args:
@@ -81,10 +82,11 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
         provider: "auto" (CUDA when onnxruntime-gpu and a GPU are present, else CPU), "cuda" or "cpu".
         batch_size: images per onnxruntime call.
         top_k: how many classes to report per image.
-        progress: draw a progress line on stderr.
+        progress: the line about the provider, any warning (also in `PredictSummary.warnings`) and the
+            progress line: True on stderr, False none, a function is handed each line (`core.progress`).
         follow_symlinks: in a folder, follow symlinks that lead out of it.
-        log: where the line about the provider, and any warning, goes (default: nowhere; warnings are
-            also in `PredictSummary.warnings`).
+        log: deprecated, the function `progress` now takes; with progress=True the progress line is
+            still drawn on stderr and the other lines go to `log`, as before.
 
     Returns:
         The `PredictSummary`.
@@ -93,7 +95,7 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
         UsageError: not an ONNX model with te metadata, a backbone or head part, a bad --out, top_k, data.
     """
     started = time.perf_counter()
-    say = log or (lambda _msg: None)
+    say = say_of(renamed(progress, "log", log, "predict"))
     meta = read_metadata(model)
     if meta.part != "model":
         raise UsageError(f"{model} is the {meta.part} part of an export ({'features -> logits' if meta.part == 'head' else 'images -> features'}); "
@@ -125,7 +127,7 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
     rows: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     correct = labelled = 0
-    bar = Progress(len(samples), enabled=progress, label="te predict")
+    bar = Meter(len(samples), enabled=progress, label="te predict")
     for batch_samples, arrays, batch_failed in _batches(source, samples, meta, batch_size):
         failed.extend(batch_failed)
         if arrays:

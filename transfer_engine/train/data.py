@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from transfer_engine.cache import identity
+from transfer_engine.core.progress import Progress, Say, renamed, say_of
 from transfer_engine.core.splits import HOLDOUT_FRACTION, hold_out
 from transfer_engine.errors import CacheError, UsageError
 
@@ -139,7 +140,7 @@ class TrainingData:
 
 def load_training_data(cache: str | os.PathLike, *, dataset: str | None = None, backbone: str | None = None,
                        space: str | None = None, memory_budget: int | None = None,
-                       log=None) -> TrainingData:
+                       progress: Progress = None, log: Say | None = None) -> TrainingData:
     """Open the cache, pick the data set and space, check them, and load (or prepare to stream) the splits.
 
     Args:
@@ -149,7 +150,9 @@ def load_training_data(cache: str | os.PathLike, *, dataset: str | None = None, 
         space: a space id or an unambiguous prefix (`te cache info` prints them).
         memory_budget: bytes of float32 features to hold in memory (None: a quarter of RAM); more than
             that streams from the cache each pass.
-        log: a function taking one line for the user (stderr), or None.
+        progress: lines for the user: True on stderr, False or None none, a function is handed each
+            (`core.progress`).
+        log: deprecated, the function `progress` now takes.
 
     Returns:
         The `TrainingData` (close it when done).
@@ -161,7 +164,7 @@ def load_training_data(cache: str | os.PathLike, *, dataset: str | None = None, 
     """
     from transfer_engine.cache import FeatureCache
 
-    say = log or (lambda line: None)
+    say = say_of(renamed(progress, "log", log, "load_training_data"))
     store = FeatureCache.open(cache, create=False)
     try:
         data = _load(store, dataset, backbone, space, memory_budget, say)

@@ -17,12 +17,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transfer_engine.core.progress import Say
 from transfer_engine.core.runtime import cpu_has_native_bf16
 from transfer_engine.errors import TEError, UsageError
 from transfer_engine.heads.spec import first_linear, input_scale_of
@@ -124,7 +125,7 @@ class Fitted:
 
 def fit_head(spec: "HeadSpec", data: "TrainingData", split: "Split", hp: HyperParameters, *, seed: int = 0,
              device: torch.device | None = None, val: "Split | None" = None, warm: Any = None,
-             log: Callable[[str], None] | None = None) -> Fitted:
+             say: Say | None = None) -> Fitted:
     """Fit head `spec` on `split`.
 
     Args:
@@ -136,7 +137,7 @@ def fit_head(spec: "HeadSpec", data: "TrainingData", split: "Split", hp: HyperPa
         device: where to compute (None: CPU).
         val: rows for the learning curve's held-out points (None: train loss only).
         warm: `Fitted.warm` of an earlier fit of the same head (sweeps go faster from it).
-        log: a function taking a progress line, or None.
+        say: a function taking a progress line, or None.
 
     Returns:
         The `Fitted` head.
@@ -166,7 +167,7 @@ def fit_head(spec: "HeadSpec", data: "TrainingData", split: "Split", hp: HyperPa
     elif spec.solver == "lbfgs" and data.in_memory:
         fitted = _fit_full_batch(module, data, split, hp, device, val, scaled)
     else:
-        fitted = _fit_minibatch(module, spec.solver, data, split, hp, seed, device, val, scaled, log)
+        fitted = _fit_minibatch(module, spec.solver, data, split, hp, seed, device, val, scaled, say)
     if how == "fold" and fitted.solver != "lbfgs":
         _fold_scale(fitted.module, data.scale)
     fitted.module = fitted.module.to("cpu").eval()
@@ -251,7 +252,7 @@ def _fit_full_batch(module: nn.Module, data: "TrainingData", split: "Split", hp:
 
 def _fit_minibatch(module: nn.Module, solver: str, data: "TrainingData", split: "Split", hp: HyperParameters,
                    seed: int, device: torch.device, val: "Split | None", scaled: bool,
-                   log: Callable[[str], None] | None) -> Fitted:
+                   say: Say | None) -> Fitted:
     module = module.to(device).train()
     decay = [p for p in module.parameters() if p.dim() >= 2]
     other = [p for p in module.parameters() if p.dim() < 2]
@@ -286,8 +287,8 @@ def _fit_minibatch(module: nn.Module, solver: str, data: "TrainingData", split: 
             held = evaluate(module, data, val, scaled=scaled, device=device)
             point.update(val_loss=held.loss, val_accuracy=held.accuracy)
         curve.append(point)
-        if log is not None and (epoch + 1) % max(1, hp.epochs // 5) == 0:
+        if say is not None and (epoch + 1) % max(1, hp.epochs // 5) == 0:
             extra = f", val accuracy {100 * point['val_accuracy']:.1f}%" if "val_accuracy" in point else ""
-            log(f"  epoch {epoch + 1}/{hp.epochs}: train loss {train_loss:.4f}{extra}")
+            say(f"  epoch {epoch + 1}/{hp.epochs}: train loss {train_loss:.4f}{extra}")
     return Fitted(module, "adam+l2" if penalized else "adamw", curve, 0.0, {"steps": steps})
 

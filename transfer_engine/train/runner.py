@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -26,6 +25,7 @@ from transfer_engine._durable import write_text_durably
 from transfer_engine.core.configs import ALL_HEADS as ALL
 from transfer_engine.core.configs import TrainConfig
 from transfer_engine.core.format import percent
+from transfer_engine.core.progress import Progress, Say, say_of
 from transfer_engine.core.runtime import resolve_device
 from transfer_engine.core.selection import CrossValidated, resolve_selection
 from transfer_engine.errors import TEError, UsageError
@@ -104,7 +104,7 @@ class Leaderboard(list):
 
 
 def train(cache: "str | os.PathLike | TrainConfig", head: str | None = None, out: str | os.PathLike = "run", *,
-          overwrite: bool = False, progress: bool = True, **fields: Any) -> TrainResult:
+          overwrite: bool = False, progress: Progress = True, **fields: Any) -> TrainResult:
     """Fit one head on the cached features of a data set and write the run directory `out`.
 
     Trains on the train split, selects on val, reports test when the data set has one.
@@ -117,7 +117,7 @@ def train(cache: "str | os.PathLike | TrainConfig", head: str | None = None, out
         head: a head name (`te heads`); every head and a leaderboard: `train_all`.
         out: the run directory to create.
         overwrite: replace a run already at `out`.
-        progress: progress lines on stderr.
+        progress: progress lines: True on stderr, False none, a function is handed each (`core.progress`).
 
     Returns:
         The `TrainResult`.
@@ -135,7 +135,7 @@ def train(cache: "str | os.PathLike | TrainConfig", head: str | None = None, out
 
 
 def train_all(cache: "str | os.PathLike | TrainConfig", out: str | os.PathLike = "run", *, overwrite: bool = False,
-              progress: bool = True, **fields: Any) -> Leaderboard:
+              progress: Progress = True, **fields: Any) -> Leaderboard:
     """Fit every installed head (`te train --head all`): OUT/<head>/ per head, then OUT/leaderboard.json.
 
     Arguments as for `train` (no `head`, no head `options`). A head that fails is listed in the
@@ -171,13 +171,13 @@ def _config(cache, head: str | None, fields: dict[str, Any]) -> TrainConfig:
 
 
 def _train_heads(cfg: TrainConfig, names: list[str], out_path: Path, *, many: bool, overwrite: bool,
-                 progress: bool) -> tuple[list[TrainResult], list[dict[str, str]]]:
+                 progress: Progress) -> tuple[list[TrainResult], list[dict[str, str]]]:
     """Train each head of `names` into its run; returns (results, failures). With `many`, a head's failure
     is recorded and the next head goes on; otherwise it propagates."""
     from transfer_engine.heads import get_head_spec
 
     started = time.perf_counter()
-    log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
+    say = say_of(progress)
     specs = [get_head_spec(name) for name in names]
     for spec in specs:  # checked for every head before any work: a typo must not cost the heads before it
         default_hyperparameters(spec, lr=cfg.lr, epochs=cfg.epochs, weight_decay=cfg.weight_decay,
@@ -188,9 +188,9 @@ def _train_heads(cfg: TrainConfig, names: list[str], out_path: Path, *, many: bo
     with ExitStack() as staged:  # each head's block commits or aborts its writer; an error aborts the rest
         writers = _prepare_out(out_path, names, many, overwrite, staged)
         data = load_training_data(cfg.cache, dataset=cfg.dataset, backbone=cfg.backbone, space=cfg.space,
-                                  memory_budget=cfg.memory_budget, log=log)
+                                  memory_budget=cfg.memory_budget, progress=say)
         staged.callback(data.close)
-        folds = _fold_plan(cfg, data, choosing=cfg.sweep or many, log=log)
+        folds = _fold_plan(cfg, data, choosing=cfg.sweep or many, say=say)
         for spec in specs:
             writer = writers[spec.name]
             hp = default_hyperparameters(spec, lr=cfg.lr, epochs=cfg.epochs, weight_decay=cfg.weight_decay,
@@ -199,27 +199,27 @@ def _train_heads(cfg: TrainConfig, names: list[str], out_path: Path, *, many: bo
             try:
                 with writer:
                     results.append(_train_one(spec, data, hp, writer, sweep=cfg.sweep, fixed_lr=cfg.lr is not None,
-                                              seed=cfg.seed, device=target, log=log, started=started, folds=folds))
+                                              seed=cfg.seed, device=target, say=say, started=started, folds=folds))
             except TEError as exc:
                 if not many:
                     raise
                 failed.append({"head": spec.name, "error": str(exc)})
-                log(f"te: warning: head {spec.name} failed: {exc}")
+                say(f"te: warning: head {spec.name} failed: {exc}")
             started = time.perf_counter()
     return results, failed
 
 
-def _fold_plan(cfg: TrainConfig, data: TrainingData, *, choosing: bool, log: Callable[[str], None]) -> FoldPlan | None:
+def _fold_plan(cfg: TrainConfig, data: TrainingData, *, choosing: bool, say: Say) -> FoldPlan | None:
     """The k-fold plan when something is chosen (a sweep, or the best of several heads) and `cfg.select`
     resolves to k-fold for this data's train+val (`core.selection`); None selects on val."""
     if not choosing:
         return None
     pool = sum(len(data.splits[name]) for name in POOLED)
     if resolve_selection(cfg.select, pool) != "kfold":
-        log(f"selection on val ({len(data.splits['val'])} images; --select {cfg.select}, {pool} train+val records)")
+        say(f"selection on val ({len(data.splits['val'])} images; --select {cfg.select}, {pool} train+val records)")
         return None
     plan = FoldPlan.of(data, cfg.folds)
-    log(f"selection by {cfg.folds}-fold cross-validation over {pool} train+val records (--select {cfg.select}); "
+    say(f"selection by {cfg.folds}-fold cross-validation over {pool} train+val records (--select {cfg.select}); "
         "test is not used")
     return plan
 
@@ -249,24 +249,24 @@ def _prepare_out(out: Path, names: list[str], many: bool, overwrite: bool, stage
 
 
 def _train_one(spec, data: TrainingData, hp: HyperParameters, writer: RunWriter, *, sweep: bool, fixed_lr: bool,
-               seed: int, device: torch.device, log: Callable[[str], None], started: float,
+               seed: int, device: torch.device, say: Say, started: float,
                folds: FoldPlan | None = None) -> TrainResult:
     train, val, test = data.splits["train"], data.splits["val"], data.splits.get("test")
-    log(f"train {spec.name} on {data.dataset} ({len(train)} train, {len(val)} val"
+    say(f"train {spec.name} on {data.dataset} ({len(train)} train, {len(val)} val"
         f"{f', {len(test)} test' if test else ''}; {data.space.config.backbone} features, {data.dim}-d, "
         f"{'in memory' if data.in_memory else 'streamed from the cache'})")
     sweep_result: SweepResult | None = None
     kfold: FoldScore | None = None
     if sweep:
-        sweep_result = run_sweep(spec, data, hp, seed=seed, device=device, fixed_lr=fixed_lr, log=log, folds=folds)
+        sweep_result = run_sweep(spec, data, hp, seed=seed, device=device, fixed_lr=fixed_lr, say=say, folds=folds)
         chosen, held_out, kfold = sweep_result.best.hp, sweep_result.best.val, sweep_result.best.kfold
         # The winner is refitted on train+val; the val numbers reported stay those of the held-out fit.
         final = fit_head(spec, data, data.combined(("train", "val")), chosen, seed=seed, device=device,
-                         warm=sweep_result.best.fitted.warm, log=log)
+                         warm=sweep_result.best.fitted.warm, say=say)
         curve = sweep_result.best.fitted.curve
     else:
         chosen = hp
-        final = fit_head(spec, data, train, hp, seed=seed, device=device, val=val, log=log)
+        final = fit_head(spec, data, train, hp, seed=seed, device=device, val=val, say=say)
         held_out = evaluate(final.module, data, val)
         curve = final.curve
         if folds is not None:  # one of several heads: ranked by the k-fold score of its setting
@@ -277,7 +277,7 @@ def _train_one(spec, data: TrainingData, hp: HyperParameters, writer: RunWriter,
     metrics = _metrics(spec, data, final, chosen, train_eval, held_out, test_eval, shown, sweep_result, kfold, seed,
                        time.perf_counter() - started)
     _write_run(spec, data, final, chosen, metrics, curve, shown, sweep_result, writer, seed)
-    log(f"{spec.name}: train {percent(train_eval.accuracy)}, val {percent(held_out.accuracy)}"
+    say(f"{spec.name}: train {percent(train_eval.accuracy)}, val {percent(held_out.accuracy)}"
         f"{f', test {percent(test_eval.accuracy)}' if test_eval else ''}"
         f"{f', {kfold.score.k}-fold {percent(kfold.score.accuracy)}' if kfold else ''} in {metrics['seconds']:.1f} s "
         f"-> {writer.out}")

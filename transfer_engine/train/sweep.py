@@ -24,11 +24,12 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from transfer_engine.core.format import percent, percent_interval
+from transfer_engine.core.progress import Say
 from transfer_engine.train.crossval import FoldPlan, FoldScore, cross_validate
 from transfer_engine.train.fit import Fitted, HyperParameters, TrainingDiverged, fit_head
 from transfer_engine.train.metrics import Evaluation, evaluate
@@ -102,8 +103,8 @@ class SweepResult:
 
 class _Search:
     def __init__(self, spec: "HeadSpec", data: "TrainingData", seed: int, device: torch.device | None,
-                 log: Callable[[str], None] | None) -> None:
-        self.spec, self.data, self.seed, self.device, self.log = spec, data, seed, device, log
+                 say: Say | None) -> None:
+        self.spec, self.data, self.seed, self.device, self.say = spec, data, seed, device, say
         self.prefer_strong_decay = spec.trainable and spec.solver == "lbfgs" and data.in_memory
         self.trials: list[Trial] = []
         self._seen: dict[str, Trial] = {}
@@ -122,10 +123,10 @@ class _Search:
             trial = Trial(stage, hp, None, None, time.perf_counter() - start, error=str(exc))
         self.trials.append(trial)
         self._seen[key] = trial
-        if self.log is not None:
+        if self.say is not None:
             what = ", ".join(_describe(hp, self.spec))
             result = f"val accuracy {percent(trial.val.accuracy)}" if trial.val else f"failed: {trial.error}"
-            self.log(f"  sweep {self.spec.name} [{stage}] {what}: {result} ({trial.seconds:.1f} s)")
+            self.say(f"  sweep {self.spec.name} [{stage}] {what}: {result} ({trial.seconds:.1f} s)")
         return trial
 
     def best(self, trials: list[Trial] | None = None) -> Trial:
@@ -135,7 +136,7 @@ class _Search:
 
 def run_sweep(spec: "HeadSpec", data: "TrainingData", base: HyperParameters, *, seed: int = 0,
               device: torch.device | None = None, fixed_lr: bool = False,
-              log: Callable[[str], None] | None = None, folds: FoldPlan | None = None) -> SweepResult:
+              say: Say | None = None, folds: FoldPlan | None = None) -> SweepResult:
     """Search the head's hyper-parameters on val, and choose among the finalists by k-fold when `folds` is
     given (see the module docstring).
 
@@ -146,13 +147,13 @@ def run_sweep(spec: "HeadSpec", data: "TrainingData", base: HyperParameters, *, 
         seed: the seed of every trial (trials differ only in their hyper-parameters).
         device: where to compute.
         fixed_lr: keep `base.lr` (the user gave --lr).
-        log: a function taking a progress line, or None.
+        say: a function taking a progress line, or None.
         folds: the k-fold plan of k-fold selection; None selects on val.
 
     Returns:
         The `SweepResult`; `best.fitted` is the winning fit on train (`best.kfold` its k-fold score).
     """
-    search = _Search(spec, data, seed, device, log)
+    search = _Search(spec, data, seed, device, say)
     hp = _search_options(search, base) if spec.search else base
     if spec.trainable and spec.solver == "lbfgs" and data.in_memory:
         _search_lbfgs_decay(search, hp)
@@ -182,8 +183,8 @@ def _cross_validate_finalists(search: _Search, folds: FoldPlan) -> Trial:
         except TrainingDiverged:
             continue
         warm = trial.kfold.warm if any(w is not None for w in trial.kfold.warm) else None
-        if search.log is not None:
-            search.log(f"  sweep {search.spec.name} [{folds.k}-fold] {', '.join(_describe(trial.hp, search.spec))}: "
+        if search.say is not None:
+            search.say(f"  sweep {search.spec.name} [{folds.k}-fold] {', '.join(_describe(trial.hp, search.spec))}: "
                        f"accuracy {percent_interval(trial.kfold.score.accuracy, trial.kfold.score.interval)} "
                        f"({trial.kfold.seconds:.1f} s)")
     judged = [t for t in ranked[:FINALISTS] if t.kfold is not None]
@@ -201,8 +202,8 @@ def _from_scratch(search: _Search, best: Trial) -> Trial:
     fitted = fit_head(search.spec, search.data, search.data.splits["train"], best.hp, seed=search.seed,
                       device=search.device, val=search.data.splits["val"])
     val = evaluate(fitted.module, search.data, search.data.splits["val"])
-    if search.log is not None:
-        search.log(f"  sweep {search.spec.name} [chosen, from scratch] {', '.join(_describe(best.hp, search.spec))}: "
+    if search.say is not None:
+        search.say(f"  sweep {search.spec.name} [chosen, from scratch] {', '.join(_describe(best.hp, search.spec))}: "
                    f"val accuracy {percent(val.accuracy)}")
     return Trial(best.stage, best.hp, val, fitted, best.seconds + time.perf_counter() - start, kfold=best.kfold)
 
