@@ -64,16 +64,17 @@ def test_a_command_passes_what_it_was_given_to_its_config(tmp_path, monkeypatch)
     """The generated options reach the config under the field's name (te predict as the example)."""
     seen = {}
 
-    def fake_predict(model, **kw):
-        seen.update(kw)
+    def fake_predict(model, config, **how):
+        seen["config"] = config
         raise SystemExit(0)
 
     monkeypatch.setattr("transfer_engine.predict.runner.predict", fake_predict)
-    result = CliRunner().invoke(predict.predict, [str(tmp_path / "m.onnx"), "--data", "photos",
-                                                                 "--top-k", "3", "--follow-symlinks"])
+    result = CliRunner().invoke(predict.predict, [str(tmp_path / "m.onnx"), "--data", "photos", "--top-k", "3",
+                                                  "--follow-symlinks"])
     assert result.exit_code == 0, result.output
-    assert seen["data"] == "photos" and seen["top_k"] == 3 and seen["follow_symlinks"] is True
-    assert seen["batch_size"] == configs.PredictConfig.default("batch_size")
+    config = seen["config"]
+    assert (config.data, config.top_k, config.follow_symlinks) == ("photos", 3, True)
+    assert config.batch_size == configs.PredictConfig.default("batch_size")
 
 
 @pytest.mark.parametrize("config, fields, message", [

@@ -7,6 +7,7 @@ progress, warnings and tables for people go to stderr or, without --json, to std
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Callable, Iterable, Sequence
 
 import click
@@ -17,6 +18,25 @@ json_option = click.option(
 
 # An option of how a command runs, not of what it computes, declared once for every command that writes.
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace what is already at --out.")
+
+
+
+def nproc_option(help: str):
+    """--nproc N: te relaunches itself under torchrun with N processes (`relaunch_if_asked`)."""
+    return click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True, help=help)
+
+
+def relaunch_if_asked(nproc: int) -> None:
+    """With --nproc N > 1 outside torchrun: run this same command under torchrun, exit with its status."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from transfer_engine.core.runtime import relaunch_under_torchrun
+
+        raise SystemExit(relaunch_under_torchrun(nproc))
+
+
+def on_rank0() -> bool:
+    """Whether this process prints the command's result (torchrun's rank 0, or no torchrun)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def emit_json(obj: Any) -> None:

@@ -32,7 +32,7 @@ def compare(as_json, **fields) -> None:
     from transfer_engine.compare.report import notes, table
     from transfer_engine.compare.run import compare as run_compare
 
-    result = run_compare(**CompareConfig(**fields).values(), progress=not as_json)
+    result = run_compare(CompareConfig(**fields), progress=not as_json)
     if as_json:
         emit_json(result.to_dict())
         return

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
 
 import click
 
-from transfer_engine.cli._common import emit_json, json_option, warn_skipped
+from transfer_engine.cli._common import (emit_json, json_option, nproc_option, on_rank0, relaunch_if_asked,
+                                         warn_skipped)
 from transfer_engine.cli._options import options_from
 from transfer_engine.core.configs import ExtractConfig
 
 
 @click.command("extract")
 @options_from(ExtractConfig)
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes to split the work across (launches torchrun; gloo on CPU, NCCL on GPUs).")
+@nproc_option("Processes to split the work across (launches torchrun; gloo on CPU, NCCL on GPUs).")
 @json_option
 def extract(nproc, as_json, **fields) -> None:
     """Extract features of a data set into the feature cache, skipping images already there.
@@ -30,14 +29,11 @@ def extract(nproc, as_json, **fields) -> None:
       te extract --backbone resnet50 --data photos/ --cache feats/ --nproc 2
       torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --master-addr HOST0 -m transfer_engine extract ...
     """
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from transfer_engine.core.runtime import relaunch_under_torchrun
-
-        raise SystemExit(relaunch_under_torchrun(nproc))
+    relaunch_if_asked(nproc)
     from transfer_engine.extract.runner import extract as run_extract
 
-    summary = run_extract(**ExtractConfig(**fields).values(), progress=True)
-    if int(os.environ.get("RANK", "0")) != 0:
+    summary = run_extract(ExtractConfig(**fields), progress=True)
+    if not on_rank0():
         return
     warn_skipped(summary.failed)
     if as_json:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from transfer_engine.cli._common import emit_json, json_option, overwrite_option
+from transfer_engine.cli._common import (emit_json, json_option, nproc_option, on_rank0, overwrite_option,
+                                         relaunch_if_asked)
 from transfer_engine.cli._options import options_from
 from transfer_engine.core.configs import FinetuneConfig
 from transfer_engine.core.format import percent
@@ -19,8 +19,7 @@ from transfer_engine.core.format import percent
               help="Run directory to write (what `te export` reads); checkpoints go to RUN.ckpt/ meanwhile.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from RUN.ckpt/ (same settings).")
 @overwrite_option
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes to train with (launches torchrun: DDP, gloo on CPU, NCCL on GPUs).")
+@nproc_option("Processes to train with (launches torchrun: DDP, gloo on CPU, NCCL on GPUs).")
 @json_option
 def finetune(out, resume, overwrite, nproc, as_json, **fields) -> None:
     """Fine-tune backbone and head end to end, from a trained head (LP-FT) or a new one.
@@ -38,10 +37,7 @@ def finetune(out, resume, overwrite, nproc, as_json, **fields) -> None:
       te finetune --from runs/linear --out runs/ft --resume          # after an interruption
       te finetune --from runs/linear --out runs/ft --nproc 2         # DDP through torchrun
     """
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from transfer_engine.core.runtime import relaunch_under_torchrun
-
-        raise SystemExit(relaunch_under_torchrun(nproc))
+    relaunch_if_asked(nproc)
     from transfer_engine.finetune import finetune as run_finetune
 
     config = FinetuneConfig(**fields)
@@ -49,7 +45,7 @@ def finetune(out, resume, overwrite, nproc, as_json, **fields) -> None:
 
     with distributed.guarded("fine-tuning"):  # DDP's all-reduces: a lost rank is one line, not an internal error
         summary = run_finetune(out, config, resume=resume, overwrite=overwrite, progress=True)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not on_rank0():
         return
     if as_json:
         emit_json(summary.to_dict())

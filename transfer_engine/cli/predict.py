@@ -30,7 +30,7 @@ def predict(model, as_json, **fields) -> None:
     """
     from transfer_engine.predict.runner import predict as run_predict
 
-    summary = run_predict(model, **PredictConfig(**fields).values(), progress=True)
+    summary = run_predict(model, PredictConfig(**fields), progress=True)
     warn_skipped(summary.failed)
     if as_json:
         emit_json(summary.to_dict())

@@ -22,8 +22,9 @@ from transfer_engine.compare.logme import logme
 from transfer_engine.compare.ranking import rank, ranked_by, recommend, selected_by
 from transfer_engine.compare.report import COMPARE_JSON, progress_line, write
 from transfer_engine.compare.results import Comparison, Entry
+from transfer_engine.core.configs import CompareConfig
 from transfer_engine.core.progress import Progress, say_of
-from transfer_engine.core.selection import DEFAULT_FOLDS, DEFAULT_SELECT, check_folds, check_select, resolve_selection
+from transfer_engine.core.selection import resolve_selection
 from transfer_engine.errors import TEError, UsageError, first_line
 
 PROBES = ("linear", "knn")
@@ -51,29 +52,19 @@ def resolve_backbones(spec: str) -> list[str]:
     return names
 
 
-def compare(data: str, cache: str | Path, backbones: str | list[str], *, out: str | Path = "compare",
-            weights: str = "DEFAULT", name: str | None = None, quick: bool = False, limit: int | None = None,
-            backend: str = "auto", seed: int = 0, int8: bool = False, select: str = DEFAULT_SELECT,
-            folds: int = DEFAULT_FOLDS, progress: Progress = True) -> Comparison:
-    """Rank `backbones` for the images of `data`, from features extracted once into `cache`.
+def compare(data: "str | CompareConfig", cache: str | Path | None = None, backbones: str | list[str] | None = None, *,
+            progress: Progress = True, **fields: Any) -> Comparison:
+    """Rank backbones for a data set's images, from features extracted once into a feature cache.
 
     Args:
-        data: what `te extract --data` takes.
-        cache: the feature cache shared by every backbone (created when missing).
-        backbones: names and shell patterns (a comma-separated string or a list).
-        out: the folder for compare.json / .md / .png and the probes' runs (runs/BACKBONE-PROBE).
-        weights: the weights of every backbone ("DEFAULT", "none", a name they declare).
-        name: the data set's name in the cache (default: as te extract names it).
-        quick: rank by LogME alone (no probe is fitted).
-        limit: only the first N images.
-        backend, seed: as te extract takes them.
-        int8: also quantize each backbone's graph (te export's portable recipe) and report its speed, size
-            and feature cosine to fp32 on held-out images.
-        select: how the probes choose and the backbones are ranked: "kfold", "val", or "auto" (kfold on
-            small data; `core.selection`).
-        folds: k of k-fold selection.
+        data: what `te extract --data` takes, or a whole `core.configs.CompareConfig`, whose fields' help
+            describes every option: out (compare.json / .md / .png and the probes' runs), weights, name,
+            quick, limit, backend, seed, int8, select, folds.
+        cache: the feature cache shared by every backbone (created when missing), with `data` a source.
+        backbones: names and shell patterns (a comma-separated string or a list), with `data` a source.
         progress: progress lines, te extract's too: True on stderr, False none, a function is handed each
             (`core.progress`).
+        fields: the config's fields as keywords (they override those of a config given).
 
     Returns:
         The `Comparison` (also written to `out`).
@@ -81,22 +72,22 @@ def compare(data: str, cache: str | Path, backbones: str | list[str], *, out: st
     Raises:
         UsageError: an unknown backbone, bad data (before any work, for every backbone).
     """
+    cfg = (CompareConfig.of(data, **fields) if isinstance(data, CompareConfig)
+           else CompareConfig(data=data, cache=cache, backbones=backbones, **fields))
     from transfer_engine.extract import extract
 
-    check_select(select)
-    check_folds(folds)
     say = say_of(progress)
-    names = resolve_backbones(backbones if isinstance(backbones, str) else ",".join(backbones))
-    out = Path(out).expanduser().absolute()
+    names = resolve_backbones(cfg.backbones)  # the config joins a list with commas
+    out = Path(cfg.out).expanduser().absolute()
     previous = _previous_entries(out)
     entries: list[Entry] = []
-    dataset = name
+    dataset = cfg.name
     for i, backbone in enumerate(names, 1):
         say(f"compare [{i}/{len(names)}] {backbone}")
-        entry = Entry(backbone, weights)
+        entry = Entry(backbone, cfg.weights)
         try:
-            summary = extract(backbone, data, cache, weights=weights, name=dataset, limit=limit, backend=backend,
-                              seed=seed, progress=progress)
+            summary = extract(backbone, cfg.data, cfg.cache, weights=cfg.weights, name=dataset, limit=cfg.limit,
+                              backend=cfg.backend, seed=cfg.seed, progress=progress)
         except UsageError:
             raise  # the data or the cache is wrong: the same for every backbone
         except TEError as exc:
@@ -109,17 +100,17 @@ def compare(data: str, cache: str | Path, backbones: str | list[str], *, out: st
         entry.extracted, entry.reused, entry.images = summary.extracted, summary.reused, summary.total
         entry.extract_images_per_second = summary.images_per_second if summary.extracted else None
         try:
-            _score(entry, cache, dataset, quick, previous.get(_reuse_key(entry.space, entry.images)), out, seed,
-                   select, folds)
-            costs.measure(entry, backbone, weights, seed, data, cache, dataset, int8)
+            _score(entry, cfg.cache, dataset, cfg.quick, previous.get(_reuse_key(entry.space, entry.images)), out,
+                   cfg.seed, cfg.select, cfg.folds)
+            costs.measure(entry, backbone, cfg.weights, cfg.seed, cfg.data, cfg.cache, dataset, cfg.int8)
         except TEError as exc:
             entry.error = first_line(exc)
         entries.append(entry)
         say(progress_line(entry))
     ranked = rank(entries)
-    basis = selected_by(ranked, quick)
-    result = Comparison(dataset or "", data, str(Path(cache).expanduser().absolute()), ranked_by(basis, folds),
-                        ranked, recommend(ranked, basis), basis)
+    basis = selected_by(ranked, cfg.quick)
+    result = Comparison(dataset or "", cfg.data, str(Path(cfg.cache).expanduser().absolute()),
+                        ranked_by(basis, cfg.folds), ranked, recommend(ranked, basis), basis)
     write(result, out)
     return result
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from transfer_engine._durable import write_text_durably
+from transfer_engine.core.configs import PredictConfig
 from transfer_engine.core.paths import display_path
 from transfer_engine.core.progress import Progress, Say, renamed, say_of
 from transfer_engine.data.unlabelled import open_images
@@ -69,22 +70,19 @@ class PredictSummary:
         return asdict(self)
 
 
-def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | None = None, provider: str = "auto",
-            batch_size: int = 32, top_k: int = 1, progress: Progress = False, follow_symlinks: bool = False,
-            log: Say | None = None) -> PredictSummary:
-    """Classify the images of `data` with an ONNX model written by `te export`.
+def predict(model: str | os.PathLike, data: "str | PredictConfig", *, progress: Progress = False, log: Say | None = None,
+            **fields: Any) -> PredictSummary:
+    """Classify images with an ONNX model written by `te export`.
 
     Args:
         model: the .onnx file (te metadata required).
-        data: images: a folder (flat, or CLASS/IMAGE for accuracy), one image file, a .csv/.jsonl manifest,
-            or builtin:NAME.
-        out: a .csv or .jsonl file for the predictions (None: returned in `PredictSummary.predictions`).
-        provider: "auto" (CUDA when onnxruntime-gpu and a GPU are present, else CPU), "cuda" or "cpu".
-        batch_size: images per onnxruntime call.
-        top_k: how many classes to report per image.
+        data: the images (a folder, flat or CLASS/IMAGE for accuracy; one image file; a .csv/.jsonl
+            manifest; builtin:NAME), or a whole `core.configs.PredictConfig`, whose fields' help describes
+            every option: out (a .csv or .jsonl file; None: the predictions are returned in
+            `PredictSummary.predictions`), provider, batch_size, top_k, follow_symlinks.
+        fields: the config's fields as keywords (they override those of a config given).
         progress: the line about the provider, any warning (also in `PredictSummary.warnings`) and the
             progress line: True on stderr, False none, a function is handed each line (`core.progress`).
-        follow_symlinks: in a folder, follow symlinks that lead out of it.
         log: deprecated, the function `progress` now takes; with progress=True the progress line is
             still drawn on stderr and the other lines go to `log`, as before.
 
@@ -94,6 +92,7 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
     Raises:
         UsageError: not an ONNX model with te metadata, a backbone or head part, a bad --out, top_k, data.
     """
+    cfg = PredictConfig.of(data, **fields) if isinstance(data, PredictConfig) else PredictConfig(data=data, **fields)
     started = time.perf_counter()
     say = say_of(renamed(progress, "log", log, "predict"))
     meta = read_metadata(model)
@@ -101,16 +100,14 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
         raise UsageError(f"{model} is the {meta.part} part of an export ({'features -> logits' if meta.part == 'head' else 'images -> features'}); "
                          "te predict needs the whole model (the FILE.onnx that te export --out wrote)")
     classes = meta.class_names
-    if not 1 <= top_k <= len(classes):
-        raise UsageError(f"--top-k {top_k}: expected 1..{len(classes)} (the model has {len(classes)} classes)")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size}: expected at least 1")
-    out_path = _check_out(out, data)
-    source = open_images(data, follow_symlinks)
+    if not 1 <= cfg.top_k <= len(classes):
+        raise UsageError(f"--top-k {cfg.top_k}: expected 1..{len(classes)} (the model has {len(classes)} classes)")
+    out_path = _check_out(cfg.out, cfg.data)
+    source = open_images(cfg.data, cfg.follow_symlinks)
     samples = list(source.samples())
     if not samples:
-        raise UsageError(f"--data {data}: no images found")
-    chosen, reason = resolve_provider(provider)
+        raise UsageError(f"--data {cfg.data}: no images found")
+    chosen, reason = resolve_provider(cfg.provider)
     session = open_session(str(model), chosen)
     if session.note:
         reason = session.note
@@ -128,12 +125,12 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
     failed: list[dict[str, str]] = []
     correct = labelled = 0
     bar = Meter(len(samples), enabled=progress, label="te predict")
-    for batch_samples, arrays, batch_failed in _batches(source, samples, meta, batch_size):
+    for batch_samples, arrays, batch_failed in _batches(source, samples, meta, cfg.batch_size):
         failed.extend(batch_failed)
         if arrays:
-            (logits,) = run_grouped(session, arrays, batch_size, outputs=["logits"])
+            (logits,) = run_grouped(session, arrays, cfg.batch_size, outputs=["logits"])
             probs = _softmax(logits.astype(np.float64))
-            top = np.argsort(-probs, axis=1)[:, :top_k]
+            top = np.argsort(-probs, axis=1)[:, :cfg.top_k]
             for sample, p, idx in zip(batch_samples, probs, top):
                 row = {"path": display_path(sample.path), "prediction": classes[idx[0]], "probability": float(p[idx[0]]),
                        "top_k": [{"class": classes[i], "probability": float(p[i])} for i in idx],
@@ -147,11 +144,11 @@ def predict(model: str | os.PathLike, data: str, *, out: str | os.PathLike | Non
     bar.close()
     failed.extend({**f, "path": display_path(f["path"])} for f in source.skipped())
     if out_path is not None:
-        _write(out_path, rows, top_k)
+        _write(out_path, rows, cfg.top_k)
     seconds = time.perf_counter() - started
     return PredictSummary(str(model), meta.variant, session.provider, reason, len(samples), len(rows), failed,
                           seconds, len(rows) / seconds if seconds > 0 else 0.0,
-                          correct / labelled if labelled else None, labelled, top_k,
+                          correct / labelled if labelled else None, labelled, cfg.top_k,
                           None if out_path is None else str(out_path), [] if out_path is not None else rows,
                           warnings)
 
