@@ -22,6 +22,10 @@ PYTEST_ARGS ?=
 # torch and torchvision, one core each), so a second worker uses the second core instead of waiting
 # (the suite's times on each CPU family: README, "CPU families: what differs, measured").
 PYTEST_WORKERS ?= 2
+# Each worker's share of the cores for the thread pools of torch and OpenMP (its own and those of the `te`
+# processes its tests start): left at one per core each, two workers spin four threads on two cores, and
+# the suite took 1.6x as long (README, "CPU families").
+TEST_THREADS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); t=$$((n / $(PYTEST_WORKERS))); echo $$((t > 0 ? t : 1)))
 
 .PHONY: help setup test test-all demo bench clean
 
@@ -53,10 +57,10 @@ setup: $(STAMP_INSTALL)
 
 # TE_REQUIRE_EXT=1: a broken extension build fails the tests instead of falling back quietly.
 test: setup
-	TE_REQUIRE_EXT=1 $(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) TE_REQUIRE_EXT=1 $(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-all: setup
-	TE_REQUIRE_EXT=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -m "slow or not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) TE_REQUIRE_EXT=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -m "slow or not slow" $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/te demo --out te-demo
