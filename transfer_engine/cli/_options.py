@@ -48,8 +48,6 @@ class _GiB(click.ParamType):
     name = "gib"
 
     def convert(self, value, param, ctx) -> int:
-        if isinstance(value, int) and not isinstance(value, bool) and param is not None and value == param.default:
-            return value
         try:
             gib = float(value)
         except (TypeError, ValueError):
@@ -132,8 +130,3 @@ def options_from(config_cls: type, *, skip: tuple[str, ...] = ()) -> Callable:
 
     return decorate
 
-
-def config_fields(config_cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """The items of `values` (a command's keyword arguments) that are fields of `config_cls`."""
-    names = {f.name for f, _ in options_of(config_cls)}
-    return {k: v for k, v in values.items() if k in names}

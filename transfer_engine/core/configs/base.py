@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any
 
 from transfer_engine.core.options import check_options, default_of, run_settings
@@ -28,10 +28,6 @@ class Config:
     def check(self) -> None:
         """Every field within its declared choices and range (`core.options.check_options`)."""
         check_options(self)
-
-    def values(self) -> dict[str, Any]:
-        """Every field by name (shallow): the keywords of the command's Python function."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def run_settings(self) -> dict[str, Any]:
         """The fields that make a run what it is (`core.options.run_settings`)."""

@@ -47,7 +47,7 @@ class TrainConfig(Config):
     device: str = shared.device()
     seed: int = option(0, help="Seeds initialization, dropout and batch order: the same seed repeats a run exactly "
                                "(CPU).")
-    memory_budget: int | None = option(None, parse="gib", metavar="GB", changes_run=False,
+    memory_budget: int | None = option(None, parse="gib", low=0, low_open=True, metavar="GB", changes_run=False,
                                        help="GiB of float32 features to hold in memory (default: a quarter of RAM); "
                                             "beyond it they stream from the cache.")
 
@@ -58,8 +58,6 @@ class TrainConfig(Config):
             raise UsageError("--weight-decay and --sweep exclude each other: the sweep chooses the weight decay")
         if self.head == ALL_HEADS and self.options:
             raise UsageError("head options apply to one head; with --head all every head uses its defaults")
-        if self.memory_budget is not None and not self.memory_budget > 0:
-            raise UsageError(f"--memory-budget must be positive, got {self.memory_budget}")
         check_folds(self.folds)  # its own wording: why one fold cannot cross-validate
         self.check()
 
