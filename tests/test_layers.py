@@ -2,7 +2,7 @@
 
 A single-purpose command package (extract, train, finetune, export, predict, plugins_check) imports no
 other command at all: what two commands share belongs in `core/` or in the layers below (onnx, data,
-cache, runs, heads, backbones). The composites (compare, bench, demo.py) run whole commands one after
+cache, runs, heads, backbones). The composites (compare, bench, demo.py, doctor) run whole commands one after
 another (te compare runs te extract, then te train for each backbone), so they may call a command's
 public top-level API (`from transfer_engine.extract import extract`), never its modules. Each `te`
 subcommand module (cli/<command>.py) may use a command's public API, never its private names. `core/`
@@ -21,9 +21,12 @@ from pathlib import Path
 import transfer_engine
 
 PACKAGE = Path(transfer_engine.__file__).parent
-COMMANDS = ("extract", "train", "finetune", "export", "predict", "bench", "compare", "plugins_check")
+COMMANDS = ("extract", "train", "finetune", "export", "predict", "bench", "compare", "doctor", "plugins_check")
 SINGLE_PURPOSE = ("extract", "train", "finetune", "export", "predict", "plugins_check")
-COMPOSITES = ("compare", "bench", "demo")  # run other commands whole: their top-level API only
+# Run other commands whole, through their top-level API only. te doctor is one: its label errors come from
+# te train's head fitted k-fold (`transfer_engine.train.out_of_fold_probabilities`), and moving the fit below
+# the commands would move te train itself.
+COMPOSITES = ("compare", "bench", "demo", "doctor")
 # The CLI's own helpers, shared by every subcommand on purpose (_options: the click options built from a config)
 SHARED_CLI = ("transfer_engine.cli._common", "transfer_engine.cli._options")
 

@@ -12,8 +12,8 @@ import sys
 import click
 
 from transfer_engine._version import __version__
-from transfer_engine.cli import (backbones, bench, cache, compare, demo, export, extract, finetune, heads, info, plugins,
-                                 predict, train)
+from transfer_engine.cli import (backbones, bench, cache, compare, demo, doctor, export, extract, finetune, heads, info,
+                                 plugins, predict, train)
 from transfer_engine.core import distributed
 from transfer_engine.core.env import env_flag
 from transfer_engine.errors import TEError
@@ -39,6 +39,8 @@ def cli() -> None:
                                    features of a data set, once, into the feature cache
       te compare --data SRC --cache DIR --backbones NAME,NAME,...
                                    which backbone for my data: LogME, probes, costs
+      te doctor --cache DIR        what is wrong with the data: leaks across splits, duplicates,
+                                   label errors, outliers (from the cached features)
       te train --cache DIR --head all --sweep --out RUNS
                                    heads fitted on the cached features, a leaderboard
       te finetune --from RUN --out FT
@@ -61,6 +63,7 @@ COMMANDS = (
     plugins.plugins,
     extract.extract,
     compare.compare,
+    doctor.doctor,
     train.train,
     finetune.finetune,
     export.export,

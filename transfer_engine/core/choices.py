@@ -30,6 +30,8 @@ INT8_TARGETS = ("portable", "vnni")
 SELECTIONS = ("auto", "kfold", "val")
 # te finetune
 FINETUNE_PRECISIONS = PRECISION_CHOICES
+# te doctor --leaked: what its manifest does with a val/test image that duplicates a train image
+LEAKED_REMEDIES = ("drop", "train")
 # te bench
 BENCH_SUITES = ("quick", "full")
 STRATEGIES = ("freeze", "no_freeze", "freeze_unfreeze", "unfreeze_milestones", "lora")

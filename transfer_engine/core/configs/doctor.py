@@ -1,0 +1,59 @@
+"""`te doctor`'s config: which cached data set to examine, how, and what remedy to write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transfer_engine.core.choices import LEAKED_REMEDIES
+from transfer_engine.core.configs import shared
+from transfer_engine.core.configs.base import Config
+from transfer_engine.core.options import option
+from transfer_engine.core.selection import check_folds
+
+# The cosine of two images' cached features above which te doctor calls them the same picture. Chosen on
+# real images copied the ways pictures get copied (cropped, resized, colour-shifted, re-encoded) against
+# distinct images of the same class, on the tuning sets only: docs/doctor.md, "The near-duplicate threshold".
+NEAR_DUPLICATE_COSINE = 0.975
+
+
+@dataclass(frozen=True)
+class DoctorConfig(Config):
+    """What `te doctor` is asked to do; `te doctor --help` says what each field means."""
+
+    cache: str = option(help="Feature cache directory (filled by te extract).", metavar="DIR", required=True)
+    dataset: str | None = option(None, help="Data set in the cache (default: its only one).", metavar="NAME")
+    backbone: str | None = option(None, help="Use the features of this backbone.", metavar="NAME")
+    space: str | None = option(None, help="Feature space id or prefix (te cache info), when several hold the data "
+                                          "set.", metavar="ID")
+    out: str = option("doctor", metavar="DIR", help="Where doctor.md, doctor.json and the contact sheets (PNG) go.")
+    threshold: float = option(NEAR_DUPLICATE_COSINE, low=0, high=1, metavar="COS",
+                              help="Cosine of the cached features above which two images count as the same "
+                                   "picture (near duplicates; docs/doctor.md says how the default was chosen).")
+    probe: str = option("linear", metavar="HEAD", help="The head (te heads) whose out-of-fold probabilities find "
+                                                       "likely label errors.")
+    folds: int = shared.folds()
+    run: str | None = option(None, metavar="RUN", help="A te train run whose head is judged on test with and without "
+                                                       "the leaked images (default: the probe, fitted on train+val).")
+    write_manifest: str | None = option(None, metavar="FILE.csv",
+                                        help="Write a CSV manifest (path,label,split) of the data set without the "
+                                             "leaked val/test images, for te extract --data (your files are not "
+                                             "touched).")
+    leaked: str = option("drop", choices=LEAKED_REMEDIES,
+                         help="What the manifest does with a val/test image that duplicates a train image: drop it, "
+                              "or move it to train.")
+    drop_label_errors: bool = option(False, help="Leave the likely label errors (train and val) out of the manifest "
+                                                 "too.")
+    top: int = option(24, low=1, metavar="N", help="Pairs and suspects shown in doctor.md and the contact sheets.")
+    sheets: bool = option(True, flag="--sheets/--no-sheets", changes_run=False,
+                          help="Draw the contact sheets (the only step that reads images).")
+    seed: int = option(0, help="Seeds the probe.")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cache", str(self.cache))
+        object.__setattr__(self, "out", str(self.out))
+        if self.write_manifest is not None:
+            object.__setattr__(self, "write_manifest", str(self.write_manifest))
+        if self.run is not None:
+            object.__setattr__(self, "run", str(self.run))
+        check_folds(self.folds)
+        self.check()

@@ -1,0 +1,121 @@
+"""What te doctor examines: a cached data set's labelled records and one feature row per distinct image.
+
+The data set and its feature space are chosen as te train chooses them (`load_training_data`: the same
+names, the same one-line errors); the records keep the splits they were extracted with. Features are read
+once per distinct content key (copies of one image share a row), as float32 and L2-normalised in place:
+everything te doctor computes on them is a cosine, and the normalised matrix is the only copy held.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from transfer_engine.core.progress import Say
+
+SPLITS = ("train", "val", "test")
+# Rows gathered from the cache at once (float32 [GATHER_ROWS, D] in flight).
+GATHER_ROWS = 8192
+
+
+@dataclass
+class Rows:
+    """A data set's labelled records and the features of its distinct images.
+
+    Attributes:
+        dataset: the data set's name.
+        data: the data set's `--data` as recorded (None when the cache does not say).
+        class_names: the name of each label.
+        space_id: the feature space read; backbone: its backbone.
+        paths, labels, splits: per record (labelled records of train, val and test, in data-set order).
+        record_key: int64 [R], the distinct image (row of `features`) of each record.
+        keys: the content key of each distinct image.
+        features: float32 [U, D], L2-normalised.
+        norms: float32 [U], the features' norms before normalising (raw = features * norms).
+        notes: what the user should know (records left out).
+    """
+
+    dataset: str
+    data: str | None
+    class_names: list[str]
+    space_id: str
+    backbone: str
+    paths: list[str]
+    labels: np.ndarray
+    splits: np.ndarray
+    record_key: np.ndarray
+    keys: list[str]
+    features: np.ndarray
+    norms: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def raw(self, records: np.ndarray) -> np.ndarray:
+        """float32 [len(records), D]: the cached (unnormalised) features of these records."""
+        u = self.record_key[records]
+        return self.features[u] * self.norms[u, None]
+
+    @functools.cached_property
+    def records_of(self) -> list[list[int]]:
+        """The records (positions) of each distinct image."""
+        out: list[list[int]] = [[] for _ in self.keys]
+        for r, u in enumerate(self.record_key.tolist()):
+            out[u].append(r)
+        return out
+
+    def in_split(self, *names: str) -> np.ndarray:
+        """Positions of the records in these splits."""
+        return np.flatnonzero(np.isin(self.splits, names))
+
+    def describe(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "data": self.data, "backbone": self.backbone, "space": self.space_id,
+                "records": len(self.paths), "distinct_images": len(self.keys), "classes": self.num_classes,
+                "splits": {s: int((self.splits == s).sum()) for s in SPLITS}}
+
+
+def load_rows(cache: str, *, dataset: str | None, backbone: str | None, space: str | None, say: Say) -> Rows:
+    """Open the cache, choose the data set and space as te train does, and read its rows.
+
+    Raises:
+        UsageError / CacheError: as `load_training_data` (no such data set or space, an ambiguous choice, one
+            class, no train split, rows missing from the space, NaN or inf features).
+    """
+    import torch
+
+    from transfer_engine.cache import identity
+    from transfer_engine.train import load_training_data
+
+    # memory_budget=0: te train's loader only chooses and checks here (one streamed pass); the features are
+    # read below, once per distinct image.
+    data = load_training_data(cache, dataset=dataset, backbone=backbone, space=space, memory_budget=0,
+                              progress=False)
+    try:
+        ds = data.cache.dataset(data.dataset)
+        notes = [n for n in data.notes if "val split" not in n and "memory budget" not in n]
+        records = [r for r in ds.records if r.label is not None and r.split in SPLITS]
+        index: dict[str, int] = {}
+        record_key = np.fromiter((index.setdefault(r.key, len(index)) for r in records), dtype=np.int64,
+                                 count=len(records))
+        keys = list(index)
+        features = np.empty((len(keys), data.space.dim), dtype=np.float32)
+        for start in range(0, len(keys), GATHER_ROWS):
+            chunk = keys[start:start + GATHER_ROWS]
+            data.space.gather(chunk, out=torch.from_numpy(features[start:start + len(chunk)]))
+        norms = np.linalg.norm(features, axis=1)
+        features /= np.maximum(norms, 1e-12)[:, None]
+        stored = identity.identity(data.cache, data.dataset)
+        source = stored.source if stored and stored.source else (data.provenance or {}).get("data")
+        say(f"doctor: {ds.name}: {len(records)} records, {len(keys)} distinct images, {data.space.config.backbone} "
+            f"features ({data.space.dim}-d, space {data.space.id[:12]})")
+        return Rows(ds.name, source, list(ds.class_names), data.space.id, data.space.config.backbone,
+                    [r.path for r in records], np.array([r.label for r in records], dtype=np.int64),
+                    np.array([r.split for r in records]), record_key, keys, features, norms.astype(np.float32),
+                    notes)
+    finally:
+        data.close()

@@ -1,0 +1,186 @@
+"""`doctor()`: read a cached data set once and report what is wrong with it, from its features alone."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transfer_engine.core.configs import DoctorConfig
+from transfer_engine.core.format import percent, points
+from transfer_engine.core.progress import Progress, say_of
+from transfer_engine.doctor import duplicates, impact, label_issues, near_duplicates, neighbours, outliers
+from transfer_engine.doctor.rows import Rows, load_rows
+
+
+@dataclass
+class Diagnosis:
+    """What `doctor()` found; `to_dict()` is doctor.json (and `te doctor --json`).
+
+    Attributes:
+        config: what was asked.
+        rows: the records and features examined.
+        exact: the groups of records with the same bytes.
+        leaked_exact: {held-out record: earlier record with the same bytes}.
+        pairs: near-duplicate pairs of distinct images; kinds: each pair's "train-test", "within train", ...
+        leaked_near: {held-out record: (earlier record it nearly duplicates, cosine)}.
+        labels: the probe's out-of-fold judgement and cleanlab's flags.
+        outliers: the outlier scores and flags.
+        balance: records per class and split.
+        impact: test accuracy with and without the leaked test images (None without a test split).
+        impact_head: which head was judged.
+        method: how the neighbours were found.
+        files: what was written ({"md", "json", sheet names..., "manifest"}).
+        manifest: what the manifest holds (None when none was asked for).
+        seconds: wall time.
+    """
+
+    config: DoctorConfig
+    rows: Rows
+    exact: list[duplicates.ExactGroup]
+    leaked_exact: dict[int, int]
+    pairs: list[near_duplicates.NearPair]
+    kinds: list[str]
+    leaked_near: dict[int, tuple[int, float]]
+    labels: label_issues.LabelIssues
+    outliers: outliers.Outliers
+    balance: dict[str, Any]
+    impact: dict[str, Any] | None
+    impact_head: str
+    method: str
+    files: dict[str, str] = field(default_factory=dict)
+    manifest: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+    @property
+    def leaked(self) -> set[int]:
+        """Held-out records that copy (exactly or nearly) a record of an earlier split."""
+        return set(self.leaked_exact) | set(self.leaked_near)
+
+    def label_error_records(self) -> list[int]:
+        """Records (positions into rows) flagged as likely label errors, most likely first."""
+        return self.labels.pool[self.labels.flagged].tolist()
+
+    def to_dict(self) -> dict[str, Any]:
+        from transfer_engine.doctor.report import as_dict
+
+        return as_dict(self)
+
+
+def doctor(cache: "str | os.PathLike | DoctorConfig", *, progress: Progress = True, **fields: Any) -> Diagnosis:
+    """Examine a cached data set: duplicates, near duplicates across splits, likely label errors, outliers,
+    class balance, and what the leaked test images do to test accuracy; write doctor.md, doctor.json and
+    contact sheets to the config's `out`, and the manifest when asked.
+
+    Args:
+        cache: the cache directory, or a whole `DoctorConfig` (then `fields` change it).
+        progress: lines for the user: True on stderr, False or None none, a function is handed each.
+        fields: `DoctorConfig` fields (dataset, backbone, space, out, threshold, probe, folds, run,
+            write_manifest, leaked, drop_label_errors, top, sheets, seed).
+
+    Returns:
+        The `Diagnosis`.
+
+    Raises:
+        UsageError: no such cache, data set or space; cleanlab (or, above the exact search's size, FAISS)
+            not installed; a --run of another space or other classes.
+    """
+    config = DoctorConfig.of(cache, **fields) if isinstance(cache, DoctorConfig) else DoctorConfig(cache=cache, **fields)
+    say = say_of(progress)
+    start = time.perf_counter()
+    label_issues.require_cleanlab()
+    _check_early(config)
+    rows = load_rows(config.cache, dataset=config.dataset, backbone=config.backbone, space=config.space, say=say)
+    groups = duplicates.exact_groups(rows)
+    leaked_exact = duplicates.leaked_by_copy(rows, groups)
+    found = neighbours.nearest(rows.features)
+    say(f"doctor: nearest neighbours of {len(rows.keys)} images ({found.method})")
+    pairs = near_duplicates.near_pairs(found, config.threshold)
+    image_splits = near_duplicates.splits_of_images(rows)
+    kinds = [near_duplicates.pair_kind(image_splits[p.a], image_splits[p.b]) for p in pairs]
+    leaked_near = near_duplicates.leaked_by_near_copy(rows, pairs)
+    say(f"doctor: probe ({config.probe}, {config.folds}-fold over train+val) for the label errors")
+    labels = label_issues.find_label_issues(rows, head=config.probe, folds=config.folds, seed=config.seed)
+    outlying = outliers.find_outliers(found)
+    balance = outliers.class_balance(rows)
+    diagnosis = Diagnosis(config, rows, groups, leaked_exact, pairs, kinds, leaked_near, labels, outlying, balance,
+                          None, "", found.method)
+    if len(labels.test):
+        if config.run is not None:
+            predicted, head = impact.run_predictions(config.run, rows, labels.test)
+        else:
+            predicted = labels.test_probabilities.argmax(1)
+            head = f"te doctor's probe ({config.probe} head fitted on train+val)"
+        diagnosis.impact = impact.accuracy_with_and_without(rows, labels.test, predicted, diagnosis.leaked)
+        diagnosis.impact_head = head
+    from transfer_engine.doctor import report
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.write_manifest is not None:
+        from transfer_engine.doctor.manifest import write_manifest
+
+        diagnosis.manifest = write_manifest(diagnosis, Path(config.write_manifest))
+        diagnosis.files["manifest"] = str(config.write_manifest)
+    if config.sheets:
+        from transfer_engine.doctor.sheets import draw_sheets
+
+        diagnosis.files.update(draw_sheets(diagnosis, out, say))
+    diagnosis.seconds = time.perf_counter() - start
+    report.write(diagnosis, out)
+    return diagnosis
+
+
+def _check_early(config: DoctorConfig) -> None:
+    """What can be refused before any work: an unknown probe, a --run that is not a run."""
+    from transfer_engine.heads import get_head_spec
+    from transfer_engine.runs import Run
+
+    get_head_spec(config.probe)
+    if config.run is not None:
+        Run.open(config.run)
+
+
+def summary_lines(d: Diagnosis) -> list[str]:
+    """The findings in a few sentences (what te doctor prints and te demo reports)."""
+    rows = d.rows
+    lines = []
+    held = {s: sum(1 for r in d.leaked_exact if rows.splits[r] == s) for s in ("val", "test")}
+    conflicting = sum(1 for g in d.exact if g.conflicting)
+    copies = sum(len(g.records) - 1 for g in d.exact)
+    lines.append(f"exact duplicates: {copies} extra cop{'y' if copies == 1 else 'ies'} of {len(d.exact)} image(s); "
+                 f"{held['test']} test and {held['val']} val image(s) are copies of earlier-split images; "
+                 f"{conflicting} image(s) filed under conflicting labels")
+    cross = [k for k in d.kinds if not k.startswith("within")]
+    by_kind = {k: cross.count(k) for k in ("train-test", "train-val", "val-test") if cross.count(k)}
+    near_held = {s: sum(1 for r in d.leaked_near if rows.splits[r] == s and r not in d.leaked_exact)
+                 for s in ("val", "test")}
+    lines.append(f"near duplicates (cosine >= {d.config.threshold:g}): {len(cross)} pair(s) across splits"
+                 + (f" ({', '.join(f'{k} {n}' for k, n in by_kind.items())})" if by_kind else "")
+                 + f", {len(d.kinds) - len(cross)} within a split; {near_held['test']} test and {near_held['val']} "
+                 "val image(s) nearly copy an earlier-split image")
+    lab = d.labels
+    lines.append(f"likely label errors: {len(lab.flagged)} of {len(lab.pool)} train+val images (probe: "
+                 f"{d.config.probe} head, {d.config.folds}-fold accuracy {percent(lab.accuracy)}; cleanlab's "
+                 "confident learning)")
+    lines.append(f"outliers: {len(d.outliers.flagged)} image(s) far from every other (beyond the fence "
+                 f"{d.outliers.fence:.3f} of 1 - mean cosine to the nearest {neighbours.NEIGHBOURS})")
+    ratio = d.balance["train_ratio"]
+    missing = d.balance["missing"]
+    lines.append("class balance: train's largest class holds "
+                 + (f"{ratio:.1f} times the smallest's images" if ratio is not None else "n/a")
+                 + ("; " + "; ".join(f"{s} lacks {', '.join(c)}" for s, c in missing.items()) if missing else ""))
+    if d.impact is not None:
+        every, clean = d.impact["all"], d.impact["without_leaked"]
+        tail = (f", {percent(clean['accuracy'])} on the {clean['images']} that are not copies "
+                f"({points(clean['accuracy'] - every['accuracy'])})" if clean and d.impact["leaked"] else
+                (", no test image is a copy" if not d.impact["leaked"] else ", every test image is a copy"))
+        lines.append(f"test accuracy of {d.impact_head}: {percent(every['accuracy'])} on all {every['images']} test "
+                     f"images{tail}")
+    if d.manifest is not None:
+        m = d.manifest
+        lines.append(f"manifest {d.files['manifest']}: {m['rows']} image(s) ({m['dropped']} left out, {m['moved']} "
+                     f"moved to train); te extract --data {d.files['manifest']} reuses every row from the cache")
+    return lines
