@@ -22,12 +22,12 @@ from transfer_engine.errors import UsageError
 
 NEIGHBOURS = 10           # per row: enough for the outlier score and for the near duplicates of one image
 EXACT_MAX_ROWS = 20_000   # docs/doctor.md, "Scale": where scikit-learn's exact search stops being affordable
-PROJECTED_DIM = 128
+PROJECTED_DIM = 256
 PCA_SAMPLE = 20_000
-CANDIDATES = 32
+CANDIDATES = 64
 HNSW_LINKS = 32
 HNSW_EF_SEARCH = 64
-RESCORE_ROWS = 512        # rows whose candidates are re-scored at once (their candidates: RESCORE_ROWS x CANDIDATES x D floats)
+RESCORE_ROWS = 256        # rows whose candidates are re-scored at once (their candidates: RESCORE_ROWS x CANDIDATES x D floats)
 INSTALL = "pip install 'transfer-engine[doctor]' (or: pip install faiss-cpu)"
 
 
@@ -81,8 +81,7 @@ def _approximate(features: np.ndarray, k: int) -> Neighbours:
     sample = features[np.sort(rng.choice(n, min(n, PCA_SAMPLE), replace=False))]
     mean = sample.mean(0)
     centred = sample - mean
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    basis = np.ascontiguousarray(vt[:min(PROJECTED_DIM, d)].T)
+    basis = _principal_directions(centred, min(PROJECTED_DIM, d - 1), rng)
     projected = np.empty((n, basis.shape[1]), dtype=np.float32)
     for start in range(0, n, RESCORE_ROWS):
         block = (features[start:start + RESCORE_ROWS] - mean) @ basis
@@ -105,6 +104,26 @@ def _approximate(features: np.ndarray, k: int) -> Neighbours:
         cosine[start:start + len(rows)] = np.take_along_axis(exact, order, 1)
     index[~np.isfinite(cosine)] = -1
     return Neighbours(index, cosine, "FAISS HNSW on the top PCA components, re-scored exactly")
+
+
+def _principal_directions(centred: np.ndarray, r: int, rng: np.random.Generator) -> np.ndarray:
+    """The top `r` principal directions (D x r) of a centred sample, by a randomized range finder with two
+    power iterations on the D x D covariance, orthonormalised through small (r x r) eigen problems: matrix
+    products and small LAPACK calls only (a full SVD, eigen-decomposition or QR of the large matrices took
+    far longer with the LAPACK numpy ships here)."""
+    cov = (centred.T @ centred).astype(np.float64)
+    q = _orthonormal(cov @ rng.standard_normal((cov.shape[0], r + 8)))
+    for _ in range(2):
+        q = _orthonormal(cov @ q)
+    _, vectors = np.linalg.eigh(q.T @ cov @ q)
+    return np.ascontiguousarray((q @ vectors[:, ::-1])[:, :r], dtype=np.float32)
+
+
+def _orthonormal(y: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of y's columns: y (y^T y)^(-1/2)."""
+    values, vectors = np.linalg.eigh(y.T @ y)
+    keep = values > values.max() * 1e-12
+    return y @ (vectors[:, keep] / np.sqrt(values[keep]))
 
 
 def _without_self(index: np.ndarray, cosine: np.ndarray, k: int, method: str) -> Neighbours:
