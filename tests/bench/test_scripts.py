@@ -14,7 +14,7 @@ import pytest
 from transfer_engine.bench.runner import SMOKE_ENV, find_benchmarks, run_script
 
 SCRIPTS = find_benchmarks()
-SLOW = {"extract", "export", "int8", "compare", "finetune", "finetune_domains", "train_step", "lora"}
+SLOW = {"extract", "export", "int8", "compare", "finetune", "finetune_domains", "train_step", "lora", "doctor"}
 FIELDS = {"name", "te", "baseline", "unit", "ratio", "target", "met", "note"}
 
 

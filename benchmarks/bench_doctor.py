@@ -1,0 +1,340 @@
+"""te doctor on real images with planted problems, and te doctor at scale.
+
+    python benchmarks/bench_doctor.py [--quick] [--json PATH] [--domains digits,glyphs,icons,cards]
+                                      [--scale-rows 10000,30000,100000] [--work DIR]
+
+Planted problems (benchmarks/_planted.py): each real set of benchmarks/_domains.py gets near duplicates of
+train images in val/test (one or two of: cropped by at most 10% of the area, resized, colour-shifted,
+re-encoded), exact copies across the split and under a conflicting label, and 5% of its train+val labels
+flipped; the images are extracted with EfficientNet-Lite0 (real ImageNet weights) and te doctor runs on the
+cache. Scored against what was planted:
+  near duplicates  precision: the share of the pairs te doctor reports across splits that are planted, or
+                   the same picture already in the base set (judged on the pixels: PIXEL_SAME below, e.g.
+                   one icon drawn identically by two themes); recall: the share of the planted copies te
+                   doctor reports as leaked. Also the stress case, all four operations on every copy.
+  exact            the share of the planted byte-for-byte copies (and of the conflicting labels) found.
+  label errors     recall at the planted count: of te doctor's first K suspects (K = the planted flips),
+                   the share that were flipped; and the precision and recall of cleanlab's own flagged set.
+The threshold sweep over the tuning sets (every set but _domains.HELD_OUT) is printed and kept in the JSON:
+it is how te doctor's default threshold was chosen (docs/doctor.md). The held-out set takes no part in any
+choice and is reported on its own.
+
+Scale: synthetic 1,280-d features (a mixture of classes, int8 in a real cache) of N rows, te doctor end to
+end in a fresh process per N (its peak memory from the kernel); the neighbour search against the baseline a
+user writes first: a NumPy N x N cosine matrix (at the sizes where it fits in memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _results import add_suite_options, pick_sizes, print_rows, result_row, write_results
+
+BACKBONE = "efficientnet_lite0"
+TUNING = ("digits", "glyphs", "icons")
+HELD_OUT = "cards"   # _domains.HELD_OUT: never looked at while choosing the threshold or cleanlab's settings
+LOW = 0.85           # te doctor runs at this threshold once; higher thresholds are read from its pairs
+GRID = tuple(round(0.85 + 0.005 * i, 3) for i in range(30))
+PIXEL_SAME = 0.98    # normalised correlation of two images' 32x32 greyscale pixels: the same picture
+SIZES = {"full": {"domains": "digits,glyphs,icons,cards", "scale_rows": "10000,30000,100000", "baseline_rows": 20000},
+         "quick": {"domains": "digits", "scale_rows": "10000,20000", "baseline_rows": 10000},
+         "smoke": {"domains": "digits", "scale_rows": "3000", "baseline_rows": 3000, "per_class": 12}}
+
+
+def build(domain: str, work: Path, per_class: int | None, operations: tuple[str, ...] | None = None) -> Path:
+    """The planted set of `domain` under work (reused when already there): its manifest."""
+    from _domains import DOMAINS
+    import _planted
+
+    base = work / domain / "base"
+    if not base.exists():
+        if domain == "digits":
+            from _domains import write_digits
+
+            write_digits(base, smoothing=True, per_class=per_class)
+        else:
+            DOMAINS[domain](base, per_class)
+    name = "planted-all4" if operations else "planted"
+    planted = work / domain / name
+    if not (planted / "truth.json").exists():
+        _planted.plant(base, planted, operations=operations)
+    return planted / "manifest.csv"
+
+
+def _pixels(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        a = np.asarray(im.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float64).ravel()
+    a -= a.mean()
+    return a / (np.linalg.norm(a) or 1.0)
+
+
+def score(diagnosis, truth: dict, root: Path) -> dict:
+    """Precision and recall of every finding against `truth` (see the module docstring), per threshold."""
+    rows = diagnosis.rows
+    planted = {frozenset((t["copy"], t["source"])) for t in truth["near"]}
+    copies = {t["copy"] for t in truth["near"]}
+    pixel_cache: dict[str, np.ndarray] = {}
+
+    def same_picture(a: str, b: str) -> bool:
+        for p in (a, b):
+            if p not in pixel_cache:
+                pixel_cache[p] = _pixels(root / p)
+        return float(pixel_cache[a] @ pixel_cache[b]) >= PIXEL_SAME
+
+    sources = {t["copy"]: t["source"] for t in truth["near"]}
+    cross = []
+    for p, kind in zip(diagnosis.pairs, diagnosis.kinds):
+        if kind.startswith("within"):
+            continue
+        a, b = rows.paths[rows.records_of[p.a][0]], rows.paths[rows.records_of[p.b][0]]
+        if frozenset((a, b)) in planted:
+            verdict = "planted"
+        elif a in copies and same_picture(sources[a], b) or b in copies and same_picture(sources[b], a):
+            verdict = "planted"  # the copy beside a pixel-identical twin of its source
+        elif a not in copies and b not in copies and same_picture(a, b):
+            verdict = "natural"
+        else:
+            verdict = "wrong"
+        cross.append((p.cosine, verdict, a, b))
+    near = {}
+    for tau in GRID:
+        found = [c for c in cross if c[0] >= tau]
+        right = sum(1 for c in found if c[1] != "wrong")
+        caught = {c[2] for c in found} | {c[3] for c in found}
+        recall = sum(1 for c in copies if c in caught) / max(1, len(copies))
+        near[tau] = {"pairs": len(found), "right": right, "natural": sum(1 for c in found if c[1] == "natural"),
+                     "precision": right / len(found) if found else None, "recall": recall}
+    # exact copies: planted copies grouped with their source
+    groups = {rows.paths[r]: {rows.paths[x] for x in g.records} for g in diagnosis.exact for r in g.records}
+    exact_found = sum(1 for t in truth["exact"] if t["source"] in groups.get(t["copy"], ()))
+    conflict_found = sum(1 for t in truth["conflicting"] if t["source"] in groups.get(t["copy"], ())
+                         and any(g.conflicting for g in diagnosis.exact if t["copy"] in {rows.paths[x] for x in g.records}))
+    # label errors: the flipped records among te doctor's ranking (cleanlab's flagged set, then the rest by
+    # the probability the probe gives the label)
+    lab = diagnosis.labels
+    flipped = {t["path"] for t in truth["flipped"]}
+    flagged = [rows.paths[lab.pool[i]] for i in lab.flagged.tolist()]
+    rest = [rows.paths[lab.pool[i]] for i in np.argsort(lab.quality, kind="stable").tolist()
+            if rows.paths[lab.pool[i]] not in set(flagged)]
+    ranking = flagged + rest
+    k = len(flipped)
+    at_k = sum(1 for p in ranking[:k] if p in flipped) / max(1, k)
+    hits = sum(1 for p in flagged if p in flipped)
+    return {"near": near, "exact_recall": exact_found / max(1, len(truth["exact"])),
+            "conflict_recall": conflict_found / max(1, len(truth["conflicting"])),
+            "label_recall_at_k": at_k, "planted_flips": k, "flagged": len(flagged),
+            "flagged_precision": hits / len(flagged) if flagged else None, "flagged_recall": hits / max(1, k),
+            "probe_accuracy": lab.accuracy, "impact": diagnosis.impact}
+
+
+def planted_run(domain: str, work: Path, per_class: int | None, operations=None) -> dict:
+    from transfer_engine.doctor import doctor
+    from transfer_engine.extract import extract
+
+    manifest = build(domain, work, per_class, operations)
+    cache = work / "cache"
+    name = f"{domain}-{manifest.parent.name}"
+    t0 = time.perf_counter()
+    extract(BACKBONE, str(manifest), cache, name=name, progress=False, replace=True)
+    extracted = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    d = doctor(cache, dataset=name, threshold=LOW, out=work / "doctor" / name, sheets=False, progress=False)
+    seconds = time.perf_counter() - t1
+    truth = json.loads((manifest.parent / "truth.json").read_text())
+    result = score(d, truth, manifest.parent)
+    result.update(images=truth["images"], planted_near=len(truth["near"]), extract_seconds=extracted,
+                  doctor_seconds=seconds, domain=domain)
+    print(f"{name}: {truth['images']} images, doctor {seconds:.1f} s; exact {result['exact_recall']:.2f}, "
+          f"labels@K {result['label_recall_at_k']:.2f}", file=sys.stderr, flush=True)
+    return result
+
+
+def choose_threshold(results: dict[str, dict]) -> tuple[float, list[dict]]:
+    """The grid value with the highest mean F1 of the near-duplicate findings over the tuning sets."""
+    table = []
+    for tau in GRID:
+        f1s = []
+        for domain in TUNING:
+            if domain not in results:
+                continue
+            n = results[domain]["near"][tau]
+            p, r = n["precision"] or 0.0, n["recall"]
+            f1s.append(2 * p * r / (p + r) if p + r else 0.0)
+        table.append({"threshold": tau, "mean_f1": float(np.mean(f1s)) if f1s else 0.0,
+                      **{d: results[d]["near"][tau] for d in results}})
+    best = max(table, key=lambda row: row["mean_f1"])
+    return best["threshold"], table
+
+
+# -- scale ------------------------------------------------------------------------------------------------------
+SCALE_CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+from transfer_engine.doctor import doctor
+start = time.perf_counter()
+d = doctor(sys.argv[1], out=sys.argv[2], sheets=False, progress=False)
+print(json.dumps({"seconds": time.perf_counter() - start, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "method": d.method, "pairs": len(d.pairs), "flagged": len(d.labels.flagged)}))
+"""
+
+
+COPIES = 0.01  # of the synthetic rows: a near copy of another row (cosine about 0.99), for the search's recall
+
+
+def synthetic_cache(root: Path, rows: int, dim: int = 1280, classes: int = 20, seed: int = 0) -> None:
+    """`rows` synthetic non-negative features of `classes` classes (70/15/15 splits) in an int8 cache; COPIES
+    of them are near copies of the row before them."""
+    import torch
+
+    from transfer_engine.cache import FeatureCache, FeatureSpace, Record
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, dim)).astype(np.float32)
+    with FeatureCache.open(root) as cache:
+        space = cache.space(FeatureSpace(backbone="synthetic", weights_digest="0" * 64, transform={}, dim=dim,
+                                         stored="int8"))
+        records = []
+        for start in range(0, rows, 10000):
+            n = min(10000, rows - start)
+            labels = rng.integers(0, classes, n)
+            x = np.maximum(centres[labels] + 1.5 * rng.standard_normal((n, dim)).astype(np.float32), 0)
+            copy = np.flatnonzero(rng.random(n) < COPIES)
+            copy = copy[copy > 0]
+            x[copy] = np.maximum(x[copy - 1] + 0.1 * rng.standard_normal((len(copy), dim)).astype(np.float32), 0)
+            labels[copy] = labels[copy - 1]
+            keys = [f"{start + i:064x}" for i in range(n)]
+            space.append(keys, torch.from_numpy(x))
+            u = rng.random(n)
+            records += [Record(f"row/{start + i}", k, int(y), "test" if v < 0.15 else "val" if v < 0.3 else "train")
+                        for i, (k, y, v) in enumerate(zip(keys, labels, u))]
+        cache.put_dataset("synthetic", records, [str(c) for c in range(classes)])
+
+
+def scale_run(n: int, work: Path) -> dict:
+    root = work / f"scale-{n}"
+    if not (root / "cache").exists():
+        synthetic_cache(root / "cache", n)
+    proc = subprocess.run([sys.executable, "-c", SCALE_CHILD, str(root / "cache"), str(root / "out")],
+                          capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"scale {n}: {result}", file=sys.stderr, flush=True)
+    return result
+
+
+def baseline_search(n: int, work: Path) -> dict:
+    """te doctor's neighbour search vs the N x N NumPy cosine matrix, on the same synthetic rows."""
+    from transfer_engine.doctor.neighbours import nearest
+    from transfer_engine.doctor.rows import load_rows
+
+    root = work / f"scale-{n}"
+    if not (root / "cache").exists():
+        synthetic_cache(root / "cache", n)
+    rows = load_rows(str(root / "cache"), dataset=None, backbone=None, space=None, say=lambda line: None)
+    x = rows.features
+    t0 = time.perf_counter()
+    exact = nearest(x)
+    te_seconds = time.perf_counter() - t0
+    t2 = time.perf_counter()
+    approximate = nearest(x, exact_max_rows=0)  # the FAISS way, on the same rows
+    faiss_seconds = time.perf_counter() - t2
+    pairs = {(a, b) for a, row in enumerate(exact.index.tolist()) for b, c in zip(row, exact.cosine[a]) if c >= 0.95}
+    found = {(a, b) for a, row in enumerate(approximate.index.tolist()) for b, c in zip(row, approximate.cosine[a])
+             if c >= 0.95}
+    t1 = time.perf_counter()
+    sim = x @ x.T                                  # the baseline: every pair, then the top 10 of each row
+    np.fill_diagonal(sim, -np.inf)
+    np.argpartition(-sim, 10, axis=1)[:, :10]
+    plain_seconds = time.perf_counter() - t1
+    return {"te": te_seconds, "plain": plain_seconds, "faiss": faiss_seconds, "matrix_bytes": sim.nbytes,
+            "close_pairs": len(pairs), "faiss_pair_recall": len(pairs & found) / max(1, len(pairs))}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_suite_options(parser, "digits only, 10,000 and 20,000 synthetic rows")
+    parser.add_argument("--domains", default=None)
+    parser.add_argument("--scale-rows", default=None)
+    parser.add_argument("--baseline-rows", type=int, default=None)
+    parser.add_argument("--per-class", type=int, default=None)
+    parser.add_argument("--work", default=None, help="where the sets and caches are built (default: a temporary folder)")
+    parser.add_argument("--skip-scale", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    suite = pick_sizes(args, **SIZES)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="te-bench-doctor-"))
+    from transfer_engine.core.configs.doctor import NEAR_DUPLICATE_COSINE as DEFAULT
+
+    domains = [d for d in args.domains.split(",") if d]
+    results = {d: planted_run(d, work, args.per_class) for d in domains}
+    stress = planted_run(domains[0], work, args.per_class, operations=("crop", "resize", "colour", "re-encode"))
+    chosen, sweep = choose_threshold(results)
+    for row in sweep:
+        print(f"  {row['threshold']:.3f} mean F1 {row['mean_f1']:.3f}: " + ", ".join(
+            f"{d} P {row[d]['precision'] or 0:.2f} R {row[d]['recall']:.2f} ({row[d]['pairs']} pairs, "
+            f"{row[d]['natural']} natural)" for d in results), file=sys.stderr)
+    print(f"threshold with the best mean F1 over the tuning sets: {chosen} (te doctor's default: {DEFAULT})",
+          file=sys.stderr)
+    rows = []
+    for domain, r in results.items():
+        held = " (held out)" if domain == HELD_OUT else ""
+        n = r["near"][min(GRID, key=lambda t: abs(t - DEFAULT))]
+        note = f"{r['images']} images, {r['planted_near']} planted near copies, {n['natural']} natural pairs counted right"
+        rows.append(result_row(f"near duplicates precision, {domain}{held}", n["precision"] or 0.0, 1.0, "share",
+                               n["precision"] or 0.0, ">= 0.9", note))
+        rows.append(result_row(f"near duplicates recall, {domain}{held}", n["recall"], 1.0, "share", n["recall"],
+                               ">= 0.9", note))
+        rows.append(result_row(f"exact duplicates found, {domain}{held}", r["exact_recall"], 1.0, "share",
+                               r["exact_recall"], ">= 1.0"))
+        rows.append(result_row(f"label errors recall at the planted count, {domain}{held}", r["label_recall_at_k"],
+                               1.0, "share", r["label_recall_at_k"], ">= 0.7",
+                               f"{r['planted_flips']} flipped; cleanlab flagged {r['flagged']} (precision "
+                               f"{r['flagged_precision'] or 0:.2f}, recall {r['flagged_recall']:.2f}); probe "
+                               f"{r['probe_accuracy']:.3f} out-of-fold"))
+    s = stress["near"][min(GRID, key=lambda t: abs(t - DEFAULT))]
+    rows.append(result_row(f"near duplicates recall, {domains[0]}, every copy cropped+resized+colour-shifted+re-encoded "
+                           "(informational)", s["recall"], 1.0, "share", s["recall"], None))
+    scale = {}
+    if not args.skip_scale:
+        sizes = [int(v) for v in args.scale_rows.split(",") if v]
+        scale = {n: scale_run(n, work) for n in sizes}
+        for n, r in scale.items():
+            rows.append(result_row(f"te doctor end to end, {n:,} rows x 1280 (provisional: timed beside other work)",
+                                   r["seconds"], 60.0, "s", 60.0 / r["seconds"], ">= 1x",
+                                   f"peak {r['peak_kib'] / 1024:.0f} MiB ({r['peak_kib'] * 1024 / n:.0f} bytes a row); "
+                                   f"{r['method']}"))
+        base = baseline_search(args.baseline_rows, work)
+        rows.append(result_row(f"nearest neighbours of {args.baseline_rows:,} rows: te doctor vs a NumPy N x N cosine "
+                               "matrix (provisional)", base["te"], base["plain"], "s", base["plain"] / base["te"], None,
+                               f"the matrix takes {base['matrix_bytes'] / 2**20:.0f} MiB"))
+        rows.append(result_row(f"nearest neighbours of {args.baseline_rows:,} rows: the FAISS way vs scikit-learn's "
+                               "exact search (provisional; where te doctor switches, docs/doctor.md)", base["faiss"],
+                               base["te"], "s", base["te"] / base["faiss"], None,
+                               f"the FAISS way finds {base['faiss_pair_recall']:.3f} of the {base['close_pairs']} "
+                               "pairs at cosine >= 0.95 that the exact search finds"))
+    print_rows(rows)
+    if args.json:
+        write_results(args.json, "doctor", rows, {
+            "suite": suite, "backbone": BACKBONE, "default_threshold": DEFAULT, "best_tuning_threshold": chosen,
+            "sweep": sweep, "results": {d: {k: v for k, v in r.items() if k != "near"} for d, r in results.items()},
+            "stress": {k: v for k, v in stress.items() if k != "near"}, "scale": scale,
+            "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "threads": os.environ.get("OMP_NUM_THREADS")})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
