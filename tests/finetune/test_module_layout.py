@@ -9,7 +9,7 @@ from pathlib import Path
 import transfer_engine.finetune as package
 
 # From the bottom up: a module may import only those before it.
-ORDER = ["records", "plots", "data", "distributed", "lora", "strategies", "precision", "selection", "checkpoint",
+ORDER = ["records", "plots", "data", "distributed", "lora", "qat", "strategies", "precision", "selection", "checkpoint",
          "start", "loop", "finish", "job", "cost", "epochs", "fixed", "trials", "search", "__init__"]
 
 

@@ -74,9 +74,13 @@ def _print_int8(report: dict, search: dict, out) -> None:
     unbiased = report["variants"].get("int8", {}).get("unbiased")
     if unbiased:
         delta = unbiased["accuracy_delta"]
-        out(f"int8 on the {unbiased['images']} check images, which chose nothing: agreement with PyTorch "
-            f"{unbiased['agreement']:.1%} ({unbiased['agreed']} of {unbiased['images']}; 95% lower bound "
-            f"{unbiased['lower_bound']:.1%})" + ("" if delta is None else f", accuracy {points(delta)}"))
+        qat = search.get("method") == "qat"
+        ties = unbiased.get("ties") or 0
+        out(f"int8 on the {unbiased['images']} check images, which chose nothing: agreement with "
+            f"{'the model the --qat run trained (its int8 simulation in PyTorch)' if qat else 'PyTorch'} "
+            f"{unbiased['agreement']:.1%} ({unbiased['agreed']} of {unbiased['images']}"
+            + (f", {ties} of them ties of its quantized logits" if ties else "")
+            + f"; 95% lower bound {unbiased['lower_bound']:.1%})" + ("" if delta is None else f", accuracy {points(delta)}"))
 
 
 def _print_report(report: dict, out) -> None:

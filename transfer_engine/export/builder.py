@@ -56,8 +56,12 @@ class Builder:
     # -- the whole sequence ---------------------------------------------------------------------------
     def build_and_check(self, model: Any, ref: parity.Reference, x: np.ndarray, images: list[Any], *,
                         int8_sets: tuple[ImageSet, ImageSet] | None, check_keys: Sequence[str],
-                        providers: Sequence[str] | None, timings: dict[str, float]) -> dict[str, Any]:
-        """Export, quantize, join preprocessing, split, and measure everything; returns the report."""
+                        providers: Sequence[str] | None, timings: dict[str, float],
+                        int8_ref: parity.Reference | None = None) -> dict[str, Any]:
+        """Export, quantize, join preprocessing, split, and measure everything; returns the report.
+
+        `int8_ref`: what the int8 variant is measured against on the check images when it is not the float
+        model (a --qat run's: its int8 simulation, the model it trained)."""
         cfg = self.cfg
         quantize, preprocess, split, min_agreement = cfg.quantize, cfg.preprocess, cfg.split, cfg.min_agreement
         batch_sizes = list(cfg.batch_sizes)
@@ -79,7 +83,7 @@ class Builder:
         calibration = None
         if quantize:
             t = time.perf_counter()
-            calibration = self._quantize(quantize, core["fp32"], core[quantize], int8_sets, check_keys)
+            calibration = self._quantize(quantize, core["fp32"], core[quantize], int8_sets, check_keys, model)
             self._stamp(core[quantize], quantize, "model", tensor_input, list(OUTPUTS))
             timings["quantize"] = time.perf_counter() - t
 
@@ -87,9 +91,9 @@ class Builder:
         self.say(f"measuring {', '.join(variants)} on {len(x)} images with {', '.join(self.providers)}")
         report_variants = {}
         for v in variants:
-            entry = self._measure(core[v], list(x), ref, max(batch_sizes))
+            entry = self._measure(core[v], list(x), int8_ref if v == "int8" and int8_ref else ref, max(batch_sizes))
             if v == "int8":  # judged on the selection images: the check (test) images only report it
-                entry["unbiased"] = _unbiased(entry, min_agreement)
+                entry["unbiased"] = _unbiased(entry, min_agreement, outside_ties=int8_ref is not None)
                 failure = None
             else:
                 failure = parity.fp32_failure(ref, entry) if v == "fp32" else parity.agreement_failure(entry, min_agreement)
@@ -131,9 +135,10 @@ class Builder:
 
     # -- steps -----------------------------------------------------------------------------------------
     def _quantize(self, quantize: str, fp32: Path, out: Path, int8_sets: tuple[ImageSet, ImageSet] | None,
-                  check_keys: Sequence[str]) -> dict[str, Any] | None:
+                  check_keys: Sequence[str], model: Any) -> dict[str, Any] | None:
         from transfer_engine.export.gate import AgreementGate
         from transfer_engine.export.int8_budget import quantize_within_budget
+        from transfer_engine.export.int8_qat import quantize_as_trained
         from transfer_engine.onnx.quantize import convert_fp16
 
         if quantize == "fp16":
@@ -142,9 +147,16 @@ class Builder:
             return None
         assert int8_sets is not None
         cal_set, sel_set = int8_sets
-        recipe = RECIPES[self.cfg.int8_target]
-        self.say(f"quantizing to int8 ({recipe.name} recipe: QDQ, per-channel, "
-                 f"{recipe.weight_bits()} weights), calibrated on {cal_set.description}")
+        qat = self.run.qat
+        recipe = RECIPES[qat["recipe"]["name"] if qat else self.cfg.int8_target]
+        if qat:
+            self.say(f"quantizing to int8 as the --qat run trained it ({recipe.name} recipe: QDQ, per-channel, "
+                     f"{recipe.weight_bits()} weights, its activation scales)"
+                     + ("" if recipe.name == self.cfg.int8_target else
+                        f"; not --int8-target {self.cfg.int8_target}: the run was trained for {recipe.name}"))
+        else:
+            self.say(f"quantizing to int8 ({recipe.name} recipe: QDQ, per-channel, "
+                     f"{recipe.weight_bits()} weights), calibrated on {cal_set.description}")
         transform = self.run.preprocess.transform()
         images, _, failed = cal_set.load(exclude=frozenset(check_keys))
         if not images:
@@ -158,15 +170,21 @@ class Builder:
 
         work = self.staging / "int8-work"
         work.mkdir()
-        outcome = quantize_within_budget(fp32, out, calibration, selection, recipe=recipe,
-                                         gate=AgreementGate(self.cfg.min_agreement), min_speedup=self.cfg.min_int8_speedup,
-                                         workdir=work, input_name=INPUT, selection_source=sel_set.description,
-                                         calibration_source=cal_set.description, say=self.say)
+        gate = AgreementGate(self.cfg.min_agreement)
+        if qat:
+            outcome = quantize_as_trained(fp32, out, calibration, selection, model=model, qat=qat, gate=gate,
+                                          min_speedup=self.cfg.min_int8_speedup, workdir=work, input_name=INPUT,
+                                          selection_source=sel_set.description, say=self.say)
+        else:
+            outcome = quantize_within_budget(fp32, out, calibration, selection, recipe=recipe, gate=gate,
+                                             min_speedup=self.cfg.min_int8_speedup, workdir=work, input_name=INPUT,
+                                             selection_source=sel_set.description,
+                                             calibration_source=cal_set.description, say=self.say)
         shutil.rmtree(work, ignore_errors=True)
         if outcome.failure:
             self.failures.append(f"int8: {outcome.failure}")
         self.quantization = {k: v for k, v in outcome.to_dict().items()
-                             if k in ("recipe", "checked_on", "float_nodes", "gate")}
+                             if k in ("recipe", "method", "checked_on", "float_nodes", "gate")}
         self.quantization["speed"] = outcome.speed
         return {"images": len(images), "source": cal_set.description, "failed": failed, "method": recipe.calibration,
                 "format": recipe.format, "per_channel": recipe.per_channel, "activations": recipe.activations,
@@ -301,13 +319,17 @@ class Builder:
         return info
 
 
-def _unbiased(entry: dict[str, Any], floor: float) -> dict[str, Any]:
+def _unbiased(entry: dict[str, Any], floor: float, outside_ties: bool = False) -> dict[str, Any]:
     """The int8 model on the check images, which chose nothing: its agreement with PyTorch, with the 95%
-    lower bound of that agreement (`export.gate`) and the accuracy delta (the least favourable provider)."""
+    lower bound of that agreement (`export.gate`) and the accuracy delta (the least favourable provider).
+    `outside_ties`: a tie of the reference's top two classes counts as agreeing (a --qat run's reference,
+    whose logits are quantized: `export.int8_qat`)."""
     from transfer_engine.export.gate import AgreementGate
 
-    agreed, images = entry["images"] - entry["disagreements"], entry["images"]
-    return {"images": images, "agreed": agreed, "agreement": entry["top1_agreement"],
+    images = entry["images"]
+    agreed = images - entry["disagreements_outside_ties" if outside_ties else "disagreements"]
+    return {"images": images, "agreed": agreed, "agreement": agreed / images if images else None,
+            "ties": entry["disagreements"] - entry["disagreements_outside_ties"] if outside_ties else 0,
             "lower_bound": AgreementGate(floor).lower_bound(agreed, images), "accuracy_delta": entry["accuracy_delta"]}
 
 

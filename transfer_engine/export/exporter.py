@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -104,6 +105,13 @@ def export_onnx(run: Any, out: str | os.PathLike, config: ExportConfig | None = 
     out = Path(out).expanduser().absolute()
     _check_out(out)
     opset, exporter = check_opset(cfg.opset, cfg.exporter)
+    if cfg.quantize == "int8" and run.qat and run.qat["simulation"].get("exporter"):
+        # a --qat run's int8 model is the graph its scales were read from: the same opset and exporter
+        trained = run.qat["simulation"]
+        if (opset, exporter) != (trained["opset"], trained["exporter"]):
+            say(f"exporting with opset {trained['opset']} and the {trained['exporter']} exporter: the graph this --qat "
+                "run was trained on")
+        opset, exporter = check_opset(trained["opset"], trained["exporter"])
     quantize, preprocess = cfg.quantize, cfg.preprocess
     if preprocess and opset < 18:
         raise UsageError(f"--preprocess needs --opset 18 or later (antialiased Resize), got {opset}")
@@ -131,6 +139,15 @@ def export_onnx(run: Any, out: str | os.PathLike, config: ExportConfig | None = 
     x = np.stack([transform(im).numpy() for im in check_images]).astype(np.float32)
     label_array = None if all(lab is None for lab in labels) else np.array([-1 if v is None else v for v in labels])
     ref = _reference(model, x, label_array)
+    int8_ref = None
+    if quantize == "int8" and run.qat:  # a --qat run's int8 file is checked against the int8 model it trained
+        from transfer_engine.onnx.simulate import QuantSim, SimSpec
+
+        from transfer_engine.export.int8_qat import logit_step
+
+        spec = SimSpec.from_dict(run.qat["simulation"])
+        with QuantSim(model, spec):
+            int8_ref = replace(_reference(model, x, label_array), tie_margin=logit_step(spec))
     timings = {"reference": time.perf_counter() - started}
 
     staging = out.parent / f".{out.stem}.export-{os.getpid()}"
@@ -140,7 +157,8 @@ def export_onnx(run: Any, out: str | os.PathLike, config: ExportConfig | None = 
     try:
         builder = Builder(run, staging, targets, cfg, opset=opset, exporter=exporter, say=say)
         report = builder.build_and_check(model, ref, x, check_images, int8_sets=int8_sets,
-                                         check_keys=check_set.loaded_keys, providers=providers, timings=timings)
+                                         check_keys=check_set.loaded_keys, providers=providers, timings=timings,
+                                         int8_ref=int8_ref)
         report["check"] = {"images": len(check_images), "source": check_set.description, "failed": check_failed,
                            "labelled": label_array is not None, "torch_accuracy": ref.accuracy()}
         report["seconds"] = time.perf_counter() - started

@@ -37,6 +37,8 @@ class Int8Outcome:
 
     Attributes:
         recipe: the `Int8Recipe` as a dict; checked_on: `core.cpu.describe()` of this machine.
+        method: "ptq" (post-training: calibrated here, float kept where int8 costs agreement) or "qat" (the
+            int8 model a `te finetune --qat` run trained: `export.int8_qat`).
         passed: a mix met the gate and the speed rule; failure: why not (None when passed).
         quantized_nodes: nodes computing on int8 inputs in full int8; float_groups / float_nodes: the node
             groups (see `onnx.int8.Quantizer.rank_groups`) and the nodes kept in float.
@@ -52,6 +54,7 @@ class Int8Outcome:
 
     recipe: dict[str, Any]
     checked_on: dict[str, Any]
+    method: str = "ptq"
     passed: bool = False
     failure: str | None = None
     quantized_nodes: int = 0
@@ -121,7 +124,7 @@ def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray,
         else:
             quantizer.quantize(out, [])
         outcome.quantized_nodes = int8_nodes(out)
-        outcome.gate = _gate_entry(gate, outcome.steps[-1] if outcome.steps else {"agreed": 0, "images": 0})
+        outcome.gate = gate_entry(gate, outcome.steps[-1] if outcome.steps else {"agreed": 0, "images": 0})
         outcome.failure = gate.too_few(len(selection), why_none=selection_source)
         return outcome
     chosen: list[dict[str, Any]] | None = [] if attempt([]) else None
@@ -149,26 +152,32 @@ def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray,
             chosen = ranked[:good]
     if chosen is None:
         best = max(outcome.steps, key=lambda s: s["agreed"])
-        outcome.gate = _gate_entry(gate, best)
+        outcome.gate = gate_entry(gate, best)
         outcome.failure = (f"no mix of int8 and float nodes meets the gate: the best, {best['float_groups']} of "
                            f"{len(ranked)} node groups in float, agrees {gate.describe(best['agreed'], best['images'])} "
                            f"< {gate.floor:.1%} (recipe {recipe.name}; {len(outcome.steps)} mixes tried, up to "
                            f"{max(top, 0)} groups in float; all of them would be the fp32 model)"
-                           + _more_images(outcome.gate))
+                           + more_images(outcome.gate))
         return outcome
     outcome.float_groups = len(chosen)
     outcome.float_nodes = [n for g in chosen for n in g["nodes"]]
     chosen_step = next(s for s in reversed(outcome.steps) if s["passed"] and s["float_groups"] == len(chosen))
-    outcome.gate = _gate_entry(gate, chosen_step)
+    outcome.gate = gate_entry(gate, chosen_step)
     if outcome.steps[-1]["float_groups"] != len(chosen):  # the bisection ended on another mix: redo this one
         quantizer.quantize(out, outcome.float_nodes)
+    kept = f"{outcome.float_groups} of {len(ranked)} node groups in float" if ranked else "all int8"
+    return timed(outcome, quantizer, out, min_speedup, f"the model meeting the gate ({kept})")
+
+
+def timed(outcome: Int8Outcome, quantizer: Quantizer, out: Path, min_speedup: float, what: str) -> Int8Outcome:
+    """The speed rule, for a model that met the gate: int8 `out` timed against fp32 at batch 1 and 32; it
+    passes when `min_speedup` is 0 or reached at both, else the outcome says why `what` is refused."""
     outcome.speed = quantizer.speed(out, min_speedup)
     slow = [b for b, m in outcome.speed["batches"].items() if m["speedup"] < min_speedup]
     if min_speedup > 0 and slow:
-        kept = f"{outcome.float_groups} of {len(ranked)} node groups in float" if ranked else "all int8"
         at = ", ".join(f"{outcome.speed['batches'][b]['speedup']:.2f}x at batch {b}" for b in slow)
-        outcome.failure = (f"the model meeting the gate ({kept}) runs at {at} of fp32 speed on this CPU, below "
-                           f"--min-int8-speedup {min_speedup:g}: fp32 is the better model here")
+        outcome.failure = (f"{what} runs at {at} of fp32 speed on this CPU, below --min-int8-speedup "
+                           f"{min_speedup:g}: fp32 is the better model here")
         return outcome
     outcome.passed = True
     return outcome
@@ -178,14 +187,15 @@ def _of(source: str) -> str:
     return f" ({source})" if source else ""
 
 
-def _gate_entry(gate: AgreementGate, step: dict[str, Any]) -> dict[str, Any]:
+def gate_entry(gate: AgreementGate, step: dict[str, Any]) -> dict[str, Any]:
+    """The gate's verdict on one step ({agreed, images}), with the images its agreement rate would need."""
     entry = gate.verdict(step["agreed"], step["images"])
     entry["images_needed"] = gate.images_needed(entry["agreement"] or 0.0)
     return entry
 
 
-def _more_images(entry: dict[str, Any]) -> str:
-    """How many selection images the agreement rate of a `_gate_entry` would need to pass, when more images
+def more_images(entry: dict[str, Any]) -> str:
+    """How many selection images the agreement rate of a `gate_entry` would need to pass, when more images
     could pass it."""
     needed = entry["images_needed"]
     if needed is None:
@@ -195,4 +205,4 @@ def _more_images(entry: dict[str, Any]) -> str:
             "(--selection-data SRC, --selection-size N)")
 
 
-__all__ = ["Int8Outcome", "quantize_within_budget"]
+__all__ = ["Int8Outcome", "gate_entry", "more_images", "quantize_within_budget", "timed"]

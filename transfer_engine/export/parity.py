@@ -38,6 +38,9 @@ class Reference:
     logits: np.ndarray
     features: np.ndarray
     labels: np.ndarray | None  # -1 where unlabelled; None when nothing is labelled
+    # The logit margin at or under which the reference's top two classes are a tie (None: twice the fp32
+    # tolerance). A --qat run's reference is its int8 simulation, whose logits lie on a grid: one step of it.
+    tie_margin: float | None = None
 
     @property
     def logit_tolerance(self) -> float:
@@ -66,8 +69,7 @@ def compare(ref: Reference, logits: np.ndarray, features: np.ndarray | None) -> 
     logits = np.asarray(logits, dtype=np.float64)
     diff = np.abs(logits - ref.logits)
     agree = logits.argmax(1) == ref.logits.argmax(1)
-    top2 = np.sort(ref.logits, axis=1)[:, -2:] if ref.logits.shape[1] > 1 else np.zeros((len(ref.logits), 2))
-    near_tie = (top2[:, 1] - top2[:, 0]) <= 2 * ref.logit_tolerance
+    near_tie = near_ties(ref.logits, 2 * ref.logit_tolerance if ref.tie_margin is None else ref.tie_margin)
     accuracy, torch_accuracy = _accuracy(logits, ref.labels), ref.accuracy()
     out: dict[str, Any] = {
         "max_abs_diff": float(diff.max()),
@@ -86,6 +88,14 @@ def compare(ref: Reference, logits: np.ndarray, features: np.ndarray | None) -> 
         out["features"] = {"max_abs_diff": float(fdiff.max()), "mean_abs_diff": float(fdiff.mean()),
                            "cosine": _min_cosine(features, ref.features)}
     return out
+
+
+def near_ties(logits: np.ndarray, margin: float) -> np.ndarray:
+    """Whether each row's top two logits are within `margin` of each other (a tie: either class is the answer)."""
+    if logits.shape[1] < 2:
+        return np.zeros(len(logits), bool)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]) <= margin
 
 
 def fp32_failure(ref: Reference, measures: dict[str, Any]) -> str | None:

@@ -26,6 +26,7 @@ from transfer_engine.finetune.job import Job, build_job
 from transfer_engine.finetune.loop import Evaluation, StepProgress
 from transfer_engine.finetune.records import FinetuneSummary
 from transfer_engine.finetune.start import Start
+from transfer_engine.runs import QAT_JSON
 from transfer_engine.runs.writer import check_out
 
 
@@ -56,6 +57,8 @@ def run_fixed(out: Path, cfg: FinetuneConfig, *, resume: bool = False, overwrite
 def _train_and_write(job: Job, writer, resume: bool, progress: Progress, on_epoch_end) -> FinetuneSummary:
     steps = fdata.steps_per_epoch(len(job.sets["train"]), job.cfg.batch_size)
     meter = StepProgress(progress if job.rank == 0 else False, job.cfg.epochs, steps)
+    if job.qat is not None:
+        meter.line(job.qat.describe())
     loop = EpochLoop(job, meter, on_epoch_end)
     loop.begin(resume)
     loop.run()
@@ -63,10 +66,14 @@ def _train_and_write(job: Job, writer, resume: bool, progress: Progress, on_epoc
     if job.adapters is not None:
         meter.line(job.adapters.merge())  # evaluated and written as merged: the weights te export reads
     results = evaluate_all(job.trainer, job.sets, job.eval_batch, job.workers, job.rank, job.world)
+    if job.qat is not None:
+        job.qat.sim.remove()  # evaluated as int8; written with its weights and biases on their int8 grids
     summary = _summary(job, loop, results, str(writer.out if writer is not None else ""))
     if writer is not None:
         write_run(writer, job.start, job.sets, summary, results, loop.state, loop.settings, job.trainer.model,
                   job.precision_reason)
+        if job.qat is not None:
+            writer.write_json(QAT_JSON, job.qat.record())
         writer.commit()
         ckpt.remove(job.ckpt_dir)
     dist.barrier()

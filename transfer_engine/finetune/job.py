@@ -21,6 +21,7 @@ from transfer_engine.core.splits import HOLDOUT_FRACTION, hold_out
 from transfer_engine.errors import UsageError
 from transfer_engine.finetune import data as fdata
 from transfer_engine.finetune import lora
+from transfer_engine.finetune import qat as fqat
 from transfer_engine.finetune.loop import Trainer
 from transfer_engine.finetune.precision import choose_precision
 from transfer_engine.finetune.start import Start, from_backbone, from_run
@@ -48,6 +49,7 @@ class Job:
     world: int
     workers: int           # data-loading processes per rank
     adapters: lora.Adapters | None = None  # --strategy lora: merged into the backbone before the run is written
+    qat: fqat.Qat | None = None  # --qat: the int8 simulation, taken out (weights left on their grids) before writing
 
     @property
     def eval_batch(self) -> int:
@@ -66,7 +68,7 @@ def build_job(cfg: FinetuneConfig, ckpt_dir: Path) -> Job:
     if cfg.batch_size % world:
         raise UsageError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
     target = device_of_this_rank(resolve_device(cfg.device), world)
-    chosen, precision_reason = choose_precision(cfg.precision, target)
+    chosen, precision_reason = ("fp32", fqat.PRECISION_REASON) if cfg.qat else choose_precision(cfg.precision, target)
 
     torch.manual_seed(cfg.seed)
     start = (from_run(cfg.from_run_dir, cfg.limit) if cfg.from_run_dir is not None else
@@ -78,13 +80,16 @@ def build_job(cfg: FinetuneConfig, ckpt_dir: Path) -> Job:
     name = strategy_name(cfg)
     adapters = (lora.attach(start.model.backbone, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets,
                             input_size=preprocess.crop_size, name=start.backbone.name) if name == "lora" else None)
+    # --qat: installed before the trainer is built, so that its optimizer holds the parametrized weights
+    quantized = fqat.prepare(start.model, sets["train"], cfg, preprocess.crop_size) if cfg.qat else None
     blocks = backbone_blocks(start.model.backbone)
     plan = make_strategy(name, len(blocks), unfreeze_epoch=cfg.unfreeze_epoch, milestones=cfg.milestones,
                          freeze_bn=cfg.freeze_bn, adapters=[b.has_adapters for b in blocks])
     steps = fdata.steps_per_epoch(len(sets["train"]), cfg.batch_size)
     trainer = Trainer(start.model, blocks, plan, cfg, len(start.class_names), cfg.epochs * steps, target, chosen)
     return Job(cfg, start, trainer, sets, plan, name, chosen, precision_reason, preprocess.crop_size, val_note,
-               ckpt_dir, rank, world, _default_workers(world) if cfg.workers is None else cfg.workers, adapters)
+               ckpt_dir, rank, world, _default_workers(world) if cfg.workers is None else cfg.workers, adapters,
+               quantized)
 
 
 def strategy_name(cfg: FinetuneConfig) -> str:

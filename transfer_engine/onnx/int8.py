@@ -175,6 +175,8 @@ class Quantizer:
                  input_name: str) -> None:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
+        # activations whose scale and zero point are given, not calibrated (a QAT run's: `set_activations`)
+        self.activations: dict[str, tuple[float, int]] = {}
         self.fp32 = Path(fp32_model)
         self.calibration = np.ascontiguousarray(calibration, dtype=np.float32)
         self.recipe = recipe
@@ -190,6 +192,11 @@ class Quantizer:
             axis = {"axis": 0} if recipe.per_channel else {}
             self.weight_overrides = {w: [{"reduce_range": False, **axis}] for w in _depthwise_weights(self.prepared)}
 
+    def set_activations(self, qparams: dict[str, tuple[float, int]]) -> None:
+        """Quantize these activations {tensor: (scale, uint8 zero point)} at the given values instead of the
+        calibrated ones (the scales a QAT run trained with: `onnx.simulate.tensor_overrides`)."""
+        self.activations = dict(qparams)
+
     def quantize(self, out: Path, float_nodes: Sequence[str]) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -197,8 +204,11 @@ class Quantizer:
         # Calibrate once: onnxruntime >= 1.23 keeps the ranges in a file; older ones recalibrate each time.
         if "calibration_cache_path" in inspect.signature(quantize_static).parameters:
             kwargs["calibration_cache_path"] = str(self.cache)
-        if self.weight_overrides:
-            kwargs["extra_options"] = {"TensorQuantOverrides": self.weight_overrides}
+        overrides = {**self.weight_overrides,
+                     **{t: [{"scale": np.array(s, np.float32), "zero_point": np.array(z, np.uint8)}]
+                        for t, (s, z) in self.activations.items()}}
+        if overrides:
+            kwargs["extra_options"] = {"TensorQuantOverrides": overrides}
         with _tool_errors("int8"), quiet_stdout():
             quantize_static(str(self.prepared), str(out), self._reader(), quant_format=QuantFormat.QDQ,
                             per_channel=self.recipe.per_channel, reduce_range=self.recipe.reduce_range,

@@ -70,8 +70,9 @@ class ModelMetadata:
         part: "model", "backbone" or "head".
         run: provenance: the run directory, its kind, backbone and weights, head, data set, metrics.
         export: how it was made: te/torch/onnx/onnxruntime versions, exporter, opset.
-        quantization: int8 only: {recipe, checked_on (the CPU the parity check ran on), float_nodes}
-            (see `transfer_engine.onnx.int8`); te predict warns on a CPU of another int8 family.
+        quantization: int8 only: {recipe, method ("ptq", or "qat": a te finetune --qat run's own), checked_on
+            (the CPU the parity check ran on), float_nodes} (see `transfer_engine.onnx.int8`); te predict warns
+            on a CPU of another int8 family.
     """
 
     class_names: list[str]

@@ -21,6 +21,9 @@ RUN_JSON = "run.json"
 METRICS_JSON = "metrics.json"
 HEAD_WEIGHTS = "head.safetensors"
 MODEL_WEIGHTS = "model.safetensors"
+# A `te finetune --qat` run's int8 simulation ({"recipe", "simulation", "calibration"}): te export writes the
+# int8 model it trained from it (transfer_engine/onnx/simulate.py).
+QAT_JSON = "qat.json"
 KINDS = ("train", "finetune")
 # BackboneRef.weights of a run trained on a cache space that does not record where its weights came from
 # (a space written without provenance): the head is usable on features, the backbone cannot be rebuilt.

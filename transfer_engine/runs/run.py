@@ -149,6 +149,14 @@ class Run:
         bb.model.eval()
         return bb
 
+    @property
+    def qat(self) -> dict[str, Any] | None:
+        """The int8 simulation a `te finetune --qat` run trained (its QAT_JSON), or None for any other run."""
+        from transfer_engine.runs.format import QAT_JSON
+
+        path = self.path / QAT_JSON
+        return _read_json(path) if path.is_file() else None
+
     def val_was_fitted(self) -> bool | None:
         """Whether the model's weights were fitted on val images too, not only on train: a head that
         `te train --sweep` refitted on train+val, or a finetune run started from one. None: not recorded

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transfer_engine.core.choices import EXPORTERS, INT8_TARGETS, LAYOUTS, QUANTIZE
+from transfer_engine.core.choices import EXPORTERS, LAYOUTS, QUANTIZE
+from transfer_engine.core.configs import shared
 from transfer_engine.core.configs.base import Config
 from transfer_engine.core.options import option
 from transfer_engine.errors import UsageError
@@ -57,10 +58,7 @@ class ExportConfig(Config):
                                   help="The agreement floor: int8 ships when the 95% lower bound of its top-1 "
                                        "agreement with the fp32 model on the selection images reaches F; fp16 must "
                                        "agree F on the check images.")
-    int8_target: str = option(DEFAULT_INT8_TARGET, choices=INT8_TARGETS,
-                              help="int8 recipe. portable: 7-bit weights (8-bit in depthwise convolutions), the same "
-                                   "integer results on x86 CPUs with and without VNNI; vnni: 8-bit weights, exact only "
-                                   "on VNNI CPUs (saturates on AVX2).")
+    int8_target: str = shared.int8_target(DEFAULT_INT8_TARGET)
     min_int8_speedup: float = option(DEFAULT_MIN_SPEEDUP, low=0, high=100, high_open=True, metavar="R",
                                      help="Refuse int8 that is not R times as fast as fp32 at batch 1 and at batch 32 "
                                           "on this CPU (0: no speed rule).")

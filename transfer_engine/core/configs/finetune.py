@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from transfer_engine.core.choices import AUGMENTS, FINETUNE_PRECISIONS, KEEP, LORA_TARGETS, OPTIMIZERS, RECIPES, STRATEGIES
 from transfer_engine.core.configs import shared
 from transfer_engine.core.configs.base import Config
+from transfer_engine.core.configs.export import DEFAULT_INT8_TARGET
 from transfer_engine.core.options import option
 from transfer_engine.errors import UsageError
 
@@ -137,6 +138,11 @@ class FinetuneConfig(Config):
                               help="Weights to write: final = the last epoch's unless the start is better on val [the "
                                    "schedule's]; best = the best epoch on val, the start included [otherwise]; last = "
                                    "the last epoch's.")
+    qat: bool = option(False, flag="--qat/--no-qat",
+                       help="Quantization-aware fine-tuning: train the int8 model onnxruntime runs (BatchNorm folded, "
+                            "activations at onnxruntime's calibrated scales, weights and biases on their int8 grids, "
+                            "in fp32); te export RUN --quantize int8 then writes exactly that model.")
+    int8_target: str = shared.int8_target(DEFAULT_INT8_TARGET)
     no_val: bool = option(False, help="When the data has no val split, train on all of train and keep the last epoch "
                                       "(by default te holds out the val te train held out, 15% of each class, and "
                                       "selects on it).")
@@ -151,6 +157,15 @@ class FinetuneConfig(Config):
             raise UsageError("give either --from RUN or --backbone NAME --data SRC --head HEAD")
         if self.backbone is not None and (not self.data or not self.head):
             raise UsageError("--backbone needs --data SRC and --head HEAD (or use --from RUN)")
+        if self.qat and self.strategy == "lora":
+            raise UsageError("--qat trains every weight on its int8 grid; it does not combine with --strategy lora")
+        if self.qat and not self.freeze_bn:
+            raise UsageError("--qat folds BatchNorm into the convolutions, as onnxruntime does: it needs --freeze-bn")
+        if self.qat and self.precision not in ("auto", "fp32"):
+            raise UsageError(f"--qat simulates onnxruntime's int8 arithmetic in fp32; --precision {self.precision} "
+                             "cannot be used with it")
+        if self.int8_target != self.default("int8_target") and not self.qat:
+            raise UsageError("--int8-target applies to --qat (te export takes its own)")
         lora = ("lora_rank", "lora_alpha", "lora_targets")
         if self.strategy != "lora" and any(getattr(self, f) != self.default(f) for f in lora):
             raise UsageError("--lora-rank, --lora-alpha and --lora-targets apply to --strategy lora")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transfer_engine.core.choices import BACKEND_CHOICES, DEVICES, SELECTIONS
+from transfer_engine.core.choices import BACKEND_CHOICES, DEVICES, INT8_TARGETS, SELECTIONS
 from transfer_engine.core.options import option
 from transfer_engine.core.selection import DEFAULT_FOLDS, DEFAULT_SELECT, KFOLD_MAX_RECORDS
 
@@ -48,3 +48,11 @@ def select(what: str) -> Any:
 
 def folds() -> Any:
     return option(DEFAULT_FOLDS, low=2, metavar="K", help="k of k-fold selection.")
+
+
+def int8_target(default: str) -> Any:
+    """te export's int8 recipe, and the one te finetune --qat trains for (core/configs/export.py's default)."""
+    return option(default, choices=INT8_TARGETS,
+                  help="int8 recipe. portable: 7-bit weights (8-bit in depthwise convolutions), the same integer "
+                       "results on x86 CPUs with and without VNNI; vnni: 8-bit weights, exact only on VNNI CPUs "
+                       "(saturates on AVX2).")
