@@ -132,11 +132,19 @@ def score(diagnosis, truth: dict, root: Path) -> dict:
     k = len(flipped)
     at_k = sum(1 for p in ranking[:k] if p in flipped) / max(1, k)
     hits = sum(1 for p in flagged if p in flipped)
+    # test accuracy with and without the leaked test images, at te doctor's default threshold (te doctor ran at LOW)
+    from transfer_engine.core.configs.doctor import NEAR_DUPLICATE_COSINE
+    from transfer_engine.doctor.impact import accuracy_with_and_without
+
+    leaked = set(diagnosis.leaked_exact) | {r for r, (_, c) in diagnosis.leaked_near.items()
+                                             if c >= NEAR_DUPLICATE_COSINE}
+    impact = (accuracy_with_and_without(rows, lab.test, lab.test_probabilities.argmax(1), leaked)
+              if lab.test_probabilities is not None else None)
     return {"near": near, "exact_recall": exact_found / max(1, len(truth["exact"])),
             "conflict_recall": conflict_found / max(1, len(truth["conflicting"])),
             "label_recall_at_k": at_k, "planted_flips": k, "flagged": len(flagged),
             "flagged_precision": hits / len(flagged) if flagged else None, "flagged_recall": hits / max(1, k),
-            "probe_accuracy": lab.accuracy, "impact": diagnosis.impact}
+            "probe_accuracy": lab.accuracy, "impact": impact}
 
 
 def planted_run(domain: str, work: Path, per_class: int | None, operations=None) -> dict:

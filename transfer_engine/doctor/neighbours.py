@@ -22,12 +22,12 @@ from transfer_engine.errors import UsageError
 
 NEIGHBOURS = 10           # per row: enough for the outlier score and for the near duplicates of one image
 EXACT_MAX_ROWS = 20_000   # docs/doctor.md, "Scale": where scikit-learn's exact search stops being affordable
-PROJECTED_DIM = 256
+PROJECTED_DIM = 128
 PCA_SAMPLE = 20_000
-CANDIDATES = 64
+CANDIDATES = 24
 HNSW_LINKS = 32
-HNSW_EF_SEARCH = 64
-RESCORE_ROWS = 256        # rows whose candidates are re-scored at once (their candidates: RESCORE_ROWS x CANDIDATES x D floats)
+HNSW_EF_SEARCH = 48
+RESCORE_ROWS = 1024       # rows whose candidates are re-scored at once (their candidates: RESCORE_ROWS x CANDIDATES x D floats)
 INSTALL = "pip install 'transfer-engine[doctor]' (or: pip install faiss-cpu)"
 
 

@@ -59,7 +59,9 @@ class Rows:
     def raw(self, records: np.ndarray) -> np.ndarray:
         """float32 [len(records), D]: the cached (unnormalised) features of these records."""
         u = self.record_key[records]
-        return self.features[u] * self.norms[u, None]
+        out = self.features[u]
+        out *= self.norms[u, None]
+        return out
 
     @functools.cached_property
     def records_of(self) -> list[list[int]]:

@@ -79,9 +79,8 @@ def out_of_fold_probabilities(features: torch.Tensor, labels: torch.Tensor, keys
         module = fit_head(spec, data, fit_rows, hp, seed=seed).module
         probabilities[held] = _probabilities(module, features[held])
     out = OutOfFold(probabilities, fold)
-    if held_out is not None:
-        module = fit_head(spec, data, _split(features, labels, keys, torch.ones(len(keys), dtype=torch.bool)), hp,
-                          seed=seed).module
+    if held_out is not None:  # the whole pool, without a copy of its features
+        module = fit_head(spec, data, Split("pool", list(keys), labels, features), hp, seed=seed).module
         out.held_out, out.head = _probabilities(module, held_out), module
     return out
 
