@@ -36,6 +36,9 @@ class OutOfFold:
     head: torch.nn.Module | None = None
 
 
+_CHUNK = 8192  # rows summed at once for the global scale
+
+
 @dataclass
 class _Keyed:
     key: str
@@ -100,7 +103,8 @@ def _split(features: torch.Tensor, labels: torch.Tensor, keys: Sequence[str], ma
 def _in_memory(features: torch.Tensor, num_classes: int) -> TrainingData:
     """A TrainingData over features already in memory (no cache behind them): what `fit_head` reads is the
     dimension, the classes and the global scale (the root mean square of the features, as te train's)."""
-    scale = float(features.double().pow(2).mean().sqrt()) or 1.0
+    squares = sum(float(features[i:i + _CHUNK].double().pow(2).sum()) for i in range(0, len(features), _CHUNK))
+    scale = (squares / max(1, features.numel())) ** 0.5 or 1.0  # in chunks: no float64 copy of every row
     return TrainingData(cache=None, dataset="", class_names=[str(c) for c in range(num_classes)],
                         space=SimpleNamespace(dim=features.shape[1]), provenance=None, splits={}, in_memory=True,
                         scale=scale)
