@@ -17,8 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -149,9 +150,10 @@ class Run:
         bb.model.eval()
         return bb
 
-    @property
+    @functools.cached_property
     def qat(self) -> dict[str, Any] | None:
-        """The int8 simulation a `te finetune --qat` run trained (its QAT_JSON), or None for any other run."""
+        """The int8 simulation a `te finetune --qat` run trained (its QAT_JSON), or None for any other run
+        (read once: te export asks for it at several steps)."""
         from transfer_engine.runs.format import QAT_JSON
 
         path = self.path / QAT_JSON
