@@ -88,3 +88,14 @@ def test_bad_rows_are_a_clear_error(impl):
         impl(torch.randn(2, 3, 4), "int8")
     with pytest.raises(RuntimeError, match="expected float32, float16 or bfloat16"):
         impl(torch.ones(2, 3, dtype=torch.int32), "fp16")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (33, 7), (5, 1000), (0, 16)])
+def test_split_int8_rows_gives_back_the_quantizers_codes_and_scales(shape):
+    """What te cache export --dtype int8 writes: the stored codes and scales, which decode to the gathered rows."""
+    x = features(shape, seed=sum(shape))
+    q, scale = ops.quantize_rows_int8(x)
+    codes, scales = ops.split_int8_rows(ops.encode_rows(x, "int8"), shape[1])
+    assert codes.dtype == torch.int8 and scales.dtype == torch.float32
+    assert torch.equal(codes, q) and torch.equal(scales, scale)
+    assert torch.equal(codes.float() * scales[:, None], reference.decode_rows(ops.encode_rows(x, "int8"), shape[1], "int8"))

@@ -543,10 +543,38 @@ class Index:
         paths = [p for (p,) in self._q(f"SELECT r.path {where} ORDER BY r.idx LIMIT ?", (name, limit))] if count else []
         return count, paths
 
-    def dataset_coverage(self, name: str, space_id: int) -> int:
-        """How many of data set `name`'s records have a row in space `space_id`."""
+    def dataset_coverage(self, name: str, space_id: int, split: str | None = None) -> int:
+        """How many of data set `name`'s records (of `split`, or all) have a row in space `space_id`."""
+        where, params = ("", (space_id, name)) if split is None else (" AND r.split = ?", (space_id, name, split))
         return self._q("SELECT count(*) FROM records r JOIN datasets d ON d.id = r.dataset "
-                       "JOIN rows w ON w.space = ? AND w.key = r.key WHERE d.name = ?", (space_id, name))[0][0]
+                       f"JOIN rows w ON w.space = ? AND w.key = r.key WHERE d.name = ?{where}", params)[0][0]
+
+    def dataset_size(self, name: str, split: str | None = None) -> tuple[int, int] | None:
+        """(the data set's id, how many records it has in `split`, or in all) of data set `name`, read in one
+        snapshot; None when there is no such data set. A data set stored again gets a new id."""
+        with self.snapshot():
+            rows = self._q("SELECT id FROM datasets WHERE name = ?", (name,))
+            if not rows:
+                return None
+            where, params = ("", (rows[0][0],)) if split is None else (" AND split = ?", (rows[0][0], split))
+            return rows[0][0], self._q(f"SELECT count(*) FROM records WHERE dataset = ?{where}", params)[0][0]
+
+    def dataset_record_pages(self, dataset_id: int, split: str | None = None,
+                             page: int = 8192) -> Iterator[list[tuple[str, str, int | None, str]]]:
+        """The records [(path, key, label, split)] of the data set with id `dataset_id` (of `split`, or all), in
+        order, `page` at a time: each page is one query by primary key, so millions of records stream in
+        flat memory and no read transaction is held between pages. A data set stored again meanwhile has a
+        new id: its old records are gone and the pages end early (callers compare the count)."""
+        after = -1
+        where = "" if split is None else " AND split = ?"
+        while True:
+            params = (dataset_id, after) if split is None else (dataset_id, after, split)
+            rows = self._q(f"SELECT idx, path, key, label, split FROM records WHERE dataset = ? AND idx > ?{where} "
+                           "ORDER BY idx LIMIT ?", (*params, page))
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield [(p, k.hex(), label, s) for _, p, k, label, s in rows]
 
     def dataset_counts(self, name: str) -> tuple[dict[str, int], dict[int | None, int]]:
         """({split: records}, {label: records}) of data set `name`."""

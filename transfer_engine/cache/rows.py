@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
 import torch
 
@@ -12,7 +12,7 @@ from transfer_engine.cache.index import SpaceRow
 from transfer_engine.cache.records import check_keys
 from transfer_engine.cache.shards import shard_relpath
 from transfer_engine.cache.space import FeatureSpace
-from transfer_engine.errors import CacheError, UsageError
+from transfer_engine.errors import CacheError, CorruptCacheError, UsageError
 
 if TYPE_CHECKING:
     from transfer_engine.cache.loader import FeatureLoader
@@ -118,6 +118,11 @@ class CachedSpace:
         pairs = torch.tensor([found[k] for k in keys], dtype=torch.int64).reshape(-1, 2)
         return RowLocations(pairs[:, 0].contiguous(), pairs[:, 1].contiguous(), shards)
 
+    def records_covered(self, dataset: str, split: str | None = None) -> int:
+        """How many records of data set `dataset` (of `split`, or all) have a row in this space; counted by the
+        index, without reading the records."""
+        return self.cache.index.dataset_coverage(dataset, self._row.id, split)
+
     # -- writing ----------------------------------------------------------------------------------------
     def append(self, keys: Sequence[str], features: torch.Tensor) -> int:
         """Store the features of new keys; keys the space already holds are skipped, not duplicated.
@@ -195,8 +200,37 @@ class CachedSpace:
             out = torch.empty((n, self.dim), dtype=torch.float32)
         elif out.dtype != torch.float32 or tuple(out.shape) != (n, self.dim):
             raise UsageError(f"out must be float32 [{n}, {self.dim}], got {out.dtype} {list(out.shape)}")
-        if n == 0:
-            return out
+        for data, rows_, positions, _ in self._by_shard(locations):
+            ops.gather_rows(data, rows_, self.dim, self.stored, out=out, out_index=positions)
+        return out
+
+    def stored_rows(self, rows: Union[Sequence[str], RowLocations]) -> torch.Tensor:
+        """The rows as stored, undecoded, in the order asked (int8 rows: codes and scale, split by
+        `ops.split_int8_rows`).
+
+        Args:
+            rows: keys, or `RowLocations` from `locate`.
+
+        Returns:
+            uint8 [N, row_bytes] on the CPU (a copy: it outlives the shards' maps).
+
+        Raises:
+            CorruptCacheError: the index names a row beyond its shard's committed rows.
+        """
+        locations = rows if isinstance(rows, RowLocations) else self.locate(rows)
+        out = torch.empty((len(locations), self.row_bytes), dtype=torch.uint8)
+        for data, rows_, positions, committed in self._by_shard(locations):
+            if int(rows_.max()) >= committed:
+                raise CorruptCacheError(f"the index of {self.cache.root} names row {int(rows_.max())} of a shard of "
+                                        f"space {self.id[:12]} that commits {committed}; run te cache verify")
+            out[positions] = data.view(committed, self.row_bytes)[rows_]
+        return out
+
+    def _by_shard(self, locations: RowLocations) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
+        """(the shard's mapped bytes, the rows wanted of it, their positions in `locations`, its committed
+        rows) for each shard the locations name: one map lookup per shard, not per row."""
+        if len(locations) == 0:
+            return
         order = torch.argsort(locations.shard, stable=True)
         shard_ids, counts = torch.unique_consecutive(locations.shard[order], return_counts=True)
         start = 0
@@ -205,8 +239,7 @@ class CachedSpace:
             start += count
             relpath, committed = locations.shards[shard_id]
             data = self.cache.maps.rows(shard_id, relpath, committed, self.row_bytes)
-            ops.gather_rows(data, locations.row[positions], self.dim, self.stored, out=out, out_index=positions)
-        return out
+            yield data, locations.row[positions], positions, committed
 
     def batches(self, keys: Sequence[str] | None = None, *, dataset: str | None = None, split: str | None = None,
                 batch_size: int = 256, shuffle: bool = True, seed: int = 0, drop_last: bool = False,

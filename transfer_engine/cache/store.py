@@ -315,9 +315,23 @@ class FeatureCache:
             class_names = self.index.dataset_classes(name)
             rows = self.index.dataset_records(name)
         if class_names is None:
-            names = ", ".join(self.datasets()) or "none"
-            raise UsageError(f"cache {self.root} has no data set {name!r}; it has: {names}")
+            raise self._no_dataset(name)
         return Dataset(name, class_names, [Record(*r) for r in rows])
+
+    def dataset_classes(self, name: str) -> list[str]:
+        """The class names of data set `name`, without reading its records.
+
+        Raises:
+            UsageError: the cache has no data set of that name (the message lists those it has).
+        """
+        class_names = self.index.dataset_classes(name)
+        if class_names is None:
+            raise self._no_dataset(name)
+        return class_names
+
+    def _no_dataset(self, name: str) -> UsageError:
+        names = ", ".join(self.datasets()) or "none"
+        return UsageError(f"cache {self.root} has no data set {name!r}; it has: {names}")
 
     def datasets(self) -> list[str]:
         """Names of the stored data sets, sorted."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from transfer_engine.core.extras import FAISS_INSTALL
 from transfer_engine.errors import UsageError
 
 NEIGHBOURS = 10           # per row: enough for the outlier score and for the near duplicates of one image
@@ -28,7 +29,6 @@ CANDIDATES = 24
 HNSW_LINKS = 32
 HNSW_EF_SEARCH = 48
 RESCORE_ROWS = 1024       # rows whose candidates are re-scored at once (their candidates: RESCORE_ROWS x CANDIDATES x D floats)
-INSTALL = "pip install 'transfer-engine[doctor]' (or: pip install faiss-cpu)"
 
 
 @dataclass
@@ -75,7 +75,7 @@ def _approximate(features: np.ndarray, k: int) -> Neighbours:
         import faiss
     except ImportError:
         raise UsageError(f"te doctor searches more than {EXACT_MAX_ROWS:,} images with FAISS, which is not installed: "
-                         f"{INSTALL}") from None
+                         f"{FAISS_INSTALL}") from None
     n, d = features.shape
     rng = np.random.default_rng(0)
     sample = features[np.sort(rng.choice(n, min(n, PCA_SAMPLE), replace=False))]

@@ -51,6 +51,7 @@ INT8_ROUNDING = 3 * 2.0 ** -24
 
 STORED_DTYPES = reference.STORED_DTYPES
 row_bytes = reference.row_bytes
+split_int8_rows = reference.split_int8_rows
 
 # The compiled ops take the stored dtype as its position in STORED_DTYPES (csrc/stored_rows.h).
 STORED_CODES = {name: code for code, name in enumerate(STORED_DTYPES)}
@@ -134,4 +135,5 @@ __all__ = [
     "quantize_rows_int8",
     "reference",
     "row_bytes",
+    "split_int8_rows",
 ]

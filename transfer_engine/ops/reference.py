@@ -78,10 +78,22 @@ def decode_rows(raw: torch.Tensor, dim: int, stored: str) -> torch.Tensor:
     if stored == "fp16":
         return raw.view(torch.float16).reshape(n, dim).to(torch.float32)
     if stored == "int8":
-        q = raw[:, :dim].view(torch.int8).to(torch.float32)
-        scale = raw[:, dim:].clone(memory_format=torch.contiguous_format).view(torch.float32).reshape(n, 1)
-        return q * scale
+        q, scale = split_int8_rows(raw, dim)
+        return q.to(torch.float32) * scale.reshape(n, 1)
     raise ValueError(f"stored dtype must be one of {STORED_DTYPES}, got {stored!r}")
+
+
+def split_int8_rows(raw: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stored int8 rows [N, dim + 4] (uint8) -> (codes int8 [N, dim], scales float32 [N]): the layout
+    `encode_rows` writes, taken apart without decoding (q * scale is the row `decode_rows` gives)."""
+    n = raw.shape[0]
+    if raw.dim() != 2 or raw.dtype != torch.uint8 or raw.shape[1] != row_bytes(dim, "int8"):
+        raise ValueError(f"expected stored int8 rows uint8 [N, {row_bytes(dim, 'int8')}], got {raw.dtype} "
+                         f"{list(raw.shape)}")
+    codes = raw[:, :dim].clone(memory_format=torch.contiguous_format).view(torch.int8)
+    # a fresh copy: the scale bytes start at any offset, and viewing them as float32 needs an aligned start
+    scales = raw[:, dim:].clone(memory_format=torch.contiguous_format).view(torch.float32).reshape(n)
+    return codes, scales
 
 
 def _check_gather_args(data: torch.Tensor, index: torch.Tensor, dim: int, out: torch.Tensor | None,

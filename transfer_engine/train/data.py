@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from transfer_engine.cache import identity
+from transfer_engine.cache.choice import choose_dataset, choose_space, key_coverage
 from transfer_engine.core.progress import Progress, Say, renamed, say_of
 from transfer_engine.core.splits import HOLDOUT_FRACTION, hold_out
 from transfer_engine.errors import CacheError, UsageError
@@ -176,13 +177,14 @@ def load_training_data(cache: str | os.PathLike, *, dataset: str | None = None, 
 
 def _load(store: "FeatureCache", dataset: str | None, backbone: str | None, space_id: str | None,
           memory_budget: int | None, say) -> TrainingData:
-    ds = store.dataset(_choose_dataset(store, dataset))
+    ds = store.dataset(choose_dataset(store, dataset))
     notes: list[str] = []
     if len(ds.class_names) < 2:
         raise UsageError(f"data set {ds.name!r} has {len(ds.class_names)} class(es) ({', '.join(ds.class_names)}); "
                          "a classifier needs at least 2")
     splits = _labelled_splits(ds, notes)
-    chosen = _choose_space(store, ds, backbone, space_id)
+    labelled = key_coverage([r.key for r in ds.records if r.label is not None])
+    chosen = choose_space(store, ds.name, labelled, backbone=backbone, space_id=space_id)
     provenance = store.provenance(chosen.id)
     total_rows = sum(len(s) for s in splits.values())
     budget = default_memory_budget() if memory_budget is None else int(memory_budget)
@@ -211,17 +213,6 @@ def _load(store: "FeatureCache", dataset: str | None, backbone: str | None, spac
     for note in notes:
         say(f"te: note: {note}")
     return data
-
-
-def _choose_dataset(store: "FeatureCache", name: str | None) -> str:
-    names = store.datasets()
-    if name is not None:
-        return name  # store.dataset(name) names the ones it has when this one is missing
-    if len(names) == 1:
-        return names[0]
-    if not names:
-        raise UsageError(f"cache {store.root} holds no data set; fill it with te extract --data SRC --cache {store.root}")
-    raise UsageError(f"cache {store.root} holds {len(names)} data sets ({', '.join(names)}); choose one with --dataset")
 
 
 def _labelled_splits(ds: "Dataset", notes: list[str]) -> dict[str, Split]:
@@ -262,50 +253,6 @@ def _labelled_splits(ds: "Dataset", notes: list[str]) -> dict[str, Split]:
 
 def _split(name: str, records: list) -> Split:
     return Split(name, [r.key for r in records], torch.tensor([r.label for r in records], dtype=torch.int64))
-
-
-def _choose_space(store: "FeatureCache", ds: "Dataset", backbone: str | None, space_id: str | None) -> "CachedSpace":
-    keys = list(dict.fromkeys(r.key for r in ds.records if r.label is not None))
-    if space_id is not None:
-        chosen = store.open_space(space_id)
-        if backbone is not None and chosen.config.backbone != backbone:
-            raise UsageError(f"--space {space_id} is a space of backbone {chosen.config.backbone!r}, not {backbone!r}")
-        _require_rows(chosen, ds, keys)
-        return chosen
-    spaces = store.spaces()
-    if backbone is not None:
-        spaces = [s for s in spaces if s.backbone == backbone]
-        if not spaces:
-            have = ", ".join(sorted({s.backbone for s in store.spaces()})) or "none"
-            raise UsageError(f"cache {store.root} has no features of backbone {backbone!r} (it has: {have}); "
-                             f"run te extract --backbone {backbone} --cache {store.root} first")
-    if not spaces:
-        raise UsageError(f"cache {store.root} holds no feature space; run te extract first")
-    opened = [store.space(s) for s in spaces]
-    full = [s for s in opened if all(s.contains(keys))]
-    if len(full) == 1:
-        return full[0]
-    if not full:
-        if len(opened) == 1:
-            _require_rows(opened[0], ds, keys)
-        listing = "; ".join(_describe(s) for s in opened)
-        raise UsageError(f"no feature space of cache {store.root} holds every row of data set {ds.name!r} (spaces: "
-                         f"{listing}); run te extract on that data set, or choose one with --space")
-    listing = "; ".join(_describe(s) for s in full)
-    raise UsageError(f"{len(full)} feature spaces hold data set {ds.name!r} ({listing}); choose one with --space ID"
-                     f"{'' if backbone else ' or --backbone NAME'}")
-
-
-def _describe(space: "CachedSpace") -> str:
-    c = space.config
-    return f"{space.id[:12]} {c.backbone} {c.stored} {c.precision}"
-
-
-def _require_rows(space: "CachedSpace", ds: "Dataset", keys: list[str]) -> None:
-    missing = [k for k, have in zip(keys, space.contains(keys)) if not have]
-    if missing:
-        raise UsageError(f"space {space.id[:12]} ({space.config.backbone}) lacks {len(missing)} of the {len(keys)} "
-                         f"rows of data set {ds.name!r}; run te extract for it again (it adds only what is missing)")
 
 
 def _check_finite(features: torch.Tensor, keys: list[str], space_id: str, rows: torch.Tensor | None = None) -> None:

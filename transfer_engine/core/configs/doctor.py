@@ -21,10 +21,9 @@ class DoctorConfig(Config):
     """What `te doctor` is asked to do; `te doctor --help` says what each field means."""
 
     cache: str = option(help="Feature cache directory (filled by te extract).", metavar="DIR", required=True)
-    dataset: str | None = option(None, help="Data set in the cache (default: its only one).", metavar="NAME")
-    backbone: str | None = option(None, help="Use the features of this backbone.", metavar="NAME")
-    space: str | None = option(None, help="Feature space id or prefix (te cache info), when several hold the data "
-                                          "set.", metavar="ID")
+    dataset: str | None = shared.cached_dataset()
+    backbone: str | None = shared.feature_backbone()
+    space: str | None = shared.feature_space()
     out: str = option("doctor", metavar="DIR", help="Where doctor.md, doctor.json and the contact sheets (PNG) go.")
     threshold: float = option(NEAR_DUPLICATE_COSINE, low=0, high=1, metavar="COS",
                               help="Cosine of the cached features above which two images count as the same "

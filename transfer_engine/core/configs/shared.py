@@ -56,3 +56,15 @@ def int8_target(default: str) -> Any:
                   help="int8 recipe. portable: 7-bit weights (8-bit in depthwise convolutions), the same integer "
                        "results on x86 CPUs with and without VNNI; vnni: 8-bit weights, exact only on VNNI CPUs "
                        "(saturates on AVX2).")
+
+
+def cached_dataset() -> Any:
+    return option(None, metavar="NAME", help="Data set in the cache (default: its only one).")
+
+
+def feature_backbone() -> Any:
+    return option(None, metavar="NAME", help="Use the features of this backbone.")
+
+
+def feature_space() -> Any:
+    return option(None, metavar="ID", help="Feature space id or prefix (te cache info), when several hold the data set.")

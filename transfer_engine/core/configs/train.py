@@ -26,10 +26,9 @@ class TrainConfig(Config):
                         required=True)
     head: str = option("linear", help="Head name (te heads: linear, mlp, cosine, knn, plugins), or 'all' for a "
                                       "leaderboard.", metavar="HEAD", required=True)
-    dataset: str | None = option(None, help="Data set in the cache (default: its only one).", metavar="NAME")
-    backbone: str | None = option(None, help="Use the features of this backbone.", metavar="NAME")
-    space: str | None = option(None, help="Feature space id or prefix (te cache info), when several hold the data "
-                                          "set.", metavar="ID")
+    dataset: str | None = shared.cached_dataset()
+    backbone: str | None = shared.feature_backbone()
+    space: str | None = shared.feature_space()
     epochs: int | None = option(None, help="Passes of minibatch training (default per head; L-BFGS and knn do not "
                                            "use it).", low=1, metavar="N")
     lr: float | None = option(None, help="Learning rate of minibatch training (default per head).", low=0,
