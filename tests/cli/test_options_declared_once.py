@@ -14,7 +14,7 @@ import click
 from click.testing import CliRunner
 import pytest
 
-from transfer_engine.cli import bench, compare, doctor, export, extract, finetune, predict, train
+from transfer_engine.cli import bench, cache, compare, doctor, export, extract, finetune, predict, train
 from transfer_engine.core import configs
 from transfer_engine.core.options import default_of, options_of, run_settings
 from transfer_engine.errors import UsageError
@@ -28,6 +28,7 @@ COMMANDS = {
     "compare": (compare.compare, configs.CompareConfig, {"as_json"}),
     "doctor": (doctor.doctor, configs.DoctorConfig, {"as_json"}),
     "bench": (bench.bench, configs.BenchConfig, {"as_json"}),
+    "cache export": (cache.export, configs.CacheExportConfig, {"cache_dir", "out", "overwrite", "as_json"}),
 }
 
 
@@ -86,6 +87,8 @@ def test_a_command_passes_what_it_was_given_to_its_config(tmp_path, monkeypatch)
     (configs.BenchConfig, {"suite": "huge"}, "--suite must be one of quick, full"),
     (configs.DoctorConfig, {"cache": "c", "threshold": 1.5}, "--threshold must be at most 1, got 1.5"),
     (configs.DoctorConfig, {"cache": "c", "leaked": "keep"}, "--leaked must be one of drop, train"),
+    (configs.CacheExportConfig, {"format": "csv"}, "--format must be one of npy, parquet, got 'csv'"),
+    (configs.CacheExportConfig, {"format": "npy", "rows_per_file": 0}, "--rows-per-file must be at least 1, got 0"),
     (configs.FinetuneConfig, {"from_run_dir": "r", "layer_decay": 1.5}, "--layer-decay must be at most 1, got 1.5"),
     (configs.FinetuneConfig, {"from_run_dir": "r", "strategy": "lora", "lora_targets": ()},
      "--lora-targets must be one or more of qkv,proj,mlp"),

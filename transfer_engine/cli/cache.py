@@ -1,5 +1,5 @@
-"""`te cache info|verify|repair|gc|merge`: look inside a feature cache, check it, repair it, clean it up, and
-merge caches built apart."""
+"""`te cache info|verify|repair|gc|merge|export`: look inside a feature cache, check it, repair it, clean it up,
+merge caches built apart, and export a data set's features for other tools."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
-from transfer_engine.cli._common import emit_json, json_option, table
+from transfer_engine.cli._common import emit_json, json_option, overwrite_option, table
+from transfer_engine.cli._options import options_from
+from transfer_engine.core.configs import CacheExportConfig
 from transfer_engine.errors import CorruptCacheError, TEError, UsageError
 
 
@@ -39,7 +41,7 @@ def _human(n: int) -> str:
 
 @click.group("cache")
 def cache() -> None:
-    """Inspect, verify and clean a feature cache (the DIR of `te extract --cache DIR`).
+    """Inspect, verify, clean and export a feature cache (the DIR of `te extract --cache DIR`).
 
     \b
     Examples:
@@ -48,6 +50,7 @@ def cache() -> None:
       te cache repair features/
       te cache gc features/ --dry-run
       te cache merge features/ laptop-features/ gpu-box-features/
+      te cache export features/ --dataset digits --format npy --out digits-emb/ --faiss
     """
 
 
@@ -242,3 +245,42 @@ def merge(dest: str, sources: tuple[str, ...], rename: bool, replace: bool, dry_
                 if refused else " (everything else was)")
         raise CorruptCacheError(f"{report.skipped} damaged source rows were not copied{also}; `te cache verify` on "
                                 "the source names them, `te extract` into DEST extracts those images again")
+
+
+@cache.command("export")
+@click.argument("cache_dir", metavar="CACHE", type=click.Path(file_okay=True, dir_okay=True))
+@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="The export folder: new, empty, or an earlier export (with --overwrite).")
+@options_from(CacheExportConfig)
+@overwrite_option
+@json_option
+def export(cache_dir: str, out: Path, overwrite: bool, as_json: bool, **fields) -> None:
+    """Write a data set's cached features as .npy or parquet files (and a FAISS index) for other tools.
+
+    Rows are the data set's records in order, with their content key, origin (path), label, class and
+    split: --format npy writes DIR/emb/embeddings_NNNNN.npy and DIR/metadata/metadata_NNNNN.parquet with
+    the same numbering (embedding-reader's parquet_npy layout); --format parquet writes
+    DIR/embeddings_NNNNN.parquet with an 'embedding' column. --dtype int8 writes a space's stored codes
+    and their per-row scales (DIR/scales/scales_NNNNN.npy, or a 'scale' column). DIR/export.json, written
+    last, says what was written. --faiss adds DIR/index.faiss over the L2-normalized rows: IndexFlatIP up
+    to --faiss-flat-rows rows, IndexIVFFlat above. The space is chosen as te train chooses it.
+
+    \b
+    Examples:
+      te cache export features/ --dataset digits --format npy --out digits-emb/
+      te cache export features/ --dataset digits --split test --format parquet --out digits-test/
+      te cache export features/ --backbone resnet50 --format npy --dtype int8 --out emb-int8/ --faiss
+    """
+    from transfer_engine.cache.export import export_features
+
+    summary = export_features(cache_dir, CacheExportConfig(**fields), out=out, overwrite=overwrite, progress=True)
+    if as_json:
+        emit_json(summary.to_dict())
+        return
+    split = f", split {summary.split}" if summary.split else ""
+    click.echo(f"exported {summary.rows} rows ({summary.dim}-d {summary.dtype}{', normalized' if summary.normalized else ''}) "
+               f"of data set {summary.dataset}{split}, space {summary.space[:12]} ({summary.backbone}), to {summary.out}")
+    for role, files in summary.files.items():
+        click.echo(f"  {role:10} {files[0]}" + (f" ... {files[-1]} ({len(files)} files)" if len(files) > 1 else ""))
+    if summary.faiss:
+        click.echo(f"  {'faiss':10} {summary.faiss['file']} ({summary.faiss['type']}, {summary.faiss['rows']} rows)")

@@ -32,6 +32,10 @@ SELECTIONS = ("auto", "kfold", "val")
 FINETUNE_PRECISIONS = PRECISION_CHOICES
 # te doctor --leaked: what its manifest does with a val/test image that duplicates a train image
 LEAKED_REMEDIES = ("drop", "train")
+# te cache export: the files written (npy shards + parquet metadata, or parquet with an embedding column) and
+# the values in them (float32 as te's loader decodes the rows, or a space's stored int8 codes with their scales)
+FEATURE_EXPORT_FORMATS = ("npy", "parquet")
+FEATURE_EXPORT_DTYPES = ("float32", "int8")
 # te bench
 BENCH_SUITES = ("quick", "full")
 STRATEGIES = ("freeze", "no_freeze", "freeze_unfreeze", "unfreeze_milestones", "lora")
