@@ -86,7 +86,7 @@ def compare(data: "str | CompareConfig", cache: str | Path | None = None, backbo
         say(f"compare [{i}/{len(names)}] {backbone}")
         entry = Entry(backbone, cfg.weights)
         try:
-            summary = extract(backbone, cfg.data, cfg.cache, weights=cfg.weights, name=dataset, limit=cfg.limit,
+            summary = extract(backbone, cfg.data, cfg.cache, weights=cfg.weights, name=dataset, limit=cfg.limit, label_field=cfg.label_field,
                               backend=cfg.backend, seed=cfg.seed, progress=progress)
         except UsageError:
             raise  # the data or the cache is wrong: the same for every backbone

@@ -174,7 +174,7 @@ class ManifestSource(DataSource):
                   "te reads them as written", file=sys.stderr)
         if not labels:
             raise UsageError(f"--data {_shown(str(manifest))}: the manifest lists no images")
-        if all(_is_int(v) for v in labels):
+        if all(is_whole_number(v) for v in labels):
             self.class_names = [str(v) for v in sorted({int(v) for v in labels})]
         else:
             self.class_names = sorted(labels)
@@ -253,9 +253,9 @@ class ManifestSource(DataSource):
 
     def samples(self) -> Iterator[Sample]:
         index = {c: i for i, c in enumerate(self.class_names)}
-        as_int = all(_is_int(c) for c in self.class_names)
+        as_int = all(is_whole_number(c) for c in self.class_names)
         for line, path, label, split in self._rows():
-            name = str(int(label)) if as_int and _is_int(label) else label
+            name = str(int(label)) if as_int and is_whole_number(label) else label
             if name not in index:
                 raise UsageError(f"--data {_shown(str(self.manifest))}: line {line} has label {_shown(label)!r}, "
                                  "which was not there when te first read the manifest (it changed meanwhile); "
@@ -296,16 +296,26 @@ def default_dataset_name(source: DataSource, data: str) -> str:
     """The folder's or manifest's name (a data set name is text: a name that is not UTF-8 as `display_path`)."""
     if data.startswith("builtin:"):
         return data.split(":", 1)[1]
+    if getattr(source, "streaming", False):  # parts: the pattern's folder, or the file's or folder's name
+        trail = data.rstrip("/").rsplit("://", 1)[-1].split("/")
+        last = trail[-1]
+        if any(c in last for c in "{*?[") and len(trail) > 1:
+            last = trail[-2]
+        if last in ("", ".", ".."):
+            last = Path(data).expanduser().resolve().name
+        return display_path(last.split(".", 1)[0] if "." in last.lstrip(".") else last)
     path = Path(data).expanduser()
     return display_path(path.stem if path.is_file() else path.resolve().name)
 
 
-def open_source(spec: str, follow_symlinks: bool = False) -> DataSource:
+def open_source(spec: str, follow_symlinks: bool = False, label_field: str | None = None) -> DataSource:
     """The data source for a `--data` value.
 
     Args:
-        spec: a folder, a .csv/.jsonl manifest, or builtin:NAME.
+        spec: a folder, a .csv/.jsonl manifest, builtin:NAME, or parts (tar shards, Parquet/Arrow files, a
+            `datasets` save_to_disk folder; a path, brace pattern, list file or URL: `data.parts.open_parts`).
         follow_symlinks: in a folder, follow symlinks that lead out of it.
+        label_field: where parts keep the label (a tar member or a table column; None: the default).
 
     Raises:
         UsageError: the path does not exist, is an unsupported file, or holds no images/classes; or
@@ -314,6 +324,11 @@ def open_source(spec: str, follow_symlinks: bool = False) -> DataSource:
     check_read_limits()
     if spec.startswith("builtin:"):
         return BuiltinSource(spec)
+    from transfer_engine.data.parts import open_parts
+
+    parts = open_parts(spec if "://" in spec else str(Path(spec).expanduser()), label_field)
+    if parts is not None:
+        return parts
     path = Path(spec).expanduser()
     if not path.exists():
         raise UsageError(f"--data {display_path(spec)}: no such file or folder")
@@ -338,8 +353,11 @@ def check_read_limits() -> None:
 def recorded_data(spec: str) -> str:
     """`--data` as te records it (run.json, the cache's provenance): absolute and resolved, so a later
     command started in another folder finds the same data; builtin:NAME as it is."""
-    if spec.startswith("builtin:"):
+    if spec.startswith("builtin:") or "://" in spec:
         return spec
+    if any(c in spec for c in "{*?["):  # a pattern: its folder resolved, the pattern kept
+        head, sep, tail = spec.rpartition("/")
+        return str(Path(head or ".").expanduser().resolve()) + "/" + tail if sep else str(Path.cwd() / spec)
     return str(Path(spec).expanduser().resolve())
 
 
@@ -391,7 +409,8 @@ def _first_skip(skipped: list[dict[str, str]]) -> str:
         return ""
     return f"; skipped {display_path(skipped[0]['path'])}: {skipped[0]['reason']}"
 
-def _is_int(value: str) -> bool:
+def is_whole_number(value: str) -> bool:
+    """True for text that int() reads (a label that sorts as a number)."""
     try:
         int(value)
         return True

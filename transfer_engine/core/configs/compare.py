@@ -14,7 +14,7 @@ from transfer_engine.core.selection import check_folds
 class CompareConfig(Config):
     """What `te compare` is asked to do; `te compare --help` says what each field means."""
 
-    data: str = shared.data_source("Image folder, .csv/.jsonl manifest or builtin:digits.")
+    data: str = shared.data_source()
     cache: str = option(help="The feature cache every backbone shares.", metavar="DIR", required=True)
     backbones: str = option(help="Comma-separated backbone names and shell patterns, e.g. "
                                  "resnet18,efficientnet_lite0 or 'resnet*'.", metavar="NAMES", required=True)
@@ -25,6 +25,7 @@ class CompareConfig(Config):
     name: str | None = shared.dataset_name()
     quick: bool = option(False, help="Rank by LogME alone: no probe is fitted (seconds per backbone).")
     limit: int | None = shared.limit()
+    label_field: str | None = shared.label_field()
     backend: str = shared.backend("Extraction backend, as te extract takes it.")
     seed: int = option(0, help="Seed of random inits and the probes.")
     int8: bool = option(False, help="Also quantize each backbone's ONNX graph (portable recipe) and report its speed "

@@ -41,6 +41,7 @@ class ExtractConfig(Config):
                                  "(1.25x) and within cosine 0.999 of pil on 8 of your images (remembered; a cache "
                                  "already holding PIL features keeps them).")
     limit: int | None = shared.limit()
+    label_field: str | None = shared.label_field()
     strict: bool = option(False, help="Exit 1 when any file cannot be read or decoded.")
     seed: int = option(0, help="Seed of a random initialization.")
     follow_symlinks: bool = shared.follow_symlinks()

@@ -14,7 +14,9 @@ from transfer_engine.core.selection import DEFAULT_FOLDS, DEFAULT_SELECT, KFOLD_
 
 
 def data_source(help: str = "Image folder (CLASS/IMAGE, optionally under train/val/test), a .csv/.jsonl manifest "
-                            "(path,label[,split]) or builtin:digits.") -> Any:
+                            "(path,label[,split]), builtin:digits, or parts: webdataset tar shards, Parquet/Arrow "
+                            "files or a `datasets` save_to_disk folder (a path, a brace pattern "
+                            "shards/train-{000000..000127}.tar, a .txt list, or an fsspec URL such as s3://...).") -> Any:
     return option(help=help, metavar="SRC", required=True)
 
 
@@ -30,6 +32,12 @@ def follow_symlinks() -> Any:
     return option(False, help="In a --data folder, follow symlinks that lead out of it (by default they are skipped, "
                               "with the reason; links to what te reads anyway are always skipped: no image counts "
                               "twice).")
+
+
+def label_field() -> Any:
+    return option(None, metavar="FIELD", help="Where tar shards or tables keep the label: for tar shards cls, txt or "
+                                              "json:FIELD (default: cls, else json:label), for Parquet/Arrow a "
+                                              "column (default: the ClassLabel column, else label/labels/cls/class).")
 
 
 def backend(help: str) -> Any:
