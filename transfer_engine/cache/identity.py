@@ -67,10 +67,11 @@ def record_source(cache: "FeatureCache", name: str, source: str) -> None:
         cache.index.set_meta(_SOURCE + name, json.dumps(source))
 
 
-def check_replacement(cache: "FeatureCache", name: str, source: str, class_names: Sequence[str],
+def check_replacement(cache: "FeatureCache", name: str, source: str, class_names: Sequence[str] | None,
                       replace: bool) -> None:
     """Refuse (UsageError) to store data set `name` from `source` with `class_names` over a stored data set
-    of that name from another source or with other classes, unless `replace`. The same source with the
+    of that name from another source or with other classes, unless `replace` (classes None: not known yet,
+    only the source is checked). The same source with the
     same classes is the incremental case (images added or removed) and is always allowed."""
     stored = identity(cache, name)
     if stored is None or replace:
@@ -80,7 +81,7 @@ def check_replacement(cache: "FeatureCache", name: str, source: str, class_names
     if stored.source is not None and stored.source != source:
         raise UsageError(f"data set {name!r} in {cache.root} holds the images of {display_path(stored.source)}, "
                          f"not of {display_path(source)}; " + keep)
-    if tuple(class_names) != stored.class_names:
+    if class_names is not None and tuple(class_names) != stored.class_names:
         raise UsageError(f"data set {name!r} in {cache.root} has the classes {_listed(stored.class_names)}; "
                          f"--data {display_path(source)} has {_listed(class_names)}; " + keep)
 

@@ -40,7 +40,8 @@ INDEX = "index.sqlite"
 LOCK = "writer.lock"
 FORMAT_NAME = "te-feature-cache"
 _OWN_ENTRIES = {MARKER, MARKER + ".tmp", INDEX, INDEX + "-wal", INDEX + "-shm", INDEX + "-journal", LOCK, "shards",
-                "artifacts", "nodes"}  # nodes/: the delta caches of a multi-machine te extract
+                "artifacts", "nodes", "parts"}  # nodes/: the delta caches of a multi-machine te extract;
+# parts/: which tar shards / Parquet files te extract has finished (`extract.ledger`)
 
 
 class FeatureCache:

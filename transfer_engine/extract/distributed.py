@@ -35,10 +35,16 @@ def records_in_order(spool: Iterable[tuple], last_index: int, window: int = MERG
     if world == 1:
         yield from spool
         return
-    end = max(all_gathered(last_index, "merging the ranks' records")) + 1
+    # Indices may leave gaps (parts number theirs `part << 32 | n`): each window starts at the smallest index
+    # any rank still holds, so the exchanges count the records, not the range they span.
     records = iter(spool)
     upcoming = next(records, None)
-    for lo in range(0, end, window):
+    while True:
+        starts = [i for i in all_gathered(upcoming[0] if upcoming is not None else None,
+                                          "merging the ranks' records") if i is not None]
+        if not starts:
+            return
+        lo = min(starts)
         mine = []
         while upcoming is not None and upcoming[0] < lo + window:
             mine.append(upcoming)

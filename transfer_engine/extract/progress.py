@@ -7,7 +7,7 @@ from transfer_engine.core.progress import ProgressLine, Say
 
 
 class Progress:
-    def __init__(self, total: int, *, enabled: bool | Say = True, label: str = "", every: float = 5.0) -> None:
+    def __init__(self, total: int | None, *, enabled: bool | Say = True, label: str = "", every: float = 5.0) -> None:
         self.total = total
         self.label = label
         self.done = self.reused = self.failed = 0
@@ -17,16 +17,18 @@ class Progress:
         self.done += done
         self.reused += reused
         self.failed += failed
-        unfinished = self.done + self.reused + self.failed < self.total  # close() draws the last line
+        # close() draws the last line; without a total (parts are not counted first) every line is a running count
+        unfinished = self.total is None or self.done + self.reused + self.failed < self.total
         if unfinished and self.out.due():
             self._draw(final=False)
 
     def _draw(self, final: bool) -> None:
         handled = self.done + self.reused + self.failed
         rate = self.done / self.out.elapsed()
-        left = self.total - handled
+        left = self.total - handled if self.total is not None else 0
         eta = f"ETA {left / rate:.0f}s" if rate > 0 and left > 0 else ""
-        self.out.draw(f"{self.label}: {handled}/{self.total} (new {self.done}, reused {self.reused}, "
+        total = f"/{self.total}" if self.total is not None else ""
+        self.out.draw(f"{self.label}: {handled}{total} (new {self.done}, reused {self.reused}, "
                       f"failed {self.failed}) {rate:.1f} img/s {eta}".rstrip(), final=final)
 
     def close(self) -> None:

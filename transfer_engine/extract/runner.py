@@ -27,7 +27,8 @@ from transfer_engine.core.runtime import device_of_this_rank, resolve_device, to
 from transfer_engine.data.sources import (DataSource, Sample, content_key, default_dataset_name, derived_split, open_source,
                                           recorded_data)
 from transfer_engine.errors import PluginError, TEError, UsageError
-from transfer_engine.extract import nodes
+from transfer_engine.extract import nodes, streamed
+from transfer_engine.extract.ledger import PartLedger
 from transfer_engine.extract.distributed import records_in_order
 from transfer_engine.extract.pipeline import FeatureExtractor, Item
 from transfer_engine.extract.backend import adopt, choose
@@ -65,6 +66,7 @@ class ExtractSummary:
     cache: str = ""
     classes: int = 0
     splits: dict = field(default_factory=dict)
+    parts: dict = field(default_factory=dict)  # tar shards / tables: total, read, skipped_finished
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -102,15 +104,23 @@ def extract(backbone: "str | ExtractConfig", data: str | None = None, cache: str
     clock = StageClock()
     # Join the job first: a rank whose --data or options fail then tells the others, which stop at once.
     rank, world = dist.rank_and_world()
-    source = open_source(cfg.data, cfg.follow_symlinks)
+    source = open_source(cfg.data, cfg.follow_symlinks, cfg.label_field)
+    streaming = getattr(source, "streaming", False)  # parts (tar shards, tables): `extract.streamed`
     if cfg.name is not None and display_path(cfg.name) != cfg.name:
         raise UsageError(f"--name {display_path(cfg.name)}: a data set's name must be valid UTF-8 text")
     dataset = cfg.name or default_dataset_name(source, cfg.data)
     layout = nodes.node_layout(world)
-    # Count first (a listing, no reads), then stream: the sample list is never held in memory.
-    counted = sum(1 for _ in _limited(source.samples(), cfg.limit))
-    if not counted:
-        raise UsageError(f"--data {cfg.data}: the data set holds no images")
+    # Count first (a listing, no reads), then stream: the sample list is never held in memory. Parts are
+    # not counted (that would read them): their progress line counts up without a total.
+    if streaming:
+        parts = source.parts()
+        if not parts:
+            raise UsageError(f"--data {cfg.data}: no part could be read{_first_skip(source.skipped())}")
+        counted = None
+    else:
+        counted = sum(1 for _ in _limited(source.samples(), cfg.limit))
+        if not counted:
+            raise UsageError(f"--data {cfg.data}: the data set holds no images")
 
     target = device_of_this_rank(resolve_device(cfg.device), world)
     bb = create_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed)
@@ -123,7 +133,9 @@ def extract(backbone: "str | ExtractConfig", data: str | None = None, cache: str
     try:
         # A name is not an identity: another folder's images, or other classes, replace a data set only
         # when asked (before any work; a node's delta holds no data set, so rank 0 decides there).
-        identity.check_replacement(cache_obj, dataset, recorded_data(cfg.data), source.class_names, cfg.replace)
+        # Parts' classes are known once they are read (`data.parts`): checked again before the data set is written.
+        known_classes = None if streaming and source.fixed_classes is None else source.class_names
+        identity.check_replacement(cache_obj, dataset, recorded_data(cfg.data), known_classes, cfg.replace)
         resized, how = _choose_how(cfg.resampler, cfg.backend, cfg.precision, bb, target, cache_obj, source, cfg.limit, rank, world,
                                    layout)
         chosen = how.precision
@@ -132,12 +144,22 @@ def extract(backbone: "str | ExtractConfig", data: str | None = None, cache: str
         space = _SpaceOnDemand(cache_obj, config, bb, also_present=present if delta else None)
         batch = cfg.batch_size or (128 if target.type == "cuda" else 32)
         threads = cfg.workers or min(8, os.cpu_count() or 1)
-        meter = Meter(len(range(rank, counted, world)), enabled=progress if rank == 0 else False,
-                      label=f"extract {bb.name}")
+        meter = Meter(None if counted is None else len(range(rank, counted, world)),
+                      enabled=progress if rank == 0 else False, label=f"extract {bb.name}")
         with RecordSpool(cache_obj.root) as spool:
             run = _Run()
-            mine = ((i, s) for i, s in enumerate(_limited(source.samples(), cfg.limit)) if i % world == rank)
-            items = _pending(source, mine, space, spool, run, meter, clock, bb.preprocess.resampler == "torch")
+            tensor = bb.preprocess.resampler == "torch"
+            if streaming:
+                mine_parts = [(i, p) for i, p in enumerate(parts) if i % world == rank]
+                ledger = PartLedger(cache_obj.root, space.id)
+                part_progress = streamed.PartProgress(ledger, space.contains)
+                items = streamed.pending_from_parts(
+                    source, mine_parts, ledger, part_progress, space, spool, run, meter, clock, run.parts, run.labels,
+                    lambda sample, data: _held_loader(source, sample, data, clock, tensor), cfg.limit)
+                run.parts.total = len(mine_parts)
+            else:
+                mine = ((i, s) for i, s in enumerate(_limited(source.samples(), cfg.limit)) if i % world == rank)
+                items = _pending(source, mine, space, spool, run, meter, clock, tensor)
             engine = how.engine(bb, target, threads=torch.get_num_threads())
             # On a GPU with the torch resampler, images decode (nvjpeg) and resize there, batch by batch.
             on_gpu = target.type == "cuda" and bb.preprocess.resampler == "torch"
@@ -155,20 +177,28 @@ def extract(backbone: "str | ExtractConfig", data: str | None = None, cache: str
                             space.append(out.keys, out.features)
                         run.extracted += len(out.keys)
                     run.in_flight.settle(out.keys + out.failed_keys)  # committed (or failed): no longer in flight
+                    if streaming:
+                        part_progress.settle(out.keys, out.failed_keys, out.failed)
                     meter.update(done=len(out.keys), failed=len(out.failed))
+            if streaming:
+                part_progress.close()
             meter.close()
             if rank == 0:
                 run.failed.extend(source.skipped())  # folders and links the walk left out, with the reason
             space.created()  # nothing extracted (all reused or failed): the data set still names its space
             ranks: list[_Tally] = dist.all_gathered(run.tally(), "waiting for every rank to finish its share")
             total, extracted = sum(t.handled for t in ranks), sum(t.extracted for t in ranks)
+            class_names, label_of = source.class_names if not streaming else None, None
+            if streaming:  # every rank's labels: the class names, then the check deferred above
+                class_names, label_of = _classes_of_parts(source, ranks, cfg.data)
+                identity.check_replacement(cache_obj, dataset, recorded_data(cfg.data), class_names, cfg.replace)
             if layout.multi:
                 _gather_node_deltas(cache_obj, layout, rank, config.id, present, delta)
             with clock.timing("dataset"):
                 if world == 1:
-                    outcome = _write_dataset(cache_obj, space, dataset, source.class_names, spool, ranks)
+                    outcome = _write_dataset(cache_obj, space, dataset, class_names, spool, ranks, label_of)
                 else:
-                    outcome = _merge_and_write(cache_obj, space, dataset, source.class_names, spool, ranks, rank)
+                    outcome = _merge_and_write(cache_obj, space, dataset, class_names, spool, ranks, rank, label_of)
             if rank == 0:
                 earlier = cache_obj.provenance(space.id) or {}
                 backends = sorted({*earlier.get("backends", []), how.backend})
@@ -176,6 +206,8 @@ def extract(backbone: "str | ExtractConfig", data: str | None = None, cache: str
                               "data": recorded_data(cfg.data), "dataset": dataset, "backends": backends}
                 if cfg.follow_symlinks:
                     provenance["follow_symlinks"] = True
+                if cfg.label_field is not None:
+                    provenance["label_field"] = cfg.label_field
                 cache_obj.set_provenance(space.id, provenance)
                 identity.record_source(cache_obj, dataset, recorded_data(cfg.data))
         reused, failed, splits = dist.from_rank0(outcome, "waiting for rank 0 to write the data set")
@@ -189,7 +221,8 @@ def extract(backbone: "str | ExtractConfig", data: str | None = None, cache: str
             precision=chosen, precision_reason=how.reason, backend=how.backend, backend_measured=how.measured,
             store=cfg.store, resampler=resized.resampler, resampler_reason=resized.reason,
             stages={**clock.seconds(), "wall": round(seconds, 3)}, device=str(target), weights=bb.weights,
-            cache=str(cache_obj.root), classes=len(source.class_names), splits=splits,
+            cache=str(cache_obj.root), classes=len(class_names), splits=splits,
+            parts=_parts_total(ranks) if streaming else {},
         )
     finally:
         cache_obj.close()
@@ -208,7 +241,9 @@ def _choose_how(resampler: str, backend: str, precision: str, bb, target: torch.
     pairs: list = []
 
     def calibration() -> list:
-        if not pairs:
+        if not pairs and getattr(source, "streaming", False):
+            pairs.extend(_first_decodable(source, CALIBRATION_IMAGES))
+        elif not pairs:
             pairs.extend(calibration_images(source, _limited(source.samples(), limit), CALIBRATION_IMAGES))
         return pairs
 
@@ -307,13 +342,16 @@ class _InFlight:
 
 
 class _Tally(NamedTuple):
-    """One rank's counts and failures, as sent to the others (small: failures are few)."""
+    """One rank's counts and failures, as sent to the others (small: failures are few; labels are the
+    distinct label texts a rank met in parts, as many as the classes)."""
 
     handled: int
     extracted: int
     reused: int
     failed: list[dict]
     decode_failures: list[tuple[str, dict]]
+    labels: list[str]
+    parts: dict
 
 
 @dataclass
@@ -326,9 +364,12 @@ class _Run:
     failed: list[dict] = field(default_factory=list)  # {"path", "reason"}: unreadable or undecodable
     decode_failures: list[tuple[str, dict]] = field(default_factory=list)  # (key, {"path", "reason"})
     in_flight: _InFlight = field(default_factory=_InFlight)
+    labels: set[str] = field(default_factory=set)  # parts only: label texts met
+    parts: streamed.PartCounts = field(default_factory=streamed.PartCounts)
 
     def tally(self) -> _Tally:
-        return _Tally(self.handled, self.extracted, self.reused, self.failed, self.decode_failures)
+        return _Tally(self.handled, self.extracted, self.reused, self.failed, self.decode_failures,
+                      sorted(self.labels), self.parts.fields())
 
 
 def _limited(samples: Iterator[Sample], limit: int | None) -> Iterator[Sample]:
@@ -381,7 +422,7 @@ def _pending(source: DataSource, samples: Iterable[tuple[int, Sample]], space, s
 
 
 def _write_dataset(cache, space, dataset: str, class_names: list[str], records: Iterable[tuple],
-                   ranks: list[_Tally]) -> tuple[int, list[dict], dict]:
+                   ranks: list[_Tally], label_of: Callable[[str], int | None] | None = None) -> tuple[int, list[dict], dict]:
     """Store the data set from records in data-set order (rank 0); returns (reused, failed, splits).
 
     A record is left out when its file failed to decode, and also when it is a copy of such a file
@@ -410,14 +451,14 @@ def _write_dataset(cache, space, dataset: str, class_names: list[str], records: 
                                                        f"failed: {first['reason']}"})
                 continue
             splits[split] = splits.get(split, 0) + 1
-            yield path, key, label, split
+            yield path, key, label if label_of is None else label_of(label), split
 
     cache.put_dataset(dataset, kept(), class_names)
     return reused, failed, dict(sorted(splits.items()))
 
 
 def _merge_and_write(cache, space, dataset: str, class_names: list[str], spool: RecordSpool, ranks: list[_Tally],
-                     rank: int) -> tuple | None:
+                     rank: int, label_of: Callable[[str], int | None] | None = None) -> tuple | None:
     """Under torchrun: merge every rank's spool into data-set order on rank 0, then write the data set.
 
     The merge goes to a second spool first, so no collective runs while rank 0 holds the cache's
@@ -431,7 +472,7 @@ def _merge_and_write(cache, space, dataset: str, class_names: list[str], spool: 
     with RecordSpool(cache.root) as merged:
         for record in records:
             merged.write(*record)
-        return _write_dataset(cache, space, dataset, class_names, merged, ranks)
+        return _write_dataset(cache, space, dataset, class_names, merged, ranks, label_of)
 
 
 def _gather_node_deltas(cache, layout: nodes.NodeLayout, rank: int, space_id: str, present, delta: Path | None) -> None:
@@ -457,6 +498,52 @@ def _reader(source: DataSource, sample: Sample, key: str, clock: StageClock) -> 
         return data
 
     return read
+
+
+def _held_loader(source: DataSource, sample: Sample, data: bytes, clock: StageClock, tensor: bool) -> Callable:
+    """Decodes bytes read once, as they streamed from their part."""
+    def load():
+        with clock.timing("decode"):
+            return source.decode(sample, data, tensor)
+
+    return load
+
+
+def _first_decodable(source, limit: int) -> list[tuple[Sample, bytes]]:
+    """The first `limit` images of a part source that decode, with their bytes (the calibration batch):
+    read from the first parts, front to back, as extraction reads them."""
+    out: list[tuple[Sample, bytes]] = []
+    for record in source.records():
+        if record.data is None:
+            continue
+        try:
+            source.decode(record.sample, record.data, True)
+        except Exception:  # a bad image is reported by the extraction itself
+            continue
+        out.append((record.sample, record.data))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _classes_of_parts(source, ranks: list[_Tally], data: str) -> tuple[list[str], Callable[[str], int | None]]:
+    """The class names once every part is through: declared by the source, else from every rank's labels."""
+    from transfer_engine.data.parts import LabelMap, class_names_from
+
+    names = source.fixed_classes if source.fixed_classes is not None else \
+        class_names_from(label for t in ranks for label in t.labels)
+    if not names:
+        raise UsageError(f"--data {data}: the data set holds no labelled images"
+                         f"{_first_skip([f for t in ranks for f in t.failed])}")
+    return names, LabelMap(names).index
+
+
+def _parts_total(ranks: list[_Tally]) -> dict:
+    return {k: sum(t.parts[k] for t in ranks) for k in ranks[0].parts}
+
+
+def _first_skip(skipped: list[dict]) -> str:
+    return f" (first skipped: {display_path(skipped[0]['path'])}: {skipped[0]['reason']})" if skipped else ""
 
 
 def _loader(source: DataSource, sample: Sample, read: Callable[[], bytes], clock: StageClock,
