@@ -47,7 +47,7 @@ $(STAMP_TORCH): | $(PY)
 	touch $@
 
 $(STAMP_INSTALL): $(STAMP_TORCH) pyproject.toml setup.py $(EXT_SOURCES) $(addsuffix pyproject.toml,$(PLUGINS))
-	$(PIP) install -q --no-build-isolation -e ".[test,lora,doctor,$(ORT_EXTRA)]" $(TORCH_PINS)
+	$(PIP) install -q --no-build-isolation -e ".[test,lora,doctor,scale,$(ORT_EXTRA)]" $(TORCH_PINS)
 	@for p in $(PLUGINS); do echo "installing plugin $$p"; \
 	  $(PIP) install -q --no-build-isolation -e "$${p}[test]" $(TORCH_PINS) || exit 1; done
 	TE_REQUIRE_EXT=1 $(PY) -c "import transfer_engine.extension as e; e.load(); print('transfer_engine._C:', e.info())"
