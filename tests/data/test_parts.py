@@ -91,6 +91,16 @@ def test_a_folder_a_list_file_and_a_pattern_name_the_same_shards(shards, images)
     assert keys[str(shards)] == [content_key(data) for data, _ in images]
 
 
+def test_keys_for_te_finetune_come_from_one_streaming_pass(shards, images, tmp_path):
+    """te finetune matches the cache's records to images by content key: parts hash what they stream
+    (no second read per sample), and agree with a folder of the same images."""
+    source = open_source(str(shards))
+    keyed = list(source.keyed_samples(with_labels=False))
+    assert [key for _, key in keyed] == [content_key(data) for data, _ in images]
+    labelled = list(source.keyed_samples())
+    assert [source.class_names[s.label] for s, _ in labelled] == [str(label) for _, label in images]
+
+
 def test_label_field_chooses_the_member(shards, images):
     by_json = list(open_source(str(shards), label_field="json:label").records())
     assert by_json[0].sample.label == f"digit-{images[0][1]}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from transfer_engine.core.digest import content_key
 from transfer_engine.data.remote import PartRef, part_ref
 from transfer_engine.data.sources import DataSource, Sample, is_whole_number
 from transfer_engine.errors import UsageError
@@ -87,6 +88,17 @@ class PartSource(DataSource):
             label = labels.index(r.sample.label) if r.data is not None else None
             if label is not None:
                 yield Sample(r.sample.path, label, r.sample.split)
+
+    def keyed_samples(self, with_labels: bool = True) -> Iterator[tuple[Sample, str]]:
+        """Usable samples with their content keys, from one pass (without labels: no labels pass either;
+        the samples' labels are then None)."""
+        labels = LabelMap(self.class_names) if with_labels else None
+        for r in self.records():
+            if r.data is None:
+                continue
+            label = labels.index(r.sample.label) if labels is not None else None
+            if labels is None or label is not None:
+                yield Sample(r.sample.path, label, r.sample.split), content_key(r.data)  # type: ignore[arg-type]
 
     def skipped(self) -> list[dict[str, str]]:
         return list(self._skipped)

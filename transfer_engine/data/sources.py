@@ -83,6 +83,16 @@ class DataSource:
         caller records it as failed)."""
         raise NotImplementedError
 
+    def keyed_samples(self, with_labels: bool = True) -> Iterator[tuple[Sample, str]]:
+        """Each readable sample with its content key (unreadable ones are left out, as te extract skips them).
+        Parts override it to hash the bytes they stream instead of reading each sample again;
+        `with_labels=False` says the caller takes labels elsewhere (the cache's records)."""
+        for sample in self.samples():
+            try:
+                yield sample, content_key(self.read_bytes(sample))
+            except OSError:
+                continue
+
     def decode(self, sample: Sample, data: bytes, tensor: bool = False):
         """An RGB PIL image from the bytes, or with `tensor` a uint8 [3, H, W] tensor of the same pixels
         (what the "torch" resampler takes without a copy); raises on a truncated or non-image file, or

@@ -17,8 +17,13 @@ the part, whatever rank read the part.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from transfer_engine.core.digest import content_key
@@ -37,11 +42,40 @@ class _Open:
     """A part this rank has started reading: its records so far, and the keys not yet committed."""
 
     part: PartRef
-    records: list[tuple[str, str, str, str]] = field(default_factory=list)
+    records: list[tuple[str, str, str, str]] | None = field(default_factory=list)  # None: spilled
     failures: list[dict] = field(default_factory=list)
     pending: set[str] = field(default_factory=set)
     failed_keys: dict[str, str] = field(default_factory=dict)  # key -> reason: decoded by no one
     read_done: bool = False
+    spilled: tuple[int, int] | None = None  # (offset, length) of its records in the spill file
+
+
+class _Spill:
+    """Records of parts read to the end but still waiting for keys, kept on disk: a part waits while a copy
+    of its images is computed for an earlier part, and the reading runs ahead meanwhile (nothing to queue),
+    so in memory the waiting parts' records would grow with the data set. One anonymous file in the
+    cache's folder (gone with the process, even after kill -9), written and read at explicit offsets."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self._file = tempfile.TemporaryFile(dir=folder, prefix=".te-parts-")
+        self._end = 0
+        self._lock = threading.Lock()
+
+    def put(self, records: list) -> tuple[int, int]:
+        data = json.dumps(records, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        with self._lock:
+            where = (self._end, len(data))
+            self._end += len(data)
+        os.pwrite(self._file.fileno(), data, where[0])
+        return where
+
+    def get(self, where: tuple[int, int]) -> list[tuple]:
+        data = os.pread(self._file.fileno(), where[1], where[0])
+        return [tuple(r) for r in json.loads(data.decode("utf-8", "surrogatepass"))]
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class PartProgress:
@@ -57,6 +91,7 @@ class PartProgress:
         self.finished = 0
         self._open: list[_Open] = []
         self._lock = threading.Lock()
+        self._spill: _Spill | None = None
 
     def start(self, part: PartRef) -> _Open:
         entry = _Open(part)
@@ -66,11 +101,15 @@ class PartProgress:
 
     def expect(self, entry: _Open, key: str) -> None:
         with self._lock:
-            entry.pending.add(key)
+            entry.pending.add(sys.intern(key))  # parts waiting on the same copies share one string each
 
     def read_all(self, entry: _Open) -> None:
         with self._lock:
             entry.read_done = True
+            if entry.pending:  # waits on keys in flight: its records wait on disk
+                if self._spill is None:
+                    self._spill = _Spill(self.ledger.folder)
+                entry.spilled, entry.records = self._spill.put(entry.records), None
         self._finish_ready()
 
     def settle(self, keys: list[str], failed_keys: list[str], failed: list[dict]) -> None:
@@ -94,14 +133,17 @@ class PartProgress:
                     keys = sorted(entry.pending)
                     entry.pending.difference_update(k for k, have in zip(keys, self.contains(keys)) if have)
         self._finish_ready()
+        if self._spill is not None:
+            self._spill.close()
 
     def _finish_ready(self) -> None:
         with self._lock:
             ready = [e for e in self._open if e.read_done and not e.pending]
             self._open = [e for e in self._open if not (e.read_done and not e.pending)]
         for entry in ready:
-            kept = [r for r in entry.records if r[1] not in entry.failed_keys]
-            lost = [{"path": r[0], "reason": entry.failed_keys[r[1]]} for r in entry.records if r[1] in entry.failed_keys]
+            records = entry.records if entry.records is not None else self._spill.get(entry.spilled)
+            kept = [r for r in records if r[1] not in entry.failed_keys]
+            lost = [{"path": r[0], "reason": entry.failed_keys[r[1]]} for r in records if r[1] in entry.failed_keys]
             self.ledger.finish(FinishedPart(entry.part, kept, entry.failures + lost))
             self.finished += 1
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from transfer_engine.backbones.spec import PreprocessSpec
-from transfer_engine.data.sources import DataSource, Sample, content_key, derived_split
+from transfer_engine.data.sources import DataSource, Sample, derived_split
 from transfer_engine.core.choices import AUGMENTS
 from transfer_engine.core.configs import CROP_SCALE
 from transfer_engine.core.paths import display_path
@@ -55,13 +55,9 @@ def items_from_source(source: DataSource, limit: int | None = None) -> list[Item
         The items, in source order (unreadable files are skipped, as te extract skips them).
     """
     out = []
-    for i, sample in enumerate(source.samples()):
+    for i, (sample, key) in enumerate(source.keyed_samples()):
         if limit is not None and i >= limit:
             break
-        try:
-            key = content_key(source.read_bytes(sample))
-        except OSError:
-            continue
         out.append(Item(sample, key, sample.label, sample.split or derived_split(key)))
     return out
 
@@ -85,11 +81,8 @@ def items_from_records(source: DataSource, records: list, limit: int | None = No
     """
     records = records[:limit] if limit is not None else list(records)
     by_key: dict[str, Sample] = {}
-    for sample in source.samples():
-        try:
-            by_key.setdefault(content_key(source.read_bytes(sample)), sample)
-        except OSError:
-            continue
+    for sample, key in source.keyed_samples(with_labels=False):  # labels: the records'
+        by_key.setdefault(key, sample)
     missing = [r for r in records if r.key not in by_key]
     if missing:
         raise TEError(f"{len(missing)} image(s) of the cached data set are no longer in --data (first: "
