@@ -128,6 +128,23 @@ def test_bad_shards_and_samples_are_skipped_with_a_reason(tmp_path, images):
     assert any("truncated" in r for r in reasons)  # the cut shard: its earlier samples kept, the rest reported
 
 
+@pytest.mark.parametrize("fmt,suffix", [(tarfile.GNU_FORMAT, ".tar"), (tarfile.PAX_FORMAT, ".tar"),
+                                        (tarfile.USTAR_FORMAT, ".tar.gz")])
+def test_long_member_names_and_gzipped_shards_read_as_tarfile_writes_them(tmp_path, images, fmt, suffix):
+    folder = "a-folder-name-long-enough-that-the-member-path-passes-the-100-bytes-of-a-plain-header/" * (
+        1 if fmt == tarfile.USTAR_FORMAT else 2)
+    path = tmp_path / f"long-0{suffix}"
+    with tarfile.open(path, "w:gz" if suffix.endswith("gz") else "w", format=fmt) as tar:
+        for i in range(3):
+            for name, data in ((f"{folder}{i:04d}.png", images[i][0]), (f"{folder}{i:04d}.cls", str(images[i][1]).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    records = list(open_source(str(path)).records())
+    assert [r.data for r in records] == [images[i][0] for i in range(3)]
+    assert records[2].sample.path == f"long-0{suffix}#{folder}0002.png"
+
+
 def test_a_member_over_the_size_limit_is_skipped_unread(tmp_path, images, monkeypatch):
     path = tmp_path / "big-0.tar"
     with tarfile.open(path, "w") as tar:

@@ -15,6 +15,8 @@ Gzipped shards (`.tar.gz`, `.tgz`) stream the same way.
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import tarfile
 import threading
@@ -33,6 +35,7 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_EXTS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 LABEL_MEMBER_BYTES = 1 << 20  # a cls/txt/json member is a few bytes; a larger one is not a label
 READ_BLOCK = 1 << 22  # bytes per read from an object store (one GET streams on; fsspec reads ahead)
+READ_BUFFER = 1 << 20  # bytes a remote shard is read by, in C
 INDEXES_KEPT = 4  # member indexes of shards kept for reading samples one by one
 
 
@@ -74,18 +77,18 @@ class TarShards(PartSource):
         fs, path, _, name = self._part_named(part.name)
         count = 0
         try:
-            with fs.open(path, "rb", block_size=READ_BLOCK) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+            with fs.open(path, "rb", block_size=READ_BLOCK) as raw:
+                # fsspec's remote files answer each read in Python: a C buffer serves the 512-byte headers
+                fh = _maybe_gunzip(io.BufferedReader(raw, READ_BUFFER))
                 key, members = None, {}
-                for info in tar:
-                    if not info.isfile():
-                        continue
-                    k, ext = member_key(info.name)
+                for member, size in _members(fh):
+                    k, ext = member_key(member)
                     if k != key and key is not None:
                         count += 1
                         yield self._sample(name, key, members)
                         members = {}
                     key = k
-                    members[ext] = _member_bytes(tar, info, ext)
+                    members[ext] = _member_bytes(fh, member, size, ext)
                 if key is not None:
                     count += 1
                     yield self._sample(name, key, members)
@@ -146,13 +149,121 @@ class TarShards(PartSource):
         return index
 
 
-def _member_bytes(tar: tarfile.TarFile, info: tarfile.TarInfo, ext: str) -> Any:
-    """A member's bytes, or the error that kept them unread (too large: never read into memory)."""
+BLOCK = 512
+
+
+def _maybe_gunzip(fh):
+    """The stream itself, or its decompression when it starts with gzip's magic (`.tar.gz`, `.tgz`)."""
+    head = fh.read(2)
+    fh.seek(0)
+    return gzip.GzipFile(fileobj=fh, mode="rb") if head == b"\x1f\x8b" else fh
+
+
+def _members(fh) -> Iterator[tuple[str, int]]:
+    """(name, size) of each regular file of a tar stream, with `fh` left at its data: the caller reads or
+    skips exactly `size` bytes (`_member_bytes`). ustar, GNU long names and pax headers, read header by header
+    front to back (Python's tarfile parses each header into an object and keeps every one: several times
+    slower on shards of small images, measured in benchmarks/bench_data_sources.py).
+
+    Raises:
+        tarfile.ReadError: a header with a wrong checksum, or the stream ends inside a member.
+    """
+    long_name: str | None = None
+    pax: dict[str, str] = {}
+    while True:
+        header = fh.read(BLOCK)
+        if len(header) < BLOCK:
+            if header.strip(b"\0"):
+                raise tarfile.ReadError("unexpected end of data in a header")
+            return
+        if header == b"\0" * BLOCK:
+            return  # the end-of-archive blocks
+        if _checksum(header) != _number(header[148:156]):
+            raise tarfile.ReadError("bad checksum in a header")
+        size = _number(header[124:136])
+        kind = header[156:157]
+        if kind in (b"L", b"x", b"g"):  # the next member's long name, or pax attributes
+            data = _exactly(fh, size)
+            _skip(fh, -size % BLOCK)
+            if kind == b"L":
+                long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            elif kind == b"x":
+                pax = _pax(data)
+            continue
+        name = long_name or pax.get("path") or _name(header)
+        size = int(pax.get("size", size))
+        long_name, pax = None, {}
+        if kind in (b"0", b"\0", b"7"):
+            yield name, size  # the caller consumes the data
+        else:
+            _skip(fh, size)  # links, folders, devices: no image
+        _skip(fh, -size % BLOCK)
+
+
+def _name(header: bytes) -> str:
+    name = header[0:100].split(b"\0", 1)[0]
+    if header[257:262] == b"ustar":
+        prefix = header[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+    return name.decode("utf-8", "surrogateescape")
+
+
+def _number(field: bytes) -> int:
+    """A header number: octal text, or GNU's base-256 for large sizes (high bit set)."""
+    if field and field[0] & 0x80:
+        value = int.from_bytes(field[1:], "big")
+        return value - (1 << (8 * (len(field) - 1))) if field[0] & 0x40 else value
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise tarfile.ReadError(f"a header number is not octal ({text[:12]!r})") from None
+
+
+def _checksum(header: bytes) -> int:
+    return sum(header[:148]) + 8 * 0x20 + sum(header[156:])
+
+
+def _pax(data: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            break
+        length = int(data[pos:space])
+        if length <= 0:
+            break
+        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        out[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def _exactly(fh, size: int) -> bytes:
+    data = fh.read(size)
+    if len(data) < size:
+        raise tarfile.ReadError(f"unexpected end of data: {len(data):,} of a member's {size:,} bytes")
+    return data
+
+
+def _skip(fh, size: int) -> None:
+    """Move past `size` bytes (read and dropped in pieces: a stream need not seek)."""
+    while size > 0:
+        chunk = fh.read(min(size, 1 << 20))
+        if not chunk:
+            raise tarfile.ReadError("unexpected end of data")
+        size -= len(chunk)
+
+
+def _member_bytes(fh, name: str, size: int, ext: str) -> Any:
+    """A member's bytes, or the error that kept them unread (too large: skipped, never held in memory)."""
     limit = max_file_bytes() if ext in IMAGE_EXTS else LABEL_MEMBER_BYTES
-    if info.size > limit:
-        return FileTooLargeError(f"{info.name} holds {info.size:,} bytes, over the limit of {limit:,}")
-    fh = tar.extractfile(info)
-    return fh.read() if fh is not None else b""
+    if size > limit:
+        _skip(fh, size)
+        return FileTooLargeError(f"{name} holds {size:,} bytes, over the limit of {limit:,}")
+    return _exactly(fh, size)
 
 
 def _text(data: Any) -> str | None:
