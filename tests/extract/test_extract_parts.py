@@ -190,3 +190,31 @@ def test_shards_at_an_s3_url_give_the_features_of_the_same_images_in_a_folder(ti
     # A prefix names the same shards; finished ones are recognized by their etag and size, unread.
     again = extract(tiny_backbone, "s3://data/train/", tmp_path / "c-s3", name="train-again", **FIXED)
     assert again.parts == {"total": 4, "read": 0, "skipped_finished": 4}
+
+
+def test_two_processes_under_torchrun_take_whole_shards_and_build_the_one_process_data_set(good_plugin_site, tmp_path,
+                                                                                         images):
+    """Rank r reads shards r, r + 2, ...: the data set's records come out in shard order all the same."""
+    from transfer_engine.cache import FeatureCache
+
+    shards_dir = write_shards(tmp_path / "shards", images[:40], per_shard=8)  # 5 shards: the ranks get 3 and 2
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(good_plugin_site), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
+    args = ["extract", *TINY, "--data", str(shards_dir), "--json"]
+    one = subprocess.run([sys.executable, "-m", "transfer_engine", *args, "--cache", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                          "transfer_engine", *args, "--cache", str(tmp_path / "two")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    summary = json.loads(two.stdout)
+    assert summary["parts"] == {"total": 5, "read": 5, "skipped_finished": 0} and summary["total"] == 40
+    records = {}
+    for name in ("one", "two"):
+        with FeatureCache.open(tmp_path / name) as cache:
+            dataset = cache.dataset("shards")
+            records[name] = [(r.path, r.key, dataset.class_names[r.label], r.split) for r in dataset.records]
+    assert records["two"] == records["one"]
+    assert [path for path, *_ in records["two"]][:9] == [f"part-0000.tar#{i:06d}.png" for i in range(8)] + [
+        "part-0001.tar#000008.png"]
