@@ -218,3 +218,30 @@ def test_two_processes_under_torchrun_take_whole_shards_and_build_the_one_proces
     assert records["two"] == records["one"]
     assert [path for path, *_ in records["two"]][:9] == [f"part-0000.tar#{i:06d}.png" for i in range(8)] + [
         "part-0001.tar#000008.png"]
+
+
+def test_an_image_folder_and_a_manifest_at_an_s3_url_give_the_features_of_the_local_folder(tiny_backbone, tmp_path,
+                                                                                          images, s3_server):
+    """No shards needed: CLASS/IMAGE under a prefix, or a manifest beside the images, read in parts of files
+    (each image fetched once), finished parts skipped by a re-run."""
+    from transfer_engine.extract import extract
+
+    local = write_folder(tmp_path / "folder", images)
+    s3_server.mkdir("photos")
+    rows = ["path,label"]
+    for path in sorted(local.rglob("*.png")):
+        rel = path.relative_to(local).as_posix()
+        s3_server.put(str(path), f"photos/digits/{rel}")
+        rows.append(f"{rel},{path.parent.name}")
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    s3_server.put(str(manifest), "photos/digits/list.csv")
+    want = extract(tiny_backbone, str(local), tmp_path / "c-local", **FIXED)
+    folder = extract(tiny_backbone, "s3://photos/digits/", tmp_path / "c-s3", **FIXED)
+    assert (folder.total, folder.classes, folder.splits) == (want.total, want.classes, want.splits)
+    same_features(features_by_key(tmp_path / "c-local", want), features_by_key(tmp_path / "c-s3", folder))
+    listed = extract(tiny_backbone, "s3://photos/digits/list.csv", tmp_path / "c-s3", **FIXED)
+    assert (listed.total, listed.extracted, listed.reused) == (want.total, 0, want.total)
+    assert listed.parts["read"] == 1
+    again = extract(tiny_backbone, "s3://photos/digits/", tmp_path / "c-s3", **FIXED)
+    assert again.parts == {"total": 1, "read": 0, "skipped_finished": 1}

@@ -151,7 +151,8 @@ def open_parts(spec: str, label_field: str | None = None) -> "PartSource | None"
 
     Parts are named by a brace pattern or glob, a single .tar/.tar.gz/.tgz/.parquet/.arrow file, a list
     file (.txt: one path or URL a line), a `datasets` save_to_disk folder, or a folder/prefix (local or at
-    a URL) holding such files.
+    a URL) holding such files; at a URL, an image folder or a .csv/.jsonl manifest too (`remote_folder`:
+    files read in parts of a thousand).
 
     Raises:
         UsageError: a URL that holds none of these, a list that mixes kinds, a missing package.
@@ -161,6 +162,9 @@ def open_parts(spec: str, label_field: str | None = None) -> "PartSource | None"
     from transfer_engine.data.tars import TAR_SUFFIXES, TarShards
 
     lower = spec.lower().rstrip("/")
+    if is_url(spec) and lower.endswith((".csv", ".jsonl")):
+        from transfer_engine.data.remote_folder import open_remote_manifest
+        return open_remote_manifest(spec)
     if lower.endswith(".txt"):
         specs = read_list_file(spec)
         if not specs:
@@ -185,9 +189,9 @@ def open_parts(spec: str, label_field: str | None = None) -> "PartSource | None"
         return TableRows(listed_parts(specs, spec, TABLE_SUFFIXES), spec, label_field)
     if kinds == {"folder"} and not is_url(spec):
         return None  # a local folder without parts: the image folder source says what it lacks
-    if kinds == {"folder"}:
-        raise UsageError(f"--data {spec}: no tar shards, Parquet/Arrow files or saved data set there (an image "
-                         "folder or manifest at a URL is not read yet: copy it, or write it as shards)")
+    if kinds == {"folder"}:  # an image folder at a URL
+        from transfer_engine.data.remote_folder import open_remote_folder
+        return open_remote_folder(spec)
     raise UsageError(f"--data {spec}: a list names tar shards or table files, not a mix or other files")
 
 
