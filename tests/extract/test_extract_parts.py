@@ -104,6 +104,29 @@ def test_shards_and_parquet_give_the_features_of_the_same_images_in_a_folder(tin
     assert (again.total, again.reused, again.splits) == (shards.total, shards.total, shards.splits)
 
 
+def test_bad_samples_in_shards_are_listed_with_the_reason_and_the_rest_is_extracted(tiny_backbone, tmp_path, images):
+    from transfer_engine.extract import extract
+
+    root = tmp_path / "shards"
+    root.mkdir()
+    with wds.TarWriter(str(root / "part-0000.tar")) as sink:
+        for i in range(6):
+            sink.write({"__key__": f"{i:06d}", "png": images[i][0], "cls": str(images[i][1])})
+        sink.write({"__key__": "broken", "jpg": b"not a JPEG at all", "cls": "1"})  # named like an image
+        sink.write({"__key__": "nolabel", "png": images[7][0]})
+    whole = (root / "part-0000.tar").read_bytes()
+    (root / "part-0001.tar").write_bytes(whole[:len(whole) // 3])  # truncated
+    summary = extract(tiny_backbone, str(root), tmp_path / "c", **FIXED)
+    reasons = {f["path"]: f["reason"] for f in summary.failed}
+    assert "part-0000.tar#broken.jpg" in reasons  # did not decode
+    assert reasons["part-0000.tar#nolabel.png"].startswith("no label")
+    assert "truncated" in reasons["part-0001.tar"]
+    assert summary.extracted == 6 and summary.parts["read"] == 2  # and the truncated shard's own samples
+    # A damaged shard is finished too (its failures recorded): a re-run reports them without reading it.
+    again = extract(tiny_backbone, str(root), tmp_path / "c", **FIXED)
+    assert again.parts["skipped_finished"] == 2 and {f["path"]: f["reason"] for f in again.failed} == reasons
+
+
 # A stand-in for a slow remote shard: the child hangs when it starts reading the shard named in argv[1],
 # until the test kills it with SIGKILL.
 HANGING = """
