@@ -198,3 +198,22 @@ def test_parts_that_cannot_be_reached_are_listed_with_the_reason(tmp_path, shard
     assert missing["path"] == "train-000003.tar" and "cannot read the part" in missing["reason"]
     with pytest.raises(UsageError, match="no class folders"):
         open_source(str(tmp_path))  # an empty folder: no parts, and no class folders either
+
+
+def test_unlabelled_shards_and_tables_are_images_to_predict_on(tmp_path, images):
+    """te predict and te export's --*-data read images without labels: parts keep them (label None)."""
+    from transfer_engine.data.unlabelled import open_images
+
+    with wds.TarWriter(str(tmp_path / "new-0.tar")) as sink:
+        for i in range(5):
+            sink.write({"__key__": f"{i:04d}", "png": images[i][0]})
+    pq.write_table(pa.table({"image": [d for d, _ in images[:5]]}), tmp_path / "new.parquet")
+    for spec in (str(tmp_path / "new-0.tar"), str(tmp_path / "new.parquet")):
+        source = open_images(spec)
+        samples = list(source.samples())
+        assert [s.label for s in samples] == [None] * 5
+        assert [source.read_bytes(s) for s in samples] == [d for d, _ in images[:5]]
+    # To train on (te extract), a sample needs a label: the shard's are skipped with the reason, the table refused.
+    assert {r.reason.split(" (")[0] for r in open_source(str(tmp_path / "new-0.tar")).records()} == {"no label"}
+    with pytest.raises(UsageError, match="no label column"):
+        open_source(str(tmp_path / "new.parquet"))

@@ -45,6 +45,9 @@ class PartSource(DataSource):
 
     streaming = True
     fixed_classes: list[str] | None = None
+    # te predict and te export's image sets take unlabelled images: a sample without a label is then
+    # kept (label None) instead of skipped (`data.unlabelled.open_images` clears it)
+    labels_required = True
     _files: list[tuple]
 
     def __init__(self) -> None:
@@ -86,8 +89,8 @@ class PartSource(DataSource):
         labels = LabelMap(self.class_names)
         for r in self.records():
             label = labels.index(r.sample.label) if r.data is not None else None
-            if label is not None:
-                yield Sample(r.sample.path, label, r.sample.split)
+            if label is not None or (r.data is not None and not self.labels_required):
+                yield Sample(r.sample.path, label, r.sample.split)  # type: ignore[arg-type]
 
     def keyed_samples(self, with_labels: bool = True) -> Iterator[tuple[Sample, str]]:
         """Usable samples with their content keys, from one pass (without labels: no labels pass either;
@@ -145,7 +148,7 @@ def split_origin(path: str) -> tuple[str, str]:
     return part, member
 
 
-def open_parts(spec: str, label_field: str | None = None) -> "PartSource | None":
+def open_parts(spec: str, label_field: str | None = None, labels_required: bool = True) -> "PartSource | None":
     """The `PartSource` a `--data` value names, or None when it names something else (a local image
     folder, a manifest, builtin:NAME).
 
@@ -177,16 +180,18 @@ def open_parts(spec: str, label_field: str | None = None) -> "PartSource | None"
             return None
         if fs.isdir(path) and is_saved_dataset(fs, path):
             files, split_of = saved_dataset_files(spec)
-            return TableRows(files, spec, label_field, split_of)
+            return TableRows(files, spec, label_field, split_of, labels_required)
         if not is_url(spec) and any(fs.isdir(p) for p in fs.ls(path, detail=False)):
             return None  # a local folder of class folders: the image folder source
         specs = [spec]
     kinds = {"tar" if s.lower().rstrip("/").endswith(TAR_SUFFIXES) else
              "table" if s.lower().rstrip("/").endswith(TABLE_SUFFIXES) else "folder" for s in specs}
     if kinds <= {"tar"} or (kinds == {"folder"} and _holds(specs, TAR_SUFFIXES)):
-        return TarShards(listed_parts(specs, spec, TAR_SUFFIXES), spec, label_field)
+        shards = TarShards(listed_parts(specs, spec, TAR_SUFFIXES), spec, label_field)
+        shards.labels_required = labels_required
+        return shards
     if kinds <= {"table"} or (kinds == {"folder"} and _holds(specs, TABLE_SUFFIXES)):
-        return TableRows(listed_parts(specs, spec, TABLE_SUFFIXES), spec, label_field)
+        return TableRows(listed_parts(specs, spec, TABLE_SUFFIXES), spec, label_field, None, labels_required)
     if kinds == {"folder"} and not is_url(spec):
         return None  # a local folder without parts: the image folder source says what it lacks
     if kinds == {"folder"}:  # an image folder at a URL

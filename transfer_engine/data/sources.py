@@ -318,7 +318,8 @@ def default_dataset_name(source: DataSource, data: str) -> str:
     return display_path(path.stem if path.is_file() else path.resolve().name)
 
 
-def open_source(spec: str, follow_symlinks: bool = False, label_field: str | None = None) -> DataSource:
+def open_source(spec: str, follow_symlinks: bool = False, label_field: str | None = None,
+                labels_required: bool = True) -> DataSource:
     """The data source for a `--data` value.
 
     Args:
@@ -326,6 +327,7 @@ def open_source(spec: str, follow_symlinks: bool = False, label_field: str | Non
             `datasets` save_to_disk folder; a path, brace pattern, list file or URL: `data.parts.open_parts`).
         follow_symlinks: in a folder, follow symlinks that lead out of it.
         label_field: where parts keep the label (a tar member or a table column; None: the default).
+        labels_required: False for images to run a model on: parts then keep samples without a label.
 
     Raises:
         UsageError: the path does not exist, is an unsupported file, or holds no images/classes; or
@@ -336,7 +338,7 @@ def open_source(spec: str, follow_symlinks: bool = False, label_field: str | Non
         return BuiltinSource(spec)
     from transfer_engine.data.parts import open_parts
 
-    parts = open_parts(spec if "://" in spec else str(Path(spec).expanduser()), label_field)
+    parts = open_parts(spec if "://" in spec else str(Path(spec).expanduser()), label_field, labels_required)
     if parts is not None:
         return parts
     path = Path(spec).expanduser()

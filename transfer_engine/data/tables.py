@@ -88,8 +88,9 @@ class TableRows(PartSource):
     """
 
     def __init__(self, files: list[tuple], shown: str, label_field: str | None = None,
-                 split_of: dict[str, str] | None = None) -> None:
+                 split_of: dict[str, str] | None = None, labels_required: bool = True) -> None:
         super().__init__()
+        self.labels_required = labels_required
         _pyarrow()
         self._files = files
         self.name = shown
@@ -101,8 +102,13 @@ class TableRows(PartSource):
         schema = self._schema(files[0])
         features = _hf_features(schema)
         self.image_column = _image_column(schema, features, shown)
-        self.label_column = _label_column(schema, features, label_field, shown)
-        names = features.get(self.label_column, {}).get("names")
+        try:
+            self.label_column: str | None = _label_column(schema, features, label_field, shown)
+        except UsageError:
+            if label_field is not None or self.labels_required:
+                raise
+            self.label_column = None  # unlabelled images (te predict)
+        names = features.get(self.label_column, {}).get("names") if self.label_column else None
         self._label_names = [str(n) for n in names] if isinstance(names, list) else None
         self.fixed_classes = self._label_names
         self.split_column = "split" if "split" in schema.names else None
@@ -148,7 +154,7 @@ class TableRows(PartSource):
 
     def _record(self, name: str, row: int, columns: dict, i: int, split: str | None, fs: Any, path: str) -> PartRecord:
         where = origin(name, row)
-        label = self._label_text(columns[self.label_column][i])
+        label = self._label_text(columns[self.label_column][i]) if self.label_column else None
         if self.split_column and split is None:
             value = columns[self.split_column][i]
             split = SPLIT_ALIASES.get(str(value).strip().lower()) if value is not None else None
@@ -156,7 +162,7 @@ class TableRows(PartSource):
             data = self._image_bytes(columns[self.image_column][i], fs, path)
         except OSError as exc:
             return PartRecord(Sample(where, label, split), None, f"{type(exc).__name__}: {exc.strerror or exc}")  # type: ignore[arg-type]
-        if label is None:
+        if label is None and self.labels_required:
             return PartRecord(Sample(where, None, split), None, f"no label in column {self.label_column}")  # type: ignore[arg-type]
         return PartRecord(Sample(where, label, split), data)  # type: ignore[arg-type]
 

@@ -107,6 +107,8 @@ class TarShards(PartSource):
         if isinstance(data, Exception):
             return PartRecord(Sample(where, None), None, f"{type(data).__name__}: {data}")  # type: ignore[arg-type]
         label = self._label(members)
+        if label is None and not self.labels_required:
+            return PartRecord(Sample(where, None), data)  # type: ignore[arg-type]
         if label is None:
             wanted = self.label_field or "cls or json:label"
             return PartRecord(Sample(where, None), None, f"no label ({wanted}); --label-field chooses the member")  # type: ignore[arg-type]

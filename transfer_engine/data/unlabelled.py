@@ -58,7 +58,7 @@ def open_images(spec: str, follow_symlinks: bool = False) -> DataSource:
         walk = FolderWalk(path.resolve(), follow_symlinks=follow_symlinks)
         files = list(walk.images(""))
         return ImageFiles(walk.root, files, walk.skipped)
-    return open_source(spec, follow_symlinks)
+    return open_source(spec, follow_symlinks, labels_required=False)
 
 
 def _holds_image_files(folder: Path) -> bool:
