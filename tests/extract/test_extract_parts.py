@@ -188,13 +188,15 @@ def s3_server(monkeypatch):
     for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                         ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", f"http://{host}:{port}")):
         monkeypatch.setenv(name, value)
-    import fsspec
+    import s3fs
 
-    fsspec.AbstractFileSystem.clear_instance_cache()  # an s3fs made for another server must not be reused
+    # fsspec keeps one instance per class and arguments (each class its own cache): an S3FileSystem made for
+    # an earlier test's server, now stopped, must not be handed to this one.
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
-        yield fsspec.filesystem("s3")
+        yield s3fs.S3FileSystem()
     finally:
-        fsspec.AbstractFileSystem.clear_instance_cache()
+        s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
 
 

@@ -168,9 +168,34 @@ def _name(cache: FeatureCache, name: str, indices) -> None:
     cache.put_dataset(name, [Record(f"{i}.png", wp.key_of(i), 0, "train") for i in indices], ["x"])
 
 
-def gc_kill_trials(tmp_path: Path, trials: int, seed: int) -> dict:
+# `te cache gc` that kills itself with SIGKILL inside its work: at a random fraction (argv[3]) of the time
+# its shard rewrite took in an uninterrupted run (argv[2] seconds), or as the rewrite returns, whichever
+# comes first. Inside gc's transaction every time, however busy the machine: a kill timed from outside
+# can land after gc has finished (its work is short beside Python's start-up).
+GC_KILLED_INSIDE = """
+import os, signal, sys, threading, time
+from transfer_engine.cache import gc
+plain = gc.rewrite_shards
+def rewrite_shards(cache, shard_ids):
+    began = time.monotonic()
+    if sys.argv[2] != "measure":
+        threading.Timer(float(sys.argv[2]) * float(sys.argv[3]), os.kill, (os.getpid(), signal.SIGKILL)).start()
+    out = plain(cache, shard_ids)
+    if sys.argv[2] != "measure":
+        os.kill(os.getpid(), signal.SIGKILL)
+    print(time.monotonic() - began, file=sys.stderr)
+    return out
+gc.rewrite_shards = rewrite_shards
+from transfer_engine.cli.main import main
+sys.exit(main(["cache", "gc", sys.argv[1]]))
+"""
+
+
+def gc_kill_trials(tmp_path: Path, trials: int, seed: int, inside: bool = False) -> dict:
     """`trials` runs of `te cache gc`, each killed with SIGKILL at a random instant, then resumed; before
-    each, new garbage: rows no data set names and a data set replaced by another (half-dead shards)."""
+    each, new garbage: rows no data set names and a data set replaced by another (half-dead shards).
+    `inside`: gc kills itself inside its rewrite (GC_KILLED_INSIDE) instead of being killed from outside at
+    a random instant of its whole run, start-up included."""
     cache_dir, stop = tmp_path / "cache", tmp_path / "stop-reader"
     core = range(0, 1600, 2)  # named by data set "core" throughout: what the reader gathers
     with FeatureCache.open(cache_dir, max_shard_bytes=SHARD_BYTES) as cache:
@@ -190,12 +215,20 @@ def gc_kill_trials(tmp_path: Path, trials: int, seed: int) -> dict:
             _name(cache, "trial", fresh[::3])  # the previous trial's rows die, a third of these live
         uninterrupted = tmp_path / f"uninterrupted-{trial}"
         shutil.copytree(cache_dir, uninterrupted)
-        startup, full = timed_gc(uninterrupted, "--dry-run"), timed_gc(uninterrupted)
-        proc = subprocess.Popen([sys.executable, "-m", "transfer_engine", "cache", "gc", str(cache_dir)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.8 * startup, full))  # mostly inside gc's work, not python's start-up
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+        if inside:
+            measured = subprocess.run([sys.executable, "-c", GC_KILLED_INSIDE, str(uninterrupted), "measure"],
+                                      capture_output=True, text=True, timeout=300)
+            assert measured.returncode == 0, measured.stderr[-2000:]
+            rewrite = float(measured.stderr.strip().splitlines()[-1])
+            proc = subprocess.Popen([sys.executable, "-c", GC_KILLED_INSIDE, str(cache_dir), str(rewrite),
+                                     str(rng.random())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        else:
+            startup, full = timed_gc(uninterrupted, "--dry-run"), timed_gc(uninterrupted)
+            proc = subprocess.Popen([sys.executable, "-m", "transfer_engine", "cache", "gc", str(cache_dir)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(rng.uniform(0.8 * startup, full))  # mostly inside gc's work, not python's start-up
+            proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=120)
         killed += proc.returncode == -signal.SIGKILL
         check_verifies(cache_dir)
         named = [wp.key_of(i) for i in list(core) + list(fresh[::3])]
@@ -243,8 +276,9 @@ def test_kill_9_of_gc_at_20_random_instants_with_a_reader_running(tmp_path):
 
 def test_kill_9_of_gc_fast_twin(tmp_path):
     """#16 (kill -9 trials), the fast twin of the slow gc test (writer kills at random instants are
-    tests/cache/test_crash.py's, in make test too): one kill, reader running."""
-    gc_kill_trials(tmp_path, trials=1, seed=8)
+    tests/cache/test_crash.py's, in make test too): one kill inside gc's rewrite, reader running."""
+    outcome = gc_kill_trials(tmp_path, trials=1, seed=8, inside=True)
+    assert outcome["trials"] == 1  # the kill landed inside gc at the first attempt
 
 
 def _make_images(folder: Path, n: int) -> None:
