@@ -31,6 +31,26 @@ def test_builds_with_random_weights_and_returns_declared_feature_dim(name):
     assert torch.isfinite(out).all()
 
 
+def test_the_table_of_weights_is_torchvision_s_own():
+    """The specs name their weights without importing torchvision.models (seconds of every te command's
+    start-up); this is what keeps the written names from drifting from torchvision's enums."""
+    from torchvision.models import get_model_weights
+
+    for spec in torchvision_backbones():
+        enum = get_model_weights(spec.name)
+        assert spec.weights == tuple(m.name for m in enum) and spec.default_weights == enum.DEFAULT.name, spec.name
+
+
+def test_listing_the_backbones_does_not_import_torchvision_models():
+    import subprocess
+    import sys
+
+    probe = ("import sys; from transfer_engine.backbones.torchvision_zoo import backbones; specs = backbones(); "
+             "print(len(specs), 'torchvision.models' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == [str(len(BUILTIN)), "False"], out.stderr[-2000:]
+
+
 def test_resnet50_feature_dim_is_2048_and_default_weights_come_from_torchvision():
     spec = get_backbone_spec("resnet50")
     assert spec.feature_dim == 2048
