@@ -133,11 +133,11 @@ def listed_parts(specs: list[str], shown: str, suffixes: tuple[str, ...]) -> lis
     for one in (name for spec in specs for name in expand_braces(spec)):
         fs, path = filesystem(one)
         if has_glob(path):
-            found += [(fs, p, _url_of(fs, p)) for p in sorted(fs.glob(path)) if p.lower().endswith(suffixes)]
+            found += [(fs, p, url_of(fs, p)) for p in sorted(fs.glob(path)) if p.lower().endswith(suffixes)]
         elif fs.isdir(path):
-            found += [(fs, p, _url_of(fs, p)) for p in sorted(fs.find(path)) if p.lower().endswith(suffixes)]
+            found += [(fs, p, url_of(fs, p)) for p in sorted(fs.find(path)) if p.lower().endswith(suffixes)]
         else:
-            found.append((fs, path, _url_of(fs, path)))
+            found.append((fs, path, url_of(fs, path)))
     if not found:
         raise UsageError(f"--data {shown}: no {' or '.join(suffixes)} files there")
     root = _common_folder([p for _, p, _ in found])
@@ -148,10 +148,15 @@ def has_glob(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
-def _url_of(fs: Any, path: str) -> str:
-    """A URL that opens `path` again (local files stay plain absolute paths)."""
+def is_local(fs: Any) -> bool:
+    """True for fsspec's local file system (paths there are plain paths, read as files)."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if protocol in ("file", "local") else fs.unstrip_protocol(path)
+    return protocol in ("file", "local")
+
+
+def url_of(fs: Any, path: str) -> str:
+    """A URL that opens `path` again (local files stay plain absolute paths)."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def _common_folder(paths: list[str]) -> str:

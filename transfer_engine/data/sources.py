@@ -74,6 +74,7 @@ class DataSource:
 
     name: str
     class_names: list[str]
+    streaming = False  # parts read front to back, each sample with its bytes (`data.parts.PartSource`)
 
     def samples(self) -> Iterator[Sample]:
         raise NotImplementedError
@@ -132,7 +133,7 @@ class FolderSource(DataSource):
         classes = sorted({display_path(c) for names in self._class_dirs.values() for c in names})
         if not classes:
             raise UsageError(f"--data {display_path(str(root))}: no class folders found (expected ROOT/CLASS/IMAGE "
-                             f"or ROOT/train|val|test/CLASS/IMAGE){_first_skip(walk.skipped)}")
+                             f"or ROOT/train|val|test/CLASS/IMAGE){first_skip(walk.skipped)}")
         self.class_names = classes
         self._listing_skipped = list(walk.skipped)  # class folders left out: reported by every pass
         self._walk = FolderWalk(self.root, follow_symlinks=follow_symlinks, class_depth=2 if self.split_dirs else 1)
@@ -306,7 +307,7 @@ def default_dataset_name(source: DataSource, data: str) -> str:
     """The folder's or manifest's name (a data set name is text: a name that is not UTF-8 as `display_path`)."""
     if data.startswith("builtin:"):
         return data.split(":", 1)[1]
-    if getattr(source, "streaming", False):  # parts: the pattern's folder, or the file's or folder's name
+    if source.streaming:  # parts: the pattern's folder, or the file's or folder's name
         trail = data.rstrip("/").rsplit("://", 1)[-1].split("/")
         last = trail[-1]
         if any(c in last for c in "{*?[") and len(trail) > 1:
@@ -416,7 +417,9 @@ def _leaves_folder(path: str) -> bool:
     return os.path.isabs(path) or os.path.normpath(path).split(os.sep)[0] == os.pardir
 
 
-def _first_skip(skipped: list[dict[str, str]]) -> str:
+def first_skip(skipped: list[dict[str, str]]) -> str:
+    """"; skipped PATH: REASON" for the first of `skipped` ({"path", "reason"}), "" for none: what a usage
+    error adds when nothing could be read."""
     if not skipped:
         return ""
     return f"; skipped {display_path(skipped[0]['path'])}: {skipped[0]['reason']}"

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 from transfer_engine.data.files import read_image_file
 from transfer_engine.data.parts import PartRecord, PartSource, origin, split_origin
-from transfer_engine.data.remote import PartRef, filesystem
+from transfer_engine.data.remote import PartRef, filesystem, is_local, url_of
 from transfer_engine.data.sources import SPLIT_ALIASES, Sample
 from transfer_engine.errors import UsageError
 
@@ -73,8 +73,7 @@ def saved_dataset_files(spec: str) -> tuple[list[tuple], dict[str, str]]:
 
 
 def _entry(fs: Any, path: str, name: str) -> tuple:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return fs, path, (path if protocol in ("file", "local") else fs.unstrip_protocol(path)), name
+    return fs, path, url_of(fs, path), name
 
 
 class TableRows(PartSource):
@@ -271,8 +270,7 @@ def _image_at(image_path: str, fs: Any, table_path: str) -> bytes:
         other, inner = filesystem(image_path)
         with other.open(inner, "rb") as fh:
             return fh.read()
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
+    if is_local(fs):
         from pathlib import Path
         p = Path(image_path)
         return read_image_file(p if p.is_absolute() else Path(table_path).parent / p)

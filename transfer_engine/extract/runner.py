@@ -24,8 +24,8 @@ from transfer_engine.core.configs import ExtractConfig
 from transfer_engine.core.paths import display_path
 from transfer_engine.core.progress import Progress
 from transfer_engine.core.runtime import device_of_this_rank, resolve_device, torch_threads
-from transfer_engine.data.sources import (DataSource, Sample, content_key, default_dataset_name, derived_split, open_source,
-                                          recorded_data)
+from transfer_engine.data.sources import (DataSource, Sample, content_key, default_dataset_name, derived_split, first_skip,
+                                          open_source, recorded_data)
 from transfer_engine.errors import PluginError, TEError, UsageError
 from transfer_engine.extract import nodes, streamed
 from transfer_engine.extract.ledger import PartLedger
@@ -105,7 +105,7 @@ def extract(backbone: "str | ExtractConfig", data: str | None = None, cache: str
     # Join the job first: a rank whose --data or options fail then tells the others, which stop at once.
     rank, world = dist.rank_and_world()
     source = open_source(cfg.data, cfg.follow_symlinks, cfg.label_field)
-    streaming = getattr(source, "streaming", False)  # parts (tar shards, tables): `extract.streamed`
+    streaming = source.streaming  # parts (tar shards, tables): `extract.streamed`
     if cfg.name is not None and display_path(cfg.name) != cfg.name:
         raise UsageError(f"--name {display_path(cfg.name)}: a data set's name must be valid UTF-8 text")
     dataset = cfg.name or default_dataset_name(source, cfg.data)
@@ -115,7 +115,7 @@ def extract(backbone: "str | ExtractConfig", data: str | None = None, cache: str
     if streaming:
         parts = source.parts()
         if not parts:
-            raise UsageError(f"--data {cfg.data}: no part could be read{_first_skip(source.skipped())}")
+            raise UsageError(f"--data {cfg.data}: no part could be read{first_skip(source.skipped())}")
         counted = None
     else:
         counted = sum(1 for _ in _limited(source.samples(), cfg.limit))
@@ -155,7 +155,7 @@ def extract(backbone: "str | ExtractConfig", data: str | None = None, cache: str
                 part_progress = streamed.PartProgress(ledger, space.contains)
                 items = streamed.pending_from_parts(
                     source, mine_parts, ledger, part_progress, space, spool, run, meter, clock, run.parts, run.labels,
-                    lambda sample, data: _held_loader(source, sample, data, clock, tensor), cfg.limit)
+                    lambda sample, data: _loader(source, sample, lambda: data, clock, tensor), cfg.limit)
                 run.parts.total = len(mine_parts)
             else:
                 mine = ((i, s) for i, s in enumerate(_limited(source.samples(), cfg.limit)) if i % world == rank)
@@ -241,7 +241,7 @@ def _choose_how(resampler: str, backend: str, precision: str, bb, target: torch.
     pairs: list = []
 
     def calibration() -> list:
-        if not pairs and getattr(source, "streaming", False):
+        if not pairs and source.streaming:
             pairs.extend(_first_decodable(source, CALIBRATION_IMAGES))
         elif not pairs:
             pairs.extend(calibration_images(source, _limited(source.samples(), limit), CALIBRATION_IMAGES))
@@ -500,15 +500,6 @@ def _reader(source: DataSource, sample: Sample, key: str, clock: StageClock) -> 
     return read
 
 
-def _held_loader(source: DataSource, sample: Sample, data: bytes, clock: StageClock, tensor: bool) -> Callable:
-    """Decodes bytes read once, as they streamed from their part."""
-    def load():
-        with clock.timing("decode"):
-            return source.decode(sample, data, tensor)
-
-    return load
-
-
 def _first_decodable(source, limit: int) -> list[tuple[Sample, bytes]]:
     """The first `limit` images of a part source that decode, with their bytes (the calibration batch):
     read from the first parts, front to back, as extraction reads them."""
@@ -534,16 +525,12 @@ def _classes_of_parts(source, ranks: list[_Tally], data: str) -> tuple[list[str]
         class_names_from(label for t in ranks for label in t.labels)
     if not names:
         raise UsageError(f"--data {data}: the data set holds no labelled images"
-                         f"{_first_skip([f for t in ranks for f in t.failed])}")
+                         f"{first_skip([f for t in ranks for f in t.failed])}")
     return names, LabelMap(names).index
 
 
 def _parts_total(ranks: list[_Tally]) -> dict:
     return {k: sum(t.parts[k] for t in ranks) for k in ranks[0].parts}
-
-
-def _first_skip(skipped: list[dict]) -> str:
-    return f" (first skipped: {display_path(skipped[0]['path'])}: {skipped[0]['reason']})" if skipped else ""
 
 
 def _loader(source: DataSource, sample: Sample, read: Callable[[], bytes], clock: StageClock,
