@@ -270,3 +270,12 @@ def test_an_image_folder_and_a_manifest_at_an_s3_url_give_the_features_of_the_lo
     assert listed.parts["read"] == 1
     again = extract(tiny_backbone, "s3://photos/digits/", tmp_path / "c-s3", **FIXED)
     assert again.parts == {"total": 1, "read": 0, "skipped_finished": 1}
+    # A manifest at a URL is checked as a local one is, with the same one line.
+    from transfer_engine.data.sources import open_source
+    from transfer_engine.errors import UsageError
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label,split\n" + rows[1] + ",holdout\n")
+    s3_server.put(str(bad), "photos/digits/bad.csv")
+    with pytest.raises(UsageError, match=r"line 2 \(.*\) has split 'holdout'; use train, val or test"):
+        open_source("s3://photos/digits/bad.csv")

@@ -12,7 +12,6 @@ names, sizes and etags: a part whose files changed is read again.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -21,7 +20,7 @@ from typing import Any, Iterator
 from transfer_engine.data.files import FileTooLargeError, max_file_bytes
 from transfer_engine.data.parts import PartRecord, PartSource, class_names_from
 from transfer_engine.data.remote import PartRef, filesystem
-from transfer_engine.data.sources import SPLIT_ALIASES, Sample
+from transfer_engine.data.sources import SPLIT_ALIASES, Sample, manifest_rows
 from transfer_engine.data.walk import IMAGE_EXTENSIONS
 from transfer_engine.errors import UsageError
 
@@ -136,7 +135,7 @@ def open_remote_manifest(spec: str) -> RemoteFiles:
     """A CSV (path,label[,split]) or JSONL manifest at a URL, paths relative to the manifest's folder.
 
     Raises:
-        UsageError: unreadable, or a row without a path or label.
+        UsageError: unreadable, empty, or a row a local manifest would refuse (the same checks and words).
     """
     fs, path = filesystem(spec)
     try:
@@ -144,37 +143,12 @@ def open_remote_manifest(spec: str) -> RemoteFiles:
         text = fs.cat_file(path).decode("utf-8-sig", "surrogateescape")
     except OSError as exc:
         raise UsageError(f"--data {spec}: cannot read the manifest ({exc})") from None
-    rows = _manifest_rows(text, spec.lower().endswith(".csv"), spec)
+    # The checks and messages of a local manifest (`data.sources.manifest_rows`), over the fetched text.
+    rows = [row[1:] for row in manifest_rows(io.StringIO(text, newline=""), spec.lower().endswith(".csv"), spec)]
+    if not rows:
+        raise UsageError(f"--data {spec}: the manifest lists no images")
     # No request per image to learn its size and etag: a part's version is the manifest's own (its etag), so
     # an edited manifest is read again whole; an image replaced under the same name is not noticed.
     version = str(info.get("ETag") or info.get("etag") or info.get("mtime") or "")
     entries = [(p, label, split, 0, version) for p, label, split in rows]
     return RemoteFiles(fs, path.rsplit("/", 1)[0], entries, spec, None)
-
-
-def _manifest_rows(text: str, is_csv: bool, spec: str) -> list[tuple[str, str, str | None]]:
-    rows: list[tuple[str, str, str | None]] = []
-    if is_csv:
-        reader = csv.DictReader(io.StringIO(text))
-        if not {"path", "label"} <= set(reader.fieldnames or []):
-            raise UsageError(f"--data {spec}: the CSV header needs the columns path,label[,split]")
-        items = ((reader.line_num, r.get("path"), r.get("label"), r.get("split")) for r in reader)
-    else:
-        items = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    raise UsageError(f"--data {spec}: line {n} is not JSON") from None
-                if not isinstance(obj, dict):
-                    raise UsageError(f"--data {spec}: line {n} is not a JSON object")
-                items.append((n, obj.get("path"), obj.get("label"), obj.get("split")))
-    for n, path, label, split in items:
-        if not isinstance(path, str) or not path.strip() or label is None or not str(label).strip():
-            raise UsageError(f"--data {spec}: line {n} has no path or no label")
-        split_name = SPLIT_ALIASES.get(str(split).strip().lower()) if split else None
-        rows.append((path.strip(), str(label).strip(), split_name))
-    if not rows:
-        raise UsageError(f"--data {spec}: the manifest lists no images")
-    return rows

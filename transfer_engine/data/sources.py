@@ -26,7 +26,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from transfer_engine.core.digest import content_key  # the key: SHA-256 of the bytes
 from transfer_engine.core.paths import display_path, is_text
@@ -191,76 +191,10 @@ class ManifestSource(DataSource):
             self.class_names = sorted(labels)
 
     def _rows(self) -> Iterator[tuple[int, str, str, str | None]]:
-        suffix = self.manifest.suffix.lower()
-        where = f"--data {_shown(str(self.manifest))}"
         # utf-8-sig: a BOM (Excel's "CSV UTF-8", PowerShell) is not part of the first column's name.
         # surrogateescape: a path that is not UTF-8 (a listing of such files) is kept byte for byte.
         with self.manifest.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
-            if suffix == ".csv":
-                reader = csv.DictReader(fh)
-                try:
-                    fieldnames = reader.fieldnames
-                    missing = {"path", "label"} - set(fieldnames or [])
-                    if missing:
-                        raise UsageError(f"{where}: the CSV header needs the columns path,label[,split]; "
-                                         f"missing {', '.join(sorted(missing))}")
-                    for row in reader:
-                        yield self._checked(reader.line_num, row.get("path"), row.get("label"), row.get("split"))
-                except csv.Error as exc:
-                    # csv's field_size_limit (131,072 characters) stays: no path or label is that long, and
-                    # the limit is what keeps an unclosed quote from reading the rest of the file as one field.
-                    # csv counts a line once it is parsed: the one over the limit is the next.
-                    if "field larger than field limit" in str(exc):
-                        raise UsageError(f"{where}: line {reader.line_num + 1} has a field over "
-                                         f"{csv.field_size_limit():,} characters (no path or label is that long; "
-                                         "an unclosed quote?)") from None
-                    raise UsageError(f"{where}: line {reader.line_num} is not valid CSV "
-                                     f"({_shown(first_line(exc))})") from None
-            else:
-                for n, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise UsageError(f"{where}: line {n} is not JSON ({exc.msg})") from None
-                    except RecursionError:  # [[[[...]]]]: deeper than the interpreter's stack
-                        raise UsageError(f"{where}: line {n} is not JSON (nested too deeply)") from None
-                    if not isinstance(obj, dict):
-                        raise UsageError(f"{where}: line {n} is not a JSON object")
-                    yield self._checked(n, obj.get("path"), obj.get("label"), obj.get("split"))
-
-    def _checked(self, line: int, path, label, split) -> tuple[int, str, str, str | None]:
-        where = f"--data {_shown(str(self.manifest))}: line {line}"
-        if not isinstance(path, str) or not path.strip():
-            raise UsageError(f"{where} has no path" if path in (None, "") or isinstance(path, str)
-                             else f"{where}: the path is a JSON {_json_type(path)}; expected text")
-        path = path.strip()
-        if "\0" in path:
-            raise UsageError(f"{where}: the path {_shown(path)!r} holds a NUL character, which no file name can")
-        # Labels become class names (run.json, ONNX metadata, --out files): text or a whole number, as a
-        # folder's name would be; a JSON list, object, boolean or fraction is a mistake, not a class.
-        if isinstance(label, bool) or not isinstance(label, (str, int, type(None))):
-            raise UsageError(f"{where} ({_shown(path)}) has a label that is a JSON {_json_type(label)}; "
-                             "expected text or a whole number")
-        label = None if label is None else str(label).strip()
-        if not label:
-            raise UsageError(f"{where} ({_shown(path)}) has no label")
-        if not is_text(label):
-            raise UsageError(f"{where}: the label {display_path(_shown(label))!r} is not valid UTF-8 text")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in label):
-            raise UsageError(f"{where}: the label {_shown(label)!r} holds a control character (NUL, a line "
-                             "break, ...); class names are one line of text")
-        if split is not None and not isinstance(split, str):
-            raise UsageError(f"{where} ({_shown(path)}) has a split that is a JSON {_json_type(split)}; "
-                             "use train, val or test")
-        if split is not None and split.strip():
-            if split.strip().lower() not in SPLIT_ALIASES:
-                raise UsageError(f"{where} ({_shown(path)}) has split {_shown(split)!r}; use train, val or test")
-            split = SPLIT_ALIASES[split.strip().lower()]
-        else:
-            split = None
-        return line, path, label, split
+            yield from manifest_rows(fh, self.manifest.suffix.lower() == ".csv", str(self.manifest))
 
     def samples(self) -> Iterator[Sample]:
         index = {c: i for i, c in enumerate(self.class_names)}
@@ -276,6 +210,88 @@ class ManifestSource(DataSource):
     def read_bytes(self, sample: Sample) -> bytes:
         path = Path(sample.path)
         return read_image_file(path if path.is_absolute() else self.root / path)
+
+
+def manifest_rows(fh: Iterable[str], is_csv: bool, shown: str) -> Iterator[tuple[int, str, str, str | None]]:
+    """(line, path, label text, split) of each row of a CSV (`is_csv`) or JSONL manifest read from `fh` (text,
+    opened with newline=""), each checked by `checked_row`; `shown` names the manifest in messages.
+
+    Raises:
+        UsageError: a header without path,label, a line that is not valid CSV or JSON, a bad row.
+    """
+    where = f"--data {_shown(shown)}"
+    if is_csv:
+        reader = csv.DictReader(fh)
+        try:
+            fieldnames = reader.fieldnames
+            missing = {"path", "label"} - set(fieldnames or [])
+            if missing:
+                raise UsageError(f"{where}: the CSV header needs the columns path,label[,split]; "
+                                 f"missing {', '.join(sorted(missing))}")
+            for row in reader:
+                yield checked_row(shown, reader.line_num, row.get("path"), row.get("label"), row.get("split"))
+        except csv.Error as exc:
+            # csv's field_size_limit (131,072 characters) stays: no path or label is that long, and
+            # the limit is what keeps an unclosed quote from reading the rest of the file as one field.
+            # csv counts a line once it is parsed: the one over the limit is the next.
+            if "field larger than field limit" in str(exc):
+                raise UsageError(f"{where}: line {reader.line_num + 1} has a field over "
+                                 f"{csv.field_size_limit():,} characters (no path or label is that long; "
+                                 "an unclosed quote?)") from None
+            raise UsageError(f"{where}: line {reader.line_num} is not valid CSV "
+                             f"({_shown(first_line(exc))})") from None
+    else:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{where}: line {n} is not JSON ({exc.msg})") from None
+            except RecursionError:  # [[[[...]]]]: deeper than the interpreter's stack
+                raise UsageError(f"{where}: line {n} is not JSON (nested too deeply)") from None
+            if not isinstance(obj, dict):
+                raise UsageError(f"{where}: line {n} is not a JSON object")
+            yield checked_row(shown, n, obj.get("path"), obj.get("label"), obj.get("split"))
+
+
+def checked_row(shown: str, line: int, path, label, split) -> tuple[int, str, str, str | None]:
+    """One manifest row as te takes it: a path without NUL, a label that is text or a whole number on one line
+    of valid UTF-8, a split among SPLIT_ALIASES or none; `shown` names the manifest in messages.
+
+    Raises:
+        UsageError: the first rule the row breaks, with its line.
+    """
+    where = f"--data {_shown(shown)}: line {line}"
+    if not isinstance(path, str) or not path.strip():
+        raise UsageError(f"{where} has no path" if path in (None, "") or isinstance(path, str)
+                         else f"{where}: the path is a JSON {_json_type(path)}; expected text")
+    path = path.strip()
+    if "\0" in path:
+        raise UsageError(f"{where}: the path {_shown(path)!r} holds a NUL character, which no file name can")
+    # Labels become class names (run.json, ONNX metadata, --out files): text or a whole number, as a
+    # folder's name would be; a JSON list, object, boolean or fraction is a mistake, not a class.
+    if isinstance(label, bool) or not isinstance(label, (str, int, type(None))):
+        raise UsageError(f"{where} ({_shown(path)}) has a label that is a JSON {_json_type(label)}; "
+                         "expected text or a whole number")
+    label = None if label is None else str(label).strip()
+    if not label:
+        raise UsageError(f"{where} ({_shown(path)}) has no label")
+    if not is_text(label):
+        raise UsageError(f"{where}: the label {display_path(_shown(label))!r} is not valid UTF-8 text")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in label):
+        raise UsageError(f"{where}: the label {_shown(label)!r} holds a control character (NUL, a line "
+                         "break, ...); class names are one line of text")
+    if split is not None and not isinstance(split, str):
+        raise UsageError(f"{where} ({_shown(path)}) has a split that is a JSON {_json_type(split)}; "
+                         "use train, val or test")
+    if split is not None and split.strip():
+        if split.strip().lower() not in SPLIT_ALIASES:
+            raise UsageError(f"{where} ({_shown(path)}) has split {_shown(split)!r}; use train, val or test")
+        split = SPLIT_ALIASES[split.strip().lower()]
+    else:
+        split = None
+    return line, path, label, split
 
 
 class BuiltinSource(DataSource):
