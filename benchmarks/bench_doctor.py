@@ -16,7 +16,8 @@ cache. Scored against what was planted:
   label errors     recall at the planted count: of te doctor's first K suspects (K = the planted flips),
                    the share that were flipped; and the precision and recall of cleanlab's own flagged set.
 The threshold sweep over the tuning sets (every set but _domains.HELD_OUT) is printed and kept in the JSON:
-it is how te doctor's default threshold was chosen (docs/doctor.md). The held-out set takes no part in any
+it is how te doctor's default threshold was chosen (docs/doctor.md); so is the sweep of the signature rule
+(features' floor x signature threshold), how its defaults were chosen. The held-out set takes no part in any
 choice and is reported on its own.
 
 Scale: synthetic 1,280-d features (a mixture of classes, int8 in a real cache) of N rows, te doctor end to
@@ -41,10 +42,15 @@ import numpy as np
 from _results import add_suite_options, pick_sizes, print_rows, result_row, write_results
 
 BACKBONE = "efficientnet_lite0"
+SIGNATURE = "dct_signature"  # the copy signature (transfer_engine/backbones/signature.py), extracted beside it
 TUNING = ("digits", "glyphs", "icons")
 HELD_OUT = "cards"   # _domains.HELD_OUT: never looked at while choosing the threshold or cleanlab's settings
 LOW = 0.85           # te doctor runs at this threshold once; higher thresholds are read from its pairs
 GRID = tuple(round(0.85 + 0.005 * i, 3) for i in range(30))
+# The signature rule's sweep: te doctor runs once with the signature at its lowest grid values, and every
+# (floor, signature threshold) is read from its pairs.
+SIGNATURE_GRID = tuple(round(0.95 + 0.005 * i, 3) for i in range(10))
+FLOOR_GRID = (0.8, 0.85, 0.9, 0.93, 0.95)
 PIXEL_SAME = 0.98    # normalised correlation of two images' 32x32 greyscale pixels: the same picture
 SIZES = {"full": {"domains": "digits,glyphs,icons,cards", "scale_rows": "10000,30000,100000", "baseline_rows": 20000},
          "quick": {"domains": "digits", "scale_rows": "10000,20000", "baseline_rows": 10000},
@@ -80,8 +86,9 @@ def _pixels(path: Path) -> np.ndarray:
     return a / (np.linalg.norm(a) or 1.0)
 
 
-def score(diagnosis, truth: dict, root: Path) -> dict:
-    """Precision and recall of every finding against `truth` (see the module docstring), per threshold."""
+def _cross_pairs(diagnosis, truth: dict, root: Path) -> list[tuple]:
+    """te doctor's near-duplicate pairs across splits: (cosine, verdict, path, path, signature cosine or None),
+    the verdict "planted", "natural" (the same picture by its pixels, already in the base set) or "wrong"."""
     rows = diagnosis.rows
     planted = {frozenset((t["copy"], t["source"])) for t in truth["near"]}
     copies = {t["copy"] for t in truth["near"]}
@@ -107,15 +114,34 @@ def score(diagnosis, truth: dict, root: Path) -> dict:
             verdict = "natural"
         else:
             verdict = "wrong"
-        cross.append((p.cosine, verdict, a, b))
-    near = {}
-    for tau in GRID:
-        found = [c for c in cross if c[0] >= tau]
-        right = sum(1 for c in found if c[1] != "wrong")
-        caught = {c[2] for c in found} | {c[3] for c in found}
-        recall = sum(1 for c in copies if c in caught) / max(1, len(copies))
-        near[tau] = {"pairs": len(found), "right": right, "natural": sum(1 for c in found if c[1] == "natural"),
-                     "precision": right / len(found) if found else None, "recall": recall}
+        cross.append((p.cosine, verdict, a, b, p.signature))
+    return cross
+
+
+def _near_score(found: list[tuple], copies: set[str]) -> dict:
+    """Precision and recall of the cross-split pairs `found` (see the module docstring)."""
+    right = sum(1 for c in found if c[1] != "wrong")
+    caught = {c[2] for c in found} | {c[3] for c in found}
+    recall = sum(1 for c in copies if c in caught) / max(1, len(copies))
+    return {"pairs": len(found), "right": right, "natural": sum(1 for c in found if c[1] == "natural"),
+            "precision": right / len(found) if found else None, "recall": recall}
+
+
+def signature_sweep(diagnosis, truth: dict, root: Path) -> dict[tuple[float, float], dict]:
+    """The signature rule's precision and recall at each (floor, signature threshold) of the grids, from one
+    te doctor run at their lowest values."""
+    cross = _cross_pairs(diagnosis, truth, root)
+    copies = {t["copy"] for t in truth["near"]}
+    return {(floor, tau): _near_score([c for c in cross if c[0] >= floor and c[4] >= tau], copies)
+            for floor in FLOOR_GRID for tau in SIGNATURE_GRID}
+
+
+def score(diagnosis, truth: dict, root: Path) -> dict:
+    """Precision and recall of every finding against `truth` (see the module docstring), per threshold."""
+    rows = diagnosis.rows
+    copies = {t["copy"] for t in truth["near"]}
+    cross = _cross_pairs(diagnosis, truth, root)
+    near = {tau: _near_score([c for c in cross if c[0] >= tau], copies) for tau in GRID}
     # exact copies: planted copies grouped with their source
     groups = {rows.paths[r]: {rows.paths[x] for x in g.records} for g in diagnosis.exact for r in g.records}
     exact_found = sum(1 for t in truth["exact"] if t["source"] in groups.get(t["copy"], ()))
@@ -157,14 +183,24 @@ def planted_run(domain: str, work: Path, per_class: int | None, operations=None)
     t0 = time.perf_counter()
     extract(BACKBONE, str(manifest), cache, name=name, progress=False, replace=True)
     extracted = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    extract(SIGNATURE, str(manifest), cache, name=name, progress=False)
+    signature_extracted = time.perf_counter() - t0
     t1 = time.perf_counter()
-    d = doctor(cache, dataset=name, threshold=LOW, out=work / "doctor" / name, sheets=False, progress=False)
+    d = doctor(cache, dataset=name, threshold=LOW, signature=False, out=work / "doctor" / name, sheets=False,
+               progress=False)
     seconds = time.perf_counter() - t1
+    # the signature rule at the grids' lowest values (the probe's folds do not matter to the pairs)
+    signed = doctor(cache, dataset=name, signature_threshold=SIGNATURE_GRID[0], signature_floor=FLOOR_GRID[0],
+                    folds=2, out=work / "doctor" / f"{name}-signature", sheets=False, progress=False)
+    assert signed.rule["by"] == "signature", signed.rule
     truth = json.loads((manifest.parent / "truth.json").read_text())
     result = score(d, truth, manifest.parent)
     result.update(images=truth["images"], planted_near=len(truth["near"]), extract_seconds=extracted,
-                  doctor_seconds=seconds, domain=domain)
-    print(f"{name}: {truth['images']} images, doctor {seconds:.1f} s; exact {result['exact_recall']:.2f}, "
+                  signature_extract_seconds=signature_extracted, doctor_seconds=seconds, domain=domain,
+                  signature=signature_sweep(signed, truth, manifest.parent))
+    print(f"{name}: {truth['images']} images, extract {extracted:.1f} s, signature {signature_extracted:.1f} s, "
+          f"doctor {seconds:.1f} s; exact {result['exact_recall']:.2f}, "
           f"labels@K {result['label_recall_at_k']:.2f}", file=sys.stderr, flush=True)
     return result
 
@@ -184,6 +220,25 @@ def choose_threshold(results: dict[str, dict]) -> tuple[float, list[dict]]:
                       **{d: results[d]["near"][tau] for d in results}})
     best = max(table, key=lambda row: row["mean_f1"])
     return best["threshold"], table
+
+
+def choose_signature_rule(results: dict[str, dict]) -> tuple[tuple[float, float], list[dict]]:
+    """The (floor, signature threshold) with the highest mean F1 of the near-duplicate findings over the tuning
+    sets, and the whole sweep."""
+    table = []
+    for floor in FLOOR_GRID:
+        for tau in SIGNATURE_GRID:
+            f1s = []
+            for domain in TUNING:
+                if domain not in results:
+                    continue
+                n = results[domain]["signature"][(floor, tau)]
+                p, r = n["precision"] or 0.0, n["recall"]
+                f1s.append(2 * p * r / (p + r) if p + r else 0.0)
+            table.append({"floor": floor, "signature_threshold": tau, "mean_f1": float(np.mean(f1s)) if f1s else 0.0,
+                          **{d: results[d]["signature"][(floor, tau)] for d in results}})
+    best = max(table, key=lambda row: row["mean_f1"])
+    return (best["floor"], best["signature_threshold"]), table
 
 
 # -- scale ------------------------------------------------------------------------------------------------------
@@ -286,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     suite = pick_sizes(args, **SIZES)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="te-bench-doctor-"))
     from transfer_engine.core.configs.doctor import NEAR_DUPLICATE_COSINE as DEFAULT
+    from transfer_engine.core.configs.doctor import SIGNATURE_COSINE as SIGNATURE_DEFAULT
+    from transfer_engine.core.configs.doctor import SIGNATURE_FLOOR
 
     domains = [d for d in args.domains.split(",") if d]
     results = {d: planted_run(d, work, args.per_class) for d in domains}
@@ -297,6 +354,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{row[d]['natural']} natural)" for d in results), file=sys.stderr)
     print(f"threshold with the best mean F1 over the tuning sets: {chosen} (te doctor's default: {DEFAULT})",
           file=sys.stderr)
+    best_rule, signature_table = choose_signature_rule(results)
+    for row in signature_table:
+        print(f"  signature >= {row['signature_threshold']:.3f}, features >= {row['floor']:.2f}: mean F1 "
+              f"{row['mean_f1']:.3f}: " + ", ".join(
+                  f"{d} P {row[d]['precision'] or 0:.2f} R {row[d]['recall']:.2f} ({row[d]['pairs']} pairs, "
+                  f"{row[d]['natural']} natural)" for d in results), file=sys.stderr)
+    rule = (SIGNATURE_FLOOR, SIGNATURE_DEFAULT)
+    print(f"signature rule with the best mean F1 over the tuning sets: features >= {best_rule[0]}, signature >= "
+          f"{best_rule[1]} (te doctor's default: features >= {rule[0]}, signature >= {rule[1]})", file=sys.stderr)
     rows = []
     for domain, r in results.items():
         held = " (held out)" if domain == HELD_OUT else ""
@@ -306,6 +372,14 @@ def main(argv: list[str] | None = None) -> int:
                                n["precision"] or 0.0, ">= 0.9", note))
         rows.append(result_row(f"near duplicates recall, {domain}{held}", n["recall"], 1.0, "share", n["recall"],
                                ">= 0.9", note))
+        g = r["signature"][(min(FLOOR_GRID, key=lambda t: abs(t - rule[0])),
+                            min(SIGNATURE_GRID, key=lambda t: abs(t - rule[1])))]
+        note = (f"with the copy signature >= {rule[1]} and features >= {rule[0]}; {g['natural']} natural pairs "
+                "counted right")
+        rows.append(result_row(f"near duplicates precision with the copy signature, {domain}{held}",
+                               g["precision"] or 0.0, 1.0, "share", g["precision"] or 0.0, ">= 0.9", note))
+        rows.append(result_row(f"near duplicates recall with the copy signature, {domain}{held}", g["recall"], 1.0,
+                               "share", g["recall"], ">= 0.9", note))
         rows.append(result_row(f"exact duplicates found, {domain}{held}", r["exact_recall"], 1.0, "share",
                                r["exact_recall"], ">= 1.0"))
         rows.append(result_row(f"label errors recall at the planted count, {domain}{held}", r["label_recall_at_k"],
@@ -316,6 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     s = stress["near"][min(GRID, key=lambda t: abs(t - DEFAULT))]
     rows.append(result_row(f"near duplicates recall, {domains[0]}, every copy cropped+resized+colour-shifted+re-encoded "
                            "(informational)", s["recall"], 1.0, "share", s["recall"], None))
+    g = stress["signature"][(min(FLOOR_GRID, key=lambda t: abs(t - rule[0])),
+                             min(SIGNATURE_GRID, key=lambda t: abs(t - rule[1])))]
+    rows.append(result_row(f"near duplicates recall with the copy signature, {domains[0]}, every copy "
+                           "cropped+resized+colour-shifted+re-encoded (informational)", g["recall"], 1.0, "share",
+                           g["recall"], None))
     scale = {}
     if not args.skip_scale:
         sizes = [int(v) for v in args.scale_rows.split(",") if v]
@@ -338,8 +417,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_results(args.json, "doctor", rows, {
             "suite": suite, "backbone": BACKBONE, "default_threshold": DEFAULT, "best_tuning_threshold": chosen,
-            "sweep": sweep, "results": {d: {k: v for k, v in r.items() if k != "near"} for d, r in results.items()},
-            "stress": {k: v for k, v in stress.items() if k != "near"}, "scale": scale,
+            "sweep": sweep, "signature_rule": {"floor": rule[0], "signature_threshold": rule[1]},
+            "best_tuning_signature_rule": {"floor": best_rule[0], "signature_threshold": best_rule[1]},
+            "signature_sweep": signature_table,
+            "results": {d: {k: v for k, v in r.items() if k not in ("near", "signature")} for d, r in results.items()},
+            "stress": {k: v for k, v in stress.items() if k not in ("near", "signature")}, "scale": scale,
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "threads": os.environ.get("OMP_NUM_THREADS")})
     return 0
 

@@ -4,6 +4,12 @@ the threshold: the same picture resized, re-encoded, cropped a little or colour-
 
 Pairs come from each image's nearest neighbours (`neighbours.nearest`), so an image with more than
 `NEIGHBOURS` copies above the threshold shows only its nearest ones: it is flagged all the same.
+
+With the copy signature (`signature_pairs`: backbone dct_signature, cached beside the features) the rule is
+another: a candidate (a nearest neighbour in either space) is the same picture when its signature's cosine
+reaches the signature threshold and its features' cosine the floor. Pooled features put distinct images of
+one class as close as a re-encoded copy; the signature, a thumbnail's low frequencies, does not, and the
+floor keeps out distinct images whose thumbnails happen to match (docs/doctor.md, "The copy signature").
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from transfer_engine.doctor.rows import SPLITS, Rows
 
 @dataclass(frozen=True)
 class NearPair:
-    """Two distinct images (rows of `Rows.features`) and their cosine."""
+    """Two distinct images (rows of `Rows.features`), their features' cosine and, when the copy signature
+    judged them, the signature's cosine."""
 
     a: int
     b: int
     cosine: float
+    signature: float | None = None
 
 
 def near_pairs(neighbours: Neighbours, threshold: float) -> list[NearPair]:
@@ -36,6 +44,30 @@ def near_pairs(neighbours: Neighbours, threshold: float) -> list[NearPair]:
         key = (min(a, b), max(a, b))
         seen[key] = max(seen.get(key, -1.0), c)
     return sorted((NearPair(a, b, c) for (a, b), c in seen.items()), key=lambda p: (-p.cosine, p.a, p.b))
+
+
+def signature_pairs(features: Neighbours, signature: Neighbours, feature_rows: np.ndarray,
+                    signature_rows: np.ndarray, threshold: float, floor: float) -> list[NearPair]:
+    """Every pair of distinct images that is a nearest neighbour in either space, whose signatures have a
+    cosine of at least `threshold` and whose features one of at least `floor`; once each, highest signature
+    cosine first. `feature_rows` and `signature_rows`: the L2-normalised rows of the two spaces."""
+    pairs = np.concatenate([_neighbour_pairs(features), _neighbour_pairs(signature)])
+    if not len(pairs):
+        return []
+    pairs = np.unique(np.sort(pairs, axis=1), axis=0)
+    a, b = pairs[:, 0], pairs[:, 1]
+    same = np.einsum("nd,nd->n", signature_rows[a], signature_rows[b])
+    close = np.einsum("nd,nd->n", feature_rows[a], feature_rows[b])
+    keep = np.flatnonzero((same >= threshold) & (close >= floor))
+    found = [NearPair(int(a[i]), int(b[i]), float(close[i]), float(same[i])) for i in keep.tolist()]
+    return sorted(found, key=lambda p: (-p.signature, p.a, p.b))
+
+
+def _neighbour_pairs(neighbours: Neighbours) -> np.ndarray:
+    """int64 [P, 2]: every (row, one of its neighbours)."""
+    rows, cols = np.nonzero(neighbours.index >= 0)
+    pairs = np.stack([rows, neighbours.index[rows, cols]], axis=1).astype(np.int64)
+    return pairs[pairs[:, 0] != pairs[:, 1]]
 
 
 def splits_of_images(rows: Rows) -> list[set[str]]:

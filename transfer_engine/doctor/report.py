@@ -53,8 +53,9 @@ def as_dict(d: "Diagnosis") -> dict[str, Any]:
             "groups": [{"records": [_record(d, r) for r in g.records], "cross_split": g.cross_split,
                         "conflicting_labels": g.conflicting} for g in d.exact]},
         "near_duplicates": {
-            "pairs": len(d.pairs), "by_kind": kinds, "leaked": held_near,
-            "list": [{"a": _image(d, p.a), "b": _image(d, p.b), "cosine": p.cosine, "kind": k}
+            "rule": dict(d.rule), "pairs": len(d.pairs), "by_kind": kinds, "leaked": held_near,
+            "list": [{"a": _image(d, p.a), "b": _image(d, p.b), "cosine": p.cosine, "kind": k,
+                      **({"signature": p.signature} if p.signature is not None else {})}
                      for p, k in zip(d.pairs, d.kinds)]},
         "leaked": [{**_record(d, r), "copy_of": _record(d, d.leaked_exact[r] if r in d.leaked_exact
                                                           else d.leaked_near[r][0]),
@@ -90,7 +91,7 @@ def _cell(text: Any) -> str:
 
 
 def markdown(d: "Diagnosis", doc: dict[str, Any]) -> str:
-    from transfer_engine.doctor.run import summary_lines
+    from transfer_engine.doctor.run import rule_text, summary_lines
 
     top = d.config.top
     lines = [f"# te doctor: {doc['dataset']}", "",
@@ -122,14 +123,17 @@ def markdown(d: "Diagnosis", doc: dict[str, Any]) -> str:
                          f"{_cell('; '.join(r['path'] for r in recs[:4]))}{' ...' if len(recs) > 4 else ''} |")
     else:
         lines.append("None.")
-    lines += ["", f"## Near duplicates (cosine >= {d.config.threshold:g})", ""]
+    lines += ["", f"## Near duplicates ({rule_text(d.rule)})", ""]
     near = doc["near_duplicates"]["list"]
+    signed = d.rule["by"] == "signature"
     if near:
         if "near_duplicates" in d.files:
             lines += [f"![near duplicates]({Path(d.files['near_duplicates']).name})", ""]
-        lines += ["| cosine | kind | image | image | labels |", "|---|---|---|---|---|"]
+        lines += [f"| {'signature | ' if signed else ''}cosine | kind | image | image | labels |",
+                  f"|{'---|' if signed else ''}---|---|---|---|---|"]
         for p in near[:top]:
-            lines.append(f"| {p['cosine']:.4f} | {p['kind']} | {_cell(p['a']['path'])} ({p['a']['split']}) | "
+            signature = f"{p['signature']:.4f} | " if signed else ""
+            lines.append(f"| {signature}{p['cosine']:.4f} | {p['kind']} | {_cell(p['a']['path'])} ({p['a']['split']}) | "
                          f"{_cell(p['b']['path'])} ({p['b']['split']}) | {_cell(p['a']['label'])} / "
                          f"{_cell(p['b']['label'])} |")
     else:

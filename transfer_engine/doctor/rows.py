@@ -82,17 +82,18 @@ class Rows:
 
 
 def load_rows(cache: str, *, dataset: str | None, backbone: str | None, space: str | None, say: Say) -> Rows:
-    """Open the cache, choose the data set and space as te train does, and read its rows.
+    """Open the cache, choose the data set and space as te train does, and read its rows. The copy
+    signature's space (`signature_of`) is never chosen unasked: beside one other backbone, that one is meant.
 
     Raises:
         UsageError / CacheError: as `load_training_data` (no such data set or space, an ambiguous choice, one
             class, no train split, rows missing from the space, NaN or inf features).
     """
-    import torch
-
     from transfer_engine.cache import identity
     from transfer_engine.train import load_training_data
 
+    if backbone is None and space is None:
+        backbone = _beside_the_signature(cache)
     # memory_budget=0: te train's loader only chooses and checks here (one streamed pass); the features are
     # read below, once per distinct image.
     data = load_training_data(cache, dataset=dataset, backbone=backbone, space=space, memory_budget=0,
@@ -105,12 +106,7 @@ def load_rows(cache: str, *, dataset: str | None, backbone: str | None, space: s
         record_key = np.fromiter((index.setdefault(r.key, len(index)) for r in records), dtype=np.int64,
                                  count=len(records))
         keys = list(index)
-        features = np.empty((len(keys), data.space.dim), dtype=np.float32)
-        for start in range(0, len(keys), GATHER_ROWS):
-            chunk = keys[start:start + GATHER_ROWS]
-            data.space.gather(chunk, out=torch.from_numpy(features[start:start + len(chunk)]))
-        norms = np.linalg.norm(features, axis=1)
-        features /= np.maximum(norms, 1e-12)[:, None]
+        features, norms = _normalised(data.space, keys)
         stored = identity.identity(data.cache, data.dataset)
         source = stored.source if stored and stored.source else (data.provenance or {}).get("data")
         say(f"doctor: {ds.name}: {len(records)} records, {len(keys)} distinct images, {data.space.config.backbone} "
@@ -121,3 +117,67 @@ def load_rows(cache: str, *, dataset: str | None, backbone: str | None, space: s
                     notes)
     finally:
         data.close()
+
+
+def _normalised(space: Any, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of `keys` in a cached space, L2-normalised (float32 [U, D]), and their norms before."""
+    import torch
+
+    features = np.empty((len(keys), space.dim), dtype=np.float32)
+    for start in range(0, len(keys), GATHER_ROWS):
+        chunk = keys[start:start + GATHER_ROWS]
+        space.gather(chunk, out=torch.from_numpy(features[start:start + len(chunk)]))
+    norms = np.linalg.norm(features, axis=1)
+    features /= np.maximum(norms, 1e-12)[:, None]
+    return features, norms
+
+
+def _beside_the_signature(cache: str) -> str | None:
+    """The one other backbone of a cache that also holds the copy signature (None otherwise, or when the
+    cache cannot be opened: te train's loader then says why)."""
+    from transfer_engine.backbones.signature import NAME
+    from transfer_engine.cache import FeatureCache
+    from transfer_engine.errors import TEError
+
+    try:
+        with FeatureCache.open(cache, create=False) as store:
+            names = {s.backbone for s in store.spaces()}
+    except TEError:
+        return None
+    others = names - {NAME}
+    return others.pop() if NAME in names and len(others) == 1 else None
+
+
+@dataclass
+class Signature:
+    """The copy signature of each distinct image (backbone `dct_signature`, transfer_engine/backbones/signature.py).
+
+    Attributes:
+        space_id: the signature's space.
+        features: float32 [U, D], L2-normalised, in the order of `Rows.keys`.
+    """
+
+    space_id: str
+    features: np.ndarray
+
+
+def signature_of(cache: str, rows: Rows) -> tuple[Signature | None, str]:
+    """The copy signature of every distinct image of `rows`, from a space of the signature's backbone that
+    holds them all (the first by id when several do), and a sentence on what was found: with no such space,
+    (None, why)."""
+    from transfer_engine.backbones.signature import NAME
+    from transfer_engine.cache import FeatureCache
+
+    if rows.backbone == NAME:
+        return None, f"the features examined are the copy signature ({NAME}) itself"
+    with FeatureCache.open(cache, create=False) as store:
+        spaces = [store.space(s) for s in store.spaces() if s.backbone == NAME]
+        missing = [sum(not have for have in s.contains(rows.keys)) for s in spaces]
+        full = sorted((s for s, m in zip(spaces, missing) if m == 0), key=lambda s: s.id)
+        if full:
+            features, _ = _normalised(full[0], rows.keys)
+            return Signature(full[0].id, features), f"space {full[0].id[:12]} ({NAME})"
+    if spaces:
+        return None, (f"the copy signature's space{'s' if len(spaces) > 1 else ''} lack{'' if len(spaces) > 1 else 's'} "
+                      f"{min(missing)} of the {len(rows.keys)} images")
+    return None, "the cache holds no copy signature for these images"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from transfer_engine.core.configs import DoctorConfig
 from transfer_engine.core.format import percent, points
 from transfer_engine.core.progress import Progress, say_of
 from transfer_engine.doctor import duplicates, impact, label_issues, near_duplicates, neighbours, outliers
-from transfer_engine.doctor.rows import Rows, load_rows
+from transfer_engine.doctor.rows import Rows, load_rows, signature_of
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Diagnosis:
         impact: test accuracy with and without the leaked test images (None without a test split).
         impact_head: which head was judged.
         method: how the neighbours were found.
+        rule: how near duplicates were judged: {"by": "signature", "space", "signature_threshold", "floor"} or
+            {"by": "features", "threshold", "why"} (why the signature was not used).
         files: what was written ({"md", "json", sheet names..., "manifest"}).
         manifest: what the manifest holds (None when none was asked for).
         seconds: wall time.
@@ -50,6 +53,7 @@ class Diagnosis:
     impact: dict[str, Any] | None
     impact_head: str
     method: str
+    rule: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     manifest: dict[str, Any] | None = None
     seconds: float = 0.0
@@ -97,7 +101,7 @@ def doctor(cache: "str | os.PathLike | DoctorConfig", *, progress: Progress = Tr
     leaked_exact = duplicates.leaked_by_copy(rows, groups)
     found = neighbours.nearest(rows.features)
     say(f"doctor: nearest neighbours of {len(rows.keys)} images ({found.method})")
-    pairs = near_duplicates.near_pairs(found, config.threshold)
+    pairs, rule = _near_pairs(config, rows, found, say)
     image_splits = near_duplicates.splits_of_images(rows)
     kinds = [near_duplicates.pair_kind(image_splits[p.a], image_splits[p.b]) for p in pairs]
     leaked_near = near_duplicates.leaked_by_near_copy(rows, pairs)
@@ -106,7 +110,7 @@ def doctor(cache: "str | os.PathLike | DoctorConfig", *, progress: Progress = Tr
     outlying = outliers.find_outliers(found)
     balance = outliers.class_balance(rows)
     diagnosis = Diagnosis(config, rows, groups, leaked_exact, pairs, kinds, leaked_near, labels, outlying, balance,
-                          None, "", found.method)
+                          None, "", found.method, rule)
     if len(labels.test):
         if config.run is not None:
             predicted, head = impact.run_predictions(config.run, rows, labels.test)
@@ -133,6 +137,28 @@ def doctor(cache: "str | os.PathLike | DoctorConfig", *, progress: Progress = Tr
     return diagnosis
 
 
+def _near_pairs(config: DoctorConfig, rows: Rows, found: neighbours.Neighbours, say
+                ) -> tuple[list[near_duplicates.NearPair], dict[str, Any]]:
+    """The near-duplicate pairs, by the copy signature when asked for and cached, else by the features'
+    cosine alone; and the rule used."""
+    signature, why = signature_of(config.cache, rows) if config.signature else (None, "--no-signature")
+    if signature is None:
+        return (near_duplicates.near_pairs(found, config.threshold),
+                {"by": "features", "threshold": config.threshold, "why": why})
+    say(f"doctor: near duplicates confirmed by the copy signature ({why})")
+    pairs = near_duplicates.signature_pairs(found, neighbours.nearest(signature.features), rows.features,
+                                            signature.features, config.signature_threshold, config.signature_floor)
+    return pairs, {"by": "signature", "space": signature.space_id, "signature_threshold": config.signature_threshold,
+                   "floor": config.signature_floor}
+
+
+def rule_text(rule: dict[str, Any]) -> str:
+    """The near-duplicate rule in a few words, for the summary and doctor.md's heading."""
+    if rule["by"] == "signature":
+        return f"copy signature cosine >= {rule['signature_threshold']:g}, features >= {rule['floor']:g}"
+    return f"cosine >= {rule['threshold']:g}"
+
+
 def _check_early(config: DoctorConfig) -> None:
     """What can be refused before any work: an unknown probe, a --run that is not a run."""
     from transfer_engine.heads import get_head_spec
@@ -141,6 +167,15 @@ def _check_early(config: DoctorConfig) -> None:
     get_head_spec(config.probe)
     if config.run is not None:
         Run.open(config.run)
+
+
+def signature_command(d: Diagnosis) -> str:
+    """The te extract command that caches the copy signature of the examined data set."""
+    from transfer_engine.backbones.signature import NAME
+
+    data = shlex.quote(d.rows.data) if d.rows.data is not None else "SRC"
+    return (f"te extract --backbone {NAME} --data {data} --cache {shlex.quote(d.config.cache)} "
+            f"--name {shlex.quote(d.rows.dataset)}")
 
 
 def summary_lines(d: Diagnosis) -> list[str]:
@@ -157,10 +192,13 @@ def summary_lines(d: Diagnosis) -> list[str]:
     by_kind = {k: cross.count(k) for k in ("train-test", "train-val", "val-test") if cross.count(k)}
     near_held = {s: sum(1 for r in d.leaked_near if rows.splits[r] == s and r not in d.leaked_exact)
                  for s in ("val", "test")}
-    lines.append(f"near duplicates (cosine >= {d.config.threshold:g}): {len(cross)} pair(s) across splits"
+    lines.append(f"near duplicates ({rule_text(d.rule)}): {len(cross)} pair(s) across splits"
                  + (f" ({', '.join(f'{k} {n}' for k, n in by_kind.items())})" if by_kind else "")
                  + f", {len(d.kinds) - len(cross)} within a split; {near_held['test']} test and {near_held['val']} "
                  "val image(s) nearly copy an earlier-split image")
+    if d.rule["by"] == "features" and d.config.signature:
+        lines.append(f"near duplicates are judged sharper by the copy signature ({d.rule['why']}): "
+                     f"{signature_command(d)}, then te doctor again (docs/doctor.md)")
     lab = d.labels
     lines.append(f"likely label errors: {len(lab.flagged)} of {len(lab.pool)} train+val images (probe: "
                  f"{d.config.probe} head, {d.config.folds}-fold accuracy {percent(lab.accuracy)}; cleanlab's "

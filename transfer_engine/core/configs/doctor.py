@@ -14,6 +14,11 @@ from transfer_engine.core.selection import check_folds
 # real images copied the ways pictures get copied (cropped, resized, colour-shifted, re-encoded) against
 # distinct images of the same class, on the tuning sets only: docs/doctor.md, "The near-duplicate threshold".
 NEAR_DUPLICATE_COSINE = 0.975
+# With the copy signature cached (backbone dct_signature): the signature's cosine above which a pair is the
+# same picture, and the floor the features' cosine must reach too. Chosen together on the same tuning sets,
+# the held-out set left out: docs/doctor.md, "The copy signature".
+SIGNATURE_COSINE = 0.98
+SIGNATURE_FLOOR = 0.85
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,16 @@ class DoctorConfig(Config):
     out: str = option("doctor", metavar="DIR", help="Where doctor.md, doctor.json and the contact sheets (PNG) go.")
     threshold: float = option(NEAR_DUPLICATE_COSINE, low=0, high=1, metavar="COS",
                               help="Cosine of the cached features above which two images count as the same "
-                                   "picture (near duplicates; docs/doctor.md says how the default was chosen).")
+                                   "picture (near duplicates) without the copy signature (docs/doctor.md says how "
+                                   "the default was chosen).")
+    signature: bool = option(True, flag="--signature/--no-signature",
+                             help="Judge near duplicates by the copy signature (te extract --backbone dct_signature) "
+                                  "when the cache holds it for these images; --no-signature: by the features alone.")
+    signature_threshold: float = option(SIGNATURE_COSINE, low=0, high=1, metavar="COS",
+                                        help="With the copy signature: its cosine above which two images count as the "
+                                             "same picture (docs/doctor.md says how the default was chosen).")
+    signature_floor: float = option(SIGNATURE_FLOOR, low=0, high=1, metavar="COS",
+                                    help="With the copy signature: the cosine the features must reach too.")
     probe: str = option("linear", metavar="HEAD", help="The head (te heads) whose out-of-fold probabilities find "
                                                        "likely label errors.")
     folds: int = shared.folds()

@@ -1,0 +1,100 @@
+"""te doctor with the copy signature (dct_signature) cached beside the features: near copies the pooled
+features miss are found, nothing else crosses the split, the report says which rule judged; without the
+signature the report says how to get it. The planted set of conftest.py, plus harder copies (re-encoded at a
+low JPEG quality), in a copy of its cache: the shared cache stays without a signature."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+
+import pytest
+from PIL import Image
+
+from transfer_engine.cli.main import main
+from transfer_engine.doctor import summary_lines
+
+HARD = 4  # train digits re-encoded as JPEG (quality 40) into test
+
+
+@pytest.fixture(scope="module")
+def signed(planted, tmp_path_factory):
+    """(the cache with both spaces, the hard copies' paths): data set "hard" = the planted set + HARD copies."""
+    from transfer_engine.extract import extract
+
+    with planted.manifest.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    train = [r for r in rows if r["split"] == "train" and r["path"].split("/")[-1][0].isdigit()]
+    hard = []
+    for n, r in enumerate(train[30:30 + HARD]):
+        buffer = io.BytesIO()
+        with Image.open(planted.root / r["path"]) as image:
+            image.convert("RGB").save(buffer, "JPEG", quality=40)
+        name = f"images/hard-{n}.jpg"
+        (planted.root / name).write_bytes(buffer.getvalue())
+        rows.append({"path": name, "label": r["label"], "split": "test"})
+        hard.append(name)
+    manifest = planted.root / "hard.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    cache = tmp_path_factory.mktemp("doctor-signed") / "cache"
+    shutil.copytree(planted.cache, cache)
+    extract("efficientnet_lite0", str(manifest), cache, name="hard", backend="torch", progress=False)
+    extract("dct_signature", str(manifest), cache, name="hard", progress=False)
+    return cache, hard
+
+
+def _doctor(cache, tmp_path, **fields):
+    from transfer_engine.doctor import doctor
+
+    return doctor(cache, dataset="hard", out=tmp_path, sheets=False, progress=False, **fields).to_dict()
+
+
+def _leaked(found):
+    return {item["path"]: item for item in found["leaked"] if item["how"] == "near"}
+
+
+def test_the_signature_finds_near_copies_the_features_miss_and_no_other_pair_across_splits(signed, planted, tmp_path):
+    cache, hard = signed
+    found = _doctor(cache, tmp_path / "signed")  # no --backbone: the features beside the signature are meant
+    assert found["backbone"] == "efficientnet_lite0"
+    rule = found["near_duplicates"]["rule"]
+    assert rule["by"] == "signature" and rule["signature_threshold"] > rule["floor"]
+    copies = set(planted.near) | set(hard)
+    assert set(_leaked(found)) == copies
+    across = [p for p in found["near_duplicates"]["list"] if not p["kind"].startswith("within")]
+    assert all((p["a"]["path"] in copies) != (p["b"]["path"] in copies) for p in across)  # a copy and its source
+    assert all(p["signature"] >= rule["signature_threshold"] for p in across)
+
+    plain = _doctor(cache, tmp_path / "plain", signature=False)
+    assert plain["near_duplicates"]["rule"]["by"] == "features"
+    missed = set(hard) - set(_leaked(plain))
+    assert missed, "the features alone find every hard copy: the test no longer shows what the signature adds"
+
+
+def test_the_report_names_the_rule_and_without_the_signature_says_how_to_get_it(signed, diagnosis, tmp_path, capsys):
+    cache, _ = signed
+    assert main(["doctor", "--cache", str(cache), "--dataset", "hard", "--out", str(tmp_path / "d"), "--no-sheets"]) == 0
+    out = capsys.readouterr().out
+    assert "near duplicates (copy signature cosine >= " in out and "te extract --backbone dct_signature" not in out
+    md = (tmp_path / "d" / "doctor.md").read_text()
+    assert "## Near duplicates (copy signature cosine >= " in md and "| signature | cosine |" in md
+    # the shared planted cache holds no signature: te doctor judges by the features and says what to run
+    hint = [line for line in summary_lines(diagnosis) if "te extract --backbone dct_signature" in line]
+    assert len(hint) == 1 and f"--cache {diagnosis.config.cache}" in hint[0] and "--name planted" in hint[0]
+    assert diagnosis.to_dict()["near_duplicates"]["rule"]["by"] == "features"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--signature-threshold", "1.5"], "1.5"),
+    (["--signature-floor", "-0.1"], "-0.1"),
+])
+def test_bad_signature_options_are_one_line_and_a_usage_exit_code(signed, tmp_path, capsys, args, says):
+    cache, _ = signed
+    assert main(["doctor", "--cache", str(cache), "--dataset", "hard", *args, "--out", str(tmp_path / "o"),
+                 "--no-sheets"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err.splitlines()[-1] and "Traceback" not in err
