@@ -169,7 +169,7 @@ def signature_of(cache: str, rows: Rows) -> tuple[Signature | None, str]:
     from transfer_engine.cache import FeatureCache
 
     if rows.backbone == NAME:
-        return None, f"the features examined are the copy signature ({NAME}) itself"
+        return None, f"the features examined are the copy signature ({NAME}) itself"  # no hint: see run.py
     with FeatureCache.open(cache, create=False) as store:
         spaces = [store.space(s) for s in store.spaces() if s.backbone == NAME]
         missing = [sum(not have for have in s.contains(rows.keys)) for s in spaces]

@@ -81,8 +81,9 @@ def doctor(cache: "str | os.PathLike | DoctorConfig", *, progress: Progress = Tr
     Args:
         cache: the cache directory, or a whole `DoctorConfig` (then `fields` change it).
         progress: lines for the user: True on stderr, False or None none, a function is handed each.
-        fields: `DoctorConfig` fields (dataset, backbone, space, out, threshold, probe, folds, run,
-            write_manifest, leaked, drop_label_errors, top, sheets, seed).
+        fields: `DoctorConfig` fields (dataset, backbone, space, out, threshold, signature,
+            signature_threshold, signature_floor, probe, folds, run, write_manifest, leaked, drop_label_errors,
+            top, sheets, seed).
 
     Returns:
         The `Diagnosis`.
@@ -196,7 +197,7 @@ def summary_lines(d: Diagnosis) -> list[str]:
                  + (f" ({', '.join(f'{k} {n}' for k, n in by_kind.items())})" if by_kind else "")
                  + f", {len(d.kinds) - len(cross)} within a split; {near_held['test']} test and {near_held['val']} "
                  "val image(s) nearly copy an earlier-split image")
-    if d.rule["by"] == "features" and d.config.signature:
+    if d.rule["by"] == "features" and d.config.signature and not d.rule["why"].endswith("itself"):
         lines.append(f"near duplicates are judged sharper by the copy signature ({d.rule['why']}): "
                      f"{signature_command(d)}, then te doctor again (docs/doctor.md)")
     lab = d.labels
