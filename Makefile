@@ -18,9 +18,9 @@ EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>
 STAMP_TORCH := $(VENV)/.te-torch
 STAMP_INSTALL := $(VENV)/.te-install
 PYTEST_ARGS ?=
-# Two pytest workers (pytest-xdist): most of the suite's time is `te` processes starting (importing
-# torch and torchvision, one core each), so a second worker uses the second core instead of waiting
-# (the suite's times on each CPU family: README, "CPU families: what differs, measured").
+# Two pytest workers (pytest-xdist), one a core: the tests' `te` processes, forked from a server that
+# imported torch once (tests/te_server.py, CONTRIBUTING.md), compute on one core each (the suite's times
+# on each CPU family: README, "CPU families: what differs, measured").
 PYTEST_WORKERS ?= 2
 # Each worker's share of the cores for the thread pools of torch and OpenMP (its own and those of the `te`
 # processes its tests start): left at one per core each, two workers spin four threads on two cores, and

@@ -23,15 +23,102 @@ class Result:
 
 
 def run_te(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | None = None) -> Result:
-    """Run `python -m transfer_engine ARGS` in a fresh process and capture everything."""
+    """Run `python -m transfer_engine ARGS` in a fresh process and capture everything.
+
+    The process is forked from a server that has the third-party libraries imported (tests/te_server.py),
+    unless its environment asks for a real start (`_forkable`) or TE_TEST_SUBPROCESS=1 is set.
+    """
     full_env = {**os.environ, **(env or {})}
     if "TE_DEBUG" not in (env or {}):
         full_env.pop("TE_DEBUG", None)  # the tests look at what users see: no tracebacks
+    cwd = Path(cwd or os.getcwd())
+    if os.environ.get("TE_TEST_SUBPROCESS") != "1":
+        server = _TeServer.running()
+        pythonpath = server.forkable(full_env)
+        if pythonpath is not None:
+            return server.run(args, full_env, pythonpath, timeout, cwd)
     proc = subprocess.run(
         [sys.executable, "-m", "transfer_engine", *args],
         capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+class _TeServer:
+    """This pytest process's te_server (started at its first `te` run, ended with the process)."""
+
+    _instance: "_TeServer | None" = None
+    # Variables read when the interpreter or a preloaded library starts: a run that changes one starts
+    # for real. PYTHONPATH is `forkable`'s own case.
+    STARTUP_PREFIXES = ("PYTHON", "LC_", "LANG", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "CUDA", "TORCH",
+                        "NVIDIA", "LD_", "MPLBACKEND", "ORT_")
+
+    def __init__(self) -> None:
+        import atexit
+        import json
+        import tempfile
+
+        self.folder = Path(tempfile.mkdtemp(prefix="te-server-"))
+        self.socket = str(self.folder / "socket")
+        self.env = dict(os.environ)
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("te_server.py")), self.socket],
+                                     stdout=subprocess.PIPE, text=True, env=self.env)
+        self.preloaded = set(json.loads(self.proc.stdout.readline() or "null") or ())
+        if not self.preloaded:
+            raise RuntimeError("tests/te_server.py did not start: run with TE_TEST_SUBPROCESS=1 to bypass it")
+        atexit.register(self.stop)
+
+    @classmethod
+    def running(cls) -> "_TeServer":
+        if cls._instance is None or cls._instance.proc.poll() is not None:
+            cls._instance = cls()
+        return cls._instance
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def forkable(self, env: dict) -> list[str] | None:
+        """The PYTHONPATH entries to add to a forked process's sys.path, or None when `env` needs a real
+        start: it changes a start-up variable, or adds a PYTHONPATH entry that runs code at start-up
+        (sitecustomize, usercustomize, .pth files) or holds a module the server already imported."""
+        for key in set(env) | set(self.env):
+            if key != "PYTHONPATH" and key.startswith(self.STARTUP_PREFIXES) and env.get(key) != self.env.get(key):
+                return None
+        before = self.env.get("PYTHONPATH", "").split(os.pathsep)
+        added = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in before]
+        for entry in map(Path, added):
+            names = {p.name.partition(".")[0] for p in entry.iterdir()} if entry.is_dir() else set()
+            if {"sitecustomize", "usercustomize"} & names or any(entry.glob("*.pth")) or names & self.preloaded:
+                return None
+        return added
+
+    def run(self, args: tuple[str, ...], env: dict, pythonpath: list[str], timeout: float, cwd: Path) -> Result:
+        import io
+        import json
+        import locale
+        import socket
+        import tempfile
+
+        request = json.dumps({"args": list(args), "env": env, "pythonpath": pythonpath, "timeout": timeout,
+                              "cwd": str(cwd)}).encode() + b"\n"
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+                socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(self.socket)
+            sent = socket.send_fds(conn, [request], [out.fileno(), err.fileno()])
+            conn.sendall(request[sent:])
+            answer = json.loads(conn.makefile("rb").readline() or b'{"code": null}')
+            if answer.get("timeout"):
+                raise subprocess.TimeoutExpired([sys.executable, "-m", "transfer_engine", *args], timeout)
+            if answer["code"] is None:
+                raise RuntimeError(f"tests/te_server.py gave no exit code for te {' '.join(args)}")
+
+            def text(f) -> str:  # as subprocess.run(text=True) decodes it
+                f.seek(0)
+                return io.TextIOWrapper(f, encoding=locale.getpreferredencoding(False)).read()
+
+            return Result(answer["code"], text(out), text(err))
 
 
 def install_test_plugins(target: Path, *names: str) -> Path:
