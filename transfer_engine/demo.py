@@ -159,7 +159,7 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
     step(2, f"te extract {chosen} ({summary.weights} weights) on builtin:digits ({summary.total} real handwritten "
             f"digits, {summary.classes} classes): {how}")
 
-    diagnosis = _doctor(cache_dir, out / "doctor", summary.space, progress)
+    diagnosis = _doctor(cache_dir, out / "doctor", summary.space, limit, progress)
     step(3, diagnosis["line"])
 
     # space: step 8 puts other backbones' features of the same digits into this cache
@@ -260,13 +260,18 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
     return result
 
 
-def _doctor(cache_dir: Path, out: Path, space: str, progress: Progress) -> dict[str, Any]:
-    """te doctor on the demo's digits: its findings as counts, and the step's line (skipped, saying why, when
-    its extra is not installed)."""
-    from transfer_engine.doctor import doctor
+def _doctor(cache_dir: Path, out: Path, space: str, limit: int | None, progress: Progress) -> dict[str, Any]:
+    """te doctor on the demo's digits, with their copy signature cached first (te extract --backbone
+    dct_signature: a thumbnail's DCT, seconds for the digits) so near duplicates are judged as te doctor
+    judges them best: its findings as counts, and the step's line (skipped, saying why, when its extra is
+    not installed)."""
+    from transfer_engine.backbones.signature import NAME
+    from transfer_engine.doctor import doctor, rule_text
     from transfer_engine.errors import UsageError
+    from transfer_engine.extract import extract
 
     try:
+        extract(NAME, "builtin:digits", cache_dir, weights="none", name="digits", limit=limit, progress=progress)
         d = doctor(cache_dir, dataset="digits", space=space, out=out, progress=progress).to_dict()
     except UsageError as exc:  # cleanlab not installed: the demo goes on without this step
         return {"line": f"te doctor: skipped: {exc}", "skipped": str(exc)}
@@ -277,7 +282,7 @@ def _doctor(cache_dir: Path, out: Path, space: str, progress: Progress) -> dict[
     line = (f"te doctor on the cached features: {exact['extra_copies']} exact duplicate(s) "
             f"({exact['conflicting_labels']} under conflicting labels), "
             f"{sum(n for k, n in near['by_kind'].items() if not k.startswith('within'))} near-duplicate pair(s) "
-            f"across splits (cosine >= {d['threshold']:g}), {labels['flagged']} likely label error(s) of "
+            f"across splits ({rule_text(near['rule'])}), {labels['flagged']} likely label error(s) of "
             f"{labels['judged']} train+val digits, {d['outliers']['flagged']} outlier(s); "
             + (f"{leaked} test digit(s) copy a train or val digit: test accuracy {percent(impact['all']['accuracy'])} "
                f"with them, {percent(clean['accuracy'] if clean else None)} without" if leaked else
@@ -287,7 +292,7 @@ def _doctor(cache_dir: Path, out: Path, space: str, progress: Progress) -> dict[
             "conflicting_labels": exact["conflicting_labels"], "near_duplicate_pairs": near["pairs"],
             "near_by_kind": near["by_kind"], "label_errors": labels["flagged"], "judged": labels["judged"],
             "outliers": d["outliers"]["flagged"], "leaked_test": leaked, "impact": d["impact"],
-            "threshold": d["threshold"], "seconds": d["seconds"]}
+            "threshold": d["threshold"], "rule": near["rule"], "seconds": d["seconds"]}
 
 
 def _compare(cache_dir: Path, out: Path, limit: int | None, backbones: list[str], progress: Progress) -> dict[str, Any]:

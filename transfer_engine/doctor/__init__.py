@@ -13,6 +13,6 @@ sheets (contact sheets), manifest (the remedy), run (`doctor()`). The configurat
 """
 
 from transfer_engine.core.configs import DoctorConfig
-from transfer_engine.doctor.run import Diagnosis, doctor, summary_lines
+from transfer_engine.doctor.run import Diagnosis, doctor, rule_text, summary_lines
 
-__all__ = ["Diagnosis", "DoctorConfig", "doctor", "summary_lines"]
+__all__ = ["Diagnosis", "DoctorConfig", "doctor", "rule_text", "summary_lines"]
