@@ -10,6 +10,9 @@ import pytest
 from PIL import Image
 
 from transfer_engine.cli.main import main
+from transfer_engine.doctor.neighbours import NEIGHBOURS
+
+from .conftest import PER_CLASS
 
 
 def _by_path(items):
@@ -46,6 +49,8 @@ def test_flipped_labels_are_among_the_likely_label_errors_and_test_labels_are_no
     assert sum(p in flagged for p in planted.flipped) >= 3
     assert len(flagged) <= errors["judged"] // 4  # a short list to look at, not a quarter of the data
     assert {e["split"] for e in errors["list"]} <= {"train", "val"}
+    # ten train+val images a class cannot fill a neighbourhood of NEIGHBOURS: the probe judges alone
+    assert errors["neighbours"] == 0 and PER_CLASS["train"] + PER_CLASS["val"] <= NEIGHBOURS
     some = flagged[next(p for p in planted.flipped if p in flagged)]
     assert some["predicted"] != some["label"] and 0 <= some["label_probability"] < 0.5
 

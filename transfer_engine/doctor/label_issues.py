@@ -4,8 +4,12 @@ Each train and val record is given class probabilities by a head that did not se
 k-fold over train+val: `transfer_engine.train.out_of_fold_probabilities`, folds by content key so copies
 share one); cleanlab estimates from them how often each class is filed under each other one and flags the
 records whose given label is least likely, ranked by the probability the probe gives their label
-(self-confidence, lowest first). Test labels are not judged: leaving out the test images a model disagrees
-with would raise its test accuracy by construction.
+(self-confidence, lowest first). The probe's probabilities are averaged with a second opinion that costs
+no fit: the labels of each record's nearest train+val neighbours in te doctor's own neighbour graph (the
+k-nearest-neighbour vote cleanlab's Datalab judges labels with when it is given features, on the graph te
+doctor has already built for the near duplicates and outliers; docs/doctor.md, "Likely label errors").
+Test labels are not judged, and do not vote: leaving out the test images a model disagrees with would
+raise its test accuracy by construction.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from transfer_engine.doctor.neighbours import Neighbours
 from transfer_engine.doctor.rows import Rows
 from transfer_engine.errors import TEError, UsageError
 
@@ -31,10 +36,12 @@ class LabelIssues:
 
     Attributes:
         pool: positions (into Rows' records) of the train+val records judged.
-        probabilities: float32 [len(pool), C] out-of-fold.
+        probabilities: float32 [len(pool), C] what cleanlab judged: the probe's out-of-fold probabilities,
+            averaged with the neighbours' vote where a neighbour is in train+val.
         flagged: positions into `pool` of the likely label errors, most likely first.
-        quality: float32 [len(pool)] the probability the probe gives each record's label.
-        accuracy: the probe's out-of-fold accuracy on the pool.
+        quality: float32 [len(pool)] the probability `probabilities` give each record's label.
+        accuracy: the probe's own out-of-fold accuracy on the pool (before the neighbours' vote).
+        neighbours: the neighbours per image whose labels voted (0: the probe alone).
         weight_decay: the probe's weight decay (None: the head's te train default).
         test_probabilities: float32 [T, C] of the test records (the probe fitted on the whole pool), or None.
         test: positions of the test records.
@@ -46,6 +53,7 @@ class LabelIssues:
     flagged: np.ndarray
     quality: np.ndarray
     accuracy: float
+    neighbours: int
     weight_decay: float | None
     test: np.ndarray
     test_probabilities: np.ndarray | None
@@ -64,8 +72,33 @@ def require_cleanlab() -> None:
         raise UsageError(f"te doctor finds label errors with cleanlab, which is not installed: {INSTALL}")
 
 
-def find_label_issues(rows: Rows, *, head: str, folds: int, seed: int) -> LabelIssues:
-    """Fit the probe k times over train+val and let cleanlab rank the labels it doubts.
+def neighbour_vote(rows: Rows, pool: np.ndarray, found: Neighbours) -> np.ndarray:
+    """float64 [len(pool), C]: the share of each class among the labels of each pooled record's nearest
+    neighbours (`found`, over distinct images), counting train+val records only, each neighbouring image one
+    vote (split among its records when copies of it carry several labels). The record's own image never
+    votes, so its copies do not vouch for it, as they share a fold in the probe. A row of zeros where no
+    neighbour is in train+val.
+    """
+    from scipy import sparse
+
+    images, classes = len(rows.keys), rows.num_classes
+    own = rows.record_key[pool]
+    per_image = sparse.csr_matrix((np.ones(len(pool)), (own, rows.labels[pool])), shape=(images, classes))
+    counts = np.asarray(per_image.sum(1)).ravel()
+    per_image = sparse.diags(np.divide(1.0, counts, out=np.zeros(images), where=counts > 0)) @ per_image
+    index = found.index[own]
+    row, col = np.nonzero(index >= 0)
+    near = sparse.csr_matrix((np.ones(len(row)), (row, index[row, col])), shape=(len(pool), images))
+    votes = np.asarray((near @ per_image).todense())
+    total = votes.sum(1, keepdims=True)
+    return np.divide(votes, total, out=np.zeros_like(votes), where=total > 0)
+
+
+def find_label_issues(rows: Rows, *, head: str, folds: int, seed: int,
+                      neighbours: Neighbours | None = None) -> LabelIssues:
+    """Fit the probe k times over train+val, average its out-of-fold probabilities with the vote of each
+    record's `neighbours` (None, or a class with no more train+val records than neighbours: the probe alone),
+    and let cleanlab rank the labels they doubt.
 
     Raises:
         UsageError: cleanlab missing, an unknown head, fewer distinct images than folds.
@@ -86,6 +119,14 @@ def find_label_issues(rows: Rows, *, head: str, folds: int, seed: int) -> LabelI
                                     held_out=torch.from_numpy(rows.raw(test)) if len(test) else None)
     probabilities = oof.probabilities.numpy().astype(np.float64)
     probabilities /= probabilities.sum(1, keepdims=True)
+    accuracy = float((probabilities.argmax(1) == labels).mean()) if len(pool) else 0.0
+    k = 0 if neighbours is None else neighbours.index.shape[1]
+    if len(pool) and np.bincount(labels)[np.unique(labels)].min() <= k:
+        k = 0  # a class of k images or fewer cannot fill a neighbourhood: its images would be outvoted
+    if k:  # an equal-weight average of two opinions: nothing here was tuned to a data set
+        votes = neighbour_vote(rows, pool, neighbours)
+        voted = votes.sum(1) > 0
+        probabilities[voted] = (probabilities[voted] + votes[voted]) / 2
     present = np.unique(labels)
     try:
         if len(present) == rows.num_classes:
@@ -98,6 +139,5 @@ def find_label_issues(rows: Rows, *, head: str, folds: int, seed: int) -> LabelI
     except (ValueError, AssertionError) as exc:  # e.g. a class with too few records for its noise estimate
         raise TEError(f"cleanlab could not judge the labels of {rows.dataset!r}: {exc}") from None
     quality = probabilities[np.arange(len(pool)), labels].astype(np.float32)
-    accuracy = float((probabilities.argmax(1) == labels).mean()) if len(pool) else 0.0
     return LabelIssues(pool, probabilities.astype(np.float32), np.asarray(flagged, dtype=np.int64), quality, accuracy,
-                       weight_decay, test, None if oof.held_out is None else oof.held_out.numpy(), oof.head)
+                       k, weight_decay, test, None if oof.held_out is None else oof.held_out.numpy(), oof.head)

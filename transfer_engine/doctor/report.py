@@ -64,7 +64,7 @@ def as_dict(d: "Diagnosis") -> dict[str, Any]:
         "label_errors": {"judged": len(lab.pool), "flagged": len(lab.flagged),
                          "probe": {"head": d.config.probe, "folds": d.config.folds, "accuracy": lab.accuracy,
                                    "weight_decay": lab.weight_decay},
-                         "list": label_errors},
+                         "neighbours": lab.neighbours, "list": label_errors},
         "outliers": {"fence": d.outliers.fence, "flagged": len(d.outliers.flagged),
                      "list": [{**_image(d, int(u)), "score": float(d.outliers.score[u])}
                               for u in d.outliers.flagged.tolist()]},
@@ -141,8 +141,10 @@ def markdown(d: "Diagnosis", doc: dict[str, Any]) -> str:
     lab = doc["label_errors"]
     lines += ["", "## Likely label errors (train and val)", "",
               f"Out-of-fold probabilities of a {lab['probe']['head']} head ({lab['probe']['folds']}-fold over "
-              f"train+val, accuracy {percent(lab['probe']['accuracy'])}), judged by cleanlab's confident learning; "
-              "most likely first. Test labels are not judged.", ""]
+              f"train+val, accuracy {percent(lab['probe']['accuracy'])})"
+              + (f", averaged with the labels of each image's {lab['neighbours']} nearest train+val neighbours"
+                 if lab["neighbours"] else "")
+              + ", judged by cleanlab's confident learning; most likely first. Test labels are not judged.", ""]
     if lab["list"]:
         if "label_errors" in d.files:
             lines += [f"![label errors]({Path(d.files['label_errors']).name})", ""]

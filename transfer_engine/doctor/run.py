@@ -107,7 +107,8 @@ def doctor(cache: "str | os.PathLike | DoctorConfig", *, progress: Progress = Tr
     kinds = [near_duplicates.pair_kind(image_splits[p.a], image_splits[p.b]) for p in pairs]
     leaked_near = near_duplicates.leaked_by_near_copy(rows, pairs)
     say(f"doctor: probe ({config.probe}, {config.folds}-fold over train+val) for the label errors")
-    labels = label_issues.find_label_issues(rows, head=config.probe, folds=config.folds, seed=config.seed)
+    labels = label_issues.find_label_issues(rows, head=config.probe, folds=config.folds, seed=config.seed,
+                                            neighbours=found)
     outlying = outliers.find_outliers(found)
     balance = outliers.class_balance(rows)
     diagnosis = Diagnosis(config, rows, groups, leaked_exact, pairs, kinds, leaked_near, labels, outlying, balance,
@@ -202,8 +203,9 @@ def summary_lines(d: Diagnosis) -> list[str]:
                      f"{signature_command(d)}, then te doctor again (docs/doctor.md)")
     lab = d.labels
     lines.append(f"likely label errors: {len(lab.flagged)} of {len(lab.pool)} train+val images (probe: "
-                 f"{d.config.probe} head, {d.config.folds}-fold accuracy {percent(lab.accuracy)}; cleanlab's "
-                 "confident learning)")
+                 f"{d.config.probe} head, {d.config.folds}-fold accuracy {percent(lab.accuracy)}"
+                 + (f", with the labels of each image's nearest {lab.neighbours}" if lab.neighbours else "")
+                 + "; cleanlab's confident learning)")
     lines.append(f"outliers: {len(d.outliers.flagged)} image(s) far from every other (beyond the fence "
                  f"{d.outliers.fence:.3f} of 1 - mean cosine to the nearest {neighbours.NEIGHBOURS})")
     ratio = d.balance["train_ratio"]
