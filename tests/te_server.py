@@ -3,8 +3,9 @@
 Most of the suite's time went to `te` subprocesses starting: each imported torch, torchvision, numpy,
 onnxruntime, scikit-learn... (about 2 to 4 s a process on the 2-core CI machine, a few hundred processes).
 The test's `te` is still a fresh process that runs `python -m transfer_engine ARGS` to its end, with its
-own environment, working directory, stdout and stderr and exit code, and with interpreter shutdown as
-usual (atexit handlers, non-daemon threads joined); only the third-party imports are inherited, taken
+own environment, working directory, stdout and stderr and exit code, and ends as the interpreter's exit
+does (non-daemon threads joined, atexit handlers run, streams flushed) but for the module teardown
+(`_exit`); only the third-party imports are inherited, taken
 before any of them ran a computation (no thread pool exists yet to be broken by fork). transfer_engine
 itself is imported fresh in every process, so module-level reads of the environment see the test's.
 
@@ -22,6 +23,7 @@ top-level modules it imported.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -62,7 +64,7 @@ def _recv(conn: socket.socket) -> tuple[dict, list[int]]:
 
 def _become_te(request: dict, out_fd: int, err_fd: int) -> None:
     """In the forked process: take the request's environment, directory and output, then run te as
-    `python -m transfer_engine` does. Ends the process (SystemExit unwinds to interpreter shutdown)."""
+    `python -m transfer_engine` does, and end the process (`_exit`)."""
     import importlib
     import io
     import runpy
@@ -94,14 +96,40 @@ def _become_te(request: dict, out_fd: int, err_fd: int) -> None:
     sys.argv = ["-m", *request["args"]]
     try:
         runpy.run_module("transfer_engine", run_name="__main__", alter_sys=True)
-    except SystemExit:
-        raise
+        code = None
+    except SystemExit as exc:
+        code = exc.code
     except BaseException:  # what the interpreter does with an uncaught exception at top level
         import traceback
 
         traceback.print_exc()
-        raise SystemExit(1) from None
-    raise SystemExit(0)
+        code = 1
+    _exit(code)
+
+
+def _exit(code) -> None:
+    """End the te process as the interpreter's own exit does, up to the module teardown: the exit status
+    of a SystemExit's code, non-daemon threads joined, atexit handlers run (weakref finalizers, tempfile
+    and multiprocessing clean-up among them), the standard streams flushed. The teardown itself (freeing
+    every object of the inherited imports, page by page copied on write) took over a second a process."""
+    import atexit
+    import threading
+
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code & 0xFF
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def _wait(pid: int, timeout: float) -> dict:
@@ -118,8 +146,7 @@ def _wait(pid: int, timeout: float) -> dict:
 
 
 def _serve_one(conn: socket.socket) -> None:
-    """In the waiter: fork the te process, wait for it, answer. The waiter never returns into the server
-    loop; the te process does, as a SystemExit that ends the interpreter the usual way."""
+    """In the waiter: fork the te process, wait for it, answer. Neither returns into the server loop."""
     try:
         request, (out_fd, err_fd) = _recv(conn)
         pid = os.fork()
@@ -140,6 +167,7 @@ def _serve_one(conn: socket.socket) -> None:
 def serve(path: str) -> None:
     sys.path.pop(0)  # this script's folder (tests/) is not on a te process's path
     _preload()
+    gc.freeze()  # the imports' objects are never collected: a forked process's collections skip them
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(64)
