@@ -41,6 +41,8 @@ REFRESH = frozenset({3, 10, 30, 100})
 # Rows of the subsample whose covariance gives the preconditioner, and its rank.
 PRECOND_ROWS = 8192
 PRECOND_RANK = 64
+# Rows converted to float64 at once for the mean feature.
+MEAN_ROWS = 1024
 
 
 @dataclass
@@ -107,6 +109,15 @@ def covariance_preconditioner(x: torch.Tensor, mean: torch.Tensor, num_classes: 
     return Preconditioner((q @ vec).contiguous(), eig, rest, weight_decay, 1.0 / num_classes)
 
 
+def _mean(x: torch.Tensor, rows: int = MEAN_ROWS) -> torch.Tensor:
+    """float64 [D]: the mean row of `x`, summed in float64 `rows` rows at a time (`x.mean(0, dtype=float64)`
+    converts all of `x` to float64 first: twice the features' memory)."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], rows):
+        total += x[start:start + rows].sum(0, dtype=torch.float64)
+    return total / max(1, x.shape[0])
+
+
 @dataclass
 class LbfgsResult:
     """The solution, how it was reached, and what a warm start needs."""
@@ -141,7 +152,7 @@ class LinearProblem:
         self.wd = float(weight_decay)
         # The problem is posed on x / scale; dividing W instead of x spares a copy of the features.
         self.inv_scale = 1.0 / float(scale)
-        self.mean = x.mean(0, dtype=torch.float64).float() * self.inv_scale
+        self.mean = _mean(x).float() * self.inv_scale
         self.x_low = x.to(torch.bfloat16) if low_precision else None
         self.precond = covariance_preconditioner(x, self.mean, num_classes, self.wd, scale=self.inv_scale, seed=seed)
         self.evaluations = 0
