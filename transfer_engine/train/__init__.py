@@ -10,14 +10,15 @@
 Modules: data (splits from the cache, in memory or streamed: `load_training_data`, public because te
 compare scores a backbone's cached features as te train sees them), fit (one fit of one head), lbfgs (the
 linear head's full-batch solver), sweep (hyper-parameter search on val), metrics, plots, runner (`train`,
-`train_all`), probe (`out_of_fold_probabilities`: a head's k-fold predictions, public because te doctor
-judges labels with them). The configuration is `transfer_engine.core.configs.TrainConfig`.
+`train_all`), probe (`out_of_fold_probabilities`: a head's k-fold predictions, and `GatheredRows`, the
+pool given as rows of a matrix already held; public because te doctor judges labels with them). The
+configuration is `transfer_engine.core.configs.TrainConfig`.
 """
 
 from transfer_engine.core.configs import TrainConfig
 from transfer_engine.train.data import TrainingData, load_training_data
-from transfer_engine.train.probe import OutOfFold, out_of_fold_probabilities
+from transfer_engine.train.probe import GatheredRows, OutOfFold, out_of_fold_probabilities
 from transfer_engine.train.runner import ALL, LEADERBOARD_JSON, Leaderboard, TrainResult, train, train_all
 
-__all__ = ["ALL", "LEADERBOARD_JSON", "Leaderboard", "OutOfFold", "TrainConfig", "TrainResult", "TrainingData",
-           "load_training_data", "out_of_fold_probabilities", "train", "train_all"]
+__all__ = ["ALL", "GatheredRows", "LEADERBOARD_JSON", "Leaderboard", "OutOfFold", "TrainConfig", "TrainResult",
+           "TrainingData", "load_training_data", "out_of_fold_probabilities", "train", "train_all"]

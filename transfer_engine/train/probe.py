@@ -4,7 +4,8 @@ Every row of the pool (train+val) is predicted once, by the head fitted on the o
 `core.selection.assign_folds`: stratified, by content key, so copies of one image share a fold); rows
 outside the pool (test) are predicted by the head fitted on the whole pool. The head is fitted as te train
 fits it (`fit_head`, its defaults: the linear head's L-BFGS on features divided by one global scale), on
-features given as one tensor, so the caller chooses what it holds in memory.
+features given as one tensor, or as `GatheredRows` (rows of a matrix the caller already holds, gathered one
+fold at a time), so the caller chooses what it holds in memory.
 """
 
 from __future__ import annotations
@@ -36,7 +37,35 @@ class OutOfFold:
     head: torch.nn.Module | None = None
 
 
-_CHUNK = 8192  # rows summed at once for the global scale
+_CHUNK = 8192  # rows summed at once for the global scale, and predicted at once
+
+
+@dataclass(frozen=True)
+class GatheredRows:
+    """Rows taken from one matrix when needed, never copied whole: row i is `matrix[index[i]]`, multiplied by
+    `scale[index[i]]` when a scale is given (te doctor: its L2-normalised features and their norms give the
+    raw features of its records, copies of one image sharing a row).
+
+    Attributes:
+        matrix: float32 [U, D].
+        index: int64 [N], the row of `matrix` of each row.
+        scale: float32 [U], or None.
+    """
+
+    matrix: torch.Tensor
+    index: torch.Tensor
+    scale: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, positions: "torch.Tensor | slice") -> torch.Tensor:
+        """float32 [len(positions), D]: a copy of these rows."""
+        u = self.index[positions]
+        out = self.matrix[u]
+        if self.scale is not None:
+            out *= self.scale[u, None]
+        return out
 
 
 @dataclass
@@ -45,13 +74,16 @@ class _Keyed:
     label: int
 
 
-def out_of_fold_probabilities(features: torch.Tensor, labels: torch.Tensor, keys: Sequence[str], num_classes: int,
-                              *, head: str = "linear", folds: int = 5, seed: int = 0,
-                              weight_decay: float | None = None, held_out: torch.Tensor | None = None) -> OutOfFold:
+def out_of_fold_probabilities(features: "torch.Tensor | GatheredRows", labels: torch.Tensor, keys: Sequence[str],
+                              num_classes: int, *, head: str = "linear", folds: int = 5, seed: int = 0,
+                              weight_decay: float | None = None,
+                              held_out: "torch.Tensor | GatheredRows | None" = None) -> OutOfFold:
     """Class probabilities of every pooled row from `head` fitted on the other folds.
 
     Args:
-        features: float32 [N, D] raw features of the pool (train+val).
+        features: float32 [N, D] raw features of the pool (train+val), or `GatheredRows` giving them. Only
+            one fold's fit rows are copied at a time (the whole pool's too, for `held_out`, when given as
+            `GatheredRows`).
         labels: int64 [N] their labels.
         keys: their content keys (the folds are dealt by key).
         num_classes: C.
@@ -59,7 +91,8 @@ def out_of_fold_probabilities(features: torch.Tensor, labels: torch.Tensor, keys
         folds: k.
         seed: seeds the fits.
         weight_decay: the head's weight decay (None: its te train default).
-        held_out: float32 [M, D] rows to predict with the head fitted on the whole pool (test), or None.
+        held_out: float32 [M, D] rows to predict with the head fitted on the whole pool (test), or
+            `GatheredRows` giving them, or None.
 
     Returns:
         The `OutOfFold`.
@@ -73,38 +106,48 @@ def out_of_fold_probabilities(features: torch.Tensor, labels: torch.Tensor, keys
 
     spec = get_head_spec(head)
     fold = torch.tensor(assign_folds([_Keyed(k, int(y)) for k, y in zip(keys, labels.tolist())], folds))
-    data = _in_memory(features, num_classes)
+    rows = _gathered(features)
+    data = _in_memory(rows, num_classes)
     hp = default_hyperparameters(spec, weight_decay=weight_decay, train_rows=len(keys))
     probabilities = torch.zeros(len(keys), num_classes)
     for f in range(folds):
         held = fold == f
-        fit_rows = _split(features, labels, keys, ~held)
-        module = fit_head(spec, data, fit_rows, hp, seed=seed).module
-        probabilities[held] = _probabilities(module, features[held])
+        # the fold's fit rows are copied for its fit only: freed before the next fold's are taken
+        module = fit_head(spec, data, _split(rows, labels, keys, ~held), hp, seed=seed).module
+        probabilities[held] = _probabilities(module, rows, held.nonzero().flatten())
     out = OutOfFold(probabilities, fold)
-    if held_out is not None:  # the whole pool, without a copy of its features
-        module = fit_head(spec, data, Split("pool", list(keys), labels, features), hp, seed=seed).module
-        out.held_out, out.head = _probabilities(module, held_out), module
+    if held_out is not None:  # the whole pool (a tensor given: without a copy of its features)
+        whole = features if isinstance(features, torch.Tensor) else rows.take(slice(None))
+        module = fit_head(spec, data, Split("pool", list(keys), labels, whole), hp, seed=seed).module
+        del whole
+        out.held_out, out.head = _probabilities(module, _gathered(held_out)), module
     return out
 
 
+def _gathered(features: "torch.Tensor | GatheredRows") -> GatheredRows:
+    return features if isinstance(features, GatheredRows) else GatheredRows(features, torch.arange(len(features)))
+
+
 @torch.no_grad()
-def _probabilities(module: torch.nn.Module, features: torch.Tensor, batch: int = 8192) -> torch.Tensor:
+def _probabilities(module: torch.nn.Module, rows: GatheredRows, positions: torch.Tensor | None = None,
+                   batch: int = _CHUNK) -> torch.Tensor:
+    """float32 [len(positions), C] (every row when None), `batch` rows copied at a time."""
     module.eval()
-    return torch.cat([module(features[i:i + batch]).float().softmax(1) for i in range(0, len(features), batch)]
-                     or [torch.zeros(0)])
+    positions = torch.arange(len(rows)) if positions is None else positions
+    return torch.cat([module(rows.take(positions[i:i + batch])).float().softmax(1)
+                      for i in range(0, len(positions), batch)] or [torch.zeros(0)])
 
 
-def _split(features: torch.Tensor, labels: torch.Tensor, keys: Sequence[str], mask: torch.Tensor) -> Split:
+def _split(rows: GatheredRows, labels: torch.Tensor, keys: Sequence[str], mask: torch.Tensor) -> Split:
     index = mask.nonzero().flatten()
-    return Split("pool", [keys[i] for i in index.tolist()], labels[index], features[index])
+    return Split("pool", [keys[i] for i in index.tolist()], labels[index], rows.take(index))
 
 
-def _in_memory(features: torch.Tensor, num_classes: int) -> TrainingData:
+def _in_memory(rows: GatheredRows, num_classes: int) -> TrainingData:
     """A TrainingData over features already in memory (no cache behind them): what `fit_head` reads is the
     dimension, the classes and the global scale (the root mean square of the features, as te train's)."""
-    squares = sum(float(features[i:i + _CHUNK].double().pow(2).sum()) for i in range(0, len(features), _CHUNK))
-    scale = (squares / max(1, features.numel())) ** 0.5 or 1.0  # in chunks: no float64 copy of every row
+    squares = sum(float(rows.take(slice(i, i + _CHUNK)).double().pow(2).sum()) for i in range(0, len(rows), _CHUNK))
+    scale = (squares / max(1, len(rows) * rows.matrix.shape[1])) ** 0.5 or 1.0  # in chunks: no float64 copy of every row
     return TrainingData(cache=None, dataset="", class_names=[str(c) for c in range(num_classes)],
-                        space=SimpleNamespace(dim=features.shape[1]), provenance=None, splits={}, in_memory=True,
+                        space=SimpleNamespace(dim=rows.matrix.shape[1]), provenance=None, splits={}, in_memory=True,
                         scale=scale)
