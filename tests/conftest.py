@@ -32,7 +32,7 @@ def run_te(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path 
     if "TE_DEBUG" not in (env or {}):
         full_env.pop("TE_DEBUG", None)  # the tests look at what users see: no tracebacks
     cwd = Path(cwd or os.getcwd())
-    if os.environ.get("TE_TEST_SUBPROCESS") != "1":
+    if os.environ.get("TE_TEST_SUBPROCESS") != "1" and hasattr(os, "pidfd_open"):  # Linux: fork and pidfds
         server = _TeServer.running()
         pythonpath = server.forkable(full_env)
         if pythonpath is not None:
