@@ -55,7 +55,12 @@ SIGNATURE_GRID = tuple(round(0.95 + 0.005 * i, 3) for i in range(10))
 FLOOR_GRID = (0.8, 0.85, 0.9, 0.93, 0.95)
 FLIP_DRAWS = 8       # fresh draws of the flipped labels, each scored like the planted one (redrawn_flips)
 FLIP_DRAW_SEED = 1000
-PIXEL_SAME = 0.98    # normalised correlation of two images' 32x32 greyscale pixels: the same picture
+# Two base images are the same picture when their 128x128 greyscale pixels correlate at PIXEL_SAME or more:
+# the same pixels up to encoding (an icon two themes draw identically). Not a looser figure: distinct scans
+# of a handwritten 1 correlate at 0.98 to 0.996 at every size, and the copy signature, itself a 32 px
+# thumbnail, would be scored right on exactly the look-alikes it confuses.
+PIXEL_SAME = 0.999
+PIXEL_SIDE = 128
 SIZES = {"full": {"domains": "digits,glyphs,icons,cards", "scale_rows": "10000,30000,100000", "baseline_rows": 20000},
          "quick": {"domains": "digits", "scale_rows": "10000,20000", "baseline_rows": 10000},
          "smoke": {"domains": "digits", "scale_rows": "3000", "baseline_rows": 3000, "per_class": 12}}
@@ -85,7 +90,7 @@ def _pixels(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        a = np.asarray(im.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float64).ravel()
+        a = np.asarray(im.convert("L").resize((PIXEL_SIDE, PIXEL_SIDE), Image.BILINEAR), dtype=np.float64).ravel()
     a -= a.mean()
     return a / (np.linalg.norm(a) or 1.0)
 
