@@ -159,7 +159,7 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
     step(2, f"te extract {chosen} ({summary.weights} weights) on builtin:digits ({summary.total} real handwritten "
             f"digits, {summary.classes} classes): {how}")
 
-    diagnosis = _doctor(cache_dir, out / "doctor", summary.space, limit, progress)
+    diagnosis = _doctor(cache_dir, out / "doctor", summary.space, progress)
     step(3, diagnosis["line"])
 
     # space: step 8 puts other backbones' features of the same digits into this cache
@@ -260,18 +260,14 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
     return result
 
 
-def _doctor(cache_dir: Path, out: Path, space: str, limit: int | None, progress: Progress) -> dict[str, Any]:
-    """te doctor on the demo's digits, with their copy signature cached first (te extract --backbone
-    dct_signature: a thumbnail's DCT, seconds for the digits) so near duplicates are judged as te doctor
-    judges them best: its findings as counts, and the step's line (skipped, saying why, when its extra is
-    not installed)."""
-    from transfer_engine.backbones.signature import NAME
+def _doctor(cache_dir: Path, out: Path, space: str, progress: Progress) -> dict[str, Any]:
+    """te doctor on the demo's digits: its findings as counts, and the step's line (skipped, saying why, when
+    its extra is not installed). Near duplicates are judged by the features alone: the copy signature pairs
+    distinct digit scans that look alike at its 32 px (docs/doctor.md, "The copy signature")."""
     from transfer_engine.doctor import doctor, rule_text
     from transfer_engine.errors import UsageError
-    from transfer_engine.extract import extract
 
     try:
-        extract(NAME, "builtin:digits", cache_dir, weights="none", name="digits", limit=limit, progress=progress)
         d = doctor(cache_dir, dataset="digits", space=space, out=out, progress=progress).to_dict()
     except UsageError as exc:  # cleanlab not installed: the demo goes on without this step
         return {"line": f"te doctor: skipped: {exc}", "skipped": str(exc)}
