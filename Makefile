@@ -57,10 +57,10 @@ setup: $(STAMP_INSTALL)
 
 # TE_REQUIRE_EXT=1: a broken extension build fails the tests instead of falling back quietly.
 test: setup
-	OMP_NUM_THREADS=$(TEST_THREADS) TE_REQUIRE_EXT=1 $(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) TE_REQUIRE_EXT=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-all: setup
-	OMP_NUM_THREADS=$(TEST_THREADS) TE_REQUIRE_EXT=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -m "slow or not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) TE_REQUIRE_EXT=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "slow or not slow" $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/te demo --out te-demo

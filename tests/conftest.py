@@ -201,12 +201,25 @@ def plugin_env(plugin_site):
     return with_path(plugin_site)
 
 
+# The modules whose tests took longest (`pytest --durations=0`, 2026-12-06), longest first.
+LONGEST_MODULES = ("tests/test_demo.py", "tests/finetune/test_qat.py", "tests/export/test_export.py",
+                   "tests/extract/test_nodes.py", "tests/finetune/test_ddp.py", "tests/finetune/test_resume.py",
+                   "tests/extract/test_extract_parts.py", "tests/extract/test_memory.py",
+                   "tests/faults/test_cache_faults.py", "tests/finetune/test_schedule_recipe.py")
+
+
+def _longest_first(nodeid: str) -> int:
+    module = nodeid.partition("::")[0]
+    return LONGEST_MODULES.index(module) if module in LONGEST_MODULES else len(LONGEST_MODULES)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    # The demo test runs for minutes. pytest-xdist hands tests out in collection order, so collected last
-    # it ran alone at the suite's end while the other worker sat idle; first, it overlaps the rest.
-    items.sort(key=lambda item: not item.nodeid.startswith("tests/test_demo.py::"))
+    # pytest-xdist hands tests out in collection order: a long test collected last runs alone at the
+    # suite's end while the other worker sits idle. So the longest go first, the demo test before all
+    # (`make test` also lets an idle worker take queued tests from the busy one: --dist worksteal).
+    items.sort(key=lambda item: _longest_first(item.nodeid))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
