@@ -106,21 +106,18 @@ def find_label_issues(rows: Rows, *, head: str, folds: int, seed: int,
     import torch
     from cleanlab.filter import find_label_issues as cleanlab_find
 
-    from transfer_engine.train import GatheredRows, out_of_fold_probabilities
+    from transfer_engine.train import out_of_fold_probabilities
 
     pool = rows.in_split("train", "val")
     test = rows.in_split("test")
     labels = rows.labels[pool]
     keys = [rows.keys[u] for u in rows.record_key[pool].tolist()]
-    # the raw features (`Rows.raw`) gathered from the one normalised matrix as each fit needs them: no copy
-    # of the pool's or the test's features is held beside it
-    matrix, norms = torch.from_numpy(rows.features), torch.from_numpy(rows.norms)
+    # the raw features gathered from the one normalised matrix as each fit needs them (`Rows.gathered`): no
+    # copy of the pool's or the test's features is held beside it
     weight_decay = PROBE_WEIGHT_DECAY if head == "linear" else None
-    oof = out_of_fold_probabilities(GatheredRows(matrix, torch.from_numpy(rows.record_key[pool]), norms),
-                                    torch.from_numpy(labels), keys, rows.num_classes, head=head, folds=folds,
-                                    seed=seed, weight_decay=weight_decay,
-                                    held_out=GatheredRows(matrix, torch.from_numpy(rows.record_key[test]), norms)
-                                    if len(test) else None)
+    oof = out_of_fold_probabilities(rows.gathered(pool), torch.from_numpy(labels), keys, rows.num_classes, head=head,
+                                    folds=folds, seed=seed, weight_decay=weight_decay,
+                                    held_out=rows.gathered(test) if len(test) else None)
     probabilities = oof.probabilities.numpy().astype(np.float64)
     probabilities /= probabilities.sum(1, keepdims=True)
     accuracy = float((probabilities.argmax(1) == labels).mean()) if len(pool) else 0.0

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from transfer_engine.core.progress import Say
+
+if TYPE_CHECKING:
+    from transfer_engine.train import GatheredRows
 
 SPLITS = ("train", "val", "test")
 # Rows gathered from the cache at once (float32 [GATHER_ROWS, D] in flight).
@@ -58,10 +61,17 @@ class Rows:
 
     def raw(self, records: np.ndarray) -> np.ndarray:
         """float32 [len(records), D]: the cached (unnormalised) features of these records."""
-        u = self.record_key[records]
-        out = self.features[u]
-        out *= self.norms[u, None]
-        return out
+        return self.gathered(records).take(slice(None)).numpy()
+
+    def gathered(self, records: np.ndarray) -> "GatheredRows":
+        """The cached (unnormalised) features of these records as te train's `GatheredRows`: taken from the
+        one normalised matrix times its norms when needed, never held as a copy."""
+        import torch
+
+        from transfer_engine.train import GatheredRows
+
+        return GatheredRows(torch.from_numpy(self.features), torch.from_numpy(self.record_key[records]),
+                            torch.from_numpy(self.norms))
 
     @functools.cached_property
     def records_of(self) -> list[list[int]]:
@@ -169,7 +179,7 @@ def signature_of(cache: str, rows: Rows) -> tuple[Signature | None, str]:
     from transfer_engine.cache import FeatureCache
 
     if rows.backbone == NAME:
-        return None, f"the features examined are the copy signature ({NAME}) itself"  # no hint: see run.py
+        return None, f"the features examined are the copy signature ({NAME}) itself"
     with FeatureCache.open(cache, create=False) as store:
         spaces = [store.space(s) for s in store.spaces() if s.backbone == NAME]
         missing = [sum(not have for have in s.contains(rows.keys)) for s in spaces]
