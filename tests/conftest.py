@@ -26,7 +26,7 @@ def run_te(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path 
     """Run `python -m transfer_engine ARGS` in a fresh process and capture everything.
 
     The process is forked from a server that has the third-party libraries imported (tests/te_server.py),
-    unless its environment asks for a real start (`_forkable`) or TE_TEST_SUBPROCESS=1 is set.
+    unless its environment asks for a real start (`_TeServer.forkable`) or TE_TEST_SUBPROCESS=1 is set.
     """
     full_env = {**os.environ, **(env or {})}
     if "TE_DEBUG" not in (env or {}):

@@ -28,7 +28,7 @@ def doctor(as_json, **fields) -> None:
     \b
     Examples:
       te doctor --cache feats/
-      te extract --backbone dct_signature --data photos/ --cache feats/  # then te doctor: sharper near copies
+      te extract --backbone dct_signature --data photos/ --cache feats/  # then te doctor: more near copies found
       te doctor --cache feats/ --dataset photos --run runs/linear --out doctor/
       te doctor --cache feats/ --write-manifest clean.csv --drop-label-errors
       te extract --backbone efficientnet_lite0 --data clean.csv --cache feats/    # 0 extracted, all reused

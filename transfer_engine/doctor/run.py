@@ -173,15 +173,17 @@ def _check_early(config: DoctorConfig) -> None:
 
 def signature_command(d: Diagnosis) -> str:
     """The te extract command that caches the copy signature of the examined data set."""
-    from transfer_engine.backbones.signature import NAME
+    from transfer_engine.backbones.signature import NAME as SIGNATURE
 
     data = shlex.quote(d.rows.data) if d.rows.data is not None else "SRC"
-    return (f"te extract --backbone {NAME} --data {data} --cache {shlex.quote(d.config.cache)} "
+    return (f"te extract --backbone {SIGNATURE} --data {data} --cache {shlex.quote(d.config.cache)} "
             f"--name {shlex.quote(d.rows.dataset)}")
 
 
 def summary_lines(d: Diagnosis) -> list[str]:
     """The findings in a few sentences (what te doctor prints and te demo reports)."""
+    from transfer_engine.backbones.signature import NAME as SIGNATURE
+
     rows = d.rows
     lines = []
     held = {s: sum(1 for r in d.leaked_exact if rows.splits[r] == s) for s in ("val", "test")}
@@ -198,9 +200,9 @@ def summary_lines(d: Diagnosis) -> list[str]:
                  + (f" ({', '.join(f'{k} {n}' for k, n in by_kind.items())})" if by_kind else "")
                  + f", {len(d.kinds) - len(cross)} within a split; {near_held['test']} test and {near_held['val']} "
                  "val image(s) nearly copy an earlier-split image")
-    if d.rule["by"] == "features" and d.config.signature and not d.rule["why"].endswith("itself"):
-        lines.append(f"near duplicates are judged sharper by the copy signature ({d.rule['why']}): "
-                     f"{signature_command(d)}, then te doctor again (docs/doctor.md)")
+    if d.rule["by"] == "features" and d.config.signature and d.rows.backbone != SIGNATURE:
+        lines.append(f"the copy signature finds more of the copies the features miss ({d.rule['why']}): "
+                     f"{signature_command(d)}, then te doctor again (docs/doctor.md says where it errs)")
     lab = d.labels
     lines.append(f"likely label errors: {len(lab.flagged)} of {len(lab.pool)} train+val images (probe: "
                  f"{d.config.probe} head, {d.config.folds}-fold accuracy {percent(lab.accuracy)}"
