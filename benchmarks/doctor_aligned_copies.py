@@ -36,8 +36,8 @@ import bench_doctor
 LUMA_SIDE = 64
 COMPARE_SIDE = 48
 MIN_KEPT = 0.86       # a crop of at most 10% of the area keeps at least 0.9 of it; some slack for the resampling
-CROP_STEPS = 6
-OFFSETS = 3
+CROP_STEPS = 8
+OFFSETS = 5
 FLOORS = (0.7, 0.8, 0.85, 0.9)
 SCORES = (0.97, 0.975, 0.98, 0.985, 0.99, 0.993, 0.995)
 
