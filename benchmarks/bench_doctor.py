@@ -18,8 +18,9 @@ cache. Scored against what was planted:
                    Also its mean over FLIP_DRAWS fresh draws of the flips on the same features, te doctor's
                    rule beside the probe alone: how te doctor's label-error rule was chosen (docs/doctor.md).
 The threshold sweep over the tuning sets (every set but _domains.HELD_OUT) is printed and kept in the JSON:
-it is how te doctor's default threshold was chosen (docs/doctor.md); so is the sweep of the signature rule
-(features' floor x signature threshold), how its defaults were chosen. The held-out set takes no part in any
+it is how te doctor's default threshold was chosen (docs/doctor.md); so are the sweeps of the signature rule
+(features' floor x signature threshold) and of the aligned rule (features' floor x aligned score of the copy
+thumbnails), how their defaults were chosen. The held-out set takes no part in any
 choice and is reported on its own.
 
 Scale: synthetic 1,280-d features (a mixture of classes, int8 in a real cache) of N rows, te doctor end to
@@ -45,6 +46,7 @@ from _results import add_suite_options, pick_sizes, print_rows, result_row, writ
 
 BACKBONE = "efficientnet_lite0"
 SIGNATURE = "dct_signature"  # the copy signature (transfer_engine/backbones/signature.py), extracted beside it
+THUMBNAIL = "copy_thumbnail"  # the copy thumbnails (same module), extracted beside both in a second cache
 TUNING = ("digits", "glyphs", "icons")
 HELD_OUT = "cards"   # _domains.HELD_OUT: never looked at while choosing the threshold or cleanlab's settings
 LOW = 0.85           # te doctor runs at this threshold once; higher thresholds are read from its pairs
@@ -53,6 +55,9 @@ GRID = tuple(round(0.85 + 0.005 * i, 3) for i in range(30))
 # (floor, signature threshold) is read from its pairs.
 SIGNATURE_GRID = tuple(round(0.95 + 0.005 * i, 3) for i in range(10))
 FLOOR_GRID = (0.8, 0.85, 0.9, 0.93, 0.95)
+# The aligned rule's sweep (copy thumbnails lined up): te doctor runs once at the lowest values of both grids.
+ALIGNED_GRID = (0.97, 0.975, 0.98, 0.985, 0.99, 0.993, 0.995, 0.997)
+ALIGNED_FLOOR_GRID = (0.7, 0.8, 0.85, 0.9, 0.93)
 FLIP_DRAWS = 8       # fresh draws of the flipped labels, each scored like the planted one (redrawn_flips)
 FLIP_DRAW_SEED = 1000
 # Two base images are the same picture when their 128x128 greyscale pixels correlate at PIXEL_SAME or more:
@@ -96,8 +101,9 @@ def _pixels(path: Path) -> np.ndarray:
 
 
 def _cross_pairs(diagnosis, truth: dict, root: Path) -> list[tuple]:
-    """te doctor's near-duplicate pairs across splits: (cosine, verdict, path, path, signature cosine or None),
-    the verdict "planted", "natural" (the same picture by its pixels, already in the base set) or "wrong"."""
+    """te doctor's near-duplicate pairs across splits: (cosine, verdict, path, path, signature cosine or None,
+    aligned score or None), the verdict "planted", "natural" (the same picture by its pixels, already in the base
+    set) or "wrong"."""
     rows = diagnosis.rows
     planted = {frozenset((t["copy"], t["source"])) for t in truth["near"]}
     copies = {t["copy"] for t in truth["near"]}
@@ -123,7 +129,7 @@ def _cross_pairs(diagnosis, truth: dict, root: Path) -> list[tuple]:
             verdict = "natural"
         else:
             verdict = "wrong"
-        cross.append((p.cosine, verdict, a, b, p.signature))
+        cross.append((p.cosine, verdict, a, b, p.signature, p.aligned))
     return cross
 
 
@@ -136,13 +142,14 @@ def _near_score(found: list[tuple], copies: set[str]) -> dict:
             "precision": right / len(found) if found else None, "recall": recall}
 
 
-def signature_sweep(diagnosis, truth: dict, root: Path) -> dict[tuple[float, float], dict]:
-    """The signature rule's precision and recall at each (floor, signature threshold) of the grids, from one
-    te doctor run at their lowest values."""
+def rule_sweep(diagnosis, truth: dict, root: Path, kind: str = "signature") -> dict[tuple[float, float], dict]:
+    """The signature rule's (`kind` "signature") or the aligned rule's ("aligned") precision and recall at each
+    (floor, threshold) of its grids, from one te doctor run at their lowest values."""
     cross = _cross_pairs(diagnosis, truth, root)
     copies = {t["copy"] for t in truth["near"]}
-    return {(floor, tau): _near_score([c for c in cross if c[0] >= floor and c[4] >= tau], copies)
-            for floor in FLOOR_GRID for tau in SIGNATURE_GRID}
+    floors, grid, at = (FLOOR_GRID, SIGNATURE_GRID, 4) if kind == "signature" else (ALIGNED_FLOOR_GRID, ALIGNED_GRID, 5)
+    return {(floor, tau): _near_score([c for c in cross if c[0] >= floor and c[at] >= tau], copies)
+            for floor in floors for tau in grid}
 
 
 def score(diagnosis, truth: dict, root: Path) -> dict:
@@ -243,17 +250,28 @@ def planted_run(domain: str, work: Path, per_class: int | None, operations=None)
     seconds = time.perf_counter() - t1
     # the signature rule at the grids' lowest values (the probe's folds do not matter to the pairs)
     signed = doctor(cache, dataset=name, signature_threshold=SIGNATURE_GRID[0], signature_floor=FLOOR_GRID[0],
-                    folds=2, out=work / "doctor" / f"{name}-signature", sheets=False, progress=False)
+                    aligned=False, folds=2, out=work / "doctor" / f"{name}-signature", sheets=False, progress=False)
     assert signed.rule["by"] == "signature", signed.rule
+    t0 = time.perf_counter()
+    extract(THUMBNAIL, str(manifest), cache, name=name, progress=False)
+    thumbnail_extracted = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    aligned = doctor(cache, dataset=name, aligned_threshold=ALIGNED_GRID[0], aligned_floor=ALIGNED_FLOOR_GRID[0],
+                     folds=2, out=work / "doctor" / f"{name}-aligned", sheets=False, progress=False)
+    aligned_seconds = time.perf_counter() - t0
+    assert aligned.rule["by"] == "aligned", aligned.rule
     truth = json.loads((manifest.parent / "truth.json").read_text())
     result = score(d, truth, manifest.parent)
     if operations is None:
         result["redrawn_flips"] = redrawn_flips(d.rows, truth)
     result.update(images=truth["images"], planted_near=len(truth["near"]), extract_seconds=extracted,
                   signature_extract_seconds=signature_extracted, doctor_seconds=seconds, domain=domain,
-                  signature=signature_sweep(signed, truth, manifest.parent))
+                  signature=rule_sweep(signed, truth, manifest.parent),
+                  aligned=rule_sweep(aligned, truth, manifest.parent, "aligned"),
+                  thumbnail_extract_seconds=thumbnail_extracted, aligned_doctor_seconds=aligned_seconds)
     print(f"{name}: {truth['images']} images, extract {extracted:.1f} s, signature {signature_extracted:.1f} s, "
-          f"doctor {seconds:.1f} s; exact {result['exact_recall']:.2f}, "
+          f"thumbnails {thumbnail_extracted:.1f} s, doctor {seconds:.1f} s ({aligned_seconds:.1f} s lining up "
+          f"thumbnails); exact {result['exact_recall']:.2f}, "
           f"labels@K {result['label_recall_at_k']:.2f}", file=sys.stderr, flush=True)
     return result
 
@@ -275,23 +293,49 @@ def choose_threshold(results: dict[str, dict]) -> tuple[float, list[dict]]:
     return best["threshold"], table
 
 
-def choose_signature_rule(results: dict[str, dict]) -> tuple[tuple[float, float], list[dict]]:
-    """The (floor, signature threshold) with the highest mean F1 of the near-duplicate findings over the tuning
-    sets, and the whole sweep."""
+def choose_rule(results: dict[str, dict], kind: str = "signature") -> tuple[tuple[float, float], list[dict]]:
+    """The (floor, threshold) of the signature rule (`kind` "signature") or the aligned rule ("aligned") with the
+    highest mean F1 of the near-duplicate findings over the tuning sets, and the whole sweep (each row's threshold
+    under "signature_threshold" or "aligned_threshold")."""
+    floors, grid = (FLOOR_GRID, SIGNATURE_GRID) if kind == "signature" else (ALIGNED_FLOOR_GRID, ALIGNED_GRID)
     table = []
-    for floor in FLOOR_GRID:
-        for tau in SIGNATURE_GRID:
+    for floor in floors:
+        for tau in grid:
             f1s = []
             for domain in TUNING:
                 if domain not in results:
                     continue
-                n = results[domain]["signature"][(floor, tau)]
+                n = results[domain][kind][(floor, tau)]
                 p, r = n["precision"] or 0.0, n["recall"]
                 f1s.append(2 * p * r / (p + r) if p + r else 0.0)
-            table.append({"floor": floor, "signature_threshold": tau, "mean_f1": float(np.mean(f1s)) if f1s else 0.0,
-                          **{d: results[d]["signature"][(floor, tau)] for d in results}})
+            table.append({"floor": floor, f"{kind}_threshold": tau, "mean_f1": float(np.mean(f1s)) if f1s else 0.0,
+                          **{d: results[d][kind][(floor, tau)] for d in results}})
     best = max(table, key=lambda row: row["mean_f1"])
-    return (best["floor"], best["signature_threshold"]), table
+    return (best["floor"], best[f"{kind}_threshold"]), table
+
+
+def _print_sweep(table: list[dict], kind: str, results: dict) -> None:
+    for row in table:
+        print(f"  {kind} >= {row[f'{kind}_threshold']:.3f}, features >= {row['floor']:.2f}: mean F1 "
+              f"{row['mean_f1']:.3f}: " + ", ".join(
+                  f"{d} P {row[d]['precision'] or 0:.2f} R {row[d]['recall']:.2f} ({row[d]['pairs']} pairs, "
+                  f"{row[d]['natural']} natural)" for d in results), file=sys.stderr)
+
+
+def at_rule(result: dict, kind: str, rule: tuple[float, float]) -> dict:
+    """The precision and recall of the signature rule (`kind` "signature") or the aligned rule ("aligned") at the
+    grid point nearest to `rule` (floor, threshold)."""
+    floors, grid = (FLOOR_GRID, SIGNATURE_GRID) if kind == "signature" else (ALIGNED_FLOOR_GRID, ALIGNED_GRID)
+    return result[kind][(min(floors, key=lambda t: abs(t - rule[0])), min(grid, key=lambda t: abs(t - rule[1])))]
+
+
+def _rule_rows(result: dict, label: str, kind: str, rule: tuple[float, float], evidence: str) -> list[dict]:
+    g = at_rule(result, kind, rule)
+    note = (f"with {evidence} >= {rule[1]} and features >= {rule[0]}; {g['natural']} natural pairs counted right")
+    return [result_row(f"near duplicates precision with {evidence}, {label}", g["precision"] or 0.0, 1.0, "share",
+                       g["precision"] or 0.0, ">= 0.9", note),
+            result_row(f"near duplicates recall with {evidence}, {label}", g["recall"], 1.0, "share", g["recall"],
+                       ">= 0.9", note)]
 
 
 # -- scale ------------------------------------------------------------------------------------------------------
@@ -395,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="te-bench-doctor-"))
     from transfer_engine.core.configs.doctor import NEAR_DUPLICATE_COSINE as DEFAULT
     from transfer_engine.core.configs.doctor import SIGNATURE_COSINE as SIGNATURE_DEFAULT
-    from transfer_engine.core.configs.doctor import SIGNATURE_FLOOR
+    from transfer_engine.core.configs.doctor import ALIGNED_FLOOR, SIGNATURE_FLOOR
+    from transfer_engine.core.configs.doctor import ALIGNED_SCORE as ALIGNED_DEFAULT
 
     domains = [d for d in args.domains.split(",") if d]
     results = {d: planted_run(d, work, args.per_class) for d in domains}
@@ -407,15 +452,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{row[d]['natural']} natural)" for d in results), file=sys.stderr)
     print(f"threshold with the best mean F1 over the tuning sets: {chosen} (te doctor's default: {DEFAULT})",
           file=sys.stderr)
-    best_rule, signature_table = choose_signature_rule(results)
-    for row in signature_table:
-        print(f"  signature >= {row['signature_threshold']:.3f}, features >= {row['floor']:.2f}: mean F1 "
-              f"{row['mean_f1']:.3f}: " + ", ".join(
-                  f"{d} P {row[d]['precision'] or 0:.2f} R {row[d]['recall']:.2f} ({row[d]['pairs']} pairs, "
-                  f"{row[d]['natural']} natural)" for d in results), file=sys.stderr)
+    best_rule, signature_table = choose_rule(results)
+    _print_sweep(signature_table, "signature", results)
     rule = (SIGNATURE_FLOOR, SIGNATURE_DEFAULT)
     print(f"signature rule with the best mean F1 over the tuning sets: features >= {best_rule[0]}, signature >= "
           f"{best_rule[1]} (te doctor's default: features >= {rule[0]}, signature >= {rule[1]})", file=sys.stderr)
+    best_aligned, aligned_table = choose_rule(results, "aligned")
+    _print_sweep(aligned_table, "aligned", results)
+    lined_up = (ALIGNED_FLOOR, ALIGNED_DEFAULT)
+    print(f"aligned rule with the best mean F1 over the tuning sets: features >= {best_aligned[0]}, aligned >= "
+          f"{best_aligned[1]} (te doctor's default: features >= {lined_up[0]}, aligned >= {lined_up[1]})",
+          file=sys.stderr)
     rows = []
     for domain, r in results.items():
         held = " (held out)" if domain == HELD_OUT else ""
@@ -425,14 +472,8 @@ def main(argv: list[str] | None = None) -> int:
                                n["precision"] or 0.0, ">= 0.9", note))
         rows.append(result_row(f"near duplicates recall, {domain}{held}", n["recall"], 1.0, "share", n["recall"],
                                ">= 0.9", note))
-        g = r["signature"][(min(FLOOR_GRID, key=lambda t: abs(t - rule[0])),
-                            min(SIGNATURE_GRID, key=lambda t: abs(t - rule[1])))]
-        note = (f"with the copy signature >= {rule[1]} and features >= {rule[0]}; {g['natural']} natural pairs "
-                "counted right")
-        rows.append(result_row(f"near duplicates precision with the copy signature, {domain}{held}",
-                               g["precision"] or 0.0, 1.0, "share", g["precision"] or 0.0, ">= 0.9", note))
-        rows.append(result_row(f"near duplicates recall with the copy signature, {domain}{held}", g["recall"], 1.0,
-                               "share", g["recall"], ">= 0.9", note))
+        rows += _rule_rows(r, domain + held, "signature", rule, "the copy signature")
+        rows += _rule_rows(r, domain + held, "aligned", lined_up, "the copy thumbnails")
         rows.append(result_row(f"exact duplicates found, {domain}{held}", r["exact_recall"], 1.0, "share",
                                r["exact_recall"], ">= 1.0"))
         rows.append(result_row(f"label errors recall at the planted count, {domain}{held}", r["label_recall_at_k"],
@@ -449,11 +490,12 @@ def main(argv: list[str] | None = None) -> int:
     s = stress["near"][min(GRID, key=lambda t: abs(t - DEFAULT))]
     rows.append(result_row(f"near duplicates recall, {domains[0]}, every copy cropped+resized+colour-shifted+re-encoded "
                            "(informational)", s["recall"], 1.0, "share", s["recall"], None))
-    g = stress["signature"][(min(FLOOR_GRID, key=lambda t: abs(t - rule[0])),
-                             min(SIGNATURE_GRID, key=lambda t: abs(t - rule[1])))]
-    rows.append(result_row(f"near duplicates recall with the copy signature, {domains[0]}, every copy "
-                           "cropped+resized+colour-shifted+re-encoded (informational)", g["recall"], 1.0, "share",
-                           g["recall"], None))
+    for kind, chosen_rule, evidence in (("signature", rule, "the copy signature"),
+                                        ("aligned", lined_up, "the copy thumbnails")):
+        g = at_rule(stress, kind, chosen_rule)
+        rows.append(result_row(f"near duplicates recall with {evidence}, {domains[0]}, every copy "
+                               "cropped+resized+colour-shifted+re-encoded (informational)", g["recall"], 1.0, "share",
+                               g["recall"], None))
     scale = {}
     if not args.skip_scale:
         sizes = [int(v) for v in args.scale_rows.split(",") if v]
@@ -479,8 +521,12 @@ def main(argv: list[str] | None = None) -> int:
             "sweep": sweep, "signature_rule": {"floor": rule[0], "signature_threshold": rule[1]},
             "best_tuning_signature_rule": {"floor": best_rule[0], "signature_threshold": best_rule[1]},
             "signature_sweep": signature_table,
-            "results": {d: {k: v for k, v in r.items() if k not in ("near", "signature")} for d, r in results.items()},
-            "stress": {k: v for k, v in stress.items() if k not in ("near", "signature")}, "scale": scale,
+            "aligned_rule": {"floor": lined_up[0], "aligned_threshold": lined_up[1]},
+            "best_tuning_aligned_rule": {"floor": best_aligned[0], "aligned_threshold": best_aligned[1]},
+            "aligned_sweep": aligned_table,
+            "results": {d: {k: v for k, v in r.items() if k not in ("near", "signature", "aligned")}
+                        for d, r in results.items()},
+            "stress": {k: v for k, v in stress.items() if k not in ("near", "signature", "aligned")}, "scale": scale,
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "threads": os.environ.get("OMP_NUM_THREADS")})
     return 0
 

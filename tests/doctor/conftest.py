@@ -101,6 +101,29 @@ def planted(tmp_path_factory) -> Planted:
     return p
 
 
+def planted_variant(planted: Planted, cache: Path, name: str, make_copies, backbones: tuple[str, ...]) -> list[str]:
+    """Data set `name` in `cache` (a copy of the planted set's cache): the planted set plus the test images
+    `make_copies(train rows)` writes under planted.root (it returns [(path, label)]), extracted with each of
+    `backbones`. Returns the added paths."""
+    from transfer_engine.extract import extract
+
+    with planted.manifest.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    train = [r for r in rows if r["split"] == "train" and r["path"].split("/")[-1][0].isdigit()]
+    added = make_copies(train)
+    rows += [{"path": path, "label": label, "split": "test"} for path, label in added]
+    manifest = planted.root / f"{name}.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    shutil.copytree(planted.cache, cache)
+    for backbone in backbones:
+        extract(backbone, str(manifest), cache, name=name, progress=False,
+                **({"backend": "torch"} if backbone == "efficientnet_lite0" else {}))
+    return [path for path, _ in added]
+
+
 @pytest.fixture(scope="session")
 def diagnosis(planted, tmp_path_factory):
     """te doctor on the planted set, once (its report in a folder of its own)."""

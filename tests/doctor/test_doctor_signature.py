@@ -5,9 +5,7 @@ low JPEG quality), in a copy of its cache: the shared cache stays without a sign
 
 from __future__ import annotations
 
-import csv
 import io
-import shutil
 
 import pytest
 from PIL import Image
@@ -15,36 +13,28 @@ from PIL import Image
 from transfer_engine.cli.main import main
 from transfer_engine.doctor import summary_lines
 
+from .conftest import planted_variant
+
 HARD = 4  # train digits re-encoded as JPEG (quality 40) into test
 
 
 @pytest.fixture(scope="module")
 def signed(planted, tmp_path_factory):
     """(the cache with both spaces, the hard copies' paths): data set "hard" = the planted set + HARD copies."""
-    from transfer_engine.extract import extract
 
-    with planted.manifest.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    train = [r for r in rows if r["split"] == "train" and r["path"].split("/")[-1][0].isdigit()]
-    hard = []
-    for n, r in enumerate(train[30:30 + HARD]):
-        buffer = io.BytesIO()
-        with Image.open(planted.root / r["path"]) as image:
-            image.convert("RGB").save(buffer, "JPEG", quality=40)
-        name = f"images/hard-{n}.jpg"
-        (planted.root / name).write_bytes(buffer.getvalue())
-        rows.append({"path": name, "label": r["label"], "split": "test"})
-        hard.append(name)
-    manifest = planted.root / "hard.csv"
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["path", "label", "split"])
-        writer.writeheader()
-        writer.writerows(rows)
+    def hard_copies(train):
+        added = []
+        for n, r in enumerate(train[30:30 + HARD]):
+            buffer = io.BytesIO()
+            with Image.open(planted.root / r["path"]) as image:
+                image.convert("RGB").save(buffer, "JPEG", quality=40)
+            name = f"images/hard-{n}.jpg"
+            (planted.root / name).write_bytes(buffer.getvalue())
+            added.append((name, r["label"]))
+        return added
+
     cache = tmp_path_factory.mktemp("doctor-signed") / "cache"
-    shutil.copytree(planted.cache, cache)
-    extract("efficientnet_lite0", str(manifest), cache, name="hard", backend="torch", progress=False)
-    extract("dct_signature", str(manifest), cache, name="hard", progress=False)
-    return cache, hard
+    return cache, planted_variant(planted, cache, "hard", hard_copies, ("efficientnet_lite0", "dct_signature"))
 
 
 def _doctor(cache, tmp_path, **fields):
@@ -78,17 +68,18 @@ def test_the_signature_finds_near_copies_the_features_miss_and_no_other_pair_acr
     assert missed, "the features alone find every hard copy: the test no longer shows what the signature adds"
 
 
-def test_the_report_names_the_rule_and_without_the_signature_says_how_to_get_it(signed, diagnosis, tmp_path, capsys):
+def test_the_report_names_the_rule_and_says_how_to_line_up_the_thumbnails(signed, diagnosis, tmp_path, capsys):
     cache, _ = signed
     assert main(["doctor", "--cache", str(cache), "--dataset", "hard", "--out", str(tmp_path / "d"), "--no-sheets"]) == 0
     out = capsys.readouterr().out
-    assert "near duplicates (copy signature cosine >= " in out and "te extract --backbone dct_signature" not in out
+    assert "near duplicates (copy signature cosine >= " in out
+    # the copy thumbnails are sharper still (test_doctor_aligned.py): the report says how to add them
+    assert "te extract --backbone copy_thumbnail" in out and "--name hard" in out
     md = (tmp_path / "d" / "doctor.md").read_text()
     assert "## Near duplicates (copy signature cosine >= " in md and "| signature | cosine |" in md
-    # the shared planted cache holds no signature: te doctor judges by the features and says what to run
-    hint = [line for line in summary_lines(diagnosis) if "te extract --backbone dct_signature" in line]
-    assert len(hint) == 1 and f"--cache {diagnosis.config.cache}" in hint[0] and "--name planted" in hint[0]
+    # the shared planted cache holds neither: te doctor judges by the features
     assert diagnosis.to_dict()["near_duplicates"]["rule"]["by"] == "features"
+    assert any("te extract --backbone copy_thumbnail" in line for line in summary_lines(diagnosis))
 
 
 @pytest.mark.parametrize("args, says", [

@@ -18,6 +18,12 @@ per image: decoding dominates its extraction. Registered through the `transfer_e
 point `signature` in pyproject.toml, as a plugin's would be. te doctor reads this space, when the cache
 holds it for the data set, to confirm near duplicates (transfer_engine/doctor/near_duplicates.py;
 docs/doctor.md says how `SIZE` and `BLOCK` were chosen).
+
+`copy_thumbnail`, from the same entry point, is the picture itself, small: the luma of a `THUMBNAIL_SIDE` px
+square (shorter side resized, centre crop), `THUMBNAIL_SIDE`^2 numbers. te doctor lines two of them up
+(`doctor.aligned`: every crop box of one against the other whole) to tell a cropped, resized, re-encoded or
+colour-shifted copy, which lines up pixel for pixel, from a look-alike, which does not (docs/doctor.md,
+"Aligned thumbnails").
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from torch import nn
 from transfer_engine.backbones.spec import BackboneSpec, PreprocessSpec
 
 NAME = "dct_signature"
+THUMBNAIL_NAME = "copy_thumbnail"
+THUMBNAIL_SIDE = 64  # docs/doctor.md, "Aligned thumbnails": 32 px lost the digits' precision, 128 px gained nothing
 SIZE = 32         # side of the greyscale square the DCT reads (pHash's); docs/doctor.md, "The copy signature"
 BLOCK = 8         # the BLOCK x BLOCK lowest frequencies are kept, less the DC term (pHash's)
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL's convert("L") uses
@@ -62,14 +70,31 @@ class DctSignature(nn.Module):
 
 PREPROCESS = PreprocessSpec(crop_size=SIZE, resize_size=SIZE, interpolation="bilinear", mean=(0.0, 0.0, 0.0),
                             std=(1.0, 1.0, 1.0))
+THUMBNAIL_PREPROCESS = PreprocessSpec(crop_size=THUMBNAIL_SIDE, resize_size=THUMBNAIL_SIDE, interpolation="bilinear",
+                                      mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+
+class LumaThumbnail(nn.Module):
+    """[N, 3, side, side] images in [0, 1] -> [N, side * side] their luma, row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("luma", torch.tensor(LUMA, dtype=torch.float32))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nchw,c->nhw", images, self.luma.to(images.dtype)).flatten(1)
 
 
 def _build(weights: str | None) -> nn.Module:
     return DctSignature(SIZE, BLOCK, PREPROCESS.std).eval()
 
 
+def _build_thumbnail(weights: str | None) -> nn.Module:
+    return LumaThumbnail().eval()
+
+
 def backbones() -> list[BackboneSpec]:
-    """The entry point: the copy signature's spec."""
+    """The entry point: the copy signature's and the copy thumbnail's specs."""
     return [BackboneSpec(
         name=NAME,
         feature_dim=BLOCK * BLOCK - 1,
@@ -77,7 +102,15 @@ def backbones() -> list[BackboneSpec]:
         preprocess=PREPROCESS,
         description=f"copy signature for te doctor: the {BLOCK}x{BLOCK} lowest DCT frequencies (no DC) of a "
                     f"{SIZE}x{SIZE} greyscale thumbnail (pHash as real values); no weights",
+    ), BackboneSpec(
+        name=THUMBNAIL_NAME,
+        feature_dim=THUMBNAIL_SIDE * THUMBNAIL_SIDE,
+        build=_build_thumbnail,
+        preprocess=THUMBNAIL_PREPROCESS,
+        description=f"copy thumbnail for te doctor: the {THUMBNAIL_SIDE}x{THUMBNAIL_SIDE} greyscale picture, which "
+                    "te doctor lines up with its near neighbours' to tell copies from look-alikes; no weights",
     )]
 
 
-__all__ = ["BLOCK", "DctSignature", "NAME", "SIZE", "backbones", "dct_matrix"]
+__all__ = ["BLOCK", "DctSignature", "LumaThumbnail", "NAME", "SIZE", "THUMBNAIL_NAME", "THUMBNAIL_SIDE", "backbones",
+           "dct_matrix"]

@@ -18,8 +18,9 @@ def doctor(as_json, **fields) -> None:
 
     Exact duplicates (the same bytes) across splits and under conflicting labels; near duplicates across
     splits (the same picture resized, re-encoded, cropped a little or colour-shifted: cosine of the
-    features above --threshold or, when the cache holds the copy signature of te extract --backbone
-    dct_signature, its cosine above --signature-threshold); likely label errors (a head's out-of-fold
+    features above --threshold; when the cache holds the copy thumbnails of te extract --backbone
+    copy_thumbnail, the two pictures lined up above --aligned-threshold; else, with the copy signature of
+    te extract --backbone dct_signature, its cosine above --signature-threshold); likely label errors (a head's out-of-fold
     probabilities over train+val, judged by cleanlab's confident learning); outliers and class balance; and the test accuracy of a head
     with and without the leaked test images. Writes doctor.md, doctor.json and contact sheets to --out;
     --write-manifest writes a CSV manifest without the leaked images (your files are never touched), which
@@ -28,7 +29,7 @@ def doctor(as_json, **fields) -> None:
     \b
     Examples:
       te doctor --cache feats/
-      te extract --backbone dct_signature --data photos/ --cache feats/  # then te doctor: more near copies found
+      te extract --backbone copy_thumbnail --data photos/ --cache feats/  # then te doctor: copies, not look-alikes
       te doctor --cache feats/ --dataset photos --run runs/linear --out doctor/
       te doctor --cache feats/ --write-manifest clean.csv --drop-label-errors
       te extract --backbone efficientnet_lite0 --data clean.csv --cache feats/    # 0 extracted, all reused

@@ -10,6 +10,12 @@ another: a candidate (a nearest neighbour in either space) is the same picture w
 reaches the signature threshold and its features' cosine the floor. Pooled features put distinct images of
 one class as close as a re-encoded copy; the signature, a thumbnail's low frequencies, does not, and the
 floor keeps out distinct images whose thumbnails happen to match (docs/doctor.md, "The copy signature").
+
+With the copy thumbnails (`aligned_pairs`: backbone copy_thumbnail) the rule is the sharpest of the three: a
+candidate (a nearest neighbour by the features, or by the signature te doctor computes from the thumbnails)
+whose features reach the floor is the same picture when the two thumbnails line up (`doctor.aligned`: the
+best crop box of one against the other whole) at the aligned threshold or above (docs/doctor.md, "Aligned
+thumbnails").
 """
 
 from __future__ import annotations
@@ -25,12 +31,13 @@ from transfer_engine.doctor.rows import SPLITS, Rows
 @dataclass(frozen=True)
 class NearPair:
     """Two distinct images (rows of `Rows.features`), their features' cosine and, when the copy signature
-    judged them, the signature's cosine."""
+    judged them, the signature's cosine, or when their thumbnails did, the aligned score."""
 
     a: int
     b: int
     cosine: float
     signature: float | None = None
+    aligned: float | None = None
 
 
 def near_pairs(neighbours: Neighbours, threshold: float) -> list[NearPair]:
@@ -61,6 +68,26 @@ def signature_pairs(features: Neighbours, signature: Neighbours, feature_rows: n
     keep = np.flatnonzero((same >= threshold) & (close >= floor))
     found = [NearPair(int(a[i]), int(b[i]), float(close[i]), float(same[i])) for i in keep.tolist()]
     return sorted(found, key=lambda p: (-p.signature, p.a, p.b))
+
+
+def aligned_pairs(graphs: list[Neighbours], feature_rows: np.ndarray, thumbnails: np.ndarray, threshold: float,
+                  floor: float) -> list[NearPair]:
+    """Every pair of distinct images that is a nearest neighbour in one of `graphs`, whose features have a
+    cosine of at least `floor` and whose thumbnails an aligned score (`doctor.aligned`) of at least
+    `threshold`; once each, highest aligned score first. `feature_rows`: the L2-normalised features."""
+    from transfer_engine.doctor.aligned import aligned_scores
+
+    pairs = np.concatenate([_neighbour_pairs(g) for g in graphs])
+    if not len(pairs):
+        return []
+    pairs = np.unique(np.sort(pairs, axis=1), axis=0)
+    close = np.einsum("nd,nd->n", feature_rows[pairs[:, 0]], feature_rows[pairs[:, 1]])
+    pairs, close = pairs[close >= floor], close[close >= floor]
+    scores = aligned_scores(thumbnails, pairs)
+    keep = np.flatnonzero(scores >= threshold)
+    found = [NearPair(int(pairs[i, 0]), int(pairs[i, 1]), float(close[i]), aligned=float(scores[i]))
+             for i in keep.tolist()]
+    return sorted(found, key=lambda p: (-p.aligned, p.a, p.b))
 
 
 def _neighbour_pairs(neighbours: Neighbours) -> np.ndarray:

@@ -55,7 +55,8 @@ def as_dict(d: "Diagnosis") -> dict[str, Any]:
         "near_duplicates": {
             "rule": dict(d.rule), "pairs": len(d.pairs), "by_kind": kinds, "leaked": held_near,
             "list": [{"a": _image(d, p.a), "b": _image(d, p.b), "cosine": p.cosine, "kind": k,
-                      **({"signature": p.signature} if p.signature is not None else {})}
+                      **({"signature": p.signature} if p.signature is not None else {}),
+                      **({"aligned": p.aligned} if p.aligned is not None else {})}
                      for p, k in zip(d.pairs, d.kinds)]},
         "leaked": [{**_record(d, r), "copy_of": _record(d, d.leaked_exact[r] if r in d.leaked_exact
                                                           else d.leaked_near[r][0]),
@@ -125,14 +126,14 @@ def markdown(d: "Diagnosis", doc: dict[str, Any]) -> str:
         lines.append("None.")
     lines += ["", f"## Near duplicates ({rule_text(d.rule)})", ""]
     near = doc["near_duplicates"]["list"]
-    signed = d.rule["by"] == "signature"
+    evidence = {"signature": "signature", "aligned": "aligned"}.get(d.rule["by"])  # the score beside the cosine
     if near:
         if "near_duplicates" in d.files:
             lines += [f"![near duplicates]({Path(d.files['near_duplicates']).name})", ""]
-        lines += [f"| {'signature | ' if signed else ''}cosine | kind | image | image | labels |",
-                  f"|{'---|' if signed else ''}---|---|---|---|---|"]
+        lines += [f"| {evidence + ' | ' if evidence else ''}cosine | kind | image | image | labels |",
+                  f"|{'---|' if evidence else ''}---|---|---|---|---|"]
         for p in near[:top]:
-            signature = f"{p['signature']:.4f} | " if signed else ""
+            signature = f"{p[evidence]:.4f} | " if evidence else ""
             lines.append(f"| {signature}{p['cosine']:.4f} | {p['kind']} | {_cell(p['a']['path'])} ({p['a']['split']}) | "
                          f"{_cell(p['b']['path'])} ({p['b']['split']}) | {_cell(p['a']['label'])} / "
                          f"{_cell(p['b']['label'])} |")

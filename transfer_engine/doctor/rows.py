@@ -143,9 +143,9 @@ def _normalised(space: Any, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _beside_the_signature(cache: str) -> str | None:
-    """The one other backbone of a cache that also holds the copy signature (None otherwise, or when the
-    cache cannot be opened: te train's loader then says why)."""
-    from transfer_engine.backbones.signature import NAME
+    """The one other backbone of a cache that also holds a copy backbone (the signature or the thumbnails;
+    None otherwise, or when the cache cannot be opened: te train's loader then says why)."""
+    from transfer_engine.backbones.signature import NAME, THUMBNAIL_NAME
     from transfer_engine.cache import FeatureCache
     from transfer_engine.errors import TEError
 
@@ -154,16 +154,17 @@ def _beside_the_signature(cache: str) -> str | None:
             names = {s.backbone for s in store.spaces()}
     except TEError:
         return None
-    others = names - {NAME}
-    return others.pop() if NAME in names and len(others) == 1 else None
+    others = names - {NAME, THUMBNAIL_NAME}
+    return others.pop() if names & {NAME, THUMBNAIL_NAME} and len(others) == 1 else None
 
 
 @dataclass
 class Signature:
-    """The copy signature of each distinct image (backbone `dct_signature`, transfer_engine/backbones/signature.py).
+    """What a copy backbone (`dct_signature` or `copy_thumbnail`, transfer_engine/backbones/signature.py) holds
+    for each distinct image.
 
     Attributes:
-        space_id: the signature's space.
+        space_id: its space.
         features: float32 [U, D], L2-normalised, in the order of `Rows.keys`.
     """
 
@@ -171,23 +172,25 @@ class Signature:
     features: np.ndarray
 
 
-def signature_of(cache: str, rows: Rows) -> tuple[Signature | None, str]:
-    """The copy signature of every distinct image of `rows`, from a space of the signature's backbone that
-    holds them all (the first by id when several do), and a sentence on what was found: with no such space,
-    (None, why)."""
-    from transfer_engine.backbones.signature import NAME
+def signature_of(cache: str, rows: Rows, backbone: str | None = None) -> tuple[Signature | None, str]:
+    """The rows of a copy backbone (default: the copy signature) for every distinct image of `rows`, from a space
+    of that backbone that holds them all (the first by id when several do), and a sentence on what was found:
+    with no such space, (None, why)."""
+    from transfer_engine.backbones.signature import NAME, THUMBNAIL_NAME
     from transfer_engine.cache import FeatureCache
 
-    if rows.backbone == NAME:
-        return None, f"the features examined are the copy signature ({NAME}) itself"
+    backbone = backbone or NAME
+    what, whose = ("copy signature", "copy signature's") if backbone == NAME else ("copy thumbnails", "copy thumbnails'")
+    if rows.backbone in (NAME, THUMBNAIL_NAME):
+        return None, f"the features examined are a copy backbone ({rows.backbone}) itself"
     with FeatureCache.open(cache, create=False) as store:
-        spaces = [store.space(s) for s in store.spaces() if s.backbone == NAME]
+        spaces = [store.space(s) for s in store.spaces() if s.backbone == backbone]
         missing = [sum(not have for have in s.contains(rows.keys)) for s in spaces]
         full = sorted((s for s, m in zip(spaces, missing) if m == 0), key=lambda s: s.id)
         if full:
             features, _ = _normalised(full[0], rows.keys)
-            return Signature(full[0].id, features), f"space {full[0].id[:12]} ({NAME})"
+            return Signature(full[0].id, features), f"space {full[0].id[:12]} ({backbone})"
     if spaces:
-        return None, (f"the copy signature's space{'s' if len(spaces) > 1 else ''} lack{'' if len(spaces) > 1 else 's'} "
+        return None, (f"the {whose} space{'s' if len(spaces) > 1 else ''} lack{'' if len(spaces) > 1 else 's'} "
                       f"{min(missing)} of the {len(rows.keys)} images")
-    return None, "the cache holds no copy signature for these images"
+    return None, f"the cache holds no {what} for these images"

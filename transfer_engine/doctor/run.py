@@ -141,21 +141,38 @@ def doctor(cache: "str | os.PathLike | DoctorConfig", *, progress: Progress = Tr
 
 def _near_pairs(config: DoctorConfig, rows: Rows, found: neighbours.Neighbours, say
                 ) -> tuple[list[near_duplicates.NearPair], dict[str, Any]]:
-    """The near-duplicate pairs, by the copy signature when asked for and cached, else by the features'
-    cosine alone; and the rule used."""
-    signature, why = signature_of(config.cache, rows) if config.signature else (None, "--no-signature")
+    """The near-duplicate pairs by the sharpest evidence cached: the copy thumbnails lined up, else the copy
+    signature, else the features' cosine alone; and the rule used."""
+    from transfer_engine.backbones.signature import THUMBNAIL_NAME
+    from transfer_engine.doctor.aligned import signature_from_thumbnails
+
+    if not config.signature:
+        return (near_duplicates.near_pairs(found, config.threshold),
+                {"by": "features", "threshold": config.threshold, "why": "--no-signature"})
+    thumbnails, why_not_aligned = (signature_of(config.cache, rows, THUMBNAIL_NAME) if config.aligned
+                                   else (None, "--no-aligned"))
+    if thumbnails is not None:
+        say(f"doctor: near duplicates confirmed by lining up the copy thumbnails ({why_not_aligned})")
+        by_thumbnail = neighbours.nearest(signature_from_thumbnails(thumbnails.features))
+        pairs = near_duplicates.aligned_pairs([found, by_thumbnail], rows.features, thumbnails.features,
+                                              config.aligned_threshold, config.aligned_floor)
+        return pairs, {"by": "aligned", "space": thumbnails.space_id, "aligned_threshold": config.aligned_threshold,
+                       "floor": config.aligned_floor}
+    signature, why = signature_of(config.cache, rows)
     if signature is None:
         return (near_duplicates.near_pairs(found, config.threshold),
-                {"by": "features", "threshold": config.threshold, "why": why})
+                {"by": "features", "threshold": config.threshold, "why": f"{why_not_aligned}; {why}"})
     say(f"doctor: near duplicates confirmed by the copy signature ({why})")
     pairs = near_duplicates.signature_pairs(found, neighbours.nearest(signature.features), rows.features,
                                             signature.features, config.signature_threshold, config.signature_floor)
     return pairs, {"by": "signature", "space": signature.space_id, "signature_threshold": config.signature_threshold,
-                   "floor": config.signature_floor}
+                   "floor": config.signature_floor, "why": why_not_aligned}
 
 
 def rule_text(rule: dict[str, Any]) -> str:
     """The near-duplicate rule in a few words, for the summary and doctor.md's heading."""
+    if rule["by"] == "aligned":
+        return f"copy thumbnails aligned >= {rule['aligned_threshold']:g}, features >= {rule['floor']:g}"
     if rule["by"] == "signature":
         return f"copy signature cosine >= {rule['signature_threshold']:g}, features >= {rule['floor']:g}"
     return f"cosine >= {rule['threshold']:g}"
@@ -172,17 +189,18 @@ def _check_early(config: DoctorConfig) -> None:
 
 
 def signature_command(d: Diagnosis) -> str:
-    """The te extract command that caches the copy signature of the examined data set."""
-    from transfer_engine.backbones.signature import NAME as SIGNATURE
+    """The te extract command that caches the copy thumbnails of the examined data set."""
+    from transfer_engine.backbones.signature import THUMBNAIL_NAME
 
     data = shlex.quote(d.rows.data) if d.rows.data is not None else "SRC"
-    return (f"te extract --backbone {SIGNATURE} --data {data} --cache {shlex.quote(d.config.cache)} "
+    return (f"te extract --backbone {THUMBNAIL_NAME} --data {data} --cache {shlex.quote(d.config.cache)} "
             f"--name {shlex.quote(d.rows.dataset)}")
 
 
 def summary_lines(d: Diagnosis) -> list[str]:
     """The findings in a few sentences (what te doctor prints and te demo reports)."""
     from transfer_engine.backbones.signature import NAME as SIGNATURE
+    from transfer_engine.backbones.signature import THUMBNAIL_NAME
 
     rows = d.rows
     lines = []
@@ -200,9 +218,10 @@ def summary_lines(d: Diagnosis) -> list[str]:
                  + (f" ({', '.join(f'{k} {n}' for k, n in by_kind.items())})" if by_kind else "")
                  + f", {len(d.kinds) - len(cross)} within a split; {near_held['test']} test and {near_held['val']} "
                  "val image(s) nearly copy an earlier-split image")
-    if d.rule["by"] == "features" and d.config.signature and d.rows.backbone != SIGNATURE:
-        lines.append(f"the copy signature finds more of the copies the features miss ({d.rule['why']}): "
-                     f"{signature_command(d)}, then te doctor again (docs/doctor.md says where it errs)")
+    if d.rule["by"] != "aligned" and d.config.signature and d.rows.backbone not in (SIGNATURE, THUMBNAIL_NAME):
+        lines.append(f"lining up the copy thumbnails finds cropped copies and tells copies from look-alikes "
+                     f"({d.rule['why']}): {signature_command(d)}, then te doctor again (docs/doctor.md says where "
+                     "it errs)")
     lab = d.labels
     lines.append(f"likely label errors: {len(lab.flagged)} of {len(lab.pool)} train+val images (probe: "
                  f"{d.config.probe} head, {d.config.folds}-fold accuracy {percent(lab.accuracy)}"

@@ -19,6 +19,12 @@ NEAR_DUPLICATE_COSINE = 0.975
 # the held-out set left out: docs/doctor.md, "The copy signature".
 SIGNATURE_COSINE = 0.985
 SIGNATURE_FLOOR = 0.93
+# With the copy thumbnails cached (backbone copy_thumbnail): the aligned score (the best crop box of one
+# thumbnail against the other whole, normalised cross-correlation) above which a candidate is the same
+# picture, and the floor its features' cosine must reach. Chosen together on the tuning sets, the held-out set
+# left out: docs/doctor.md, "Aligned thumbnails".
+ALIGNED_SCORE = 0.995
+ALIGNED_FLOOR = 0.85
 
 
 @dataclass(frozen=True)
@@ -35,13 +41,24 @@ class DoctorConfig(Config):
                                    "picture (near duplicates) without the copy signature (docs/doctor.md says how "
                                    "the default was chosen).")
     signature: bool = option(True, flag="--signature/--no-signature",
-                             help="Judge near duplicates by the copy signature (te extract --backbone dct_signature) "
-                                  "when the cache holds it for these images; --no-signature: by the features alone.")
+                             help="Judge near duplicates by the copy thumbnails (te extract --backbone copy_thumbnail) "
+                                  "or else the copy signature (dct_signature) when the cache holds them for these "
+                                  "images; --no-signature: by the features alone.")
     signature_threshold: float = option(SIGNATURE_COSINE, low=0, high=1, metavar="COS",
                                         help="With the copy signature: its cosine above which two images count as the "
                                              "same picture (docs/doctor.md says how the default was chosen).")
     signature_floor: float = option(SIGNATURE_FLOOR, low=0, high=1, metavar="COS",
                                     help="With the copy signature: the cosine the features must reach too.")
+    aligned: bool = option(True, flag="--aligned/--no-aligned",
+                           help="With --signature: line up the copy thumbnails when the cache holds them; "
+                                "--no-aligned: the copy signature (or the features) judges instead.")
+    aligned_threshold: float = option(ALIGNED_SCORE, low=0, high=1, metavar="NCC",
+                                      help="With the copy thumbnails: the score of the two pictures lined up (the best "
+                                           "crop box of one against the other, normalised cross-correlation) above "
+                                           "which they count as the same picture (docs/doctor.md says how the default "
+                                           "was chosen).")
+    aligned_floor: float = option(ALIGNED_FLOOR, low=0, high=1, metavar="COS",
+                                  help="With the copy thumbnails: the cosine the features must reach too.")
     probe: str = option("linear", metavar="HEAD", help="The head (te heads) whose out-of-fold probabilities find "
                                                        "likely label errors.")
     folds: int = shared.folds()
