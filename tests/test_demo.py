@@ -57,10 +57,9 @@ def test_demo_runs_every_step_and_reports_the_test_accuracy_of_each_model(te, tm
     assert compared["recommendation"] in r.stderr and (tmp_path / "compare" / "compare.png").is_file()
     # te doctor on the cached digits, after extraction: every finding counted, the report written
     doctor = result["doctor"]
-    assert "te doctor on the cached features" in r.stderr and doctor["judged"] > 0
-    # near duplicates judged by the features: the demo does not cache the copy signature, which pairs
-    # distinct digit scans that look alike at its 32 px
-    assert doctor["rule"]["by"] == "features" and "(cosine >= 0.975)" in r.stderr
+    assert "te doctor on the cached features and copy thumbnails" in r.stderr and doctor["judged"] > 0
+    # near duplicates judged by lining up the copy thumbnails the demo caches (no model: a thumbnail a digit)
+    assert doctor["rule"]["by"] == "aligned" and "(copy thumbnails aligned >= 0.995, features >= 0.85)" in r.stderr
     assert doctor["impact"]["all"]["images"] == result["test_images"]
     assert (tmp_path / "doctor" / "doctor.md").is_file() and result["files"]["doctor_md"].endswith("doctor.md")
     assert json.loads((tmp_path / "demo.json").read_text()) == result

@@ -159,7 +159,7 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
     step(2, f"te extract {chosen} ({summary.weights} weights) on builtin:digits ({summary.total} real handwritten "
             f"digits, {summary.classes} classes): {how}")
 
-    diagnosis = _doctor(cache_dir, out / "doctor", summary.space, progress)
+    diagnosis = _doctor(cache_dir, out / "doctor", summary.space, limit, progress)
     step(3, diagnosis["line"])
 
     # space: step 8 puts other backbones' features of the same digits into this cache
@@ -260,13 +260,17 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
     return result
 
 
-def _doctor(cache_dir: Path, out: Path, space: str, progress: Progress) -> dict[str, Any]:
+def _doctor(cache_dir: Path, out: Path, space: str, limit: int | None, progress: Progress) -> dict[str, Any]:
     """te doctor on the demo's digits: its findings as counts, and the step's line (skipped, saying why, when
-    its extra is not installed). Near duplicates are judged by the features alone: the copy signature pairs
-    distinct digit scans that look alike at its 32 px (docs/doctor.md, "The copy signature")."""
+    its extra is not installed). The copy thumbnails are cached first (a thumbnail a digit, no model), so near
+    duplicates are judged by lining the two pictures up: the features alone pair distinct scans of a 1 that
+    are as close as a copy (docs/doctor.md, "Aligned thumbnails")."""
+    from transfer_engine.backbones.signature import THUMBNAIL_NAME
     from transfer_engine.doctor import doctor, rule_text
     from transfer_engine.errors import UsageError
+    from transfer_engine.extract import extract
 
+    extract(THUMBNAIL_NAME, "builtin:digits", cache_dir, name="digits", limit=limit, progress=progress)
     try:
         d = doctor(cache_dir, dataset="digits", space=space, out=out, progress=progress).to_dict()
     except UsageError as exc:  # cleanlab not installed: the demo goes on without this step
@@ -275,7 +279,7 @@ def _doctor(cache_dir: Path, out: Path, space: str, progress: Progress) -> dict[
     exact, near, labels = d["exact_duplicates"], d["near_duplicates"], d["label_errors"]
     leaked = impact.get("leaked", 0)
     clean = impact.get("without_leaked")
-    line = (f"te doctor on the cached features: {exact['extra_copies']} exact duplicate(s) "
+    line = (f"te doctor on the cached features and copy thumbnails: {exact['extra_copies']} exact duplicate(s) "
             f"({exact['conflicting_labels']} under conflicting labels), "
             f"{sum(n for k, n in near['by_kind'].items() if not k.startswith('within'))} near-duplicate pair(s) "
             f"across splits ({rule_text(near['rule'])}), {labels['flagged']} likely label error(s) of "

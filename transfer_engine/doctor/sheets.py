@@ -29,10 +29,11 @@ def draw_sheets(d: "Diagnosis", out: Path, say: Say) -> dict[str, str]:
     cross = [(p, k) for p, k in zip(d.pairs, d.kinds) if not k.startswith("within")]
     shown = (cross or list(zip(d.pairs, d.kinds)))[:d.config.top]
     if shown:
+        lined_up = d.rule.get("by") == "aligned"  # the score that judged them: aligned, else the features' cosine
         cells = [([rows.records_of[p.a][0], rows.records_of[p.b][0]],
-                  f"{p.cosine:.3f} {k}") for p, k in shown]
+                  f"{p.aligned if lined_up else p.cosine:.3f} {k}") for p, k in shown]
         files["near_duplicates"] = _sheet(d, cells, out / NEAR_DUPLICATES_PNG,
-                                          "near duplicates: cosine, splits")
+                                          f"near duplicates: {'aligned score' if lined_up else 'cosine'}, splits")
     flagged = d.labels.flagged[:d.config.top].tolist()
     if flagged:
         names = rows.class_names
