@@ -58,6 +58,9 @@ def test_lined_up_thumbnails_find_every_copy_and_no_other_pair_across_splits(lin
     across = [p for p in found["near_duplicates"]["list"] if not p["kind"].startswith("within")]
     assert all((p["a"]["path"] in copies) != (p["b"]["path"] in copies) for p in across)  # a copy and its source
     assert all(p["aligned"] >= rule["aligned_threshold"] and p["cosine"] >= rule["floor"] for p in across)
+    # --no-aligned: the thumbnails are there but not used; with no signature cached the features judge
+    plain = _doctor(cache, tmp_path / "plain", aligned=False)["near_duplicates"]["rule"]
+    assert plain["by"] == "features" and plain["why"].startswith("--no-aligned")
 
 
 def _thumbnail(image: Image.Image) -> np.ndarray:
