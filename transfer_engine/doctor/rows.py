@@ -134,11 +134,14 @@ def _normalised(space: Any, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     features = np.empty((len(keys), space.dim), dtype=np.float32)
+    norms = np.empty(len(keys), dtype=np.float32)
     for start in range(0, len(keys), GATHER_ROWS):
         chunk = keys[start:start + GATHER_ROWS]
-        space.gather(chunk, out=torch.from_numpy(features[start:start + len(chunk)]))
-    norms = np.linalg.norm(features, axis=1)
-    features /= np.maximum(norms, 1e-12)[:, None]
+        rows = features[start:start + len(chunk)]
+        space.gather(chunk, out=torch.from_numpy(rows))
+        # a chunk at a time: the norm of the whole matrix at once squares it into a temporary as large as it
+        norms[start:start + len(chunk)] = np.linalg.norm(rows, axis=1)
+        rows /= np.maximum(norms[start:start + len(chunk)], 1e-12)[:, None]
     return features, norms
 
 
