@@ -63,9 +63,14 @@ class DctSignature(nn.Module):
         self.register_buffer("basis", dct_matrix(size)[:block].contiguous())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        grey = torch.einsum("nchw,c->nhw", images, self.luma)
-        coefficients = self.basis @ grey @ self.basis.T  # [N, block, block]
-        return coefficients.flatten(1)[:, 1:]             # without the DC term
+        return low_frequencies(torch.einsum("nchw,c->nhw", images, self.luma), self.basis)
+
+
+def low_frequencies(grey: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """[N, block * block - 1]: the lowest 2-D DCT frequencies of greyscale squares [N, size, size], without the
+    DC term; `basis` is `dct_matrix(size)[:block]`."""
+    coefficients = basis @ grey @ basis.T  # [N, block, block]
+    return coefficients.flatten(1)[:, 1:]
 
 
 PREPROCESS = PreprocessSpec(crop_size=SIZE, resize_size=SIZE, interpolation="bilinear", mean=(0.0, 0.0, 0.0),
@@ -113,4 +118,4 @@ def backbones() -> list[BackboneSpec]:
 
 
 __all__ = ["BLOCK", "DctSignature", "LumaThumbnail", "NAME", "SIZE", "THUMBNAIL_NAME", "THUMBNAIL_SIDE", "backbones",
-           "dct_matrix"]
+           "dct_matrix", "low_frequencies"]

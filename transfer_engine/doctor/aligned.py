@@ -154,14 +154,13 @@ def signature_from_thumbnails(thumbnails: np.ndarray) -> np.ndarray:
     halved to the signature's SIZE first; its nearest neighbours are candidates the features may not give."""
     import torch
 
-    from transfer_engine.backbones.signature import BLOCK, SIZE, dct_matrix
+    from transfer_engine.backbones.signature import BLOCK, SIZE, dct_matrix, low_frequencies
 
     with torch.inference_mode():
         grey = torch.from_numpy(np.ascontiguousarray(thumbnails, dtype=np.float32)).reshape(-1, 1, THUMBNAIL_SIDE,
                                                                                           THUMBNAIL_SIDE)
         small = torch.nn.functional.adaptive_avg_pool2d(grey, SIZE)[:, 0]
-        basis = dct_matrix(SIZE)[:BLOCK]
-        signature = (basis @ small @ basis.T).flatten(1)[:, 1:]
+        signature = low_frequencies(small, dct_matrix(SIZE)[:BLOCK])
         signature = signature / signature.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return signature.numpy()
 

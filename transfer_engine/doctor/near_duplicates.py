@@ -58,10 +58,9 @@ def signature_pairs(features: Neighbours, signature: Neighbours, feature_rows: n
     """Every pair of distinct images that is a nearest neighbour in either space, whose signatures have a
     cosine of at least `threshold` and whose features one of at least `floor`; once each, highest signature
     cosine first. `feature_rows` and `signature_rows`: the L2-normalised rows of the two spaces."""
-    pairs = np.concatenate([_neighbour_pairs(features), _neighbour_pairs(signature)])
+    pairs = _candidates([features, signature])
     if not len(pairs):
         return []
-    pairs = np.unique(np.sort(pairs, axis=1), axis=0)
     a, b = pairs[:, 0], pairs[:, 1]
     same = np.einsum("nd,nd->n", signature_rows[a], signature_rows[b])
     close = np.einsum("nd,nd->n", feature_rows[a], feature_rows[b])
@@ -77,10 +76,9 @@ def aligned_pairs(graphs: list[Neighbours], feature_rows: np.ndarray, thumbnails
     `threshold`; once each, highest aligned score first. `feature_rows`: the L2-normalised features."""
     from transfer_engine.doctor.aligned import aligned_scores
 
-    pairs = np.concatenate([_neighbour_pairs(g) for g in graphs])
+    pairs = _candidates(graphs)
     if not len(pairs):
         return []
-    pairs = np.unique(np.sort(pairs, axis=1), axis=0)
     close = np.einsum("nd,nd->n", feature_rows[pairs[:, 0]], feature_rows[pairs[:, 1]])
     pairs, close = pairs[close >= floor], close[close >= floor]
     scores = aligned_scores(thumbnails, pairs)
@@ -88,6 +86,13 @@ def aligned_pairs(graphs: list[Neighbours], feature_rows: np.ndarray, thumbnails
     found = [NearPair(int(pairs[i, 0]), int(pairs[i, 1]), float(close[i]), aligned=float(scores[i]))
              for i in keep.tolist()]
     return sorted(found, key=lambda p: (-p.aligned, p.a, p.b))
+
+
+def _candidates(graphs: list[Neighbours]) -> np.ndarray:
+    """int64 [P, 2]: every pair of distinct rows that is a nearest neighbour in one of `graphs`, once each
+    (smaller row first, sorted)."""
+    pairs = np.concatenate([_neighbour_pairs(g) for g in graphs])
+    return np.unique(np.sort(pairs, axis=1), axis=0) if len(pairs) else pairs
 
 
 def _neighbour_pairs(neighbours: Neighbours) -> np.ndarray:

@@ -126,15 +126,15 @@ def markdown(d: "Diagnosis", doc: dict[str, Any]) -> str:
         lines.append("None.")
     lines += ["", f"## Near duplicates ({rule_text(d.rule)})", ""]
     near = doc["near_duplicates"]["list"]
-    evidence = {"signature": "signature", "aligned": "aligned"}.get(d.rule["by"])  # the score beside the cosine
+    evidence = d.rule["by"] if d.rule["by"] in ("signature", "aligned") else None  # its score beside the cosine
     if near:
         if "near_duplicates" in d.files:
             lines += [f"![near duplicates]({Path(d.files['near_duplicates']).name})", ""]
         lines += [f"| {evidence + ' | ' if evidence else ''}cosine | kind | image | image | labels |",
                   f"|{'---|' if evidence else ''}---|---|---|---|---|"]
         for p in near[:top]:
-            signature = f"{p[evidence]:.4f} | " if evidence else ""
-            lines.append(f"| {signature}{p['cosine']:.4f} | {p['kind']} | {_cell(p['a']['path'])} ({p['a']['split']}) | "
+            score = f"{p[evidence]:.4f} | " if evidence else ""
+            lines.append(f"| {score}{p['cosine']:.4f} | {p['kind']} | {_cell(p['a']['path'])} ({p['a']['split']}) | "
                          f"{_cell(p['b']['path'])} ({p['b']['split']}) | {_cell(p['a']['label'])} / "
                          f"{_cell(p['b']['label'])} |")
     else:

@@ -149,10 +149,10 @@ def _near_pairs(config: DoctorConfig, rows: Rows, found: neighbours.Neighbours, 
     if not config.signature:
         return (near_duplicates.near_pairs(found, config.threshold),
                 {"by": "features", "threshold": config.threshold, "why": "--no-signature"})
-    thumbnails, why_not_aligned = (signature_of(config.cache, rows, THUMBNAIL_NAME) if config.aligned
-                                   else (None, "--no-aligned"))
+    thumbnails, found_thumbnails = (signature_of(config.cache, rows, THUMBNAIL_NAME) if config.aligned
+                                    else (None, "--no-aligned"))
     if thumbnails is not None:
-        say(f"doctor: near duplicates confirmed by lining up the copy thumbnails ({why_not_aligned})")
+        say(f"doctor: near duplicates confirmed by lining up the copy thumbnails ({found_thumbnails})")
         by_thumbnail = neighbours.nearest(signature_from_thumbnails(thumbnails.features))
         pairs = near_duplicates.aligned_pairs([found, by_thumbnail], rows.features, thumbnails.features,
                                               config.aligned_threshold, config.aligned_floor)
@@ -161,12 +161,12 @@ def _near_pairs(config: DoctorConfig, rows: Rows, found: neighbours.Neighbours, 
     signature, why = signature_of(config.cache, rows)
     if signature is None:
         return (near_duplicates.near_pairs(found, config.threshold),
-                {"by": "features", "threshold": config.threshold, "why": f"{why_not_aligned}; {why}"})
+                {"by": "features", "threshold": config.threshold, "why": f"{found_thumbnails}; {why}"})
     say(f"doctor: near duplicates confirmed by the copy signature ({why})")
     pairs = near_duplicates.signature_pairs(found, neighbours.nearest(signature.features), rows.features,
                                             signature.features, config.signature_threshold, config.signature_floor)
     return pairs, {"by": "signature", "space": signature.space_id, "signature_threshold": config.signature_threshold,
-                   "floor": config.signature_floor, "why": why_not_aligned}
+                   "floor": config.signature_floor, "why": found_thumbnails}
 
 
 def rule_text(rule: dict[str, Any]) -> str:
