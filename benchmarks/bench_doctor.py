@@ -58,6 +58,8 @@ FLOOR_GRID = (0.8, 0.85, 0.9, 0.93, 0.95)
 # The aligned rule's sweep (copy thumbnails lined up): te doctor runs once at the lowest values of both grids.
 ALIGNED_GRID = (0.97, 0.975, 0.98, 0.985, 0.99, 0.993, 0.995, 0.997)
 ALIGNED_FLOOR_GRID = (0.7, 0.8, 0.85, 0.9, 0.93)
+# each swept rule: (its features' floors, its thresholds, where its score sits in a _cross_pairs tuple)
+RULES = {"signature": (FLOOR_GRID, SIGNATURE_GRID, 4), "aligned": (ALIGNED_FLOOR_GRID, ALIGNED_GRID, 5)}
 FLIP_DRAWS = 8       # fresh draws of the flipped labels, each scored like the planted one (redrawn_flips)
 FLIP_DRAW_SEED = 1000
 # Two base images are the same picture when their 128x128 greyscale pixels correlate at PIXEL_SAME or more:
@@ -147,7 +149,7 @@ def rule_sweep(diagnosis, truth: dict, root: Path, kind: str = "signature") -> d
     (floor, threshold) of its grids, from one te doctor run at their lowest values."""
     cross = _cross_pairs(diagnosis, truth, root)
     copies = {t["copy"] for t in truth["near"]}
-    floors, grid, at = (FLOOR_GRID, SIGNATURE_GRID, 4) if kind == "signature" else (ALIGNED_FLOOR_GRID, ALIGNED_GRID, 5)
+    floors, grid, at = RULES[kind]
     return {(floor, tau): _near_score([c for c in cross if c[0] >= floor and c[at] >= tau], copies)
             for floor in floors for tau in grid}
 
@@ -297,7 +299,7 @@ def choose_rule(results: dict[str, dict], kind: str = "signature") -> tuple[tupl
     """The (floor, threshold) of the signature rule (`kind` "signature") or the aligned rule ("aligned") with the
     highest mean F1 of the near-duplicate findings over the tuning sets, and the whole sweep (each row's threshold
     under "signature_threshold" or "aligned_threshold")."""
-    floors, grid = (FLOOR_GRID, SIGNATURE_GRID) if kind == "signature" else (ALIGNED_FLOOR_GRID, ALIGNED_GRID)
+    floors, grid, _ = RULES[kind]
     table = []
     for floor in floors:
         for tau in grid:
@@ -325,7 +327,7 @@ def _print_sweep(table: list[dict], kind: str, results: dict) -> None:
 def at_rule(result: dict, kind: str, rule: tuple[float, float]) -> dict:
     """The precision and recall of the signature rule (`kind` "signature") or the aligned rule ("aligned") at the
     grid point nearest to `rule` (floor, threshold)."""
-    floors, grid = (FLOOR_GRID, SIGNATURE_GRID) if kind == "signature" else (ALIGNED_FLOOR_GRID, ALIGNED_GRID)
+    floors, grid, _ = RULES[kind]
     return result[kind][(min(floors, key=lambda t: abs(t - rule[0])), min(grid, key=lambda t: abs(t - rule[1])))]
 
 
