@@ -74,7 +74,7 @@ def _thumbnail(image: Image.Image) -> np.ndarray:
         return create_backbone("copy_thumbnail")(spec.preprocess.transform()(image.convert("RGB"))[None]).numpy()[0]
 
 
-def test_the_aligned_score_sees_through_a_crop_a_resize_and_a_re_encode_and_not_a_look_alike():
+def test_the_aligned_score_sees_through_a_crop_a_resize_and_a_re_encode_not_another_photo_or_a_larger_crop():
     from skimage import data as photos
 
     from transfer_engine.core.configs.doctor import ALIGNED_SCORE
