@@ -59,8 +59,12 @@ def test_lined_up_thumbnails_find_every_copy_and_no_other_pair_across_splits(lin
     assert all((p["a"]["path"] in copies) != (p["b"]["path"] in copies) for p in across)  # a copy and its source
     assert all(p["aligned"] >= rule["aligned_threshold"] and p["cosine"] >= rule["floor"] for p in across)
     # --no-aligned: the thumbnails are there but not used; with no signature cached the features judge
-    plain = _doctor(cache, tmp_path / "plain", aligned=False)["near_duplicates"]["rule"]
-    assert plain["by"] == "features" and plain["why"].startswith("--no-aligned")
+    from transfer_engine.doctor import doctor
+
+    plain = doctor(cache, dataset="crops", out=tmp_path / "plain", sheets=False, progress=False, aligned=False)
+    assert plain.rule["by"] == "features" and plain.rule["why"].startswith("--no-aligned")
+    # and the summary does not tell the user to extract the thumbnails they turned off (and have)
+    assert not any("copy_thumbnail" in line for line in summary_lines(plain))
 
 
 def _thumbnail(image: Image.Image) -> np.ndarray:

@@ -218,7 +218,9 @@ def summary_lines(d: Diagnosis) -> list[str]:
                  + (f" ({', '.join(f'{k} {n}' for k, n in by_kind.items())})" if by_kind else "")
                  + f", {len(d.kinds) - len(cross)} within a split; {near_held['test']} test and {near_held['val']} "
                  "val image(s) nearly copy an earlier-split image")
-    if d.rule["by"] != "aligned" and d.config.signature and d.rows.backbone not in (SIGNATURE, THUMBNAIL_NAME):
+    # the hint, unless the user turned the thumbnails (or every copy backbone) off
+    if (d.rule["by"] != "aligned" and d.config.signature and d.config.aligned
+            and d.rows.backbone not in (SIGNATURE, THUMBNAIL_NAME)):
         lines.append(f"lining up the copy thumbnails finds cropped copies and tells copies from look-alikes "
                      f"({d.rule['why']}): {signature_command(d)}, then te doctor again (docs/doctor.md says where "
                      "it errs)")
