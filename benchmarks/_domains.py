@@ -3,9 +3,13 @@
 Each is written as the most common layout, root/train/CLASS/*.png + root/test/CLASS/*.png (no val: te
 holds one out of train, te train and te finetune alike).
 
-    glyphs        the 26 capital letters rendered from every font on the machine that has them (Debian's
-                  DejaVu family, matplotlib's DejaVu/STIX/Computer Modern), black on white at 224 px with a
-                  seeded jitter of size, position and rotation; test fonts are fonts no train image uses
+    glyphs        the 26 capital letters rendered from Debian's DejaVu family and matplotlib's DejaVu/STIX/
+                  Computer Modern fonts (34 fonts), black on white at 224 px with a seeded jitter of size,
+                  position and rotation; test fonts are fonts no train image uses
+    typefaces     the same letters, drawn the same way, from the 205 fonts of 19 other Debian font packages
+                  (TYPEFACE_PACKAGES: URW's base 35, TeX Gyre, Liberation, Roboto, Lato, Go, ...): 5,330
+                  images, glyphs' kind at glyphs' size times six. Held out of every choice of te doctor's and
+                  reported on its own (benchmarks/bench_doctor.py)
     digits-blocky scikit-learn's real 8x8 handwritten digits upscaled to 224 px without smoothing (nearest):
                   hard pixel blocks, far from any ImageNet photo
     digits-smooth the same scans upscaled with bicubic smoothing (the regression case: close to what
@@ -38,25 +42,58 @@ from PIL import Image, ImageDraw, ImageFont
 
 SIZE = 224
 LETTERS = [chr(c) for c in range(ord("A"), ord("Z") + 1)]
-FONT_DIRS = ["/usr/share/fonts"]
+# glyphs' fonts: Debian's DejaVu (fonts-dejavu-core) and matplotlib's own. Named, not "every font on the
+# machine": a font package installed later (typefaces') must not change the glyphs set.
+FONT_DIRS = ["/usr/share/fonts/truetype/dejavu"]
+# typefaces' fonts: every font of these packages that draws all 26 capitals (205 of 206 files)
+TYPEFACE_PACKAGES = ("fonts-urw-base35 fonts-texgyre fonts-freefont-ttf fonts-crosextra-carlito fonts-crosextra-caladea "
+                     "fonts-linuxlibertine fonts-roboto-unhinted fonts-lato fonts-open-sans fonts-cantarell "
+                     "fonts-ebgaramond fonts-noto-mono fonts-inconsolata fonts-hack fonts-comic-neue fonts-quicksand "
+                     "fonts-lobster fonts-go fonts-liberation2")
 
 
 def font_files() -> list[Path]:
-    """Every TrueType/OpenType font that draws all 26 capitals, once per (family, style): the copies of
-    DejaVu in matplotlib are other versions of Debian's, and one font in both splits would leak."""
+    """glyphs' fonts: each font of FONT_DIRS and matplotlib's that draws all 26 capitals, once per (family,
+    style): the copies of DejaVu in matplotlib are other versions of Debian's, and one font in both splits
+    would leak."""
     import matplotlib
 
     dirs = [Path(d) for d in FONT_DIRS] + [Path(matplotlib.get_data_path()) / "fonts" / "ttf"]
-    seen, fonts = set(), []
-    for d in dirs:
-        for path in sorted(p for p in d.rglob("*") if p.suffix.lower() in (".ttf", ".otf")):
-            try:
-                name = ImageFont.truetype(str(path), 16).getname()  # (family, style): versions count once
-            except OSError:
-                continue
-            if name not in seen and _has_capitals(path):
-                seen.add(name)
-                fonts.append(path)
+    return _distinct_fonts(p for d in dirs for p in sorted(d.rglob("*")))
+
+
+def typeface_files() -> list[Path]:
+    """typefaces' fonts: those of TYPEFACE_PACKAGES (`dpkg -L`) that draw all 26 capitals, once per (family,
+    style), leaving out any (family, style) glyphs uses.
+
+    Raises:
+        MissingData: a package is not installed (the message names them all).
+    """
+    packages = TYPEFACE_PACKAGES.split()
+    try:
+        listed = [subprocess.run(["dpkg", "-L", p], capture_output=True, text=True) for p in packages]
+    except OSError:  # no dpkg: not a Debian system
+        listed = []
+    if not listed or any(r.returncode for r in listed):
+        raise MissingData(f"the typefaces data set needs: apt-get install {TYPEFACE_PACKAGES}")
+    taken = {ImageFont.truetype(str(p), 16).getname() for p in font_files()}
+    return _distinct_fonts((Path(line) for r in listed for line in sorted(r.stdout.split())), taken)
+
+
+def _distinct_fonts(paths, taken: set | None = None) -> list[Path]:
+    """The TrueType/OpenType files among `paths` that draw all 26 capitals, the first of each (family, style)
+    (versions of one font count once) not in `taken`."""
+    seen, fonts = set(taken or ()), []
+    for path in paths:
+        if path.suffix.lower() not in (".ttf", ".otf") or not path.is_file():
+            continue
+        try:
+            name = ImageFont.truetype(str(path), 16).getname()
+        except OSError:
+            continue
+        if name not in seen and _has_capitals(path):
+            seen.add(name)
+            fonts.append(path)
     return fonts
 
 
@@ -85,9 +122,10 @@ def _glyph(font_path: Path, letter: str, rng: random.Random) -> Image.Image:
     return canvas.crop((SIZE // 2, SIZE // 2, SIZE // 2 + SIZE, SIZE // 2 + SIZE)).convert("RGB")
 
 
-def write_glyphs(root: Path, test_fraction: float = 0.3, seed: int = 0) -> dict:
-    """root/{train,test}/LETTER/FONT.png, test fonts disjoint from train fonts. Returns counts."""
-    fonts = font_files()
+def write_glyphs(root: Path, test_fraction: float = 0.3, seed: int = 0, fonts: list[Path] | None = None) -> dict:
+    """root/{train,test}/LETTER/FONT.png from `fonts` (default: glyphs', `font_files`), test fonts disjoint from
+    train fonts. Returns counts."""
+    fonts = font_files() if fonts is None else fonts
     order = sorted(fonts, key=lambda p: hashlib.sha256(p.name.encode()).hexdigest())
     n_test = max(1, round(test_fraction * len(order)))
     test_fonts = set(order[:n_test])
@@ -275,5 +313,6 @@ DOMAINS = {
     "digits-smooth": lambda root, per_class: write_digits(root, smoothing=True, per_class=per_class),
     "icons": lambda root, per_class: write_icons(root),  # per_class counts digits; icons: PER_THEME_CLASS
     "cards": lambda root, per_class: write_cards(root),
+    "typefaces": lambda root, per_class: write_glyphs(root, fonts=typeface_files()),
 }
 HELD_OUT = "cards"  # never looked at while choosing te finetune's recipe; reported on its own
