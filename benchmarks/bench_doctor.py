@@ -58,7 +58,7 @@ GRID = tuple(round(0.85 + 0.005 * i, 3) for i in range(30))
 SIGNATURE_GRID = tuple(round(0.95 + 0.005 * i, 3) for i in range(10))
 FLOOR_GRID = (0.8, 0.85, 0.9, 0.93, 0.95)
 # The aligned rule's sweep (copy thumbnails lined up): te doctor runs once at the lowest values of both grids.
-ALIGNED_GRID = (0.97, 0.975, 0.98, 0.985, 0.99, 0.993, 0.995, 0.997)
+ALIGNED_GRID = (0.97, 0.975, 0.98, 0.985, 0.99, 0.993, 0.995, 0.997, 0.998, 0.999)
 ALIGNED_FLOOR_GRID = (0.7, 0.8, 0.85, 0.9, 0.93)
 # each swept rule: (its features' floors, its thresholds, where its score sits in a _cross_pairs tuple)
 RULES = {"signature": (FLOOR_GRID, SIGNATURE_GRID, 4), "aligned": (ALIGNED_FLOOR_GRID, ALIGNED_GRID, 5)}

@@ -59,7 +59,10 @@ def test_demo_runs_every_step_and_reports_the_test_accuracy_of_each_model(te, tm
     doctor = result["doctor"]
     assert "te doctor on the cached features and copy thumbnails" in r.stderr and doctor["judged"] > 0
     # near duplicates judged by lining up the copy thumbnails the demo caches (no model: a thumbnail a digit)
-    assert doctor["rule"]["by"] == "aligned" and "(copy thumbnails aligned >= 0.995, features >= 0.85)" in r.stderr
+    from transfer_engine.core.configs.doctor import ALIGNED_FLOOR, ALIGNED_SCORE
+
+    assert doctor["rule"]["by"] == "aligned"
+    assert f"(copy thumbnails aligned >= {ALIGNED_SCORE:g}, features >= {ALIGNED_FLOOR:g})" in r.stderr
     assert doctor["impact"]["all"]["images"] == result["test_images"]
     assert (tmp_path / "doctor" / "doctor.md").is_file() and result["files"]["doctor_md"].endswith("doctor.md")
     assert json.loads((tmp_path / "demo.json").read_text()) == result

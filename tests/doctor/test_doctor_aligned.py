@@ -98,6 +98,18 @@ def test_the_aligned_score_sees_through_a_crop_a_resize_and_a_re_encode_not_anot
     assert scores[2] < 0.5 and scores[3] < ALIGNED_SCORE
 
 
+def test_a_picture_lines_up_with_itself_exactly():
+    # the crops are resampled with the filter the whole pictures are (a sharper one scored a picture against
+    # itself 0.998 to 0.999: the margin a pixel-identical copy has over --aligned-threshold)
+    from skimage import data as photos
+
+    from transfer_engine.doctor.aligned import aligned_scores
+
+    thumbs = [_thumbnail(Image.fromarray(photo)) for photo in (photos.coffee(), photos.astronaut())]
+    scores = aligned_scores(np.stack([thumbs[0], thumbs[0], thumbs[1], thumbs[1]]), np.array([[0, 1], [2, 3]]))
+    assert scores == pytest.approx(1.0, abs=1e-5)
+
+
 def test_the_report_names_the_aligned_rule_and_the_signature_rule_points_to_the_thumbnails(lined, diagnosis, tmp_path,
                                                                                           capsys):
     cache, _ = lined

@@ -16,7 +16,9 @@ thumbnails (or comparing at 24 px) let distinct digit scans through. Cost: each 
 and compared with all its candidates by one matrix product; the pairs that come close (REFINE_FROM) are then
 refined around their best box, since the grid can be a pixel off. A crop resampled bilinearly is a matrix on
 each side of the picture (`axis_weights`: rows for the box's height and position, columns likewise), so every
-crop is two small matrix products, batched.
+crop is two small matrix products, batched. The crops are resampled with the filter the whole pictures are
+(antialiased: a sample averages the source pixels it spans): resampled more sharply, a picture did not line up
+exactly with itself, and copies lost their margin (docs/doctor.md, "Aligned thumbnails").
 """
 
 from __future__ import annotations
@@ -49,16 +51,22 @@ def box_params() -> np.ndarray:
 
 
 def axis_weights(extent, start):
-    """float32 [..., COMPARE_SIDE, THUMBNAIL_SIDE]: bilinear resampling of the span [start, start + extent] (fractions
-    of a side; tensors or arrays of one shape) to COMPARE_SIDE samples at pixel centres, as torch's grid_sample
-    computes it (align_corners False, zeros outside): the tent 1 - |position - pixel|, clipped at 0."""
+    """float32 [..., COMPARE_SIDE, THUMBNAIL_SIDE]: the span [start, start + extent] (fractions of a side; tensors or
+    arrays of one shape) resampled to COMPARE_SIDE samples at pixel centres with the filter the whole pictures are
+    resampled with (torch's bilinear interpolation with antialias, align_corners False): a tent as wide as the
+    source pixels a sample spans (at least one), its weights summing to 1 (cut at the picture's edges). The same
+    filter on both sides of a comparison: a crop resampled more sharply than the picture it is compared with
+    would correlate less with its own copy."""
     import torch
 
     extent = torch.as_tensor(extent, dtype=torch.float32)
     start = torch.as_tensor(start, dtype=torch.float32)
+    spans = (extent * THUMBNAIL_SIDE / COMPARE_SIDE).clamp_min(1.0)                  # source pixels a sample spans
     centres = (torch.arange(COMPARE_SIDE, dtype=torch.float32) + 0.5) / COMPARE_SIDE  # in the crop, 0..1
     at = (start[..., None] + extent[..., None] * centres) * THUMBNAIL_SIDE - 0.5      # in source pixels
-    return (1.0 - (at[..., None] - torch.arange(THUMBNAIL_SIDE, dtype=torch.float32)).abs()).clamp_min(0.0)
+    distance = (at[..., None] - torch.arange(THUMBNAIL_SIDE, dtype=torch.float32)).abs()
+    weights = (1.0 - distance / spans[..., None, None]).clamp_min(0.0)
+    return weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
 def _scores(crops, targets):
