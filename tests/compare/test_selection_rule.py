@@ -117,7 +117,9 @@ def test_the_sweep_keeps_the_finalist_with_the_best_kfold_score(probes):
     m = probes[("A", "auto")]
     assert m["hyperparameters"]["selected_by"] == "sweep, finalists by 5-fold"
     finalists = [t for t in m["sweep"] if t["kfold_accuracy"] is not None]
-    assert 1 <= len(finalists) <= 3
+    # the linear head's fits are cheap: every setting it tried is cross-validated, not the three best on val,
+    # so which settings lead on a small val split cannot decide what k-fold gets to judge
+    assert len(finalists) == len(m["sweep"]) > 3
     best = max(t["kfold_accuracy"] for t in finalists)
     assert m["kfold"]["accuracy"] == best
     assert m["hyperparameters"]["weight_decay"] in [t["weight_decay"] for t in finalists

@@ -13,8 +13,11 @@ searched:
 
 With a `FoldPlan` (k-fold selection, `core.selection`: small data under --select auto), the search
 above only finds the finalists: the `FINALISTS` best distinct settings on val are each cross-validated
-over train+val, and the best pooled out-of-fold accuracy wins (ties as on val). Val alone decides
-otherwise. The winner is refitted on train+val by the caller (`runner`); its val accuracy stays the
+over train+val, and the best pooled out-of-fold accuracy wins (ties as on val). The in-memory linear
+head's fits take a fraction of a second, so every one of its settings is a finalist (as scikit-learn's
+LogisticRegressionCV cross-validates its whole grid): which three settings lead on a few hundred val images
+turns on an image or two, and features a rounding apart then got settings a point of k-fold accuracy
+apart. Val alone decides otherwise. The winner is refitted on train+val by the caller (`runner`); its val accuracy stays the
 held-out one.
 """
 
@@ -45,6 +48,7 @@ DECAY_FACTORS = (0.01, 0.1, 1.0, 10.0)
 DECAY_REFINE = (10 ** -0.5, 10 ** 0.5)
 # Settings cross-validated under k-fold selection: the best few on val. Each costs k fits, and on val the
 # settings beyond the first few are rarely close to the best (docs/train.md, "Choosing on small data").
+# The in-memory linear head cross-validates all of them (see the module docstring).
 FINALISTS = 3
 
 
@@ -170,13 +174,15 @@ def run_sweep(spec: "HeadSpec", data: "TrainingData", base: HyperParameters, *, 
 
 
 def _cross_validate_finalists(search: _Search, folds: FoldPlan) -> Trial:
-    """The best of the `FINALISTS` best settings on val by k-fold. A finalist whose folds diverge is out.
-    Each finalist's fold fits start from the previous finalist's fits on the same fold (never from a fit
-    that saw the fold: see `cross_validate`)."""
+    """The best of the finalists by k-fold: the `FINALISTS` best settings on val, or every setting of the
+    in-memory linear head. A finalist whose folds diverge is out. Each finalist's fold fits start from the
+    previous finalist's fits on the same fold (never from a fit that saw the fold: see `cross_validate`)."""
     ranked = sorted((t for t in search.trials if t.fitted is not None),
                     key=lambda t: t.score(search.prefer_strong_decay), reverse=True)
+    every = search.spec.trainable and search.spec.solver == "lbfgs" and search.data.in_memory
+    ranked = ranked if every else ranked[:FINALISTS]
     warm = None
-    for trial in ranked[:FINALISTS]:
+    for trial in ranked:
         try:
             trial.kfold = cross_validate(search.spec, search.data, trial.hp, folds, seed=search.seed,
                                          device=search.device, warm=warm)
@@ -187,7 +193,7 @@ def _cross_validate_finalists(search: _Search, folds: FoldPlan) -> Trial:
             search.say(f"  sweep {search.spec.name} [{folds.k}-fold] {', '.join(_describe(trial.hp, search.spec))}: "
                        f"accuracy {percent_interval(trial.kfold.score.accuracy, trial.kfold.score.interval)} "
                        f"({trial.kfold.seconds:.1f} s)")
-    judged = [t for t in ranked[:FINALISTS] if t.kfold is not None]
+    judged = [t for t in ranked if t.kfold is not None]
     if not judged:
         raise TrainingDiverged(f"every {folds.k}-fold fit of head {search.spec.name!r}'s finalists diverged")
     return max(judged, key=lambda t: t.kfold_score(search.prefer_strong_decay))  # the first of exact equals
