@@ -124,6 +124,14 @@ def planted_variant(planted: Planted, cache: Path, name: str, make_copies, backb
     return [path for path, _ in added]
 
 
+def doctor_on(cache: Path, dataset: str, out: Path, **fields):
+    """te doctor on one data set of a variant's cache (`planted_variant`), quietly and without contact sheets:
+    the `Diagnosis`."""
+    from transfer_engine.doctor import doctor
+
+    return doctor(cache, dataset=dataset, out=out, sheets=False, progress=False, **fields)
+
+
 @pytest.fixture(scope="session")
 def diagnosis(planted, tmp_path_factory):
     """te doctor on the planted set, once (its report in a folder of its own)."""

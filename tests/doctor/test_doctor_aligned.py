@@ -14,7 +14,7 @@ from PIL import Image
 from transfer_engine.cli.main import main
 from transfer_engine.doctor import summary_lines
 
-from .conftest import planted_variant
+from .conftest import doctor_on, planted_variant
 
 # (left, top, right, bottom) kept of a train digit, as fractions: at most 10% of the area cut, from one side or two
 CROPS = ((0.0, 0.0, 0.92, 1.0), (0.06, 0.0, 1.0, 0.97), (0.03, 0.04, 0.99, 1.0))
@@ -40,15 +40,9 @@ def lined(planted, tmp_path_factory):
     return cache, planted_variant(planted, cache, "crops", cropped_copies, ("efficientnet_lite0", "copy_thumbnail"))
 
 
-def _doctor(cache, tmp_path, **fields):
-    from transfer_engine.doctor import doctor
-
-    return doctor(cache, dataset="crops", out=tmp_path, sheets=False, progress=False, **fields).to_dict()
-
-
 def test_lined_up_thumbnails_find_every_copy_and_no_other_pair_across_splits(lined, planted, tmp_path):
     cache, cropped = lined
-    found = _doctor(cache, tmp_path)
+    found = doctor_on(cache, "crops", tmp_path).to_dict()
     assert found["backbone"] == "efficientnet_lite0"  # no --backbone: the features beside the thumbnails are meant
     rule = found["near_duplicates"]["rule"]
     assert rule["by"] == "aligned"
@@ -59,9 +53,7 @@ def test_lined_up_thumbnails_find_every_copy_and_no_other_pair_across_splits(lin
     assert all((p["a"]["path"] in copies) != (p["b"]["path"] in copies) for p in across)  # a copy and its source
     assert all(p["aligned"] >= rule["aligned_threshold"] and p["cosine"] >= rule["floor"] for p in across)
     # --no-aligned: the thumbnails are there but not used; with no signature cached the features judge
-    from transfer_engine.doctor import doctor
-
-    plain = doctor(cache, dataset="crops", out=tmp_path / "plain", sheets=False, progress=False, aligned=False)
+    plain = doctor_on(cache, "crops", tmp_path / "plain", aligned=False)
     assert plain.rule["by"] == "features" and plain.rule["why"].startswith("--no-aligned")
     # and the summary does not tell the user to extract the thumbnails they turned off (and have)
     assert not any("copy_thumbnail" in line for line in summary_lines(plain))

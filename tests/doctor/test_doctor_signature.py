@@ -13,7 +13,7 @@ from PIL import Image
 from transfer_engine.cli.main import main
 from transfer_engine.doctor import summary_lines
 
-from .conftest import planted_variant
+from .conftest import doctor_on, planted_variant
 
 HARD = 4  # train digits re-encoded as JPEG (quality 40) into test
 
@@ -37,12 +37,6 @@ def signed(planted, tmp_path_factory):
     return cache, planted_variant(planted, cache, "hard", hard_copies, ("efficientnet_lite0", "dct_signature"))
 
 
-def _doctor(cache, tmp_path, **fields):
-    from transfer_engine.doctor import doctor
-
-    return doctor(cache, dataset="hard", out=tmp_path, sheets=False, progress=False, **fields).to_dict()
-
-
 def _leaked(found):
     return {item["path"]: item for item in found["leaked"] if item["how"] == "near"}
 
@@ -51,7 +45,8 @@ def test_the_signature_finds_near_copies_the_features_miss_and_no_other_pair_acr
     cache, hard = signed
     # the rule as the benchmark first chose it (signature >= 0.98, features >= 0.85): these JPEG q40 copies sit
     # below the features' default floor, which buys precision on look-alike sets (docs/doctor.md)
-    found = _doctor(cache, tmp_path / "signed", signature_threshold=0.98, signature_floor=0.85)
+    found = doctor_on(cache, "hard", tmp_path / "signed", signature_threshold=0.98,
+                      signature_floor=0.85).to_dict()
     # no --backbone: the features beside the signature are meant
     assert found["backbone"] == "efficientnet_lite0"
     rule = found["near_duplicates"]["rule"]
@@ -62,7 +57,7 @@ def test_the_signature_finds_near_copies_the_features_miss_and_no_other_pair_acr
     assert all((p["a"]["path"] in copies) != (p["b"]["path"] in copies) for p in across)  # a copy and its source
     assert all(p["signature"] >= rule["signature_threshold"] for p in across)
 
-    plain = _doctor(cache, tmp_path / "plain", signature=False)
+    plain = doctor_on(cache, "hard", tmp_path / "plain", signature=False).to_dict()
     assert plain["near_duplicates"]["rule"]["by"] == "features"
     missed = set(hard) - set(_leaked(plain))
     assert missed, "the features alone find every hard copy: the test no longer shows what the signature adds"

@@ -15,10 +15,10 @@ With a `FoldPlan` (k-fold selection, `core.selection`: small data under --select
 above only finds the finalists: the `FINALISTS` best distinct settings on val are each cross-validated
 over train+val, and the best pooled out-of-fold accuracy wins (ties as on val). The in-memory linear
 head's fits take a fraction of a second, so every one of its settings is a finalist (as scikit-learn's
-LogisticRegressionCV cross-validates its whole grid): which three settings lead on a few hundred val images
-turns on an image or two, and features a rounding apart then got settings a point of k-fold accuracy
-apart. Val alone decides otherwise. The winner is refitted on train+val by the caller (`runner`); its val accuracy stays the
-held-out one.
+LogisticRegressionCV cross-validates its whole grid): which three settings lead on a few hundred val
+images turns on an image or two, and features a rounding apart then got settings a point of k-fold
+accuracy apart. Val alone decides otherwise. The winner is refitted on train+val by the caller
+(`runner`); its val accuracy stays the held-out one.
 """
 
 from __future__ import annotations
@@ -109,7 +109,9 @@ class _Search:
     def __init__(self, spec: "HeadSpec", data: "TrainingData", seed: int, device: torch.device | None,
                  say: Say | None) -> None:
         self.spec, self.data, self.seed, self.device, self.say = spec, data, seed, device, say
-        self.prefer_strong_decay = spec.trainable and spec.solver == "lbfgs" and data.in_memory
+        # the in-memory linear head: its L-BFGS fits take a fraction of a second (the regularization path, every
+        # setting a finalist), and among equals the stronger weight decay is preferred
+        self.lbfgs_in_memory = spec.trainable and spec.solver == "lbfgs" and data.in_memory
         self.trials: list[Trial] = []
         self._seen: dict[str, Trial] = {}
 
@@ -135,7 +137,7 @@ class _Search:
 
     def best(self, trials: list[Trial] | None = None) -> Trial:
         pool = self.trials if trials is None else trials
-        return max(pool, key=lambda t: t.score(self.prefer_strong_decay))  # the first of exact equals
+        return max(pool, key=lambda t: t.score(self.lbfgs_in_memory))  # the first of exact equals
 
 
 def run_sweep(spec: "HeadSpec", data: "TrainingData", base: HyperParameters, *, seed: int = 0,
@@ -159,7 +161,7 @@ def run_sweep(spec: "HeadSpec", data: "TrainingData", base: HyperParameters, *, 
     """
     search = _Search(spec, data, seed, device, say)
     hp = _search_options(search, base) if spec.search else base
-    if spec.trainable and spec.solver == "lbfgs" and data.in_memory:
+    if search.lbfgs_in_memory:
         _search_lbfgs_decay(search, hp)
     elif spec.trainable:
         _search_lr_and_decay(search, hp, fixed_lr)
@@ -178,9 +180,8 @@ def _cross_validate_finalists(search: _Search, folds: FoldPlan) -> Trial:
     in-memory linear head. A finalist whose folds diverge is out. Each finalist's fold fits start from the
     previous finalist's fits on the same fold (never from a fit that saw the fold: see `cross_validate`)."""
     ranked = sorted((t for t in search.trials if t.fitted is not None),
-                    key=lambda t: t.score(search.prefer_strong_decay), reverse=True)
-    every = search.spec.trainable and search.spec.solver == "lbfgs" and search.data.in_memory
-    ranked = ranked if every else ranked[:FINALISTS]
+                    key=lambda t: t.score(search.lbfgs_in_memory), reverse=True)
+    ranked = ranked if search.lbfgs_in_memory else ranked[:FINALISTS]
     warm = None
     for trial in ranked:
         try:
@@ -196,7 +197,7 @@ def _cross_validate_finalists(search: _Search, folds: FoldPlan) -> Trial:
     judged = [t for t in ranked if t.kfold is not None]
     if not judged:
         raise TrainingDiverged(f"every {folds.k}-fold fit of head {search.spec.name!r}'s finalists diverged")
-    return max(judged, key=lambda t: t.kfold_score(search.prefer_strong_decay))  # the first of exact equals
+    return max(judged, key=lambda t: t.kfold_score(search.lbfgs_in_memory))  # the first of exact equals
 
 
 def _from_scratch(search: _Search, best: Trial) -> Trial:
