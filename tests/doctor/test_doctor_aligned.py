@@ -90,6 +90,22 @@ def test_the_aligned_score_sees_through_a_crop_a_resize_and_a_re_encode_not_anot
     assert scores[2] < 0.5 and scores[3] < ALIGNED_SCORE
 
 
+def test_scoring_a_picture_or_two_at_a_time_gives_the_same_scores(monkeypatch):
+    # a large set's pictures are read PICTURES_AT_ONCE at a time (with the pictures they are compared with)
+    from skimage import data as photos
+
+    from transfer_engine.doctor import aligned
+
+    thumbs = np.stack([_thumbnail(Image.fromarray(photo)) for photo in
+                       (photos.coffee(), photos.chelsea(), photos.astronaut(), photos.coffee()[20:, 30:])])
+    pairs = np.array([[0, 1], [0, 3], [2, 3], [1, 2], [0, 2]])
+    whole = aligned.aligned_scores(thumbs, pairs)
+    for at_once in (1, 2):
+        monkeypatch.setattr(aligned, "PICTURES_AT_ONCE", at_once)
+        assert np.allclose(aligned.aligned_scores(thumbs, pairs), whole, rtol=0, atol=1e-6)
+    assert whole[1] >= 0.99 and whole[0] < 0.5  # the crop of the coffee lines up, another photo does not
+
+
 def test_a_picture_lines_up_with_itself_exactly():
     # the crops are resampled with the filter the whole pictures are (a sharper one scored a picture against
     # itself 0.998 to 0.999: the margin a pixel-identical copy has over --aligned-threshold)

@@ -17,7 +17,7 @@ def _rows() -> Rows:
     record_key = np.array([0, 0, 1, 2, 3, 4])
     return Rows("toy", None, ["a", "b", "c"], "space", "backbone", [f"{i}.png" for i in range(6)],
                 np.array([0, 1, 2, 2, 1, 0]), np.array(["train", "train", "train", "train", "test", "val"]),
-                record_key, [f"k{u}" for u in range(5)], np.eye(5, dtype=np.float32), np.ones(5, np.float32))
+                record_key, [f"k{u}" for u in range(5)], np.eye(5, dtype=np.float32))
 
 
 def test_train_and_val_neighbours_vote_test_labels_and_the_images_own_copies_do_not():

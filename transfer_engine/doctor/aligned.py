@@ -23,9 +23,14 @@ exactly with itself, and copies lost their margin (docs/doctor.md, "Aligned thum
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from transfer_engine.backbones.signature import THUMBNAIL_SIDE
+
+if TYPE_CHECKING:
+    from transfer_engine.doctor.matrix import CachedMatrix
 
 COMPARE_SIDE = 48
 MIN_KEPT = 0.86          # a crop of at most 10% of the area keeps 0.9 of it; slack for the resampling
@@ -34,6 +39,7 @@ POSITIONS = 5
 REFINE_FROM = 0.97       # edges scoring this on the grid are refined around their best box ...
 REFINE_STEPS = (0.01, 0.005)  # ... moving each of its four numbers by these fractions of the picture, in turn
 EDGES_AT_ONCE = 32       # refined edges at once: EDGES_AT_ONCE x 81 crops and their resampling matrices
+PICTURES_AT_ONCE = 512   # cropped pictures read at once, with the pictures they are compared with
 
 
 def box_params() -> np.ndarray:
@@ -96,42 +102,72 @@ def _refined(params: np.ndarray, step: float) -> np.ndarray:
     return local
 
 
-def aligned_scores(thumbnails: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+def aligned_scores(thumbnails: "np.ndarray | CachedMatrix", pairs: np.ndarray) -> np.ndarray:
     """float32 [P]: the aligned score of each pair of rows of `thumbnails`.
 
     Args:
-        thumbnails: float32 [U, THUMBNAIL_SIDE^2], one picture a row (any positive scale: the score ignores it).
+        thumbnails: float32 [U, THUMBNAIL_SIDE^2], one picture a row (any positive scale: the score ignores it):
+            a NumPy matrix, or a `CachedMatrix` read PICTURES_AT_ONCE cropped pictures (and their candidates)
+            at a time.
         pairs: int64 [P, 2], rows of `thumbnails`.
     """
-    import torch
-    import torch.nn.functional as F
-
     scores = np.full(len(pairs), -1.0, dtype=np.float32)
     if not len(pairs):
         return scores
-    side = THUMBNAIL_SIDE
     # directed edges: (cropped picture, whole picture, pair); each picture's crops are made once
     src = np.concatenate([pairs[:, 0], pairs[:, 1]])
     dst = np.concatenate([pairs[:, 1], pairs[:, 0]])
     pid = np.concatenate([np.arange(len(pairs)), np.arange(len(pairs))])
     order = np.argsort(src, kind="stable")
     src, dst, pid = src[order], dst[order], pid[order]
-    pictures, src_row = np.unique(src, return_inverse=True)
-    dst_row = np.searchsorted(pictures, dst)   # every dst is some pair's src too
+    pictures = np.unique(src)
+    directed = np.empty(len(src), dtype=np.float32)
+    for first in range(0, len(pictures), PICTURES_AT_ONCE):
+        mine = pictures[first:first + PICTURES_AT_ONCE]
+        edges = slice(np.searchsorted(src, mine[0]), np.searchsorted(src, mine[-1], side="right"))
+        targets, target_row = np.unique(dst[edges], return_inverse=True)
+        directed[edges] = _directed_scores(np.asarray(thumbnails[mine], dtype=np.float32),
+                                           _resampled_wholes(thumbnails, targets),
+                                           np.searchsorted(mine, src[edges]), target_row.reshape(-1))
+    np.maximum.at(scores, pid, directed)
+    return scores
+
+
+def _resampled_wholes(thumbnails: "np.ndarray | CachedMatrix", rows: np.ndarray):
+    """[len(rows), COMPARE_SIDE^2]: these pictures whole, resampled to COMPARE_SIDE px, centred and of unit norm
+    (read PICTURES_AT_ONCE at a time)."""
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    with torch.inference_mode():
+        for first in range(0, len(rows), PICTURES_AT_ONCE):
+            whole = torch.from_numpy(np.asarray(thumbnails[rows[first:first + PICTURES_AT_ONCE]], dtype=np.float32))
+            whole = whole.reshape(-1, 1, THUMBNAIL_SIDE, THUMBNAIL_SIDE)
+            out.append(_centred(F.interpolate(whole, (COMPARE_SIDE, COMPARE_SIDE), mode="bilinear",
+                                              align_corners=False, antialias=True).flatten(1)))
+    return torch.cat(out)
+
+
+def _directed_scores(pictures: np.ndarray, wholes, src_row: np.ndarray, dst_row: np.ndarray) -> np.ndarray:
+    """float32 [E]: for each directed edge, the best normalised cross-correlation of a crop box of picture
+    `src_row` (rows of `pictures`, float32 [S, THUMBNAIL_SIDE^2]) with whole picture `dst_row` (rows of `wholes`,
+    `_resampled_wholes`); `src_row` sorted."""
+    import torch
+
+    side = THUMBNAIL_SIDE
     starts = np.searchsorted(src_row, np.arange(len(pictures)))
     ends = np.searchsorted(src_row, np.arange(len(pictures)), side="right")
     params = box_params()
     # the grid's boxes share their rows' resampling: one matrix per distinct (height, top)
     rows_of, row_index = np.unique(params[:, [1, 3]], axis=0, return_inverse=True)
     with torch.inference_mode():
-        whole = torch.from_numpy(np.ascontiguousarray(thumbnails[pictures], dtype=np.float32)).reshape(-1, side, side)
-        wholes = _centred(F.interpolate(whole[:, None], (COMPARE_SIDE, COMPARE_SIDE), mode="bilinear",
-                                        align_corners=False, antialias=True).flatten(1))
+        whole = torch.from_numpy(np.ascontiguousarray(pictures, dtype=np.float32)).reshape(-1, side, side)
         down = axis_weights(rows_of[:, 0], rows_of[:, 1])                               # [Ny, 48, 64]
         across = axis_weights(params[:, 0], params[:, 2]).transpose(1, 2).contiguous()  # [K, 64, 48]
         row_index = torch.from_numpy(row_index.reshape(-1))
-        directed = np.empty(len(src), dtype=np.float32)
-        best = np.empty((len(src), 4))
+        directed = np.empty(len(src_row), dtype=np.float32)
+        best = np.empty((len(src_row), 4))
         for i, picture in enumerate(whole):
             crops = torch.bmm((down @ picture)[row_index], across).flatten(1)            # [K, 48 * 48]
             edges = slice(starts[i], ends[i])
@@ -153,24 +189,26 @@ def aligned_scores(thumbnails: np.ndarray, pairs: np.ndarray) -> np.ndarray:
                 improved = found.values.numpy() > directed[edges]
                 directed[edges[improved]] = found.values.numpy()[improved]
                 best[edges[improved]] = local.numpy()[np.flatnonzero(improved), found.indices.numpy()[improved]]
-    np.maximum.at(scores, pid, directed)
-    return scores
+    return directed
 
 
-def signature_from_thumbnails(thumbnails: np.ndarray) -> np.ndarray:
+def signature_from_thumbnails(thumbnails: "np.ndarray | CachedMatrix") -> np.ndarray:
     """float32 [U, BLOCK^2 - 1], L2-normalised: the copy signature (pHash as real values) of each thumbnail,
-    halved to the signature's SIZE first; its nearest neighbours are candidates the features may not give."""
+    halved to the signature's SIZE first; its nearest neighbours are candidates the features may not give. The
+    thumbnails are read a block at a time; the signatures (63 floats a row) are what is held."""
     import torch
 
     from transfer_engine.backbones.signature import BLOCK, SIZE, dct_matrix, low_frequencies
+    from transfer_engine.doctor.matrix import blocks_of
 
+    out = np.empty((len(thumbnails), BLOCK * BLOCK - 1), dtype=np.float32)
     with torch.inference_mode():
-        grey = torch.from_numpy(np.ascontiguousarray(thumbnails, dtype=np.float32)).reshape(-1, 1, THUMBNAIL_SIDE,
-                                                                                          THUMBNAIL_SIDE)
-        small = torch.nn.functional.adaptive_avg_pool2d(grey, SIZE)[:, 0]
-        signature = low_frequencies(small, dct_matrix(SIZE)[:BLOCK])
-        signature = signature / signature.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return signature.numpy()
+        for start, block in blocks_of(thumbnails):
+            grey = torch.from_numpy(block).reshape(-1, 1, THUMBNAIL_SIDE, THUMBNAIL_SIDE)
+            small = torch.nn.functional.adaptive_avg_pool2d(grey, SIZE)[:, 0]
+            signature = low_frequencies(small, dct_matrix(SIZE)[:BLOCK])
+            out[start:start + len(block)] = (signature / signature.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
+    return out
 
 
 __all__ = ["COMPARE_SIDE", "MIN_KEPT", "POSITIONS", "SIZES", "aligned_scores", "axis_weights", "box_params",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from transfer_engine.core.selection import wilson_interval
+from transfer_engine.doctor.matrix import BLOCK_ROWS
 from transfer_engine.doctor.rows import Rows
 from transfer_engine.errors import UsageError
 
@@ -32,9 +33,12 @@ def run_predictions(run_dir: str, rows: Rows, test: np.ndarray) -> tuple[np.ndar
     if run.class_names != rows.class_names:
         raise UsageError(f"--run {run_dir} has other classes than data set {rows.dataset!r}; pass a run trained on it")
     head = run.build_head()
-    with torch.no_grad():
-        logits = head(torch.from_numpy(rows.raw(test)))
-    return logits.argmax(1).numpy(), f"{run.info.head.name} head of {run_dir}"
+    predicted = np.empty(len(test), dtype=np.int64)
+    with torch.no_grad():  # a block of test records at a time: their features are read, not held
+        for start in range(0, len(test), BLOCK_ROWS):
+            block = test[start:start + BLOCK_ROWS]
+            predicted[start:start + len(block)] = head(rows.raw(block)).argmax(1).numpy()
+    return predicted, f"{run.info.head.name} head of {run_dir}"
 
 
 def accuracy_with_and_without(rows: Rows, test: np.ndarray, predicted: np.ndarray, leaked: set[int]) -> dict:

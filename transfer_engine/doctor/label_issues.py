@@ -27,6 +27,10 @@ from transfer_engine.errors import TEError, UsageError
 # glyphs) or 1e-1 (icons), and highest at te train's default 1e-4, whose L-BFGS fits are also the slowest
 # (docs/doctor.md, "Label errors"). A fixed value: choosing it per data set costs k fits per candidate.
 PROBE_WEIGHT_DECAY = 1e-2
+# Each of the probe's fits reads at most this many rows (a sample stratified by class; every row is still
+# judged out of fold): the memory of a fit stops growing with the data set (docs/doctor.md, "Scale"). Every
+# real set of the benchmark is smaller, so none of its figures depends on it.
+PROBE_FIT_ROWS = 20_000
 INSTALL = "pip install 'transfer-engine[doctor]' (or: pip install cleanlab)"
 
 
@@ -94,11 +98,12 @@ def neighbour_vote(rows: Rows, pool: np.ndarray, found: Neighbours) -> np.ndarra
     return np.divide(votes, total, out=np.zeros_like(votes), where=total > 0)
 
 
-def find_label_issues(rows: Rows, *, head: str, folds: int, seed: int,
-                      neighbours: Neighbours | None = None) -> LabelIssues:
+def find_label_issues(rows: Rows, *, head: str, folds: int, seed: int, neighbours: Neighbours | None = None,
+                      max_fit_rows: int | None = None) -> LabelIssues:
     """Fit the probe k times over train+val, average its out-of-fold probabilities with the vote of each
     record's `neighbours` (None, or a class with no more train+val records than neighbours: the probe alone),
-    and let cleanlab rank the labels they doubt.
+    and let cleanlab rank the labels they doubt. Each fit reads at most `max_fit_rows` rows (default
+    PROBE_FIT_ROWS).
 
     Raises:
         UsageError: cleanlab missing, an unknown head, fewer distinct images than folds.
@@ -112,12 +117,13 @@ def find_label_issues(rows: Rows, *, head: str, folds: int, seed: int,
     test = rows.in_split("test")
     labels = rows.labels[pool]
     keys = [rows.keys[u] for u in rows.record_key[pool].tolist()]
-    # the raw features gathered from the one normalised matrix as each fit needs them (`Rows.gathered`): no
-    # copy of the pool's or the test's features is held beside it
+    # the raw features read from the cache as each fit needs them (`Rows.gathered`), at most PROBE_FIT_ROWS of
+    # them a fit: no copy of the pool's or the test's features is held
     weight_decay = PROBE_WEIGHT_DECAY if head == "linear" else None
     oof = out_of_fold_probabilities(rows.gathered(pool), torch.from_numpy(labels), keys, rows.num_classes, head=head,
                                     folds=folds, seed=seed, weight_decay=weight_decay,
-                                    held_out=rows.gathered(test) if len(test) else None)
+                                    held_out=rows.gathered(test) if len(test) else None,
+                                    max_fit_rows=max_fit_rows or PROBE_FIT_ROWS)
     probabilities = oof.probabilities.numpy().astype(np.float64)
     probabilities /= probabilities.sum(1, keepdims=True)
     accuracy = float((probabilities.argmax(1) == labels).mean()) if len(pool) else 0.0

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from transfer_engine.doctor.matrix import CachedMatrix, pair_cosines
 from transfer_engine.doctor.neighbours import Neighbours
 from transfer_engine.doctor.rows import SPLITS, Rows
 
@@ -53,8 +54,8 @@ def near_pairs(neighbours: Neighbours, threshold: float) -> list[NearPair]:
     return sorted((NearPair(a, b, c) for (a, b), c in seen.items()), key=lambda p: (-p.cosine, p.a, p.b))
 
 
-def signature_pairs(features: Neighbours, signature: Neighbours, feature_rows: np.ndarray,
-                    signature_rows: np.ndarray, threshold: float, floor: float) -> list[NearPair]:
+def signature_pairs(features: Neighbours, signature: Neighbours, feature_rows: "np.ndarray | CachedMatrix",
+                    signature_rows: "np.ndarray | CachedMatrix", threshold: float, floor: float) -> list[NearPair]:
     """Every pair of distinct images that is a nearest neighbour in either space, whose signatures have a
     cosine of at least `threshold` and whose features one of at least `floor`; once each, highest signature
     cosine first. `feature_rows` and `signature_rows`: the L2-normalised rows of the two spaces."""
@@ -62,15 +63,15 @@ def signature_pairs(features: Neighbours, signature: Neighbours, feature_rows: n
     if not len(pairs):
         return []
     a, b = pairs[:, 0], pairs[:, 1]
-    same = np.einsum("nd,nd->n", signature_rows[a], signature_rows[b])
-    close = np.einsum("nd,nd->n", feature_rows[a], feature_rows[b])
+    same = pair_cosines(signature_rows, pairs)
+    close = pair_cosines(feature_rows, pairs)
     keep = np.flatnonzero((same >= threshold) & (close >= floor))
     found = [NearPair(int(a[i]), int(b[i]), float(close[i]), float(same[i])) for i in keep.tolist()]
     return sorted(found, key=lambda p: (-p.signature, p.a, p.b))
 
 
-def aligned_pairs(graphs: list[Neighbours], feature_rows: np.ndarray, thumbnails: np.ndarray, threshold: float,
-                  floor: float) -> list[NearPair]:
+def aligned_pairs(graphs: list[Neighbours], feature_rows: "np.ndarray | CachedMatrix",
+                  thumbnails: "np.ndarray | CachedMatrix", threshold: float, floor: float) -> list[NearPair]:
     """Every pair of distinct images that is a nearest neighbour in one of `graphs`, whose features have a
     cosine of at least `floor` and whose thumbnails an aligned score (`doctor.aligned`) of at least
     `threshold`; once each, highest aligned score first. `feature_rows`: the L2-normalised features."""
@@ -79,7 +80,7 @@ def aligned_pairs(graphs: list[Neighbours], feature_rows: np.ndarray, thumbnails
     pairs = _candidates(graphs)
     if not len(pairs):
         return []
-    close = np.einsum("nd,nd->n", feature_rows[pairs[:, 0]], feature_rows[pairs[:, 1]])
+    close = pair_cosines(feature_rows, pairs)
     pairs, close = pairs[close >= floor], close[close >= floor]
     scores = aligned_scores(thumbnails, pairs)
     keep = np.flatnonzero(scores >= threshold)

@@ -8,18 +8,25 @@ on small data, FAISS above.
   `PCA_SAMPLE` rows), FAISS's HNSW graph finds `CANDIDATES` candidates per row in that space, and each
   candidate is scored again on the full features: the cosines reported are exact, the candidate list is
   approximate (its recall against the exact search: docs/doctor.md, "Scale").
-Memory is a fixed number of bytes per row either way (the features, the projection, the graph, k
-neighbours); the size where the second way wins was measured (docs/doctor.md).
+The features are read a block at a time (`features` may be a `CachedMatrix`, read from the cache when
+indexed): the exact search holds at most `EXACT_MAX_ROWS` of them and works through its distances in blocks of
+`SEARCH_MEMORY_MIB`; the FAISS way holds its sample, the projection (`PROJECTED_DIM` floats a row), the
+graph and k neighbours a row. The size where the second way wins was measured (docs/doctor.md, "Scale").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from transfer_engine.core.extras import FAISS_INSTALL
+from transfer_engine.doctor.matrix import blocks_of
 from transfer_engine.errors import UsageError
+
+if TYPE_CHECKING:
+    from transfer_engine.doctor.matrix import CachedMatrix
 
 NEIGHBOURS = 10           # per row: enough for the outlier score and for the near duplicates of one image
 EXACT_MAX_ROWS = 20_000   # docs/doctor.md, "Scale": where scikit-learn's exact search stops being affordable
@@ -28,7 +35,11 @@ PCA_SAMPLE = 20_000
 CANDIDATES = 24
 HNSW_LINKS = 32
 HNSW_EF_SEARCH = 48
-RESCORE_ROWS = 1024       # rows whose candidates are re-scored at once (their candidates: RESCORE_ROWS x CANDIDATES x D floats)
+SEARCH_ROWS = 16_384      # rows searched in one call (FAISS's threads want large calls; their candidates: SEARCH_ROWS x
+                          # (CANDIDATES + 1) row numbers)
+RESCORE_ROWS = 256        # rows whose candidates are re-scored at once (their candidates: RESCORE_ROWS x CANDIDATES x D floats)
+SEARCH_MEMORY_MIB = 64    # the exact search's distances in flight (scikit-learn's working_memory; its default, 1 GiB, held
+                          # all of 10,000 rows' distances at once)
 
 
 @dataclass
@@ -46,8 +57,10 @@ class Neighbours:
     method: str
 
 
-def nearest(features: np.ndarray, k: int = NEIGHBOURS, *, exact_max_rows: int = EXACT_MAX_ROWS) -> Neighbours:
-    """The `k` nearest neighbours of every row of L2-normalised `features` (the row itself left out).
+def nearest(features: "np.ndarray | CachedMatrix", k: int = NEIGHBOURS, *,
+            exact_max_rows: int | None = None) -> Neighbours:
+    """The `k` nearest neighbours of every row of L2-normalised `features` (the row itself left out): a NumPy
+    matrix, or a `CachedMatrix` read a block at a time.
 
     Raises:
         UsageError: more than `exact_max_rows` rows and FAISS is not installed (the message says how).
@@ -56,21 +69,25 @@ def nearest(features: np.ndarray, k: int = NEIGHBOURS, *, exact_max_rows: int = 
     k = min(k, n - 1)
     if k < 1:
         return Neighbours(np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32), "none")
-    if n <= exact_max_rows:
+    if n <= (EXACT_MAX_ROWS if exact_max_rows is None else exact_max_rows):
         return _exact(features, k)
     return _approximate(features, k)
 
 
-def _exact(features: np.ndarray, k: int) -> Neighbours:
+def _exact(features: "np.ndarray | CachedMatrix", k: int) -> Neighbours:
+    import sklearn
     from sklearn.neighbors import NearestNeighbors
 
-    search = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric="euclidean").fit(features)
-    distance, index = search.kneighbors(features)
+    matrix = np.asarray(features, dtype=np.float32)  # at most EXACT_MAX_ROWS rows
+    with sklearn.config_context(working_memory=SEARCH_MEMORY_MIB):
+        search = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric="euclidean").fit(matrix)
+        distance, index = search.kneighbors(matrix)
+    del matrix
     return _without_self(index, (1.0 - distance.astype(np.float64) ** 2 / 2).astype(np.float32), k,
                          "exact (scikit-learn)")
 
 
-def _approximate(features: np.ndarray, k: int) -> Neighbours:
+def _approximate(features: "np.ndarray | CachedMatrix", k: int) -> Neighbours:
     try:
         import faiss
     except ImportError:
@@ -78,30 +95,40 @@ def _approximate(features: np.ndarray, k: int) -> Neighbours:
                          f"{FAISS_INSTALL}") from None
     n, d = features.shape
     rng = np.random.default_rng(0)
-    sample = features[np.sort(rng.choice(n, min(n, PCA_SAMPLE), replace=False))]
-    mean = sample.mean(0)
-    centred = sample - mean
+    centred = features[np.sort(rng.choice(n, min(n, PCA_SAMPLE), replace=False))]
+    mean = centred.mean(0)
+    centred -= mean
     basis = _principal_directions(centred, min(PROJECTED_DIM, d - 1), rng)
+    del centred
+
+    def project(block: np.ndarray) -> np.ndarray:
+        out = (block - mean) @ basis
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    # the projection (PROJECTED_DIM floats a row) is held until the graph has its own copy: FAISS builds a worse
+    # graph when the rows are added a batch at a time (docs/doctor.md, "Scale")
     projected = np.empty((n, basis.shape[1]), dtype=np.float32)
-    for start in range(0, n, RESCORE_ROWS):
-        block = (features[start:start + RESCORE_ROWS] - mean) @ basis
-        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
-        projected[start:start + len(block)] = block
-    graph = faiss.IndexHNSWFlat(projected.shape[1], HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+    for start, block in blocks_of(features):
+        projected[start:start + len(block)] = project(block)
+    graph = faiss.IndexHNSWFlat(basis.shape[1], HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
     graph.add(projected)
+    del projected
     graph.hnsw.efSearch = max(HNSW_EF_SEARCH, CANDIDATES)
     index = np.empty((n, k), dtype=np.int64)
     cosine = np.empty((n, k), dtype=np.float32)
-    for start in range(0, n, RESCORE_ROWS):
-        rows = features[start:start + RESCORE_ROWS]
-        _, found = graph.search(projected[start:start + len(rows)], min(n, CANDIDATES + 1))
-        # the exact cosines of the candidates, on the full features
-        exact = np.einsum("nd,nkd->nk", rows, features[np.maximum(found, 0)])
-        exact[found < 0] = -np.inf
-        exact[found == np.arange(start, start + len(rows))[:, None]] = -np.inf  # the row itself
-        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        index[start:start + len(rows)] = np.take_along_axis(found, order, 1)
-        cosine[start:start + len(rows)] = np.take_along_axis(exact, order, 1)
+    for first in range(0, n, SEARCH_ROWS):
+        last = min(n, first + SEARCH_ROWS)
+        _, candidates = graph.search(graph.reconstruct_n(first, last - first), min(n, CANDIDATES + 1))
+        for start in range(first, last, RESCORE_ROWS):
+            rows = features[start:min(last, start + RESCORE_ROWS)]
+            found = candidates[start - first:start - first + len(rows)]
+            # the exact cosines of the candidates, on the full features
+            exact = np.einsum("nd,nkd->nk", rows, features[np.maximum(found, 0)])
+            exact[found < 0] = -np.inf
+            exact[found == np.arange(start, start + len(rows))[:, None]] = -np.inf  # the row itself
+            order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+            index[start:start + len(rows)] = np.take_along_axis(found, order, 1)
+            cosine[start:start + len(rows)] = np.take_along_axis(exact, order, 1)
     index[~np.isfinite(cosine)] = -1
     return Neighbours(index, cosine, "FAISS HNSW on the top PCA components, re-scored exactly")
 

@@ -2,26 +2,27 @@
 
 The data set and its feature space are chosen as te train chooses them (`load_training_data`: the same
 names, the same one-line errors); the records keep the splits they were extracted with. Features are read
-once per distinct content key (copies of one image share a row), as float32 and L2-normalised in place:
-everything te doctor computes on them is a cosine, and the normalised matrix is the only copy held.
+through a `CachedMatrix`, one row per distinct content key (copies of one image share a row), L2-normalised
+when read: everything te doctor computes on them is a cosine, and no matrix of them is held whole (memory
+flat in the number of rows: docs/doctor.md, "Scale"). The cache stays open while the rows are in use:
+`Rows.close` (and `Signature.close`) close it.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from transfer_engine.core.progress import Say
+from transfer_engine.doctor.matrix import CachedMatrix
 
 if TYPE_CHECKING:
-    from transfer_engine.train import GatheredRows
+    import torch
 
 SPLITS = ("train", "val", "test")
-# Rows gathered from the cache at once (float32 [GATHER_ROWS, D] in flight).
-GATHER_ROWS = 8192
 
 
 @dataclass
@@ -36,9 +37,10 @@ class Rows:
         paths, labels, splits: per record (labelled records of train, val and test, in data-set order).
         record_key: int64 [R], the distinct image (row of `features`) of each record.
         keys: the content key of each distinct image.
-        features: float32 [U, D], L2-normalised.
-        norms: float32 [U], the features' norms before normalising (raw = features * norms).
+        features: float32 [U, D], L2-normalised: a `CachedMatrix` read from the cache when indexed (a NumPy
+            array in tests of the parts that only index it).
         notes: what the user should know (records left out).
+        closes: called by `close` (the cache behind `features`).
     """
 
     dataset: str
@@ -51,27 +53,28 @@ class Rows:
     splits: np.ndarray
     record_key: np.ndarray
     keys: list[str]
-    features: np.ndarray
-    norms: np.ndarray
+    features: "CachedMatrix | np.ndarray"
     notes: list[str] = field(default_factory=list)
+    closes: Callable[[], None] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def raw(self, records: np.ndarray) -> np.ndarray:
+    def raw(self, records: np.ndarray) -> "torch.Tensor":
         """float32 [len(records), D]: the cached (unnormalised) features of these records."""
-        return self.gathered(records).take(slice(None)).numpy()
+        return self.features.raw(self.record_key[records])
 
-    def gathered(self, records: np.ndarray) -> "GatheredRows":
-        """The cached (unnormalised) features of these records as te train's `GatheredRows`: taken from the
-        one normalised matrix times its norms when needed, never held as a copy."""
-        import torch
+    def gathered(self, records: np.ndarray) -> "RecordFeatures":
+        """The cached (unnormalised) features of these records, read a block at a time as te train's k-fold
+        probe asks for them (`out_of_fold_probabilities`), never held as a copy."""
+        return RecordFeatures(self.features, self.record_key[records])
 
-        from transfer_engine.train import GatheredRows
-
-        return GatheredRows(torch.from_numpy(self.features), torch.from_numpy(self.record_key[records]),
-                            torch.from_numpy(self.norms))
+    def close(self) -> None:
+        """Close the cache the features are read from (the rows' other attributes stay usable)."""
+        if self.closes is not None:
+            self.closes()
+            self.closes = None
 
     @functools.cached_property
     def records_of(self) -> list[list[int]]:
@@ -91,6 +94,29 @@ class Rows:
                 "splits": {s: int((self.splits == s).sum()) for s in SPLITS}}
 
 
+class RecordFeatures:
+    """The cached (unnormalised) features of some records, for te train's k-fold probe: row i is the features'
+    row of record i's image, read from the cache when `take` asks for it (what te train's `GatheredRows` does
+    for a matrix in memory)."""
+
+    def __init__(self, features: CachedMatrix, images: np.ndarray) -> None:
+        import torch
+
+        self.features = features
+        self.index = torch.from_numpy(np.ascontiguousarray(images, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    def take(self, positions: "torch.Tensor | slice") -> "torch.Tensor":
+        """float32 [len(positions), D]: these records' features (a copy)."""
+        return self.features.raw(self.index[positions])
+
+
 def load_rows(cache: str, *, dataset: str | None, backbone: str | None, space: str | None, say: Say) -> Rows:
     """Open the cache, choose the data set and space as te train does, and read its rows. The copy
     signature's space (`signature_of`) is never chosen unasked: beside one other backbone, that one is meant.
@@ -105,7 +131,7 @@ def load_rows(cache: str, *, dataset: str | None, backbone: str | None, space: s
     if backbone is None and space is None:
         backbone = _beside_the_signature(cache)
     # memory_budget=0: te train's loader only chooses and checks here (one streamed pass); the features are
-    # read below, once per distinct image.
+    # read from its cache, which stays open as long as the rows are used (`Rows.close`), once per distinct image.
     data = load_training_data(cache, dataset=dataset, backbone=backbone, space=space, memory_budget=0,
                               progress=False)
     try:
@@ -116,33 +142,17 @@ def load_rows(cache: str, *, dataset: str | None, backbone: str | None, space: s
         record_key = np.fromiter((index.setdefault(r.key, len(index)) for r in records), dtype=np.int64,
                                  count=len(records))
         keys = list(index)
-        features, norms = _normalised(data.space, keys)
+        features = CachedMatrix(data.space, keys)
         stored = identity.identity(data.cache, data.dataset)
         source = stored.source if stored and stored.source else (data.provenance or {}).get("data")
         say(f"doctor: {ds.name}: {len(records)} records, {len(keys)} distinct images, {data.space.config.backbone} "
             f"features ({data.space.dim}-d, space {data.space.id[:12]})")
         return Rows(ds.name, source, list(ds.class_names), data.space.id, data.space.config.backbone,
                     [r.path for r in records], np.array([r.label for r in records], dtype=np.int64),
-                    np.array([r.split for r in records]), record_key, keys, features, norms.astype(np.float32),
-                    notes)
-    finally:
+                    np.array([r.split for r in records]), record_key, keys, features, notes, data.close)
+    except BaseException:
         data.close()
-
-
-def _normalised(space: Any, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of `keys` in a cached space, L2-normalised (float32 [U, D]), and their norms before."""
-    import torch
-
-    features = np.empty((len(keys), space.dim), dtype=np.float32)
-    norms = np.empty(len(keys), dtype=np.float32)
-    for start in range(0, len(keys), GATHER_ROWS):
-        chunk = keys[start:start + GATHER_ROWS]
-        rows = features[start:start + len(chunk)]
-        space.gather(chunk, out=torch.from_numpy(rows))
-        # a chunk at a time: the norm of the whole matrix at once squares it into a temporary as large as it
-        norms[start:start + len(chunk)] = np.linalg.norm(rows, axis=1)
-        rows /= np.maximum(norms[start:start + len(chunk)], 1e-12)[:, None]
-    return features, norms
+        raise
 
 
 def _beside_the_signature(cache: str) -> str | None:
@@ -168,11 +178,18 @@ class Signature:
 
     Attributes:
         space_id: its space.
-        features: float32 [U, D], L2-normalised, in the order of `Rows.keys`.
+        features: float32 [U, D], L2-normalised, in the order of `Rows.keys` (read when indexed).
+        closes: called by `close` (the cache behind `features`).
     """
 
     space_id: str
-    features: np.ndarray
+    features: "CachedMatrix | np.ndarray"
+    closes: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        if self.closes is not None:
+            self.closes()
+            self.closes = None
 
 
 def signature_of(cache: str, rows: Rows, backbone: str | None = None) -> tuple[Signature | None, str]:
@@ -186,13 +203,18 @@ def signature_of(cache: str, rows: Rows, backbone: str | None = None) -> tuple[S
     what, whose = ("copy signature", "copy signature's") if backbone == NAME else ("copy thumbnails", "copy thumbnails'")
     if rows.backbone in (NAME, THUMBNAIL_NAME):
         return None, f"the features examined are a copy backbone ({rows.backbone}) itself"
-    with FeatureCache.open(cache, create=False) as store:
+    store = FeatureCache.open(cache, create=False)
+    try:
         spaces = [store.space(s) for s in store.spaces() if s.backbone == backbone]
         missing = [sum(not have for have in s.contains(rows.keys)) for s in spaces]
         full = sorted((s for s, m in zip(spaces, missing) if m == 0), key=lambda s: s.id)
-        if full:
-            features, _ = _normalised(full[0], rows.keys)
-            return Signature(full[0].id, features), f"space {full[0].id[:12]} ({backbone})"
+        if full:  # the cache stays open for the rows' reads: Signature.close closes it
+            return (Signature(full[0].id, CachedMatrix(full[0], rows.keys), store.close),
+                    f"space {full[0].id[:12]} ({backbone})")
+    except BaseException:
+        store.close()
+        raise
+    store.close()
     if spaces:
         return None, (f"the {whose} space{'s' if len(spaces) > 1 else ''} lack{'' if len(spaces) > 1 else 's'} "
                       f"{min(missing)} of the {len(rows.keys)} images")

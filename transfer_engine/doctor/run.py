@@ -11,7 +11,7 @@ from typing import Any
 
 from transfer_engine.core.configs import DoctorConfig
 from transfer_engine.core.format import percent, points
-from transfer_engine.core.progress import Progress, say_of
+from transfer_engine.core.progress import Progress, Say, say_of
 from transfer_engine.doctor import duplicates, impact, label_issues, near_duplicates, neighbours, outliers
 from transfer_engine.doctor.rows import Rows, load_rows, signature_of
 
@@ -98,6 +98,30 @@ def doctor(cache: "str | os.PathLike | DoctorConfig", *, progress: Progress = Tr
     label_issues.require_cleanlab()
     _check_early(config)
     rows = load_rows(config.cache, dataset=config.dataset, backbone=config.backbone, space=config.space, say=say)
+    try:  # the features are read from the cache as they are used: it stays open until the findings are in
+        diagnosis = _diagnose(config, rows, say)
+    finally:
+        rows.close()
+    from transfer_engine.doctor import report
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.write_manifest is not None:
+        from transfer_engine.doctor.manifest import write_manifest
+
+        diagnosis.manifest = write_manifest(diagnosis, Path(config.write_manifest))
+        diagnosis.files["manifest"] = str(config.write_manifest)
+    if config.sheets:
+        from transfer_engine.doctor.sheets import draw_sheets
+
+        diagnosis.files.update(draw_sheets(diagnosis, out, say))
+    diagnosis.seconds = time.perf_counter() - start
+    report.write(diagnosis, out)
+    return diagnosis
+
+
+def _diagnose(config: DoctorConfig, rows: Rows, say: Say) -> Diagnosis:
+    """Every finding on the rows (nothing written yet)."""
     groups = duplicates.exact_groups(rows)
     leaked_exact = duplicates.leaked_by_copy(rows, groups)
     found = neighbours.nearest(rows.features)
@@ -121,21 +145,6 @@ def doctor(cache: "str | os.PathLike | DoctorConfig", *, progress: Progress = Tr
             head = f"te doctor's probe ({config.probe} head fitted on train+val)"
         diagnosis.impact = impact.accuracy_with_and_without(rows, labels.test, predicted, diagnosis.leaked)
         diagnosis.impact_head = head
-    from transfer_engine.doctor import report
-
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if config.write_manifest is not None:
-        from transfer_engine.doctor.manifest import write_manifest
-
-        diagnosis.manifest = write_manifest(diagnosis, Path(config.write_manifest))
-        diagnosis.files["manifest"] = str(config.write_manifest)
-    if config.sheets:
-        from transfer_engine.doctor.sheets import draw_sheets
-
-        diagnosis.files.update(draw_sheets(diagnosis, out, say))
-    diagnosis.seconds = time.perf_counter() - start
-    report.write(diagnosis, out)
     return diagnosis
 
 
@@ -153,9 +162,12 @@ def _near_pairs(config: DoctorConfig, rows: Rows, found: neighbours.Neighbours, 
                                     else (None, "--no-aligned"))
     if thumbnails is not None:
         say(f"doctor: near duplicates confirmed by lining up the copy thumbnails ({found_thumbnails})")
-        by_thumbnail = neighbours.nearest(signature_from_thumbnails(thumbnails.features))
-        pairs = near_duplicates.aligned_pairs([found, by_thumbnail], rows.features, thumbnails.features,
-                                              config.aligned_threshold, config.aligned_floor)
+        try:
+            by_thumbnail = neighbours.nearest(signature_from_thumbnails(thumbnails.features))
+            pairs = near_duplicates.aligned_pairs([found, by_thumbnail], rows.features, thumbnails.features,
+                                                  config.aligned_threshold, config.aligned_floor)
+        finally:
+            thumbnails.close()
         return pairs, {"by": "aligned", "space": thumbnails.space_id, "aligned_threshold": config.aligned_threshold,
                        "floor": config.aligned_floor}
     signature, why = signature_of(config.cache, rows)
@@ -163,8 +175,11 @@ def _near_pairs(config: DoctorConfig, rows: Rows, found: neighbours.Neighbours, 
         return (near_duplicates.near_pairs(found, config.threshold),
                 {"by": "features", "threshold": config.threshold, "why": f"{found_thumbnails}; {why}"})
     say(f"doctor: near duplicates confirmed by the copy signature ({why})")
-    pairs = near_duplicates.signature_pairs(found, neighbours.nearest(signature.features), rows.features,
-                                            signature.features, config.signature_threshold, config.signature_floor)
+    try:
+        pairs = near_duplicates.signature_pairs(found, neighbours.nearest(signature.features), rows.features,
+                                                signature.features, config.signature_threshold, config.signature_floor)
+    finally:
+        signature.close()
     return pairs, {"by": "signature", "space": signature.space_id, "signature_threshold": config.signature_threshold,
                    "floor": config.signature_floor, "why": found_thumbnails}
 

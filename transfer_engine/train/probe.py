@@ -4,15 +4,17 @@ Every row of the pool (train+val) is predicted once, by the head fitted on the o
 `core.selection.assign_folds`: stratified, by content key, so copies of one image share a fold); rows
 outside the pool (test) are predicted by the head fitted on the whole pool. The head is fitted as te train
 fits it (`fit_head`, its defaults: the linear head's L-BFGS on features divided by one global scale), on
-features given as one tensor, or as `GatheredRows` (rows of a matrix the caller already holds, gathered one
-fold at a time), so the caller chooses what it holds in memory.
+features given as one tensor, or as rows taken when needed (`GatheredRows`: rows of a matrix the caller
+already holds; te doctor's `RecordFeatures`: rows read from the cache), so the caller chooses what it holds in
+memory. With `max_fit_rows`, each fit reads at most that many rows (a sample stratified by class), so the
+memory of a fit does not grow with the pool; every pooled row is still predicted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import torch
 
@@ -37,7 +39,7 @@ class OutOfFold:
     head: torch.nn.Module | None = None
 
 
-_CHUNK = 8192  # rows summed at once for the global scale, and predicted at once
+_CHUNK = 2048  # rows summed at once for the global scale, and predicted at once (float32 [_CHUNK, D] in flight)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ class GatheredRows:
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def dim(self) -> int:
+        return self.matrix.shape[1]
+
     def take(self, positions: "torch.Tensor | slice") -> torch.Tensor:
         """float32 [len(positions), D]: a copy of these rows."""
         u = self.index[positions]
@@ -68,16 +74,27 @@ class GatheredRows:
         return out
 
 
+class RowSource(Protocol):
+    """Rows taken when needed: `GatheredRows`, or any object with these three."""
+
+    dim: int
+
+    def __len__(self) -> int: ...
+
+    def take(self, positions: "torch.Tensor | slice") -> torch.Tensor: ...
+
+
 @dataclass
 class _Keyed:
     key: str
     label: int
 
 
-def out_of_fold_probabilities(features: "torch.Tensor | GatheredRows", labels: torch.Tensor, keys: Sequence[str],
+def out_of_fold_probabilities(features: "torch.Tensor | RowSource", labels: torch.Tensor, keys: Sequence[str],
                               num_classes: int, *, head: str = "linear", folds: int = 5, seed: int = 0,
                               weight_decay: float | None = None,
-                              held_out: "torch.Tensor | GatheredRows | None" = None) -> OutOfFold:
+                              held_out: "torch.Tensor | RowSource | None" = None,
+                              max_fit_rows: int | None = None) -> OutOfFold:
     """Class probabilities of every pooled row from `head` fitted on the other folds.
 
     Args:
@@ -93,6 +110,8 @@ def out_of_fold_probabilities(features: "torch.Tensor | GatheredRows", labels: t
         weight_decay: the head's weight decay (None: its te train default).
         held_out: float32 [M, D] rows to predict with the head fitted on the whole pool (test), or
             `GatheredRows` giving them, or None.
+        max_fit_rows: each fit (a fold's, the whole pool's) reads at most this many rows, a sample stratified
+            by class (`fit_sample`); None: every row.
 
     Returns:
         The `OutOfFold`.
@@ -113,41 +132,60 @@ def out_of_fold_probabilities(features: "torch.Tensor | GatheredRows", labels: t
     for f in range(folds):
         held = fold == f
         # the fold's fit rows are copied for its fit only: freed before the next fold's are taken
-        module = fit_head(spec, data, _split(rows, labels, keys, ~held), hp, seed=seed).module
+        fit = fit_sample((~held).nonzero().flatten(), labels, max_fit_rows, seed)
+        module = fit_head(spec, data, _split(rows, labels, keys, fit), hp, seed=seed).module
         probabilities[held] = _probabilities(module, rows, held.nonzero().flatten())
     out = OutOfFold(probabilities, fold)
-    if held_out is not None:  # the whole pool (a tensor given: without a copy of its features)
-        whole = features if isinstance(features, torch.Tensor) else rows.take(slice(None))
-        module = fit_head(spec, data, Split("pool", list(keys), labels, whole), hp, seed=seed).module
+    if held_out is not None:  # the whole pool (a tensor given and no sample: without a copy of its features)
+        fit = fit_sample(torch.arange(len(keys)), labels, max_fit_rows, seed)
+        whole = (_split(rows, labels, keys, fit) if len(fit) < len(keys) or not isinstance(features, torch.Tensor)
+                 else Split("pool", list(keys), labels, features))
+        module = fit_head(spec, data, whole, hp, seed=seed).module
         del whole
         out.held_out, out.head = _probabilities(module, _gathered(held_out)), module
     return out
 
 
-def _gathered(features: "torch.Tensor | GatheredRows") -> GatheredRows:
-    return features if isinstance(features, GatheredRows) else GatheredRows(features, torch.arange(len(features)))
+def fit_sample(positions: torch.Tensor, labels: torch.Tensor, max_rows: int | None, seed: int) -> torch.Tensor:
+    """int64, sorted: `positions` when there are at most `max_rows` of them (or no limit), else a random sample
+    of about `max_rows` of them stratified by class: each class keeps its share, and at least one row (a class
+    left out of a fit would look like a label error wherever it is)."""
+    if max_rows is None or len(positions) <= max_rows:
+        return positions
+    generator = torch.Generator().manual_seed(seed)
+    classes = labels[positions]
+    kept = []
+    for c in torch.unique(classes).tolist():
+        mine = positions[classes == c]
+        share = max(1, round(len(mine) * max_rows / len(positions)))
+        kept.append(mine[torch.randperm(len(mine), generator=generator)[:share]])
+    return torch.sort(torch.cat(kept)).values
+
+
+def _gathered(features: "torch.Tensor | RowSource") -> RowSource:
+    return GatheredRows(features, torch.arange(len(features))) if isinstance(features, torch.Tensor) else features
 
 
 @torch.no_grad()
-def _probabilities(module: torch.nn.Module, rows: GatheredRows, positions: torch.Tensor | None = None,
-                   batch: int = _CHUNK) -> torch.Tensor:
-    """float32 [len(positions), C] (every row when None), `batch` rows copied at a time."""
+def _probabilities(module: torch.nn.Module, rows: RowSource, positions: torch.Tensor | None = None,
+                   batch: int | None = None) -> torch.Tensor:
+    """float32 [len(positions), C] (every row when None), `batch` (default _CHUNK) rows copied at a time."""
     module.eval()
+    batch = batch or _CHUNK
     positions = torch.arange(len(rows)) if positions is None else positions
     return torch.cat([module(rows.take(positions[i:i + batch])).float().softmax(1)
                       for i in range(0, len(positions), batch)] or [torch.zeros(0)])
 
 
-def _split(rows: GatheredRows, labels: torch.Tensor, keys: Sequence[str], mask: torch.Tensor) -> Split:
-    index = mask.nonzero().flatten()
+def _split(rows: RowSource, labels: torch.Tensor, keys: Sequence[str], index: torch.Tensor) -> Split:
     return Split("pool", [keys[i] for i in index.tolist()], labels[index], rows.take(index))
 
 
-def _in_memory(rows: GatheredRows, num_classes: int) -> TrainingData:
+def _in_memory(rows: RowSource, num_classes: int) -> TrainingData:
     """A TrainingData over features already in memory (no cache behind them): what `fit_head` reads is the
     dimension, the classes and the global scale (the root mean square of the features, as te train's)."""
     squares = sum(float(rows.take(slice(i, i + _CHUNK)).double().pow(2).sum()) for i in range(0, len(rows), _CHUNK))
-    scale = (squares / max(1, len(rows) * rows.matrix.shape[1])) ** 0.5 or 1.0  # in chunks: no float64 copy of every row
+    scale = (squares / max(1, len(rows) * rows.dim)) ** 0.5 or 1.0  # in chunks: no float64 copy of every row
     return TrainingData(cache=None, dataset="", class_names=[str(c) for c in range(num_classes)],
-                        space=SimpleNamespace(dim=rows.matrix.shape[1]), provenance=None, splits={}, in_memory=True,
+                        space=SimpleNamespace(dim=rows.dim), provenance=None, splits={}, in_memory=True,
                         scale=scale)
