@@ -50,8 +50,8 @@ class RowLocations:
     def __len__(self) -> int:
         return int(self.row.numel())
 
-    def subset(self, positions: torch.Tensor) -> "RowLocations":
-        """The locations at `positions` (int64), in that order."""
+    def subset(self, positions: "torch.Tensor | slice") -> "RowLocations":
+        """The locations at `positions` (int64, in that order), or in a slice of them (views, no copy)."""
         return RowLocations(self.shard[positions], self.row[positions], self.shards)
 
 

@@ -46,14 +46,10 @@ class CachedMatrix:
         """float32 [..., D]: the rows at `index` (a slice, or row numbers of any shape) as cached, unnormalised."""
         import torch
 
-        from transfer_engine.cache.rows import RowLocations
-
         if isinstance(index, slice) and index.step in (None, 1):  # a run of rows: their locations are a view
             start, stop, _ = index.indices(self.shape[0])
-            stop = max(start, stop)
-            shape = (stop - start,)
-            locations = RowLocations(self._locations.shard[start:stop], self._locations.row[start:stop],
-                                     self._locations.shards)
+            shape = (max(0, stop - start),)
+            locations = self._locations.subset(slice(start, stop))
         else:
             positions = (torch.arange(*index.indices(self.shape[0])) if isinstance(index, slice)
                          else torch.as_tensor(np.asarray(index), dtype=torch.int64))
