@@ -24,7 +24,8 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 # Each worker's share of the cores for the thread pools of torch and OpenMP (its own and those of the `te`
 # processes its tests start): left at one per core each, two workers spin four threads on two cores, and
-# the suite took 1.6x as long (README, "CPU families").
+# the suite took 1.6x as long (README, "CPU families"). MKL's pool too: the tests that pin a `te` process to
+# one thread (OMP and MKL) can then fork it from the test server instead of starting Python and torch again.
 TEST_THREADS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); t=$$((n / $(PYTEST_WORKERS))); echo $$((t > 0 ? t : 1)))
 
 .PHONY: help setup test test-all demo bench clean
@@ -57,10 +58,10 @@ setup: $(STAMP_INSTALL)
 
 # TE_REQUIRE_EXT=1: a broken extension build fails the tests instead of falling back quietly.
 test: setup
-	OMP_NUM_THREADS=$(TEST_THREADS) TE_REQUIRE_EXT=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) TE_REQUIRE_EXT=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-all: setup
-	OMP_NUM_THREADS=$(TEST_THREADS) TE_REQUIRE_EXT=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "slow or not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) TE_REQUIRE_EXT=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "slow or not slow" $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/te demo --out te-demo

@@ -2,13 +2,14 @@
 
 Runs are written with `RunWriter` as `te train` writes them: a feature cache holding the digits data
 set's records (path, content key, label, split: what `te extract` stores), and a head fitted here.
-Expensive things are built once per pytest session: `once()` keeps them under the session's base
-temporary folder, so tests/export and tests/predict (whose conftests import the fixtures `lite` and
-`mobilenet` from here) share one efficientnet_lite0 export.
+Expensive things are built once per test run: `once()` keeps them beside the pytest workers' temporary
+folders, so tests/export and tests/predict (whose conftests import the fixtures `lite` and `mobilenet`
+from here) share one efficientnet_lite0 export, whichever workers run them. Tests only read them.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -30,12 +31,23 @@ SELECTION_SIZE = 96  # int8's gate at 80% needs 11 images; fewer than te export'
 
 
 def once(base: Path, name: str, make: Callable[[Path], None]) -> Path:
-    """`base/name`, made by `make(folder)` the first time it is asked for in this session."""
-    folder = base / "te-export-shared" / name
-    if not (folder / ".done").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        make(folder)
-        (folder / ".done").touch()
+    """`name`'s folder, made by `make(folder)` the first time it is asked for in this test run.
+
+    Under pytest-xdist each worker is a session of its own with its own `base` (popen-gwN); the folder
+    lives beside them, and a lock makes the first worker build it while another waits for it instead of
+    building it again (the Lite0 export took 19-22 s in each of two workers)."""
+    import fcntl
+
+    shared = base.parent if base.name.startswith("popen-gw") else base
+    folder = shared / "te-export-shared" / name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / ".done").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed part-way starts again
+            folder.mkdir(parents=True)
+            make(folder)
+            (folder / ".done").touch()
     return folder
 
 
