@@ -106,9 +106,9 @@ class ExactExecutor:
         top, left, bottom, right = attrs["pads"]
         xi = np.pad(xi, ((0, 0), (0, 0), (top, bottom), (left, right)))
         # float64 holds every partial sum exactly (|acc| < 2^53): the convolution is exact integer arithmetic
+        wi = w.astype(np.int64) - np.asarray(zw, np.int64).reshape(-1, 1, 1, 1)
         acc = torch.nn.functional.conv2d(torch.from_numpy(xi.astype(np.float64)),
-                                         torch.from_numpy((w.astype(np.int64) - np.asarray(zw, np.int64).reshape(-1, 1, 1, 1)
-                                                           ).astype(np.float64)),
+                                         torch.from_numpy(wi.astype(np.float64)),
                                          stride=attrs["strides"], groups=attrs["group"]).numpy().astype(np.int64)
         if bias is not None:
             acc += bias.astype(np.int64).reshape(1, -1, 1, 1)

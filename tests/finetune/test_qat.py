@@ -46,22 +46,25 @@ def test_a_qat_run_trains_and_reports_the_int8_model(qat_run):
 
 
 def test_te_export_writes_the_trained_int8_model_and_proves_it_against_the_trained_model(te, tmp_path, qat_run):
-    """No float node, no search: the file is the model the run trained, and the gate's bound says so. At 64 px
-    onnxruntime's integer kernels round about 0.7% of these digits to the other side of the simulation's
-    decision (its own float execution of the same graph disagrees with them as often: docs/export.md), so the
-    1,284 digits this twin can offer prove 98%, not te's default 99% (which the 224 px runs are held to)."""
+    """No float node, no search: the file is the model the run trained, and te's default gate (99% at the 95%
+    lower bound) says so on selection images. The run evaluates its model in onnxruntime's integer arithmetic
+    (`onnx.simulate.QuantSim`, exact in evaluation), so the file agrees with it on every image but for a
+    pooled feature on a rounding midpoint, where the kernels' float summation order decides (at 64 px: 2 x 2
+    values a mean). Before, the float simulation disagreed on 0.2-0.7% of the digits and this twin could only
+    prove 98%; speed is not judged here (tests assert no timings)."""
     out, _ = qat_run
     r = te("export", str(out), "--onnx", "--quantize", "int8", "--out", str(tmp_path / "m.onnx"),
-           "--selection-data", "builtin:digits", "--selection-size", "1500", "--min-agreement", "0.98",
-           "--min-int8-speedup", "0", "--json", env=ONE_THREAD)
+           "--selection-data", "builtin:digits", "--selection-size", "600", "--min-int8-speedup", "0", "--json",
+           env=ONE_THREAD)
     assert r.code == 0, r.stderr
     report = json.loads(r.stdout)
     int8 = report["calibration"]["int8"]
     assert int8["method"] == "qat" and int8["passed"] and not int8["float_nodes"] and int8["quantized_nodes"] > 50
-    gate = int8["gate"]
-    assert gate["images"] >= 1000 and gate["lower_bound"] >= 0.98  # on images that are neither calibration nor check
+    gate = int8["gate"]  # on images that are neither calibration nor check images
+    assert gate["floor"] == 0.99 and gate["images"] >= 450 and gate["lower_bound"] >= 0.99
+    assert gate["agreed"] >= gate["images"] - 1
     unbiased = report["variants"]["int8"]["unbiased"]
-    assert unbiased["agreement"] >= 0.97  # the check images, which chose nothing (118 of them)
+    assert unbiased["agreement"] >= 0.99  # the check images, which chose nothing (118 of them)
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     quantization = json.loads(next(v for k, v in meta.items() if k.endswith("quantization")))
     assert quantization["method"] == "qat"

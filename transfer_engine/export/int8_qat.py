@@ -6,14 +6,14 @@ activations at the scales recorded in the run. So there is nothing to search: on
 exported graph with the run's recipe, each activation it quantizes takes the scale and zero point the run
 trained with (matched to its module call by value, `onnx.simulate.tensor_overrides`), and the weights and
 biases quantize without loss. The gate is the same statement as for post-training int8 (`export.gate`), made
-against the model the run trained and evaluated, the simulation in PyTorch: top-1 agreement on the selection
-images, its 95% lower bound against the floor; then the speed rule at batch 1 and 32. The simulation's logits
-are quantized (onnxruntime quantizes them too), so its top two classes can tie at its own resolution: where
-they are within one step of its logits, either class is the model's answer and counts as agreeing (the
-report counts them; measured on Lite0, every disagreement left was such a tie, and onnxruntime's own float
-execution of the same QDQ graph disagrees with its integer kernels as often). Nothing is kept in
-float: a QAT model that misses the gate is refused with the reason (te's float fallback is for post-training
-int8, `export.int8_budget`).
+against the model the run trained and evaluated, in PyTorch: top-1 agreement on the selection images, its
+95% lower bound against the floor; then the speed rule at batch 1 and 32. The reference is the simulation's
+evaluation, which computes onnxruntime's integer arithmetic (`onnx.simulate.QuantSim`): where the kernels are
+exact the file agrees on every image (measured on Lite0 at 224 px: logits bit for bit). Its logits are
+quantized, so its top two classes can tie at its own resolution: where they are within one step of its
+logits, either class is the model's answer and counts as agreeing (the report counts them). Nothing is kept
+in float: a QAT model that misses the gate is refused with the reason (te's float fallback is for
+post-training int8, `export.int8_budget`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from transfer_engine.onnx.simulate import QuantSim, SimSpec, tensor_overrides
 
 
 def simulated_logits(model: Any, spec: SimSpec, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    """The logits of `model`'s int8 simulation on `images` (what the QAT run trained and evaluated)."""
+    """The logits of `model`'s int8 simulation on `images`, in onnxruntime's integer arithmetic (what the QAT
+    run evaluated)."""
     import torch
 
     out = []

@@ -16,6 +16,9 @@ The simulation is read off onnxruntime's own quantizer rather than re-derived fr
    weight scale). Rounding is to the nearest even, as onnxruntime's QuantizeLinear. Training goes through a
    straight-through estimator; `QuantSim.remove` leaves weights and biases on their grids, so quantizing the
    trained model again loses nothing.
+4. In evaluation (eval mode, no gradients) `QuantSim` computes onnxruntime's integer arithmetic itself: exact
+   integer sums and the kernels' requantization, so the model evaluated is the int8 file, bit for bit where
+   the kernels are exact (docs/export.md, "The kernels' arithmetic can be reproduced exactly").
 
 Measured on EfficientNet-Lite0 (docs/export.md, "Quantization-aware fine-tuning"): with the biases simulated,
 the simulation and onnxruntime's int8 kernels give the same top-1 class on real images; without them the
@@ -235,9 +238,8 @@ def match_tensors(model: nn.Module, fp32_model: Path, tensors: list[str], images
 
     graph_model = onnx.load(str(fp32_model))
     inputs = {i.name for i in graph_model.graph.input}
+    named = float_names(graph_model, tensors)
     outputs = {o.name for o in graph_model.graph.output}
-    named = {t: (t[:-len(OUTPUT_SUFFIX)] if t.endswith(OUTPUT_SUFFIX) and t[:-len(OUTPUT_SUFFIX)] in outputs else t)
-             for t in tensors}
     for name in set(named.values()) - outputs - inputs:
         graph_model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     probe = Path(fp32_model).with_suffix(".probe.onnx")
@@ -263,6 +265,15 @@ def match_tensors(model: nn.Module, fp32_model: Path, tensors: list[str], images
                 break
     probe.unlink(missing_ok=True)
     return found
+
+
+def float_names(fp32_graph: Any, tensors: list[str]) -> dict[str, str]:
+    """{tensor of the quantized graph: its name in the float graph}: onnxruntime's quantizer renames a graph
+    output it quantizes to NAME + OUTPUT_SUFFIX; every other tensor keeps its name. (Its TensorQuantOverrides
+    take the float graph's names: an override under the renamed name is silently not applied.)"""
+    outputs = {o.name for o in fp32_graph.graph.output}
+    return {t: (t[:-len(OUTPUT_SUFFIX)] if t.endswith(OUTPUT_SUFFIX) and t[:-len(OUTPUT_SUFFIX)] in outputs else t)
+            for t in tensors}
 
 
 class _recording:
@@ -384,17 +395,36 @@ class _Constant(nn.Module):
         return torch.full_like(tensor, self.value)
 
 
+# Modules that pass a convolution's result on unchanged but for a clamp: the integer accumulator goes through them
+# to the point that quantizes it (a folded BatchNorm adds the bias the accumulator already holds).
+_PASS_THROUGH = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Identity, nn.Dropout)
+
+
 class QuantSim:
     """The int8 simulation of one model: `install` it, train or evaluate, then `remove` it.
 
-    While installed, every forward of the model computes what onnxruntime's int8 model of it computes.
+    While installed, every forward of the model computes what onnxruntime's int8 model of it computes. Two
+    arithmetics (docs/export.md, "The kernels' arithmetic can be reproduced exactly"):
+    - training (the model in train mode, or gradients recorded): fake quantization in float32 with
+      straight-through gradients. Each convolution sums float products of the dequantized values, which differs
+      from the kernels' integer sum now and then by one step, and such steps grow through the layers;
+    - evaluation (`exact`, the model in eval mode and no gradient recorded): onnxruntime's integer arithmetic.
+      Each Conv2d/Linear sums the integers exactly (in float64) with its int32 bias, and the point that
+      quantizes its result requantizes as the kernels do, round_half_even(float32(acc) x M) + zero point with
+      M = float32(float32(input scale x weight scale) / output scale); a residual sum of two quantized tensors
+      as QLinearAdd does; every other quantization divides by the scale, as QuantizeLinear. Measured on
+      EfficientNet-Lite0 at 224 px: the int8 file's logits, bit for bit.
     """
 
-    def __init__(self, model: nn.Module, spec: SimSpec) -> None:
-        self.model, self.spec = model, spec
+    def __init__(self, model: nn.Module, spec: SimSpec, exact: bool = True) -> None:
+        self.model, self.spec, self.exact = model, spec, exact
         self.handles: list[Any] = []
         self.parametrized: list[tuple[nn.Module, str]] = []
         self.counts: collections.Counter = collections.Counter()
+        # the exact evaluation's state, for one forward (cleared when it starts): id(tensor) -> what made it
+        self._accumulated: dict[int, tuple] = {}   # (tensor, integer accumulator, input x weight scale, lo, hi)
+        self._quantized: dict[int, tuple] = {}     # (tensor, its Point): outputs of points
+        self._last: tuple | None = None            # the latest (tensor, Point)
 
     def install(self) -> "QuantSim":
         modules = dict(self.model.named_modules())
@@ -421,16 +451,30 @@ class QuantSim:
 
         def reset(module, args):
             counts.clear()
+            self._accumulated.clear()
+            self._quantized.clear()
+            self._last = None
             entry = points.get((INPUT_POINT, 0))
             if entry is None or not args:
                 return None
+            if self._exact_now():
+                return (self._remember(_quantize_linear(args[0], entry), entry), *args[1:])
             return (_fake_quant_activation(args[0], entry), *args[1:])
 
         self.handles.append(modules[self.spec.entry].register_forward_pre_hook(reset))
+        for layer in self.spec.layers:  # before the points' hooks: a Linear can be a point of its own
+            if layer.input >= 0 and _exact_form(modules[layer.module]):
+                self.handles.append(modules[layer.module].register_forward_hook(self._accumulate_hook(layer, modules)))
+        pointed = {p.module for p in self.spec.points}
         for path, module in modules.items():
-            if any(p.module == path for p in self.spec.points):
+            if path in pointed:
                 self.handles.append(module.register_forward_hook(self._activation_hook(path, points)))
+            elif isinstance(module, _PASS_THROUGH):
+                self.handles.append(module.register_forward_hook(lambda m, a, out: self._carry(m, a, out)))
         return self
+
+    def _exact_now(self) -> bool:
+        return self.exact and not self.model.training and not torch.is_grad_enabled()
 
     def _activation_hook(self, path: str, points: dict):
         counts = self.counts
@@ -439,8 +483,90 @@ class QuantSim:
             call = counts[path]
             counts[path] += 1
             point = points.get((path, call))
-            return _fake_quant_activation(output, point) if point is not None else None
+            if point is None:
+                return None
+            if not self._exact_now():
+                return _fake_quant_activation(output, point)
+            self._carry(module, args, output)
+            return self._remember(self._requantize(args, output, point), point)
         return hook
+
+    # -- the exact evaluation --------------------------------------------------------------------------
+    def _remember(self, tensor: torch.Tensor, point: Point) -> torch.Tensor:
+        self._quantized[id(tensor)] = (tensor, point)
+        self._last = (tensor, point)
+        return tensor
+
+    def _accumulate_hook(self, layer: Layer, modules: dict[str, nn.Module]):
+        input_scale = self.spec.points[layer.input].scale
+
+        def hook(module, args, output):
+            if not self._exact_now() or not args or id(args[0]) not in self._quantized:
+                return None
+            # Integer sums, exact: in float32 when no partial sum can reach 2^24 (|input| <= 255 less its zero
+            # point, |weight| <= qmax), else in float64 (below 2^53 whatever the layer). float32 keeps the early,
+            # large layers fast; the wide 1x1 convolutions at the end take float64.
+            bound = module.weight[0].numel() * 255 * layer.qmax
+            exact = torch.float32 if bound < 2 ** 24 else torch.float64
+            x = torch.round(args[0].to(exact) / input_scale)  # the input's integers, less its zero point
+            weight_scale = _weight_scale(module.parametrizations.weight.original, layer.qmax).float()
+            shape = (-1, *([1] * (module.weight.dim() - 1)))
+            w = torch.round(module.weight.to(exact) / weight_scale.to(exact).reshape(shape))
+            acc = torch.nn.functional.linear(x, w) if isinstance(module, nn.Linear) else \
+                module._conv_forward(module.static_padding(x) if hasattr(module, "static_padding") else x, w, None)
+            scales = torch.tensor(input_scale, dtype=torch.float32) * weight_scale  # a float32 product, as onnxruntime
+            if layer.bias:  # the int32 bias, added where the sum stays exact
+                bias = torch.round(modules[layer.bias].bias.double() / scales.double())
+                if bound + float(bias.abs().max()) >= 2 ** 24:
+                    acc = acc.double()
+                acc = acc + bias.to(acc.dtype).reshape(1, -1, *([1] * (acc.dim() - 2)))
+            self._accumulated[id(output)] = (output, acc, scales, None, None)
+        return hook
+
+    def _carry(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """A pass-through module: its output is its input's accumulator, clamped where it clamps."""
+        if not isinstance(module, _PASS_THROUGH) or not args or id(args[0]) not in self._accumulated:
+            return
+        _, acc, scales, lo, hi = self._accumulated[id(args[0])]
+        if isinstance(module, (nn.ReLU, nn.Hardtanh)):  # ReLU6 is a Hardtanh from 0 to 6
+            low, high = (0.0, None) if isinstance(module, nn.ReLU) else (module.min_val, module.max_val)
+            lo = low if lo is None else max(lo, low)
+            hi = high if hi is None else (hi if high is None else min(hi, high))
+        self._accumulated[id(output)] = (output, acc, scales, lo, hi)
+
+    def _requantize(self, args: tuple, output: torch.Tensor, point: Point) -> torch.Tensor:
+        """The point's values as onnxruntime's kernels compute them (dequantized, as fake quantization gives)."""
+        scale = torch.tensor(point.scale, dtype=torch.float32)
+        if id(output) in self._accumulated:  # QLinearConv, QGemm: the integer sum requantized
+            _, acc, scales, lo, hi = self._accumulated[id(output)]
+            multiplier = (scales / scale).reshape(1, -1, *([1] * (acc.dim() - 2)))
+            q = torch.round(acc.float() * multiplier) + point.zero_point
+            low = 0.0 if lo is None else max(0.0, float(torch.round(torch.tensor(lo, dtype=torch.float32) / scale))
+                                                 + point.zero_point)
+            high = 255.0 if hi is None else min(255.0, float(torch.round(torch.tensor(hi, dtype=torch.float32) / scale))
+                                                + point.zero_point)
+            q = torch.clamp(q, low, high)
+        elif (added := self._residual(args, output)) is not None:  # QLinearAdd
+            (a, pa), (b, pb) = added
+            t = (torch.round(a.float() / pa.scale) * (torch.tensor(pa.scale, dtype=torch.float32) / scale)
+                 + torch.round(b.float() / pb.scale) * (torch.tensor(pb.scale, dtype=torch.float32) / scale))
+            q = torch.clamp(torch.round(t + point.zero_point), 0, 255)
+        else:  # QuantizeLinear of a float result (a pooling, say)
+            return _quantize_linear(output, point)
+        return ((q - point.zero_point) * scale).to(output.dtype)
+
+    def _residual(self, args: tuple, output: torch.Tensor) -> tuple | None:
+        """The two quantized tensors whose sum `output` is (a block's input and the latest point within it), or
+        None when it is not such a sum."""
+        if not args or id(args[0]) not in self._quantized or self._last is None:
+            return None
+        inner, outer = self._last, self._quantized[id(args[0])]
+        if inner[0] is outer[0] or inner[0].shape != output.shape or outer[0].shape != output.shape:
+            return None
+        if not torch.allclose(inner[0].float() + outer[0].float(), output.float(), rtol=0,
+                              atol=0.25 * min(inner[1].scale, outer[1].scale)):
+            return None
+        return inner, outer
 
     def _parametrize(self, module: nn.Module, name: str, fn: nn.Module) -> None:
         parametrize.register_parametrization(module, name, fn)
@@ -470,16 +596,47 @@ def _fake_quant_activation(x: torch.Tensor, point: Point) -> torch.Tensor:
     return torch.fake_quantize_per_tensor_affine(x.float(), point.scale, point.zero_point, 0, 255).to(x.dtype)
 
 
+def _quantize_linear(x: torch.Tensor, point: Point) -> torch.Tensor:
+    """QuantizeLinear then DequantizeLinear as onnxruntime computes them: x divided by the scale in float32
+    (PyTorch's fake quantization multiplies by its inverse, which rounds differently now and then)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return x
+    scale = torch.tensor(point.scale, dtype=torch.float32)
+    q = torch.clamp(torch.round(x.float() / scale) + point.zero_point, 0, 255)
+    return ((q - point.zero_point) * scale).to(x.dtype)
+
+
+def _exact_form(module: nn.Module) -> bool:
+    """Whether the exact evaluation knows how `module` computes: a Linear, or a Conv2d whose forward is
+    PyTorch's own (or EfficientNet-Lite's, which pads with its `static_padding` first). Any other layer is
+    evaluated in float, as in training."""
+    if isinstance(module, nn.Linear):
+        return _unparametrized(module).forward is nn.Linear.forward
+    if not isinstance(module, nn.Conv2d):
+        return False
+    forward = _unparametrized(module).forward
+    return forward is nn.Conv2d.forward or hasattr(module, "static_padding")
+
+
+def _unparametrized(module: nn.Module) -> type:
+    """The module's class before torch.nn.utils.parametrize subclassed it."""
+    cls = type(module)
+    return cls.__bases__[0] if parametrize.is_parametrized(module) and cls.__bases__ else cls
+
+
 
 def tensor_overrides(model: nn.Module, spec: SimSpec, fp32_model: Path, qdq_model: Path, images: np.ndarray
                      ) -> dict[str, tuple[float, int]]:
-    """{ONNX tensor: (scale, zero point)} that make onnxruntime's quantization of `fp32_model` (`qdq_model`,
-    quantized with the spec's recipe) compute the simulation `spec` of `model`: each tensor it quantizes,
-    matched to its module call, takes that call's scale and zero point.
+    """{tensor of the float graph: (scale, zero point)} that make onnxruntime's quantization of `fp32_model`
+    (`qdq_model`, quantized with the spec's recipe) compute the simulation `spec` of `model`: each tensor it
+    quantizes, matched to its module call, takes that call's scale and zero point. Keyed by the float graph's
+    names (`float_names`), which TensorQuantOverrides reads: the graph's outputs too.
 
     Raises:
         UsageError: a quantized tensor the simulation has no point for (not the model QAT trained).
     """
+    import onnx
+
     quantized = activation_qparams(qdq_model)
     calls = match_tensors(model, fp32_model, list(quantized), images[:MATCH_IMAGES])
     by_call = {(p.module, p.call): p for p in spec.points}
@@ -488,7 +645,8 @@ def tensor_overrides(model: nn.Module, spec: SimSpec, fp32_model: Path, qdq_mode
         raise UsageError(f"the int8 simulation this run was trained with has no scale for {len(missing)} tensor(s) "
                          f"onnxruntime quantizes (e.g. {', '.join(missing[:3])}): this graph is not the one QAT read "
                          f"its scales from ({spec.graph})")
-    return {t: (by_call[calls[t]].scale, by_call[calls[t]].zero_point) for t in quantized}
+    named = float_names(onnx.load(str(fp32_model)), list(quantized))
+    return {named[t]: (by_call[calls[t]].scale, by_call[calls[t]].zero_point) for t in quantized}
 
 
 __all__ = ["INPUT_POINT", "Layer", "Point", "QuantSim", "SimSpec", "activation_qparams", "derive", "fold_batchnorms",
