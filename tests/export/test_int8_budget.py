@@ -92,7 +92,7 @@ def test_a_gate_full_int8_meets_keeps_everything_int8(tiny, selection, tmp_path)
 
 def test_int8_no_faster_than_asked_is_refused_with_its_measured_speed(tiny, selection, tmp_path):
     outcome, _ = _quantize(tiny, selection, tmp_path, floor=0.05, min_speedup=99.0)
-    assert not outcome.passed and "--min-int8-speedup 99" in outcome.failure
+    assert not outcome.passed and "--min-int8-speedup 99" in outcome.failure and "--qat" in outcome.failure
     # both batch sizes a server sees are timed, and the rule holds at each
     assert set(outcome.speed["batches"]) == {"1", "32"} and "at batch 1" in outcome.failure
     assert outcome.speed["speedup"] == min(b["speedup"] for b in outcome.speed["batches"].values()) > 0
@@ -105,6 +105,7 @@ def test_a_gate_only_the_fp32_model_meets_is_refused_not_passed_off_as_int8(tiny
     assert not outcome.passed and "no mix of int8 and float nodes" in outcome.failure
     groups = max(s["float_groups"] for s in outcome.steps)
     assert f"of {groups + 1} node groups in float" in outcome.failure  # never every group
+    assert "`te finetune --from RUN --qat` trains the int8 model itself" in outcome.failure  # the way on
     assert all(s["float_groups"] <= groups for s in outcome.steps)
 
 

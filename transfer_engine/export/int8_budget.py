@@ -31,6 +31,11 @@ from transfer_engine.onnx.recipes import Int8Recipe
 from transfer_engine.onnx.runtime import import_ort
 
 
+# Where post-training int8 is refused, the way that made Lite0 pass on the digits and the icons (docs/export.md)
+QAT_HINT = ("; `te finetune --from RUN --qat` trains the int8 model itself, and te export then writes it with "
+            "no node in float")
+
+
 @dataclass
 class Int8Outcome:
     """What `quantize_within_budget` did (the "int8" entry of the parity report).
@@ -157,7 +162,7 @@ def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray,
                            f"{len(ranked)} node groups in float, agrees {gate.describe(best['agreed'], best['images'])} "
                            f"< {gate.floor:.1%} (recipe {recipe.name}; {len(outcome.steps)} mixes tried, up to "
                            f"{max(top, 0)} groups in float; all of them would be the fp32 model)"
-                           + more_images(outcome.gate))
+                           + more_images(outcome.gate) + QAT_HINT)
         return outcome
     outcome.float_groups = len(chosen)
     outcome.float_nodes = [n for g in chosen for n in g["nodes"]]
@@ -166,7 +171,10 @@ def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray,
     if outcome.steps[-1]["float_groups"] != len(chosen):  # the bisection ended on another mix: redo this one
         quantizer.quantize(out, outcome.float_nodes)
     kept = f"{outcome.float_groups} of {len(ranked)} node groups in float" if ranked else "all int8"
-    return timed(outcome, quantizer, out, min_speedup, f"the model meeting the gate ({kept})")
+    outcome = timed(outcome, quantizer, out, min_speedup, f"the model meeting the gate ({kept})")
+    if outcome.failure:
+        outcome.failure += QAT_HINT
+    return outcome
 
 
 def timed(outcome: Int8Outcome, quantizer: Quantizer, out: Path, min_speedup: float, what: str) -> Int8Outcome:
