@@ -9,7 +9,7 @@ biases quantize without loss. The gate is the same statement as for post-trainin
 against the model the run trained and evaluated, in PyTorch: top-1 agreement on the selection images, its
 95% lower bound against the floor; then the speed rule at batch 1 and 32. The reference is the simulation's
 evaluation, which computes onnxruntime's integer arithmetic (`onnx.simulate.QuantSim`): where the kernels are
-exact the file agrees on every image (measured on Lite0 at 224 px: logits bit for bit). Its logits are
+exact the file agrees on every image (docs/export.md has the measurements). Its logits are
 quantized, so its top two classes can tie at its own resolution: where they are within one step of its
 logits, either class is the model's answer and counts as agreeing (the report counts them). Nothing is kept
 in float: a QAT model that misses the gate is refused with the reason (te's float fallback is for

@@ -412,8 +412,8 @@ class QuantSim:
       Each Conv2d/Linear sums the integers exactly (in float64) with its int32 bias, and the point that
       quantizes its result requantizes as the kernels do, round_half_even(float32(acc) x M) + zero point with
       M = float32(float32(input scale x weight scale) / output scale); a residual sum of two quantized tensors
-      as QLinearAdd does; every other quantization divides by the scale, as QuantizeLinear. Measured on
-      EfficientNet-Lite0 at 224 px: the int8 file's logits, bit for bit.
+      as QLinearAdd does; every other quantization divides by the scale, as QuantizeLinear: the int8 file's
+      logits, bit for bit, where the kernels are exact.
     """
 
     def __init__(self, model: nn.Module, spec: SimSpec, exact: bool = True) -> None:
