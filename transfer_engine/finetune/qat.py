@@ -5,8 +5,9 @@ train images, and that int8 model is simulated in PyTorch (`onnx.simulate`): Bat
 activations fake-quantized at onnxruntime's scales, weights and biases on their int8 grids. Every forward
 of the run, training and evaluation alike, computes the int8 model; its val and test accuracies are the
 int8 model's, evaluated in onnxruntime's integer arithmetic (training steps use float fake quantization and
-straight-through gradients: `onnx.simulate.QuantSim`). The run directory holds the weights already on their grids and QAT_JSON (the simulation), from
-which te export writes an int8 file that computes the same (`export.builder`).
+straight-through gradients: `onnx.simulate.QuantSim`). The run directory holds the weights already on their
+grids and QAT_JSON (the simulation), from which te export writes an int8 file that computes the same
+(`export.builder`).
 
 Why quantization-aware training: post-training quantization of EfficientNet-Lite0 loses agreement with the
 float model to activation rounding that no choice of float layers buys back (docs/export.md, "Quantization-aware

@@ -462,14 +462,15 @@ class QuantSim:
             return (_fake_quant_activation(args[0], entry), *args[1:])
 
         self.handles.append(modules[self.spec.entry].register_forward_pre_hook(reset))
-        for layer in self.spec.layers:  # before the points' hooks: a Linear can be a point of its own
+        # the exact evaluation's hooks only where it can run (not on a simulation made for training alone)
+        for layer in self.spec.layers if self.exact else ():  # before the points' hooks: a Linear can be a point
             if layer.input >= 0 and _exact_form(modules[layer.module]):
                 self.handles.append(modules[layer.module].register_forward_hook(self._accumulate_hook(layer, modules)))
         pointed = {p.module for p in self.spec.points}
         for path, module in modules.items():
             if path in pointed:
                 self.handles.append(module.register_forward_hook(self._activation_hook(path, points)))
-            elif isinstance(module, _PASS_THROUGH):
+            elif self.exact and isinstance(module, _PASS_THROUGH):
                 self.handles.append(module.register_forward_hook(lambda m, a, out: self._carry(m, a, out)))
         return self
 
