@@ -31,10 +31,10 @@ from transfer_engine.export.parity import near_ties
 from transfer_engine.onnx.int8 import Quantizer, int8_nodes
 from transfer_engine.onnx.recipes import RECIPES
 from transfer_engine.onnx.runtime import import_ort
-from transfer_engine.onnx.simulate import QuantSim, SimSpec, tensor_overrides
+from transfer_engine.onnx.simulate import EXACT_BATCH, QuantSim, SimSpec, tensor_overrides
 
 
-def simulated_logits(model: Any, spec: SimSpec, images: np.ndarray, batch: int = 32) -> np.ndarray:
+def simulated_logits(model: Any, spec: SimSpec, images: np.ndarray, batch: int = EXACT_BATCH) -> np.ndarray:
     """The logits of `model`'s int8 simulation on `images`, in onnxruntime's integer arithmetic (what the QAT
     run evaluated)."""
     import torch

@@ -26,6 +26,7 @@ from transfer_engine.finetune.loop import Trainer
 from transfer_engine.finetune.precision import choose_precision
 from transfer_engine.finetune.start import Start, from_backbone, from_run
 from transfer_engine.finetune.strategies import Strategy, backbone_blocks, make_strategy
+from transfer_engine.onnx.simulate import EXACT_BATCH
 
 SPLITS = ("train", "val", "test")
 
@@ -53,6 +54,8 @@ class Job:
 
     @property
     def eval_batch(self) -> int:
+        if self.qat is not None and self.trainer.device.type == "cpu":
+            return EXACT_BATCH  # evaluated in integers: small batches stay in the caches (`onnx.simulate`)
         return max(self.cfg.batch_size, 64)
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.utils.weak import WeakIdKeyDictionary
 
 from transfer_engine.errors import UsageError
 from transfer_engine.onnx.recipes import Int8Recipe
@@ -45,6 +46,10 @@ from transfer_engine.onnx.recipes import Int8Recipe
 INPUT_POINT = "<input>"       # the model's input image, quantized like any activation
 MATCH_IMAGES = 2              # images the ONNX tensors are matched to module calls on
 OUTPUT_SUFFIX = "_QuantizeLinear_Input"  # onnxruntime renames a graph output it quantizes to NAME + this
+# Images per forward of the exact evaluation on a CPU: its integer arithmetic passes over each activation several
+# times, and at this size an activation stays in the CPU's caches between passes (larger batches evaluate more
+# slowly per image: benchmarks in docs/export.md, "Training in float, evaluating in integers").
+EXACT_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -421,10 +426,12 @@ class QuantSim:
         self.handles: list[Any] = []
         self.parametrized: list[tuple[nn.Module, str]] = []
         self.counts: collections.Counter = collections.Counter()
-        # the exact evaluation's state, for one forward (cleared when it starts): id(tensor) -> what made it
-        self._accumulated: dict[int, tuple] = {}   # (tensor, integer accumulator, input x weight scale, lo, hi)
-        self._quantized: dict[int, tuple] = {}     # (tensor, its Point): outputs of points
-        self._last: tuple | None = None            # the latest (tensor, Point)
+        # The exact evaluation's state, for one forward (cleared when it starts), keyed by tensor identity. An
+        # entry goes when its tensor does: holding every activation of a forward until its end pages in gigabytes
+        # at a batch of 64 and slows the evaluation down severalfold.
+        self._accumulated = WeakIdKeyDictionary()  # tensor -> (integer accumulator, input x weight scale, lo, hi)
+        self._quantized = WeakIdKeyDictionary()    # a point's output -> (its Point, its integers less the zero point)
+        self._last: tuple | None = None            # the latest (tensor, Point, integers)
 
     def install(self) -> "QuantSim":
         modules = dict(self.model.named_modules())
@@ -457,8 +464,8 @@ class QuantSim:
             entry = points.get((INPUT_POINT, 0))
             if entry is None or not args:
                 return None
-            if self._exact_now():
-                return (self._remember(_quantize_linear(args[0], entry), entry), *args[1:])
+            if self._exact_now() and _is_float(args[0]):
+                return (self._remember(_quantize_integers(args[0], entry), entry, args[0].dtype), *args[1:])
             return (_fake_quant_activation(args[0], entry), *args[1:])
 
         self.handles.append(modules[self.spec.entry].register_forward_pre_hook(reset))
@@ -488,86 +495,95 @@ class QuantSim:
                 return None
             if not self._exact_now():
                 return _fake_quant_activation(output, point)
+            if not _is_float(output):
+                return None
             self._carry(module, args, output)
-            return self._remember(self._requantize(args, output, point), point)
+            return self._remember(self._requantize(args, output, point), point, output.dtype)
         return hook
 
     # -- the exact evaluation --------------------------------------------------------------------------
-    def _remember(self, tensor: torch.Tensor, point: Point) -> torch.Tensor:
-        self._quantized[id(tensor)] = (tensor, point)
-        self._last = (tensor, point)
+    def _remember(self, integers: torch.Tensor, point: Point, dtype: torch.dtype) -> torch.Tensor:
+        """The point's output, dequantized from its `integers` (less the zero point), which are kept with it."""
+        tensor = (integers * torch.tensor(point.scale, dtype=torch.float32)).to(dtype)
+        self._quantized[tensor] = (point, integers)
+        self._last = (tensor, point, integers)
         return tensor
 
     def _accumulate_hook(self, layer: Layer, modules: dict[str, nn.Module]):
         input_scale = self.spec.points[layer.input].scale
 
         def hook(module, args, output):
-            if not self._exact_now() or not args or id(args[0]) not in self._quantized:
+            quantized = self._quantized.get(args[0]) if self._exact_now() and args else None
+            if quantized is None:
                 return None
-            # Integer sums, exact: in float32 when no partial sum can reach 2^24 (|input| <= 255 less its zero
-            # point, |weight| <= qmax), else in float64 (below 2^53 whatever the layer). float32 keeps the early,
-            # large layers fast; the wide 1x1 convolutions at the end take float64.
-            bound = module.weight[0].numel() * 255 * layer.qmax
-            exact = torch.float32 if bound < 2 ** 24 else torch.float64
-            x = torch.round(args[0].to(exact) / input_scale)  # the input's integers, less its zero point
+            # Integer sums, exact: in float32 when no partial sum can reach 2^24, else in float64 (below 2^53
+            # whatever the layer). A partial sum of an output channel is at most 255 (|input| less its zero
+            # point) times the sum of |weight| over the channel's integer weights.
+            point, integers = quantized
+            if point.scale != input_scale:  # not the point the layer reads: its values on the layer's grid
+                integers = torch.round(args[0].float() / input_scale)
             weight_scale = _weight_scale(module.parametrizations.weight.original, layer.qmax).float()
             shape = (-1, *([1] * (module.weight.dim() - 1)))
-            w = torch.round(module.weight.to(exact) / weight_scale.to(exact).reshape(shape))
-            acc = torch.nn.functional.linear(x, w) if isinstance(module, nn.Linear) else \
-                module._conv_forward(module.static_padding(x) if hasattr(module, "static_padding") else x, w, None)
+            w = torch.round(module.weight.double() / weight_scale.double().reshape(shape))
+            bound = 255 * w.abs().reshape(len(w), -1).sum(1)  # per output channel
+            exact = torch.float32 if float(bound.max()) < 2 ** 24 else torch.float64
+            w, x = w.to(exact), integers.to(exact)  # x: the input's integers, less its zero point
             scales = torch.tensor(input_scale, dtype=torch.float32) * weight_scale  # a float32 product, as onnxruntime
-            if layer.bias:  # the int32 bias, added where the sum stays exact
+            acc = (torch.nn.functional.linear(x, w) if isinstance(module, nn.Linear) else
+                   module._conv_forward(_padded(module, x), w, None))
+            if layer.bias:  # the int32 bias, added in place where the sums stay exact in acc's type, else in int32
                 bias = torch.round(modules[layer.bias].bias.double() / scales.double())
-                if bound + float(bias.abs().max()) >= 2 ** 24:
-                    acc = acc.double()
-                acc = acc + bias.to(acc.dtype).reshape(1, -1, *([1] * (acc.dim() - 2)))
-            self._accumulated[id(output)] = (output, acc, scales, None, None)
+                limit = 2 ** 24 if acc.dtype == torch.float32 else 2 ** 53
+                bias = bias.reshape(1, -1, *([1] * (acc.dim() - 2)))
+                acc = (acc.add_(bias.to(acc.dtype)) if float((bound + bias.abs().reshape(-1)).max()) < limit else
+                       acc.to(torch.int32).add_(bias.to(torch.int32)))
+            self._accumulated[output] = (acc, scales, None, None)
         return hook
 
     def _carry(self, module: nn.Module, args: tuple, output: Any) -> None:
         """A pass-through module: its output is its input's accumulator, clamped where it clamps."""
-        if not isinstance(module, _PASS_THROUGH) or not args or id(args[0]) not in self._accumulated:
+        carried = self._accumulated.get(args[0]) if isinstance(module, _PASS_THROUGH) and args else None
+        if carried is None:
             return
-        _, acc, scales, lo, hi = self._accumulated[id(args[0])]
+        acc, scales, lo, hi = carried
         if isinstance(module, (nn.ReLU, nn.Hardtanh)):  # ReLU6 is a Hardtanh from 0 to 6
             low, high = (0.0, None) if isinstance(module, nn.ReLU) else (module.min_val, module.max_val)
             lo = low if lo is None else max(lo, low)
             hi = high if hi is None else (hi if high is None else min(hi, high))
-        self._accumulated[id(output)] = (output, acc, scales, lo, hi)
+        self._accumulated[output] = (acc, scales, lo, hi)
 
     def _requantize(self, args: tuple, output: torch.Tensor, point: Point) -> torch.Tensor:
-        """The point's values as onnxruntime's kernels compute them (dequantized, as fake quantization gives)."""
-        scale = torch.tensor(point.scale, dtype=torch.float32)
-        if id(output) in self._accumulated:  # QLinearConv, QGemm: the integer sum requantized
-            _, acc, scales, lo, hi = self._accumulated[id(output)]
+        """The point's integers (less its zero point) as onnxruntime's kernels compute them."""
+        scale, zero = torch.tensor(point.scale, dtype=torch.float32), point.zero_point
+        carried = self._accumulated.get(output)
+        if carried is not None:  # QLinearConv, QGemm: the integer sum requantized, round(acc x M) + zero point
+            acc, scales, lo, hi = carried
             multiplier = (scales / scale).reshape(1, -1, *([1] * (acc.dim() - 2)))
-            q = torch.round(acc.float() * multiplier) + point.zero_point
             low = 0.0 if lo is None else max(0.0, float(torch.round(torch.tensor(lo, dtype=torch.float32) / scale))
-                                                 + point.zero_point)
+                                                 + zero)
             high = 255.0 if hi is None else min(255.0, float(torch.round(torch.tensor(hi, dtype=torch.float32) / scale))
-                                                + point.zero_point)
-            q = torch.clamp(q, low, high)
-        elif (added := self._residual(args, output)) is not None:  # QLinearAdd
-            (a, pa), (b, pb) = added
-            t = (torch.round(a.float() / pa.scale) * (torch.tensor(pa.scale, dtype=torch.float32) / scale)
-                 + torch.round(b.float() / pb.scale) * (torch.tensor(pb.scale, dtype=torch.float32) / scale))
-            q = torch.clamp(torch.round(t + point.zero_point), 0, 255)
-        else:  # QuantizeLinear of a float result (a pooling, say)
-            return _quantize_linear(output, point)
-        return ((q - point.zero_point) * scale).to(output.dtype)
+                                                + zero)
+            return torch.mul(acc.float(), multiplier).round_().clamp_(low - zero, high - zero)
+        if (added := self._residual(args, output)) is not None:  # QLinearAdd, in float32, the zero point added
+            (a, pa), (b, pb) = added                                # before rounding
+            t = torch.mul(a, torch.tensor(pa.scale, dtype=torch.float32) / scale)
+            t.add_(torch.mul(b, torch.tensor(pb.scale, dtype=torch.float32) / scale))
+            return t.add_(zero).round_().clamp_(0, 255).sub_(zero)
+        return _quantize_integers(output, point)  # QuantizeLinear of a float result (a pooling, say)
 
     def _residual(self, args: tuple, output: torch.Tensor) -> tuple | None:
-        """The two quantized tensors whose sum `output` is (a block's input and the latest point within it), or
-        None when it is not such a sum."""
-        if not args or id(args[0]) not in self._quantized or self._last is None:
+        """The integers and Points of the two quantized tensors whose sum `output` is (a block's input and the
+        latest point within it), or None when it is not such a sum."""
+        outer = self._quantized.get(args[0]) if args and self._last is not None else None
+        if outer is None:
             return None
-        inner, outer = self._last, self._quantized[id(args[0])]
-        if inner[0] is outer[0] or inner[0].shape != output.shape or outer[0].shape != output.shape:
+        inner, block_input = self._last, args[0]
+        if inner[0] is block_input or inner[0].shape != output.shape or block_input.shape != output.shape:
             return None
-        if not torch.allclose(inner[0].float() + outer[0].float(), output.float(), rtol=0,
-                              atol=0.25 * min(inner[1].scale, outer[1].scale)):
+        if not torch.allclose(inner[0].float() + block_input.float(), output.float(), rtol=0,
+                              atol=0.25 * min(inner[1].scale, outer[0].scale)):
             return None
-        return inner, outer
+        return (inner[2], inner[1]), (outer[1], outer[0])
 
     def _parametrize(self, module: nn.Module, name: str, fn: nn.Module) -> None:
         parametrize.register_parametrization(module, name, fn)
@@ -597,14 +613,21 @@ def _fake_quant_activation(x: torch.Tensor, point: Point) -> torch.Tensor:
     return torch.fake_quantize_per_tensor_affine(x.float(), point.scale, point.zero_point, 0, 255).to(x.dtype)
 
 
-def _quantize_linear(x: torch.Tensor, point: Point) -> torch.Tensor:
-    """QuantizeLinear then DequantizeLinear as onnxruntime computes them: x divided by the scale in float32
-    (PyTorch's fake quantization multiplies by its inverse, which rounds differently now and then)."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        return x
+def _quantize_integers(x: torch.Tensor, point: Point) -> torch.Tensor:
+    """QuantizeLinear as onnxruntime computes it, its integers less the zero point: x divided by the scale in
+    float32 (PyTorch's fake quantization multiplies by its inverse, which rounds differently now and then)."""
     scale = torch.tensor(point.scale, dtype=torch.float32)
-    q = torch.clamp(torch.round(x.float() / scale) + point.zero_point, 0, 255)
-    return ((q - point.zero_point) * scale).to(x.dtype)
+    return torch.div(x.float(), scale).round_().clamp_(-point.zero_point, 255 - point.zero_point)
+
+
+def _padded(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input as the convolution sees it: EfficientNet-Lite's convolutions pad it first (zeros: the zero point
+    of integers less their zero point)."""
+    return conv.static_padding(x) if hasattr(conv, "static_padding") else x
+
+
+def _is_float(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.is_floating_point()
 
 
 def _exact_form(module: nn.Module) -> bool:
@@ -650,5 +673,5 @@ def tensor_overrides(model: nn.Module, spec: SimSpec, fp32_model: Path, qdq_mode
     return {named[t]: (by_call[calls[t]].scale, by_call[calls[t]].zero_point) for t in quantized}
 
 
-__all__ = ["INPUT_POINT", "Layer", "Point", "QuantSim", "SimSpec", "activation_qparams", "derive", "fold_batchnorms",
-           "match_tensors", "tensor_overrides", "weight_qmax"]
+__all__ = ["EXACT_BATCH", "INPUT_POINT", "Layer", "Point", "QuantSim", "SimSpec", "activation_qparams", "derive",
+           "fold_batchnorms", "match_tensors", "tensor_overrides", "weight_qmax"]
