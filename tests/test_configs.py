@@ -85,9 +85,9 @@ def test_every_train_config_field_is_a_te_train_option_with_the_same_default():
             assert params[name].required  # no default on the command line
         elif f.name == "options":
             assert params[name].multiple  # --option KEY=VALUE, repeatable; none by default
-        elif getattr(params[name], "is_flag", False):
+        elif getattr(params[name], "is_flag", False) and not params[name].secondary_opts:
             assert f.default is False, f.name  # a flag is off unless given
-        else:
+        else:  # a value, or an on/off pair (--refit/--no-refit)
             assert params[name].default == f.default, f.name
     assert tuple(params["device"].type.choices) == choices.DEVICES
 

@@ -26,6 +26,24 @@ def _test_split(cache_dir, space):
         return cache.open_space(space).gather(ds.keys("test")), torch.tensor(ds.labels("test"))
 
 
+def test_no_refit_keeps_the_sweeps_fit_on_train_so_val_stays_unseen(digit_cache, tmp_path):
+    # --no-refit: the run holds the chosen setting's fit on train, so te export can judge int8 on val and te
+    # finetune can keep its start; the run records it, and the saved head scores on val what metrics.json says
+    result = train(digit_cache, head="linear", out=tmp_path / "linear", sweep=True, refit=False, progress=False)
+    metrics = result.metrics
+    assert metrics["hyperparameters"]["fitted_on"] == "train"
+    run = Run.open(result.run)
+    assert run.val_was_fitted() is False
+    with FeatureCache.open(digit_cache, create=False) as cache:
+        ds = cache.dataset("digits")
+        x, y = cache.open_space(metrics["space"]).gather(ds.keys("val")), torch.tensor(ds.labels("val"))
+    with torch.no_grad():
+        predicted = run.build_head()(x).argmax(1)
+    assert float((predicted == y).double().mean()) == metrics["val_accuracy"]
+    refitted = train(digit_cache, head="linear", out=tmp_path / "refitted", sweep=True, progress=False)
+    assert Run.open(refitted.run).val_was_fitted() is True  # the default refits on train+val
+
+
 def test_a_swept_run_holds_weights_provenance_metrics_and_pictures(digit_cache, tmp_path):
     from sklearn.metrics import f1_score, recall_score
 

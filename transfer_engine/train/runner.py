@@ -198,8 +198,9 @@ def _train_heads(cfg: TrainConfig, names: list[str], out_path: Path, *, many: bo
                                          train_rows=len(data.splits["train"]))
             try:
                 with writer:
-                    results.append(_train_one(spec, data, hp, writer, sweep=cfg.sweep, fixed_lr=cfg.lr is not None,
-                                              seed=cfg.seed, device=target, say=say, started=started, folds=folds))
+                    results.append(_train_one(spec, data, hp, writer, sweep=cfg.sweep, refit=cfg.refit,
+                                              fixed_lr=cfg.lr is not None, seed=cfg.seed, device=target, say=say,
+                                              started=started, folds=folds))
             except TEError as exc:
                 if not many:
                     raise
@@ -248,8 +249,8 @@ def _prepare_out(out: Path, names: list[str], many: bool, overwrite: bool, stage
     return writers
 
 
-def _train_one(spec, data: TrainingData, hp: HyperParameters, writer: RunWriter, *, sweep: bool, fixed_lr: bool,
-               seed: int, device: torch.device, say: Say, started: float,
+def _train_one(spec, data: TrainingData, hp: HyperParameters, writer: RunWriter, *, sweep: bool, refit: bool,
+               fixed_lr: bool, seed: int, device: torch.device, say: Say, started: float,
                folds: FoldPlan | None = None) -> TrainResult:
     train, val, test = data.splits["train"], data.splits["val"], data.splits.get("test")
     say(f"train {spec.name} on {data.dataset} ({len(train)} train, {len(val)} val"
@@ -260,9 +261,10 @@ def _train_one(spec, data: TrainingData, hp: HyperParameters, writer: RunWriter,
     if sweep:
         sweep_result = run_sweep(spec, data, hp, seed=seed, device=device, fixed_lr=fixed_lr, say=say, folds=folds)
         chosen, held_out, kfold = sweep_result.best.hp, sweep_result.best.val, sweep_result.best.kfold
-        # The winner is refitted on train+val; the val numbers reported stay those of the held-out fit.
-        final = fit_head(spec, data, data.combined(("train", "val")), chosen, seed=seed, device=device,
-                         warm=sweep_result.best.fitted.warm, say=say)
+        # The winner is refitted on train+val (unless --no-refit keeps its fit on train); the val numbers
+        # reported stay those of the held-out fit.
+        final = (fit_head(spec, data, data.combined(("train", "val")), chosen, seed=seed, device=device,
+                          warm=sweep_result.best.fitted.warm, say=say) if refit else sweep_result.best.fitted)
         curve = sweep_result.best.fitted.curve
     else:
         chosen = hp
@@ -274,8 +276,8 @@ def _train_one(spec, data: TrainingData, hp: HyperParameters, writer: RunWriter,
     train_eval = evaluate(final.module, data, train)
     test_eval = evaluate(final.module, data, test) if test is not None else None
     shown = test_eval or held_out
-    metrics = _metrics(spec, data, final, chosen, train_eval, held_out, test_eval, shown, sweep_result, kfold, seed,
-                       time.perf_counter() - started)
+    metrics = _metrics(spec, data, final, chosen, train_eval, held_out, test_eval, shown, sweep_result, kfold,
+                       refit and sweep_result is not None, seed, time.perf_counter() - started)
     _write_run(spec, data, final, chosen, metrics, curve, shown, sweep_result, writer, seed)
     say(f"{spec.name}: train {percent(train_eval.accuracy)}, val {percent(held_out.accuracy)}"
         f"{f', test {percent(test_eval.accuracy)}' if test_eval else ''}"
@@ -286,9 +288,9 @@ def _train_one(spec, data: TrainingData, hp: HyperParameters, writer: RunWriter,
 
 def _metrics(spec, data: TrainingData, final: Fitted, chosen: HyperParameters, train_eval: Evaluation,
              held_out: Evaluation, test_eval: Evaluation | None, shown: Evaluation, sweep: SweepResult | None,
-             kfold: FoldScore | None, seed: int, seconds: float) -> dict[str, Any]:
+             kfold: FoldScore | None, refitted: bool, seed: int, seconds: float) -> dict[str, Any]:
     hyper = {**chosen.to_dict(), "solver": final.solver, "selected_by": _selected_by(sweep),
-             "fitted_on": FITTED_ON_TRAIN_VAL if sweep else "train"}
+             "fitted_on": FITTED_ON_TRAIN_VAL if refitted else "train"}
     if not spec.trainable:
         for unused in ("lr", "epochs", "batch_size", "weight_decay"):
             hyper.pop(unused)

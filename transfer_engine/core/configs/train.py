@@ -36,7 +36,11 @@ class TrainConfig(Config):
     weight_decay: float | None = option(None, help="L2 penalty on RMS-scaled features (linear: of the objective, "
                                                    "docs/train.md); AdamW decay for other heads.", low=0, metavar="X")
     sweep: bool = option(False, help="Choose weight decay (and lr, knn's k), coarse then refined, on val (the "
-                                     "finalists by k-fold under --select); refit on train+val.")
+                                     "finalists by k-fold under --select); refit on train+val (--no-refit: not).")
+    refit: bool = option(True, flag="--refit/--no-refit",
+                         help="With --sweep: refit the chosen setting on train+val (default), or keep its fit on "
+                              "train, so that val stays unseen: te export can then judge int8 on it, and te finetune "
+                              "--from the run can keep its start.")
     select: str = shared.select("--sweep and --head all choose")
     folds: int = shared.folds()
     batch_size: int | None = option(None, help="Rows per minibatch (default 256).", low=1, metavar="N")
