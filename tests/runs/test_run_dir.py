@@ -126,3 +126,44 @@ def test_a_run_reads_back_the_records_it_was_trained_on_or_says_why_not(tmp_path
     shutil.rmtree(tmp_path / "feats")  # moved away: te finetune refuses, te export derives splits and says so
     records, why = run.cached_records()
     assert records is None and "data set 'd' of the cache" in why and "does not exist" in why
+
+
+def _write_chain(tmp_path, backbone, first_fitted_on: str, recorded: bool) -> Run:
+    """A te train run fitted on `first_fitted_on`, a te finetune run --from it, and a second --from the first
+    (te demo's QAT epoch after its fine-tune); `recorded`: each fine-tune's metrics carry what its start was
+    fitted on (te since 2026-12-07), else only the path of its --from run (an older run)."""
+    from dataclasses import replace
+
+    ref = BackboneRef.of(backbone)
+    parent, carried = None, first_fitted_on
+    for name, kind in (("head", "train"), ("ft", "finetune"), ("qat", "finetune")):
+        with RunWriter(tmp_path / name) as w:
+            w.save_tensors(HEAD_WEIGHTS, create_head("linear", ref.feature_dim, 3).state_dict())
+            metrics = {"train_accuracy": 1.0, "val_accuracy": 0.5}
+            if kind == "train":
+                metrics["hyperparameters"] = {"fitted_on": first_fitted_on}
+            else:
+                metrics["parent"] = {"path": str(parent), **({"fitted_on": carried} if recorded else {})}
+            w.write_json(METRICS_JSON, metrics)
+            w.write_json(RUN_JSON, replace(_info(ref), kind=kind).to_dict())
+        parent = tmp_path / name
+    return Run.open(parent)
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_fine_tune_of_a_fine_tune_knows_whether_val_was_fitted_at_its_start(tmp_path, backbone, recorded):
+    # te export judges int8 only on images the model was never fitted on: the demo's QAT run starts from its
+    # fine-tune, which started from a head kept on train (val unseen) or refitted on train+val (val seen)
+    assert _write_chain(tmp_path / "kept", backbone, "train", recorded).val_was_fitted() is False
+    assert _write_chain(tmp_path / "refit", backbone, "train+val", recorded).val_was_fitted() is True
+
+
+def test_te_finetune_records_what_its_start_was_fitted_on_through_a_chain_of_fine_tunes():
+    from types import SimpleNamespace
+
+    from transfer_engine.finetune.fixed import _parent
+
+    first = {"hyperparameters": {"fitted_on": "train"}, "val_accuracy": 0.9}  # a te train run's metrics
+    second = {"parent": _parent(SimpleNamespace(parent="head", parent_metrics=first))}  # te finetune --from it
+    assert second["parent"]["fitted_on"] == "train"
+    assert _parent(SimpleNamespace(parent="ft", parent_metrics=second))["fitted_on"] == "train"

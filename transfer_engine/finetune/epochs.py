@@ -21,7 +21,7 @@ from transfer_engine.finetune.job import Job, resume_settings
 from transfer_engine.finetune.loop import EpochSums, Evaluation, StepProgress
 from transfer_engine.finetune.records import Candidate, EpochRecord
 from transfer_engine.finetune.selection import better_on_val, epochs_since_best_trained, start_or_last
-from transfer_engine.runs.format import FITTED_ON_TRAIN_VAL
+from transfer_engine.runs.format import FITTED_ON_TRAIN_VAL, fitted_on
 
 Weights = dict[str, torch.Tensor]
 
@@ -84,7 +84,7 @@ class EpochLoop:
         state.before = {f"{s}_{k}": getattr(e, k) for s, e in before.items() for k in ("accuracy", "loss")}
         # A head refitted on train+val (te train --sweep) has seen val: its val accuracy says nothing about
         # how it generalizes, so the start cannot compete for "best"; an epoch of fine-tuning can.
-        seen_val = job.start.parent_metrics.get("hyperparameters", {}).get("fitted_on") == FITTED_ON_TRAIN_VAL
+        seen_val = fitted_on(job.start.parent_metrics) == FITTED_ON_TRAIN_VAL
         state.best = Candidate(0, None if seen_val else state.before.get("val_accuracy"),
                                None if seen_val else state.before.get("val_loss"))
         state.before["start_candidate"] = not seen_val

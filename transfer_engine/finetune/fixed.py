@@ -27,6 +27,7 @@ from transfer_engine.finetune.loop import Evaluation, StepProgress
 from transfer_engine.finetune.records import FinetuneSummary
 from transfer_engine.finetune.start import Start
 from transfer_engine.runs import QAT_JSON
+from transfer_engine.runs.format import fitted_on
 from transfer_engine.runs.writer import check_out
 
 
@@ -101,4 +102,4 @@ def _parent(start: Start) -> dict | None:
         return None
     m = start.parent_metrics
     return {"path": start.parent, **{k: m.get(k) for k in ("train_accuracy", "val_accuracy", "test_accuracy")},
-            "fitted_on": m.get("hyperparameters", {}).get("fitted_on")}
+            "fitted_on": fitted_on(m)}  # a fine-tune of a fine-tune: what the first one started from

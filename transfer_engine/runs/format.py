@@ -33,6 +33,14 @@ UNRECORDED_WEIGHTS = "unrecorded"
 FITTED_ON_TRAIN_VAL = "train+val"
 
 
+def fitted_on(metrics: dict) -> str | None:
+    """What the model of a run with these metrics.json contents was fitted on, as far as its metrics say: a
+    te train run's `fitted_on`, or the one a te finetune run records of its --from run (which a fine-tune of a
+    fine-tune carries on). None: not recorded there."""
+    recorded = (metrics.get("hyperparameters") or {}).get("fitted_on")
+    return recorded if recorded is not None else (metrics.get("parent") or {}).get("fitted_on")
+
+
 @dataclass
 class BackboneRef:
     """Which backbone and which weights, as `Backbone.weights` labels them.

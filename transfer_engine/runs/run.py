@@ -166,20 +166,20 @@ class Run:
 
         What a model was fitted on it fits better than new images (larger margins): te export judges int8
         only on images the model was not fitted on."""
-        from transfer_engine.runs.format import FITTED_ON_TRAIN_VAL
+        from transfer_engine.runs.format import FITTED_ON_TRAIN_VAL, fitted_on
 
-        fitted_on = self.metrics.get("hyperparameters", {}).get("fitted_on")
-        if self.info.kind == "finetune":
+        recorded = fitted_on(self.metrics)
+        if self.info.kind == "finetune" and recorded is None:
             parent = self.metrics.get("parent") or {}
-            fitted_on = parent.get("fitted_on")
-            if fitted_on is None and parent.get("path"):
-                try:
-                    fitted_on = Run.open(parent["path"]).metrics.get("hyperparameters", {}).get("fitted_on")
-                except TEError:
-                    return None
-            elif not parent:
+            if not parent:
                 return False  # no --from: a new head, fitted on train alone
-        return None if fitted_on is None else fitted_on == FITTED_ON_TRAIN_VAL
+            if not parent.get("path"):
+                return None
+            try:  # a run written before te recorded it: ask the --from run (a fine-tune's asks its own)
+                return Run.open(parent["path"]).val_was_fitted()
+            except TEError:
+                return None
+        return None if recorded is None else recorded == FITTED_ON_TRAIN_VAL
 
     def cached_records(self) -> tuple[list | None, str]:
         """The records of the data set the run was trained on, read from its feature cache (the splits
