@@ -1,8 +1,9 @@
 """The offline demo: the whole te path on real data with a real pretrained backbone, one line per step.
 
     builtin:digits --te extract--> cache --te doctor--> what is wrong with the digits (leaks, label errors)
-        cache --te train --head all --sweep--> leaderboard
+        cache --te train --head all --sweep --no-refit--> leaderboard (val stays unseen)
         --te finetune --from best--> model --te export --onnx --quantize int8--> parity report
+        (post-training int8 refused for agreement or speed: --te finetune --qat, one epoch--> te export again)
         --te predict (fp32 and int8) on the test digits--> accuracies
     cache --te compare over the offline pretrained backbones--> which backbone for these digits
 
@@ -33,10 +34,14 @@ STEPS = 8
 # te finetune's default recipe sizes its epochs to a budget: the demo's (at least the recipe's two epochs)
 DEMO_FINETUNE_BUDGET = 2.5
 # The demo's int8 gate is te export's own: the 95% lower bound of top-1 agreement with the fp32 model, on
-# digits the model was not fitted on, at least 99%, and faster than fp32 at batch 1 and 32 on this CPU.
-# Where no int8 mix meets both (te export keeps sensitive nodes in float first), or the run leaves no such
-# digits (the sweep's head is refitted on train+val), the demo says why and deploys the fp32 model: it never
-# ships an int8 model te would refuse.
+# digits the model was not fitted on (the val digits: the sweep keeps its head's fit on train, --no-refit), at
+# least 99%, and faster than fp32 at batch 1 and 32 on this CPU. te export tries post-training int8 first (it
+# keeps sensitive nodes in float); where no mix meets both rules its refusal advises quantization-aware
+# fine-tuning, and the demo follows it with te's recipe (docs/export.md, "Which method te picks"): one epoch
+# at QAT_LR, no augmentation, then te export again. Where int8 still fails, or the digits are too few to show
+# the gate (a --limit run), the demo says why and deploys the fp32 model: it never ships an int8 model te
+# would refuse.
+QAT_EPOCHS, QAT_LR = 1, 3e-5
 
 
 @dataclass
@@ -54,6 +59,7 @@ class DemoResult:
     best_head_test_accuracy: float | None
     finetuned_test_accuracy: float | None
     finetune: dict[str, Any]  # the recipe te finetune ran: its epochs, the epoch it kept, its verdict
+    qat: dict[str, Any] | None  # the QAT run, when post-training int8 was refused for agreement or speed
     onnx_fp32_test_accuracy: float | None
     onnx_int8_test_accuracy: float | None
     parity: dict[str, Any]
@@ -122,6 +128,8 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
     """
     from transfer_engine.backbones import list_backbones
     from transfer_engine.backbones import registry as backbone_registry
+    from transfer_engine.export import export_onnx
+    from transfer_engine.export.int8_budget import QAT_HINT
     from transfer_engine.extract import extract
     from transfer_engine.finetune import finetune
     from transfer_engine.heads import list_heads
@@ -163,8 +171,10 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
     step(3, diagnosis["line"])
 
     # space: step 8 puts other backbones' features of the same digits into this cache
+    # --no-refit: each head keeps its fit on train, so the val digits stay unseen (te export's int8 gate judges
+    # on them, and te finetune's start competes on them)
     board = train_all(cache_dir, out=runs / "heads", dataset="digits", space=summary.space, sweep=True,
-                      overwrite=True, progress=progress)
+                      refit=False, overwrite=True, progress=progress)
     board_dict = board.to_dict()
     rows = board_dict["leaderboard"]
     kfold = board_dict.get("selected_by") == "kfold"
@@ -173,7 +183,7 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
     best = board.best
     linear = next((r for r in board if r.head == "linear"), None)
     scored = "k-fold/test accuracy" if kfold else "val/test accuracy"
-    step(4, f"te train --head all --sweep on the cached features ({scored}): {table}; best by "
+    step(4, f"te train --head all --sweep --no-refit on the cached features ({scored}): {table}; best by "
             f"{'k-fold' if kfold else 'val'}: {best.head} ({sum(r['seconds'] for r in rows):.1f} s for all heads)")
 
     ft_dir = runs / "finetuned"
@@ -184,8 +194,30 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
             f"{ft.epochs} epochs at {ft.input_size}px, {ft.seconds:.0f} s of training): test accuracy {percent(before)} "
             f"before (head on the {ft.input_size}px backbone) -> {percent(ft.test_accuracy)} after")
 
-    model = out / "model.onnx"
-    exported, int8_refused = _export(ft_dir, model, int8_min_agreement, int8_min_speedup)
+    model, qat, qat_dir, ptq_refusal = out / "model.onnx", None, runs / "qat", ""
+    for suffix in (".int8-ptq-refused.json", ".int8-refused.json"):
+        model.with_name(model.stem + suffix).unlink(missing_ok=True)  # an earlier run's refusals
+    shutil.rmtree(qat_dir, ignore_errors=True)  # and its QAT run
+    exported, int8_refused = _try_int8(ft_dir, model, int8_min_agreement, int8_min_speedup)
+    if int8_refused is not None and QAT_HINT in int8_refused.result.report["failures"][0]:
+        ptq_refusal = _keep_refusal(int8_refused, model, ".int8-ptq-refused.json")
+        search = int8_refused.result.report["calibration"]["int8"]
+        step(6, f"te export --onnx --quantize int8: post-training int8 refused on this CPU "
+                f"({search['checked_on']['int8_family']}): {_reason(int8_refused)}")
+        qat = finetune(qat_dir, from_run_dir=ft_dir, qat=True, epochs=QAT_EPOCHS, lr=QAT_LR, augment="none",
+                       overwrite=True, progress=progress)
+        step(6, f"te finetune --from finetuned --qat --epochs {QAT_EPOCHS} --lr {QAT_LR:g} --augment none (as te "
+                f"export advises; {qat.seconds:.0f} s of training): int8 val accuracy "
+                f"{percent(qat.before.get('val_accuracy'))} -> {percent(qat.val_accuracy)}, test "
+                f"{percent(qat.before.get('test_accuracy'))} -> {percent(qat.test_accuracy)} (evaluated in "
+                "onnxruntime's integer arithmetic)")
+        exported, int8_refused = _try_int8(qat_dir, model, int8_min_agreement, int8_min_speedup)
+    deployed_run = qat_dir if qat is not None and int8_refused is None else ft_dir
+    if int8_refused is not None:
+        _keep_refusal(int8_refused, model, ".int8-refused.json")
+        for stale in (model.with_name(model.stem + ".fp32.onnx"), model.parent / "predictions.int8.csv"):
+            stale.unlink(missing_ok=True)  # from an earlier run that deployed int8
+        exported = export_onnx(ft_dir, model, overwrite=True)
     report = exported.report if int8_refused is None else int8_refused.result.report
     v = report["variants"]
     fp32, int8 = v["fp32"], v["int8"]
@@ -194,17 +226,17 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
                    f"{fp32['max_abs_diff']:.1e}, top-1 agreement {fp32['top1_agreement']:.1%}; ")
     if int8_refused is None:
         gate, speeds = search["gate"], search["speed"]["batches"]
-        step(6, f"te export --onnx --quantize int8 ({search['recipe']['name']} recipe, {len(search['float_nodes'])} "
-                f"node(s) kept in float): {parity_line}int8 top-1 agreement {gate['agreement']:.1%} on "
-                f"{gate['images']} selection digits (95% lower bound {gate['lower_bound']:.1%} >= "
+        how = ("the QAT run, no node in float" if search["method"] == "qat" else
+               f"post-training, {search['recipe']['name']} recipe, {len(search['float_nodes'])} node(s) kept in float")
+        step(6, f"te export --onnx --quantize int8 ({how}): {parity_line}int8 top-1 agreement {gate['agreement']:.1%} "
+                f"on {gate['images']} selection digits (95% lower bound {gate['lower_bound']:.1%} >= "
                 f"{int8_min_agreement:.0%}), {int8['top1_agreement']:.1%} on the {report['check']['images']} "
                 f"held-out digits (accuracy {points(int8['accuracy_delta'])}), "
                 + ", ".join(f"{m['speedup']:.2f}x fp32 speed at batch {b}" for b, m in speeds.items())
                 + f", {int8['bytes'] / 2**20:.1f} MB vs {fp32['bytes'] / 2**20:.1f} MB")
     else:
-        why = int8_refused.result.report["failures"][0].removeprefix("int8: ")
         step(6, f"te export --onnx --quantize int8: {parity_line}int8 refused on this CPU "
-                f"({search['checked_on']['int8_family']}): {why}; the fp32 model is deployed")
+                f"({search['checked_on']['int8_family']}): {_reason(int8_refused)}; the fp32 model is deployed")
 
     test_dir = out / "test-digits"
     n_test = write_test_images(cache_dir, "digits", "builtin:digits", test_dir)
@@ -221,17 +253,21 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
     step(8, comparison["line"])
 
     linear_acc = linear.metrics["test_accuracy"] if linear else None
+    fp32_is = " (the QAT run in float)" if deployed_run == qat_dir else ""
     echo(f"test accuracy on the same {n_test} digits: linear probe {percent(linear_acc)}, best head ({best.head}) "
          f"{percent(best.metrics['test_accuracy'])}, fine-tuned {percent(ft.test_accuracy)}, ONNX fp32 "
-         f"{percent(fp32_pred.accuracy)}, ONNX int8 {'not deployed' if int8_pred is None else percent(int8_accuracy)} "
-         f"(chance {1 / summary.classes:.0%})")
+         f"{percent(fp32_pred.accuracy)}{fp32_is}, ONNX int8 "
+         f"{'not deployed' if int8_pred is None else percent(int8_accuracy)} (chance {1 / summary.classes:.0%})")
     files = {"cache": str(cache_dir), "heads": str(runs / "heads"), "finetuned": str(ft_dir),
+             "qat": str(qat_dir) if qat is not None else "", "deployed_run": str(deployed_run),
              "onnx_int8": exported.model if int8_refused is None else "", "onnx_fp32": fp32_file,
              "parity_report": exported.files["report"], "predictions_fp32": fp32_pred.out or "",
              "predictions_int8": "" if int8_pred is None else int8_pred.out or "", "demo_json": str(out / "demo.json"),
              "compare_png": comparison.get("png", ""), "doctor_md": diagnosis.get("md", "")}
     if int8_refused is not None:
         files["int8_refusal_report"] = int8_refused.result.files.get("report", "")
+    if ptq_refusal:
+        files["int8_ptq_refusal_report"] = ptq_refusal
     result = DemoResult(
         backbone=chosen, weights=summary.weights, images=summary.total, classes=summary.classes,
         extract={"extracted": summary.extracted, "reused": summary.reused, "seconds": summary.seconds,
@@ -242,11 +278,14 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
         finetune={"recipe": (ft.search or {}).get("recipe", "fixed"),
                   "epochs": ft.epochs, "kept_epoch": ft.best_epoch, "budget_minutes": finetune_budget,
                   "verdict": (ft.search or {}).get("verdict"), "seconds": ft.seconds},
+        qat=None if qat is None else {"epochs": QAT_EPOCHS, "lr": QAT_LR, "seconds": qat.seconds, "before": qat.before,
+                                      "val_accuracy": qat.val_accuracy, "test_accuracy": qat.test_accuracy},
         onnx_fp32_test_accuracy=fp32_pred.accuracy, onnx_int8_test_accuracy=int8_accuracy,
         parity={k: {m: v[k].get(m) for m in ("max_abs_diff", "mean_abs_diff", "cosine", "top1_agreement",
                                             "accuracy_delta")} for k in ("fp32", "int8")},
         int8={"deployed": int8_refused is None,
               "refused": None if int8_refused is None else report["failures"][0],
+              "method": search.get("method"), "post_training_refused": ptq_refusal != "",
               "recipe": search["recipe"]["name"], "checked_on": search["checked_on"],
               "float_nodes": len(search["float_nodes"]), "quantized_nodes": search["quantized_nodes"],
               "speed": search["speed"], "steps": search["steps"], "gate": search["gate"]},
@@ -322,11 +361,12 @@ def _compare(cache_dir: Path, out: Path, limit: int | None, backbones: list[str]
                         for e in result.entries], "png": result.files["png"]}
 
 
-def _export(run_dir: Path, model: Path, min_agreement: float, min_speedup: float) -> tuple[Any, Any]:
-    """te export --quantize int8, or fp32 alone when te export refuses int8 on this CPU.
+def _try_int8(run_dir: Path, model: Path, min_agreement: float, min_speedup: float) -> tuple[Any, Any]:
+    """te export --quantize int8 of `run_dir`.
 
     Returns:
-        (the `ExportResult` deployed, the int8 `ParityError` or None). An fp32 failure is raised.
+        (the `ExportResult`, None) when int8 meets te export's gates on this CPU, else (None, its `ParityError`).
+        An fp32 failure is raised.
     """
     from transfer_engine.export import ParityError, export_onnx
 
@@ -336,11 +376,17 @@ def _export(run_dir: Path, model: Path, min_agreement: float, min_speedup: float
     except ParityError as exc:
         if not all(f.startswith("int8") for f in exc.result.report["failures"]):
             raise
-        refused = exc
-    # te export's refusal report is replaced by the fp32 export's; keep it under a name of its own
-    kept = model.with_name(model.stem + ".int8-refused.json")
+        return None, exc
+
+
+def _keep_refusal(refused: Any, model: Path, suffix: str) -> str:
+    """Move te export's refusal report beside `model` under a name of its own (the next export of the same
+    model replaces its report); returns the new path."""
+    kept = model.with_name(model.stem + suffix)
     os.replace(refused.result.report["files"]["report"], kept)
     refused.result.files["report"] = str(kept)
-    for stale in (model.with_name(model.stem + ".fp32.onnx"), model.parent / "predictions.int8.csv"):
-        stale.unlink(missing_ok=True)  # from an earlier run that deployed int8
-    return export_onnx(run_dir, model, overwrite=True), refused
+    return str(kept)
+
+
+def _reason(refused: Any) -> str:
+    return refused.result.report["failures"][0].removeprefix("int8: ")
