@@ -129,7 +129,6 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
     from transfer_engine.backbones import list_backbones
     from transfer_engine.backbones import registry as backbone_registry
     from transfer_engine.export import export_onnx
-    from transfer_engine.export.int8_budget import QAT_HINT
     from transfer_engine.extract import extract
     from transfer_engine.finetune import finetune
     from transfer_engine.heads import list_heads
@@ -199,7 +198,7 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
         model.with_name(model.stem + suffix).unlink(missing_ok=True)  # an earlier run's refusals
     shutil.rmtree(qat_dir, ignore_errors=True)  # and its QAT run
     exported, int8_refused = _try_int8(ft_dir, model, int8_min_agreement, int8_min_speedup)
-    if int8_refused is not None and QAT_HINT in int8_refused.result.report["failures"][0]:
+    if int8_refused is not None and int8_refused.result.report["calibration"]["int8"].get("qat_advised"):
         ptq_refusal = _keep_refusal(int8_refused, model, ".int8-ptq-refused.json")
         search = int8_refused.result.report["calibration"]["int8"]
         step(6, f"te export --onnx --quantize int8: post-training int8 refused on this CPU "

@@ -93,6 +93,7 @@ def test_a_gate_full_int8_meets_keeps_everything_int8(tiny, selection, tmp_path)
 def test_int8_no_faster_than_asked_is_refused_with_its_measured_speed(tiny, selection, tmp_path):
     outcome, _ = _quantize(tiny, selection, tmp_path, floor=0.05, min_speedup=99.0)
     assert not outcome.passed and "--min-int8-speedup 99" in outcome.failure and "--qat" in outcome.failure
+    assert outcome.qat_advised  # what te demo reads to take that advice
     # both batch sizes a server sees are timed, and the rule holds at each
     assert set(outcome.speed["batches"]) == {"1", "32"} and "at batch 1" in outcome.failure
     assert outcome.speed["speedup"] == min(b["speedup"] for b in outcome.speed["batches"].values()) > 0
@@ -106,6 +107,7 @@ def test_a_gate_only_the_fp32_model_meets_is_refused_not_passed_off_as_int8(tiny
     groups = max(s["float_groups"] for s in outcome.steps)
     assert f"of {groups + 1} node groups in float" in outcome.failure  # never every group
     assert "`te finetune --from RUN --qat` trains the int8 model itself" in outcome.failure  # the way on
+    assert outcome.qat_advised
     assert all(s["float_groups"] <= groups for s in outcome.steps)
 
 
@@ -115,6 +117,7 @@ def test_too_few_selection_images_for_the_floor_are_refused_saying_how_many_it_w
     assert not outcome.passed and len(outcome.steps) == 1  # no search on evidence that cannot pass
     assert "200 selection image(s) cannot support a 99.0% gate" in outcome.failure
     assert "only from 268 images" in outcome.failure and "--selection-data" in outcome.failure
+    assert not outcome.qat_advised and "--qat" not in outcome.failure  # training makes no more images
 
 
 def test_a_relu_folded_into_its_conv_output_is_not_counted_as_rounding_error(tiny, selection, tmp_path):

@@ -45,6 +45,8 @@ class Int8Outcome:
         method: "ptq" (post-training: calibrated here, float kept where int8 costs agreement) or "qat" (the
             int8 model a `te finetune --qat` run trained: `export.int8_qat`).
         passed: a mix met the gate and the speed rule; failure: why not (None when passed).
+        qat_advised: the failure is one quantization-aware fine-tuning can mend (agreement or speed, not too
+            few images), and its text says so (`QAT_HINT`).
         quantized_nodes: nodes computing on int8 inputs in full int8; float_groups / float_nodes: the node
             groups (see `onnx.int8.Quantizer.rank_groups`) and the nodes kept in float.
         steps: every mix tried: {float_groups, float_nodes, agreed, images, agreement, lower_bound, passed}.
@@ -62,6 +64,7 @@ class Int8Outcome:
     method: str = "ptq"
     passed: bool = False
     failure: str | None = None
+    qat_advised: bool = False
     quantized_nodes: int = 0
     float_groups: int = 0
     float_nodes: list[str] = field(default_factory=list)
@@ -163,6 +166,7 @@ def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray,
                            f"< {gate.floor:.1%} (recipe {recipe.name}; {len(outcome.steps)} mixes tried, up to "
                            f"{max(top, 0)} groups in float; all of them would be the fp32 model)"
                            + more_images(outcome.gate) + QAT_HINT)
+        outcome.qat_advised = True
         return outcome
     outcome.float_groups = len(chosen)
     outcome.float_nodes = [n for g in chosen for n in g["nodes"]]
@@ -174,6 +178,7 @@ def quantize_within_budget(fp32_model: Path, out: Path, calibration: np.ndarray,
     outcome = timed(outcome, quantizer, out, min_speedup, f"the model meeting the gate ({kept})")
     if outcome.failure:
         outcome.failure += QAT_HINT
+        outcome.qat_advised = True
     return outcome
 
 
