@@ -198,9 +198,9 @@ def run_demo(out: Path, backbone: str | None = None, limit: int | None = None, e
         model.with_name(model.stem + suffix).unlink(missing_ok=True)  # an earlier run's refusals
     shutil.rmtree(qat_dir, ignore_errors=True)  # and its QAT run
     exported, int8_refused = _try_int8(ft_dir, model, int8_min_agreement, int8_min_speedup)
-    if int8_refused is not None and int8_refused.result.report["calibration"]["int8"].get("qat_advised"):
+    search = int8_refused.result.report["calibration"]["int8"] if int8_refused is not None else {}
+    if search.get("qat_advised"):  # refused for agreement or speed: what quantization-aware training mends
         ptq_refusal = _keep_refusal(int8_refused, model, ".int8-ptq-refused.json")
-        search = int8_refused.result.report["calibration"]["int8"]
         step(6, f"te export --onnx --quantize int8: post-training int8 refused on this CPU "
                 f"({search['checked_on']['int8_family']}): {_reason(int8_refused)}")
         qat = finetune(qat_dir, from_run_dir=ft_dir, qat=True, epochs=QAT_EPOCHS, lr=QAT_LR, augment="none",

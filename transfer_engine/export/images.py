@@ -180,7 +180,8 @@ def selection_images(run: Any, selection_data: str | None, limit: int, check: Im
     data = run.info.dataset.get("data")
     fitted = run.val_was_fitted()
     if fitted is not False:
-        why = ("its model was fitted on train and val (te train --sweep refits the best head on both; --no-refit does not)" if fitted
+        why = ("its model was fitted on train and val (te train --sweep refits the best head on both; "
+               "--no-refit does not)" if fitted
                else "the run does not record whether its model was fitted on val (an older run)")
         return ImageSet(f"{data} has none: {why}, and its other images are test images", None, [], [], [])  # type: ignore[arg-type]
     if check.samples and check.samples[0].split == "val":  # decided before reading anything
